@@ -1,0 +1,60 @@
+"""`skinr1` command line: `skinr1 demo` materializes the whole asset graph and says where to look."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def _dagster_home() -> Path:
+    """The project-local instance when run from the project root, else one inside the pipeline home."""
+    if os.environ.get("DAGSTER_HOME"):
+        return Path(os.environ["DAGSTER_HOME"])
+    cwd = Path.cwd()
+    if (cwd / "dagster.yaml").is_file():
+        return cwd
+    from skinr1_pipeline.settings import load_settings
+
+    home = load_settings().home / "dagster_home"
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    os.environ["DAGSTER_HOME"] = str(_dagster_home())
+    import dagster as dg
+
+    from skinr1_pipeline.definitions import build_definitions
+    from skinr1_pipeline.runner import materialize_all
+    from skinr1_pipeline.settings import load_settings
+
+    settings = load_settings()
+    defs = build_definitions(settings)
+    print(f"profile={settings.profile} home={settings.home} dagster_home={os.environ['DAGSTER_HOME']}")
+    with dg.DagsterInstance.get() as instance:
+        outcome = materialize_all(defs, instance, run_config={"loggers": {"console": {"config": {"log_level": args.log_level}}}})
+    failed_checks = [e for e in outcome.check_evaluations() if not e.passed]
+    print(f"\n{'SUCCESS' if outcome.success else 'FAILED'}: {len(outcome.materialized_keys())} assets in {outcome.seconds:.1f}s")
+    for evaluation in outcome.check_evaluations():
+        print(f"  check {evaluation.asset_key.to_user_string()}:{evaluation.check_name} -> {'passed' if evaluation.passed else 'FAILED'}")
+    print("\nWhere to look:")
+    print(f"  asset outputs (Parquet):  {settings.outputs_dir}")
+    print(f"  Dagster UI:               make ui   (DAGSTER_HOME={os.environ['DAGSTER_HOME']} dagster dev -w workspace.yaml)")
+    print(f"  MLflow UI:                mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}")
+    return 0 if outcome.success and not failed_checks else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="skinr1", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="materialize the whole asset graph on the active profile (demo by default)")
+    demo.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="Dagster console log level")
+    demo.set_defaults(func=cmd_demo)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

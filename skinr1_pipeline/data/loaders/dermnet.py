@@ -1,0 +1,152 @@
+"""DermNet (Kaggle 23-class copy): no metadata table, the folder tree is the annotation.
+
+Layout: `train/<category>/<disease-name>-<N>.jpg` and `test/...`, often inside a wrapper folder from the zip.
+The category folder is coarse and mixes behaviours, so the raw label keeps both parts, "<folder>|<fine>",
+where the fine name comes from the file stem (`seborrheic-keratosis-irritated-28` -> "seborrheic keratosis
+irritated"). Stems without the `-<digits>` pattern keep an empty fine part instead of being skipped (Skin-R1
+skips them); label mapping then falls back to the folder.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+
+from skinr1_pipeline.data.images import IMAGE_EXTENSIONS
+from skinr1_pipeline.data.schema import QUARANTINE_COLUMNS, RECORD_COLUMNS, DatasetFormatError, LoadedDataset
+
+DATASET = "dermnet"
+WHAT = "DermNet"
+SPLITS = {"train": "train", "test": "test", "valid": "valid", "val": "valid", "validation": "valid"}  # fmt: skip
+IMAGE_SUFFIXES = frozenset(e.lower() for e in IMAGE_EXTENSIONS)  # the same set the ImageLocator indexes
+STEM_PATTERN = r"^(?P<fine>.*[^-\s].*?)-(?P<index>\d+)$"
+
+
+def load(root: Path) -> LoadedDataset:
+    root = Path(root).resolve()
+    base = _find_base(root)
+    files, other = _walk(base)
+    notes = [f"{len(files)} image files below {base}"]
+    if other.pop("__MACOSX/", 0):
+        notes.append("__MACOSX/ folders (zip debris) skipped")
+    if other:
+        kinds = ", ".join(f"{k or '<no suffix>'}: {v}" for k, v in sorted(other.items()))
+        notes.append(f"{sum(other.values())} non-image files ignored ({kinds})")
+    table = pd.DataFrame(files, columns=["rel"], dtype="object")
+    parts = table["rel"].str.split("/")
+    top = parts.str[0]
+    table["split"] = top.str.lower().map(SPLITS)
+    if table["split"].isna().all():
+        raise DatasetFormatError(f"{WHAT}: no image files under {base}/{{train,test}}/<category>/")
+    table["category"] = parts.map(lambda p: p[1] if len(p) > 2 else "")
+    table["name"] = parts.str[-1]
+    stem = table["name"].str.rsplit(".", n=1).str[0]
+    fine = stem.str.extract(STEM_PATTERN)["fine"]
+    fine = fine.str.replace("-", " ", regex=False).str.split().str.join(" ")
+    table["raw_label"] = table["category"].str.strip() + "|" + fine.fillna("")
+    table["path"] = [str(base / r) for r in table["rel"]]
+    sample_id = DATASET + "/" + table["rel"]
+
+    reason = pd.Series(None, index=table.index, dtype="object")
+    detail = pd.Series(None, index=table.index, dtype="object")
+    outside = table["split"].isna()
+    reason[outside] = "bad_label"
+    detail[outside] = table["rel"] + ": not inside train/ or test/, so neither split nor category is known"
+    loose = table["split"].notna() & (table["category"] == "")
+    reason[loose] = "bad_label"
+    detail[loose] = (
+        table["rel"] + ": lies directly in " + top + "/ with no category folder"
+        " (expected " + top + "/<category>/<file>)"
+    )
+
+    good = reason.isna()
+    unparsed = int((fine.isna() & good).sum())
+    if unparsed:
+        notes.append(
+            f"{unparsed} file stems do not follow '<disease-name>-<digits>'; their raw label keeps only the folder"
+        )
+    records = pd.DataFrame(
+        {
+            "sample_id": sample_id,
+            "source_dataset": DATASET,
+            "image_path": table["path"],
+            "raw_label": table["raw_label"],
+            "modality": "clinical",
+            "patient_id": None,
+            "lesion_id": None,
+            "official_split": table["split"],
+            "age": None,
+            "sex": None,
+            "site": None,
+            "fitzpatrick": None,
+            "metadata_file": [str(Path(p).parent) for p in table["path"]],
+            "metadata_row": None,
+        }
+    ).loc[good, list(RECORD_COLUMNS)]
+    quarantine = pd.DataFrame(
+        {
+            "source_dataset": DATASET,
+            "sample_id": sample_id,
+            "image_path": table["path"],
+            "reason": reason,
+            "detail": detail,
+        }
+    ).loc[~good, list(QUARANTINE_COLUMNS)]
+
+    split_counts = Counter(records["official_split"])
+    notes.append(
+        f"{len(records)} samples ({', '.join(f'{k}: {v}' for k, v in sorted(split_counts.items()))}) in "
+        f"{records['raw_label'].str.split('|').str[0].nunique()} category folders, {len(quarantine)} quarantined"
+    )
+    return LoadedDataset(
+        name=DATASET,
+        root=root,
+        records=records,
+        quarantine=quarantine.reset_index(drop=True),
+        metadata_files=[],
+        notes=notes,
+    )
+
+
+def _split_dirs(folder: Path) -> list[str]:
+    return [p.name for p in folder.iterdir() if p.is_dir() and p.name.lower() in SPLITS]
+
+
+def _find_base(root: Path) -> Path:
+    """The folder holding train/ and test/: the root, or a wrapper folder one or two levels down."""
+    if not root.is_dir():
+        raise DatasetFormatError(f"{WHAT}: dataset folder {root} does not exist or is not a folder")
+    level = [root]
+    for _ in range(3):
+        hits = [folder for folder in level if _split_dirs(folder)]
+        if hits:
+            return sorted(hits)[0]
+        level = sorted(p for folder in level for p in folder.iterdir() if p.is_dir() and p.name != "__MACOSX")
+    raise DatasetFormatError(
+        f"{WHAT}: no train/ or test/ folder in {root} (or a wrapper folder below it); "
+        f"found {sorted(p.name for p in root.iterdir())}"
+    )
+
+
+def _walk(base: Path) -> tuple[list[str], Counter]:
+    """Relative posix paths of every image below `base` (one directory walk), plus non-image suffix counts.
+
+    macOS zip debris (`__MACOSX/`, `._*`) is not an image even when it carries a `.jpg` suffix.
+    """
+    images: list[str] = []
+    other: Counter = Counter()
+    for dirpath, dirnames, filenames in os.walk(base):
+        other["__MACOSX/"] += dirnames.count("__MACOSX")
+        dirnames[:] = sorted(d for d in dirnames if d != "__MACOSX")
+        rel_dir = Path(dirpath).relative_to(base).as_posix()
+        prefix = "" if rel_dir == "." else rel_dir + "/"
+        for name in sorted(filenames):
+            suffix = os.path.splitext(name)[1].lower()
+            if suffix in IMAGE_SUFFIXES and not name.startswith("._"):
+                images.append(prefix + name)
+            else:
+                other[suffix] += 1
+    return images, +other

@@ -1,0 +1,43 @@
+"""Dagster code location: assets, checks, resources, sensors and jobs, chosen by the active profile."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from skinr1_pipeline.defs.data_assets import build_data_assets
+from skinr1_pipeline.defs.knowledge_assets import (
+    build_label_mapping_asset,
+    ddx_graph,
+    ddx_graph_valid,
+    taxonomy_graph,
+    taxonomy_invariants,
+)
+from skinr1_pipeline.defs.resources import MlflowTracking, PipelineHome
+from skinr1_pipeline.defs.sensors import build_dataset_change_sensor
+from skinr1_pipeline.settings import Settings, load_settings
+
+
+def build_definitions(settings: Settings) -> dg.Definitions:
+    data_assets, data_checks, partitions = build_data_assets(settings)
+    assets = [taxonomy_graph, ddx_graph, build_label_mapping_asset(settings), *data_assets]
+    raw_key = dg.AssetKey("raw_datasets")
+    ingest_job = dg.define_asset_job(
+        "ingest_dataset",
+        selection=dg.AssetSelection.keys(raw_key),
+        partitions_def=partitions,
+        description="Re-ingest one source dataset (partition); used by the folder-change sensor.",
+    )
+    return dg.Definitions(
+        assets=assets,
+        asset_checks=[taxonomy_invariants, ddx_graph_valid, *data_checks],
+        jobs=[ingest_job],
+        sensors=[build_dataset_change_sensor(settings, raw_key)],
+        resources={
+            "home": PipelineHome(home=str(settings.home)),
+            "mlflow": MlflowTracking(tracking_uri=settings.mlflow_tracking_uri, experiment_name=settings.mlflow_experiment),
+            "io_manager": dg.FilesystemIOManager(base_dir=str(settings.home / "dagster_storage")),
+        },
+    )
+
+
+defs = build_definitions(load_settings())

@@ -1,0 +1,1 @@
+"""Model-side contracts: the prompt/completion format (and, later, the model + processor factory)."""

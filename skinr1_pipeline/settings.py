@@ -1,0 +1,119 @@
+"""Profiles and paths: one setting (`SKINR1_PROFILE`) chooses demo or gpu; the code paths are the same.
+
+- demo: data generated locally into the pipeline home, tiny model, CPU; finishes in minutes.
+- gpu:  real dataset folders and a local Qwen2.5-VL-7B directory, named in a YAML file (`SKINR1_CONFIG`).
+
+Environment variables are read once, at definition load, so a Dagster code location and a standalone
+training script started with the same environment agree on every path.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from skinr1_pipeline.data.loaders import SUPPORTED_DATASETS
+
+PROFILES = ("demo", "gpu")
+# The demo writes these three formats (dermoscopic HAM10000, clinical PAD-UFES-20, both in Derm7pt).
+DEMO_DATASETS = ("ham10000", "pad_ufes_20", "derm7pt")
+DEMO_FOLDERS = {"ham10000": "HAM10000", "pad_ufes_20": "PAD-UFES-20", "derm7pt": "derm7pt"}
+
+
+class SettingsError(ValueError):
+    """A setting has a value outside what the pipeline accepts; the message names it and the allowed values."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    profile: str
+    home: Path  # everything the pipeline writes: demo data, asset outputs, MLflow store
+    dataset_roots: dict[str, Path] = field(default_factory=dict)
+    demo_seed: int = 0
+    demo_images_per_class: int = 24
+    split_seed: int = 42
+    mlflow_tracking_uri: str = ""
+    mlflow_experiment: str = "skinr1-pipeline"
+    label_map_dir: Path | None = None  # user label-map overrides (same YAML format as the packaged maps)
+
+    @property
+    def datasets(self) -> tuple[str, ...]:
+        return DEMO_DATASETS if self.profile == "demo" else tuple(sorted(self.dataset_roots))
+
+    @property
+    def demo_dir(self) -> Path:
+        return self.home / "demo_sources"
+
+    def dataset_root(self, dataset: str) -> Path:
+        if self.profile == "demo":
+            return self.demo_dir / DEMO_FOLDERS[dataset]
+        try:
+            return self.dataset_roots[dataset]
+        except KeyError:
+            raise SettingsError(
+                f"dataset {dataset!r} has no folder configured; configured: {sorted(self.dataset_roots)}"
+            ) from None
+
+    @property
+    def outputs_dir(self) -> Path:
+        return self.home / "outputs"
+
+
+def load_settings(env: dict[str, str] | None = None) -> Settings:
+    env = dict(os.environ if env is None else env)
+    profile = env.get("SKINR1_PROFILE", "demo").strip().lower()
+    if profile not in PROFILES:
+        raise SettingsError(f"SKINR1_PROFILE={profile!r} is not a profile; allowed: {', '.join(PROFILES)}")
+    home = Path(env.get("SKINR1_HOME") or Path.cwd() / ".skinr1").expanduser().resolve()
+    file_config: dict[str, Any] = {}
+    config_path = env.get("SKINR1_CONFIG")
+    if config_path:
+        file_config = _read_config(Path(config_path))
+    elif profile == "gpu":
+        raise SettingsError("SKINR1_PROFILE=gpu needs SKINR1_CONFIG: a YAML file naming dataset folders and the model")
+    roots = {}
+    for name, root in (file_config.get("datasets") or {}).items():
+        if name not in SUPPORTED_DATASETS:
+            raise SettingsError(
+                f"{config_path}: datasets.{name} is not a supported dataset; allowed: {', '.join(SUPPORTED_DATASETS)}"
+            )
+        roots[name] = Path(root).expanduser()
+    tracking = env.get("MLFLOW_TRACKING_URI") or file_config.get("mlflow_tracking_uri") or ""
+    if not tracking:
+        tracking = f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+    label_map_dir = file_config.get("label_map_dir")
+    return Settings(
+        profile=profile,
+        home=home,
+        dataset_roots=roots,
+        demo_seed=_int(env, "SKINR1_DEMO_SEED", file_config.get("demo_seed", 0)),
+        demo_images_per_class=_int(env, "SKINR1_DEMO_IMAGES_PER_CLASS", file_config.get("demo_images_per_class", 24)),
+        split_seed=int(file_config.get("split_seed", 42)),
+        mlflow_tracking_uri=tracking,
+        mlflow_experiment=env.get("MLFLOW_EXPERIMENT_NAME") or file_config.get("mlflow_experiment", "skinr1-pipeline"),
+        label_map_dir=Path(label_map_dir).expanduser() if label_map_dir else None,
+    )
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text("utf-8")) or {}
+    except OSError as exc:
+        raise SettingsError(f"SKINR1_CONFIG={path}: cannot read: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"SKINR1_CONFIG={path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise SettingsError(f"SKINR1_CONFIG={path}: expected a mapping at the top level")
+    return data
+
+
+def _int(env: dict[str, str], key: str, default: Any) -> int:
+    raw = env.get(key, default)
+    try:
+        return int(raw)
+    except (TypeError, ValueError):
+        raise SettingsError(f"{key}={raw!r} must be an integer") from None

@@ -1,0 +1,1 @@
+"""Training stages (SFT, GRPO) and the GRPO reward functions."""
