@@ -14,12 +14,14 @@ from skinr1_pipeline.defs.knowledge_assets import (
 )
 from skinr1_pipeline.defs.resources import MlflowTracking, PipelineHome
 from skinr1_pipeline.defs.sensors import build_dataset_change_sensor
+from skinr1_pipeline.defs.synthesis_assets import build_synthesis_assets
 from skinr1_pipeline.settings import Settings, load_settings
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     data_assets, data_checks, partitions = build_data_assets(settings)
-    assets = [taxonomy_graph, ddx_graph, build_label_mapping_asset(settings), *data_assets]
+    synthesis_assets, synthesis_checks = build_synthesis_assets(settings)
+    assets = [taxonomy_graph, ddx_graph, build_label_mapping_asset(settings), *data_assets, *synthesis_assets]
     raw_key = dg.AssetKey("raw_datasets")
     ingest_job = dg.define_asset_job(
         "ingest_dataset",
@@ -29,7 +31,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     )
     return dg.Definitions(
         assets=assets,
-        asset_checks=[taxonomy_invariants, ddx_graph_valid, *data_checks],
+        asset_checks=[taxonomy_invariants, ddx_graph_valid, *data_checks, *synthesis_checks],
         jobs=[ingest_job],
         sensors=[build_dataset_change_sensor(settings, raw_key)],
         resources={

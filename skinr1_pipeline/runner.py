@@ -1,9 +1,10 @@
 """Materialize the whole asset graph in process, in the order a backfill from the Dagster UI would use.
 
-Three phases: everything upstream of the partitioned `raw_datasets`, then one run per source-dataset
-partition, then everything else (downstream, plus assets such as the DDx graph that only later stages
-read). A failed phase stops the sequence so a broken gate never feeds the next stage. Used by `skinr1 demo` (against the project's persistent Dagster
-instance, so the runs show in `dagster dev`) and by the end-to-end test (against a temporary instance).
+The graph is walked in topological order and cut into segments of assets that share a partitioning: an
+unpartitioned segment is one run, a partitioned segment (source datasets, model variants) is one run per
+partition key. A failed run stops the walk so a broken gate never feeds the next stage. Used by `skinr1 demo`
+(against the project's persistent Dagster instance, so the runs show in `dagster dev`) and by the end-to-end
+test (against a temporary instance).
 """
 
 from __future__ import annotations
@@ -14,17 +15,16 @@ from typing import Callable
 
 import dagster as dg
 
-RAW_KEY = dg.AssetKey("raw_datasets")
-
 
 @dataclass
 class PipelineRun:
     results: list[dg.ExecuteInProcessResult] = field(default_factory=list)
     seconds: float = 0.0
+    phase_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def success(self) -> bool:
-        return all(r.success for r in self.results)
+        return bool(self.results) and all(r.success for r in self.results)
 
     def check_evaluations(self) -> list[dg.AssetCheckEvaluation]:
         return [e for r in self.results for e in r.get_asset_check_evaluations()]
@@ -38,57 +38,82 @@ class PipelineRun:
         }
 
 
+@dataclass
+class Segment:
+    keys: list[dg.AssetKey]
+    partitions: dg.PartitionsDefinition | None
+
+    @property
+    def label(self) -> str:
+        names = [k.to_user_string() for k in self.keys]
+        return names[0] if len(names) == 1 else f"{names[0]} .. {names[-1]} ({len(names)} assets)"
+
+
+def plan_segments(defs: dg.Definitions, selection: dg.AssetSelection | None = None) -> list[Segment]:
+    """Topological order; each asset joins the latest segment with its partitioning that no parent of it comes
+    after, else opens a new one. Fewer segments means fewer runs (each run pays Dagster's start-up)."""
+    graph = defs.get_repository_def().asset_graph
+    wanted = (selection or dg.AssetSelection.all()).resolve(graph)
+    segments: list[Segment] = []
+    where: dict[dg.AssetKey, int] = {}
+    for level in graph.toposorted_asset_keys_by_level:
+        for key in sorted(level, key=lambda k: k.to_user_string()):
+            node = graph.get(key)
+            if key not in wanted or not node.is_materializable:
+                continue
+            earliest = max((where[p] for p in node.parent_keys if p in where), default=0)
+            target = next((i for i in range(len(segments) - 1, earliest - 1, -1)
+                           if segments[i].partitions == node.partitions_def), None)
+            if target is None:
+                segments.append(Segment([], node.partitions_def))
+                target = len(segments) - 1
+            segments[target].keys.append(key)
+            where[key] = target
+    return segments
+
+
 def materialize_all(
     defs: dg.Definitions,
     instance: dg.DagsterInstance,
     *,
     run_config: dict | None = None,
+    selection: dg.AssetSelection | None = None,
     log: Callable[[str], None] = print,
 ) -> PipelineRun:
-    repo = defs.get_repository_def()
-    graph = repo.asset_graph
-    all_assets = list(defs.assets or [])
-    checks = list(defs.asset_checks or [])
+    graph = defs.get_repository_def().asset_graph
+    assets = [*(defs.assets or []), *(defs.asset_checks or [])]
     resources = dict(defs.resources or {})
-    partitions = graph.get(RAW_KEY).partitions_def
-    partition_keys = partitions.get_partition_keys() if partitions else []
-
-    upstream = dg.AssetSelection.keys(RAW_KEY).upstream() - dg.AssetSelection.keys(RAW_KEY)
-    rest = dg.AssetSelection.all() - upstream - dg.AssetSelection.keys(RAW_KEY)
     outcome = PipelineRun()
     start = time.perf_counter()
-
-    def run(selection: dg.AssetSelection, label: str, partition_key: str | None = None) -> bool:
-        t0 = time.perf_counter()
-        result = dg.materialize(
-            [*all_assets, *checks],
-            selection=selection,
-            partition_key=partition_key,
-            instance=instance,
-            resources=resources,
-            run_config=_config_for(run_config, selection, graph),
-            tags={"skinr1/phase": label},
-            raise_on_error=False,
-        )
-        outcome.results.append(result)
-        log(f"  {label}: {'ok' if result.success else 'FAILED'} in {time.perf_counter() - t0:.1f}s (run {result.run_id[:8]})")
-        return result.success
-
-    log("materializing upstream of raw_datasets (knowledge, demo data)")
-    ok = run(upstream, "upstream")
-    for key in partition_keys:
-        if ok:
-            log(f"ingesting raw_datasets[{key}]")
-            ok = run(dg.AssetSelection.keys(RAW_KEY), f"raw_datasets[{key}]", partition_key=key)
-    if ok:
-        log("materializing the rest of the graph")
-        run(rest, "downstream")
+    for segment in plan_segments(defs, selection):
+        chosen = dg.AssetSelection.keys(*segment.keys)
+        keys = segment.partitions.get_partition_keys() if segment.partitions else [None]
+        for partition_key in keys:
+            label = f"{segment.label}[{partition_key}]" if partition_key else segment.label
+            log(f"materializing {label}")
+            t0 = time.perf_counter()
+            result = dg.materialize(
+                assets,
+                selection=chosen,
+                partition_key=partition_key,
+                instance=instance,
+                resources=resources,
+                run_config=_config_for(run_config, chosen, graph),
+                tags={"skinr1/phase": label},
+                raise_on_error=False,
+            )
+            outcome.results.append(result)
+            outcome.phase_seconds[label] = time.perf_counter() - t0
+            log(f"  {'ok' if result.success else 'FAILED'} in {outcome.phase_seconds[label]:.1f}s (run {result.run_id[:8]})")
+            if not result.success:
+                outcome.seconds = time.perf_counter() - start
+                return outcome
     outcome.seconds = time.perf_counter() - start
     return outcome
 
 
 def _config_for(run_config: dict | None, selection: dg.AssetSelection, graph) -> dict | None:
-    """Keep only the `ops` entries of assets in this phase: Dagster rejects config for ops not in the run."""
+    """Keep only the `ops` entries of assets in this run: Dagster rejects config for ops not in the run."""
     if not run_config:
         return None
     selected = {k.to_user_string() for k in selection.resolve(graph)}

@@ -39,6 +39,14 @@ class Settings:
     mlflow_tracking_uri: str = ""
     mlflow_experiment: str = "skinr1-pipeline"
     label_map_dir: Path | None = None  # user label-map overrides (same YAML format as the packaged maps)
+    base_model_dir: Path | None = None  # gpu profile: a local Qwen2.5-VL directory; demo: built by `base_model`
+    # Out-of-distribution hold-out: samples of these modalities / source datasets never reach training, so the
+    # OOD suite is honest. Demo: the clinical-photo domain (PAD-UFES-20 and Derm7pt's clinical images).
+    ood_modalities: tuple[str, ...] = ()
+    ood_sources: tuple[str, ...] = ()
+    # How training steps start: `python -m ...` or `accelerate launch [args] -m ...` for multi-GPU.
+    launcher: str = "python"
+    accelerate_args: tuple[str, ...] = ()
 
     @property
     def datasets(self) -> tuple[str, ...]:
@@ -96,7 +104,38 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         mlflow_tracking_uri=tracking,
         mlflow_experiment=env.get("MLFLOW_EXPERIMENT_NAME") or file_config.get("mlflow_experiment", "skinr1-pipeline"),
         label_map_dir=Path(label_map_dir).expanduser() if label_map_dir else None,
+        base_model_dir=_model_dir(profile, file_config, config_path),
+        ood_modalities=_strings(file_config, "ood", "modalities", ("clinical",) if profile == "demo" else ()),
+        ood_sources=_strings(file_config, "ood", "sources", ()),
+        launcher=_choice(file_config.get("launcher", "python"), "launcher", LAUNCHERS),
+        accelerate_args=tuple(str(a) for a in file_config.get("accelerate_args") or ()),
     )
+
+
+LAUNCHERS = ("python", "accelerate")
+
+
+def _model_dir(profile: str, file_config: dict[str, Any], config_path: str | None) -> Path | None:
+    raw = file_config.get("model_dir")
+    if raw is None:
+        if profile == "gpu":
+            raise SettingsError(f"SKINR1_CONFIG={config_path}: model_dir is required on the gpu profile "
+                                "(a local Qwen2.5-VL-7B-Instruct directory with config.json and *.safetensors)")
+        return None
+    return Path(raw).expanduser()
+
+
+def _strings(file_config: dict[str, Any], section: str, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    value = (file_config.get(section) or {}).get(key, default)
+    if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+        raise SettingsError(f"{section}.{key} must be a list of strings, got {value!r}")
+    return tuple(value)
+
+
+def _choice(value: Any, key: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise SettingsError(f"{key}={value!r} is not allowed; allowed: {', '.join(allowed)}")
+    return value
 
 
 def _read_config(path: Path) -> dict[str, Any]:

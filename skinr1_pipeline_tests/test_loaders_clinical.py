@@ -233,6 +233,17 @@ def test_omnimedvqa_dermatology_diagnosis_items(tmp_path: Path) -> None:
     assert not any("Chest" in str(p) for p in loaded.metadata_files)
 
 
+def test_omnimedvqa_blank_question_id_is_missing_id_under_a_file_item_sample_id(tmp_path: Path) -> None:
+    files = fx.default_omni_files()
+    files["Open-access/ISIC2018.json"][0]["question_id"] = ""
+    fx.build_omnimedvqa(tmp_path, files)
+    q = omnimedvqa.load(tmp_path).quarantine.set_index("sample_id")
+    assert q.loc["omnimedvqa/ISIC2018.json#item1", "reason"] == "missing_id"
+    assert q.loc["omnimedvqa/ISIC2018.json#item1", "detail"] == (
+        "ISIC2018.json item 1: field 'question_id' is empty (expected a unique id)"
+    )
+
+
 def test_omnimedvqa_questions_for_evaluation(tmp_path: Path) -> None:
     fx.build_omnimedvqa(tmp_path, fx.default_omni_files())
     questions = omnimedvqa.load_questions(tmp_path).set_index("sample_id")

@@ -16,6 +16,7 @@ import pytest
 
 from skinr1_pipeline.data.loaders import get_loader
 from skinr1_pipeline.data.loaders import bcn20000, derm7pt, ham10000, isic2019, pad_ufes_20
+from skinr1_pipeline.data.loaders.common import RowChecks
 from skinr1_pipeline.data.schema import QUARANTINE_COLUMNS, RECORD_COLUMNS, DatasetFormatError, LoadedDataset
 from skinr1_pipeline_tests import loader_fixtures_a as fx
 
@@ -533,3 +534,44 @@ def test_derm7pt_meta_csv_at_root_with_images_beside_it(tmp_path: Path) -> None:
         fx.write_image(tmp_path / "images" / derm)
     loaded = derm7pt.load(tmp_path)
     assert len(check_contract(loaded, "derm7pt")) == 2 * len(fx.DERM7PT_ROWS) and loaded.quarantine.empty
+
+
+def test_blank_filename_rows_get_a_file_row_sample_id_and_the_first_failure(tmp_path: Path) -> None:
+    fx.build_bcn(tmp_path)
+    rows = fx.bcn_rows()
+    both = {**rows[0], "bcn_filename": "", "diagnosis": ""}
+    no_name = {**rows[1], "bcn_filename": ""}
+    fx.write_table(tmp_path / "bcn_20k_train.csv", fx.BCN_COLUMNS, [*rows, both, no_name])
+    loaded = bcn20000.load(tmp_path)
+    check_contract(loaded, "bcn20000")
+    n = len(rows)
+    q = loaded.quarantine.set_index("sample_id")
+    assert q["reason"].to_dict() == {
+        f"bcn20000/bcn_20k_train.csv#row{n + 1}": "missing_label",
+        f"bcn20000/bcn_20k_train.csv#row{n + 2}": "missing_file",
+    }
+    assert q.loc[f"bcn20000/bcn_20k_train.csv#row{n + 2}", "detail"] == (
+        f"bcn_20k_train.csv row {n + 2}: field 'bcn_filename' is empty, so no image can be matched"
+    )
+    assert len(loaded.records) == n
+
+
+def test_row_checks_keep_earlier_reasons_and_fill_absent_record_fields() -> None:
+    native = pd.Series(["a", "", "a", "b"], index=[10, 11, 12, 13])
+    preset = pd.Series([None, None, None, "bad_label"], index=native.index, dtype="object")
+    detail = pd.Series([None, None, None, "t.csv row 4: decoded"], index=native.index, dtype="object")
+    checks = RowChecks.for_rows("ds", native, "t.csv", pd.Series([1, 2, 3, 4], index=native.index), reason=preset,
+                                detail=detail)  # fmt: skip
+    assert checks.sample_id.tolist() == ["ds/a", "ds/t.csv#row2", "ds/a", "ds/b"]
+    checks.flag(native == "b", "missing_file", ": never reached")
+    checks.repeated_id("id", native)
+    assert preset.iloc[3] == "bad_label" and preset.iloc[:3].isna().all()  # the caller's series is not modified
+    assert checks.reason.tolist() == [None, None, "duplicate_id", "bad_label"]
+    assert checks.detail.tolist()[2:] == ["t.csv row 3: id 'a' repeats an earlier row", "t.csv row 4: decoded"]
+
+    records = checks.records(pd.Series(["/x/a.jpg", "/x/n.jpg", None, None], index=native.index), {"raw_label": "L"})
+    assert list(records.columns) == list(RECORD_COLUMNS) and records.index.tolist() == [10, 11]
+    assert records["age"].isna().all() and (records["source_dataset"] == "ds").all()
+    quarantine = checks.quarantine(pd.Series(["p0", "p1", "p2", "p3"], index=native.index))
+    assert quarantine.index.tolist() == [0, 1] and quarantine["image_path"].tolist() == ["p2", "p3"]
+

@@ -350,13 +350,10 @@ def test_property_any_shuffled_options_column_is_caught(rows, data):
     assert err.value.row == moved[0] and err.value.sample_id == f"id{moved[0]}"
 
 
-def test_random_large_batch_is_fast():
+def test_random_large_batch_scores_every_row():
     rnd = random.Random(0)
     completions = [answer(rnd.randrange(4), rnd.choice(["benign", "malignant", None])) for _ in range(256)]
     kw = row_kwargs(256)
-    import time
-
-    start = time.perf_counter()
     for f in ALL:
-        f(completions, **kw)
-    assert time.perf_counter() - start < 2.0
+        scores = f(completions, **kw)
+        assert len(scores) == 256 and all(s is None or 0.0 <= s <= 1.0 for s in scores)

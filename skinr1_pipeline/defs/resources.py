@@ -21,6 +21,11 @@ class PipelineHome(dg.ConfigurableResource):
             target.parent.mkdir(parents=True, exist_ok=True)
         return target
 
+    def dir(self, *parts: str) -> Path:
+        target = Path(self.home, *parts)
+        target.mkdir(parents=True, exist_ok=True)
+        return target
+
 
 class MlflowTracking(dg.ConfigurableResource):
     """MLflow: one parent run per Dagster run, a nested run per asset materialisation.

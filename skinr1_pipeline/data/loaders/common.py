@@ -1,8 +1,9 @@
-"""Helpers every dataset loader shares: tolerant metadata reading, header checks, image lookup by id.
+"""Helpers every dataset loader shares: tolerant metadata reading, header checks, image lookup by id, row checks.
 
 Public datasets ship the same table as `.csv`, as Dataverse `.tab`, or with no extension, and mirrors nest
 image folders differently; loaders therefore find files by id and fail early with a message that names the
-file, the columns it has and the columns it needs.
+file, the columns it has and the columns it needs. Rows that cannot become samples are quarantined through
+`RowChecks`, so every loader words and orders its reasons alike and each detail names the file and row.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -19,6 +21,11 @@ from skinr1_pipeline.data.images import index_image_files
 from skinr1_pipeline.data.schema import QUARANTINE_COLUMNS, RECORD_COLUMNS, DatasetFormatError
 
 METADATA_SUFFIXES = ("", ".csv", ".tab", ".tsv", ".txt")
+SPLIT_SYNONYMS = {
+    "train": "train", "training": "train",
+    "val": "valid", "valid": "valid", "validation": "valid",
+    "test": "test", "testing": "test",
+}  # fmt: skip
 
 
 def find_file(root: Path, names: Sequence[str], *, what: str) -> Path:
@@ -48,17 +55,27 @@ def find_file(root: Path, names: Sequence[str], *, what: str) -> Path:
     )
 
 
+def find_optional_file(root: Path, names: Sequence[str], *, what: str) -> Path | None:
+    """`find_file` for tables a dataset may lack (held-out ground truth, split lists): None when absent."""
+    try:
+        return find_file(root, names, what=what)
+    except DatasetFormatError:
+        return None
+
+
 def read_table(
     path: Path,
     required: Iterable[str],
     *,
     aliases: Mapping[str, Sequence[str]] | None = None,
     what: str,
+    require_rows: bool = False,
 ) -> pd.DataFrame:
     """Read a metadata table as strings (nothing coerced), normalise known column-name variants, check headers.
 
     The delimiter is sniffed (comma for CSV, tab for Dataverse `.tab`). `aliases` maps a canonical column name
-    to the variants real copies use; the frame comes back with canonical names.
+    to the variants real copies use; the frame comes back with canonical names. `require_rows` refuses a
+    header-only table, which for a dataset's main table means a truncated download rather than an empty dataset.
     """
     path = Path(path)
     try:
@@ -94,6 +111,8 @@ def read_table(
         raise DatasetFormatError(
             f"{what}: {path} lacks required column(s) {missing}; found columns {list(frame.columns)}"
         )
+    if require_rows and frame.empty:
+        raise DatasetFormatError(f"{what}: {path} has a header but no data rows")
     return frame.apply(lambda col: col.str.strip())
 
 
@@ -120,27 +139,158 @@ class ImageLocator:
             self.ambiguous[stem] = ordered
         return ordered[0]
 
+    def find_each(self, image_ids: pd.Series) -> pd.Series:
+        """`find` per row; a blank id finds nothing rather than matching a file with an empty stem."""
+        return image_ids.map(lambda i: self.find(i) if i else None)
+
+    def ambiguity_notes(self, noun: str, *, example: bool = False) -> list[str]:
+        """A note when some ids matched several files, so a user can see that a mirror doubled a folder."""
+        if not self.ambiguous:
+            return []
+        shown = f" (e.g. {[str(p) for p in next(iter(self.ambiguous.values()))]})" if example else ""
+        return [f"{len(self.ambiguous)} {noun} match several files{shown}; the first in sorted order was used"]
+
     def __len__(self) -> int:
         return sum(len(v) for v in self._index.values())
 
 
-def records_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """A records frame with exactly RECORD_COLUMNS; absent fields become None."""
-    return pd.DataFrame([{c: row.get(c) for c in RECORD_COLUMNS} for row in rows], columns=list(RECORD_COLUMNS))
+def path_strings(found: pd.Series) -> pd.Series:
+    """Located paths as strings for the records; None stays None."""
+    return found.map(lambda p: str(p) if p is not None else None)
 
 
-def quarantine_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    return pd.DataFrame([{c: row.get(c) for c in QUARANTINE_COLUMNS} for row in rows], columns=list(QUARANTINE_COLUMNS))
+def strip_extension(names: pd.Series) -> pd.Series:
+    """File names without a 2-5 character extension, for ids that some copies write with one and some without."""
+    return names.str.replace(r"\.[A-Za-z0-9]{2,5}$", "", regex=True)
 
 
-def missing_file_entry(source: str, sample_id: str, expected: str, metadata_file: Path, row: int) -> dict[str, Any]:
-    return {
-        "source_dataset": source,
-        "sample_id": sample_id,
-        "image_path": expected,
-        "reason": "missing_file",
-        "detail": f"{metadata_file.name} row {row} names an image that is not below the dataset folder",
-    }
+def add_blank_columns(table: pd.DataFrame, columns: Iterable[str]) -> list[str]:
+    """Add each absent optional column as empty strings, so later code need not ask; returns the ones added."""
+    absent = [c for c in columns if c not in table.columns]
+    for column in absent:
+        table[column] = ""
+    return absent
+
+
+def stamp_origin(table: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """Tag rows with their file (`_file` name, `_path`) and 1-based `_row`, which messages and lineage cite."""
+    table["_file"] = path.name
+    table["_path"] = str(path)
+    table["_row"] = range(1, len(table) + 1)
+    return table
+
+
+def row_numbers(table: pd.DataFrame) -> pd.Series:
+    """1-based data row numbers (header excluded), aligned with the table's index."""
+    return pd.Series(range(1, len(table) + 1), index=table.index)
+
+
+def locations(files: str | pd.Series, rows: pd.Series, unit: str = "row") -> pd.Series:
+    """'<file> row <n>' per row: how every quarantine detail points the user at the offending line."""
+    return files + f" {unit} " + rows.astype(str)
+
+
+class RowChecks:
+    """Quarantine reason and detail per row, where the first failed check wins so each row names its root problem.
+
+    Details start with the row's location (`where`); reasons already set (e.g. by one-hot decoding) are kept.
+    Rows that pass become records and the rest quarantine rows, both under the same `sample_id`.
+    """
+
+    def __init__(
+        self,
+        dataset: str,
+        sample_id: pd.Series,
+        where: pd.Series,
+        reason: pd.Series | None = None,
+        detail: pd.Series | None = None,
+    ) -> None:
+        self.dataset = dataset
+        self.sample_id = sample_id
+        self.where = where
+        self.reason = pd.Series(None, index=where.index, dtype="object") if reason is None else reason.copy()
+        self.detail = pd.Series(None, index=where.index, dtype="object") if detail is None else detail.copy()
+
+    @classmethod
+    def for_rows(
+        cls,
+        dataset: str,
+        native_id: pd.Series,
+        files: str | pd.Series,
+        rows: pd.Series,
+        *,
+        unit: str = "row",
+        reason: pd.Series | None = None,
+        detail: pd.Series | None = None,
+    ) -> RowChecks:
+        """Rows keyed '<dataset>/<native id>'; a blank id becomes '<file>#<unit><n>' so the row stays traceable."""
+        sample_id = dataset + "/" + native_id.where(native_id != "", files + f"#{unit}" + rows.astype(str))
+        return cls(dataset, sample_id, locations(files, rows, unit), reason, detail)
+
+    @property
+    def good(self) -> pd.Series:
+        return self.reason.isna()
+
+    def flag(self, mask: pd.Series, why: str, text: str | pd.Series) -> None:
+        """Give reason `why` to rows in `mask` not flagged before; `text` is appended to the row's location."""
+        mask = mask & self.reason.isna()
+        self.reason[mask] = why
+        self.detail[mask] = (self.where + text)[mask]
+
+    def empty_label(self, values: pd.Series, field: str, expected: str) -> None:
+        self.flag(values == "", "missing_label", f": field '{field}' is empty ({expected})")
+
+    def empty_image_id(self, values: pd.Series, field: str | pd.Series) -> None:
+        self.flag(values == "", "missing_file", ": field '" + field + "' is empty, so no image can be matched")
+
+    def repeated_id(self, field: str, values: pd.Series, unit: str = "row") -> None:
+        repeated = self.sample_id.duplicated()
+        self.flag(repeated, "duplicate_id", f": {field} '" + values + f"' repeats an earlier {unit}")
+
+    def image_ids(self, ids: pd.Series, field: str, found: pd.Series, not_found: str | pd.Series) -> None:
+        """The checks of every image-keyed table, in precedence order: blank id, repeated id, no such file."""
+        self.empty_image_id(ids, field)
+        self.repeated_id(field, ids)
+        self.flag(found.isna(), "missing_file", not_found)
+
+    def records(self, image_path: pd.Series, fields: Mapping[str, Any]) -> pd.DataFrame:
+        """RECORD_COLUMNS of the rows that passed every check; a field the dataset lacks is None."""
+        fields = {"sample_id": self.sample_id, "source_dataset": self.dataset, "image_path": image_path, **fields}
+        return pd.DataFrame({c: fields.get(c) for c in RECORD_COLUMNS}).loc[self.good, list(RECORD_COLUMNS)]
+
+    def quarantine(self, image_path: pd.Series) -> pd.DataFrame:
+        """QUARANTINE_COLUMNS of the rows that failed a check, renumbered from 0."""
+        frame = pd.DataFrame(
+            {
+                "source_dataset": self.dataset,
+                "sample_id": self.sample_id,
+                "image_path": image_path,
+                "reason": self.reason,
+                "detail": self.detail,
+            }
+        )
+        return frame.loc[~self.good, list(QUARANTINE_COLUMNS)].reset_index(drop=True)
+
+
+def reason_notes(quarantine: pd.DataFrame) -> list[str]:
+    """'quarantine reasons: <reason>: <n>, ...' when anything was quarantined."""
+    if not len(quarantine):
+        return []
+    counts = Counter(quarantine["reason"])
+    return ["quarantine reasons: " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))]
+
+
+def outcome_notes(records: pd.DataFrame, quarantine: pd.DataFrame, suffix: str = "") -> list[str]:
+    """The closing notes of a load: how many samples were kept and why the rest were quarantined."""
+    return [f"{len(records)} samples, {len(quarantine)} quarantined{suffix}", *reason_notes(quarantine)]
+
+
+def undocumented_label_notes(labels: pd.Series, documented: Sequence[str], field: str) -> list[str]:
+    """A note listing label values outside a dataset's documented codes; they are kept for label mapping to judge."""
+    unusual = sorted(set(labels) - set(documented))
+    if not unusual:
+        return []
+    return [f"{field} values outside the documented codes kept for label mapping to judge: {unusual}"]
 
 
 def parse_age(value: Any) -> float | None:
@@ -177,3 +327,8 @@ def parse_fitzpatrick(value: Any) -> int | None:
 def blank_to_none(value: Any) -> str | None:
     text = str(value).strip() if value is not None else ""
     return text or None
+
+
+def demographics(age: pd.Series, sex: pd.Series, site: pd.Series) -> dict[str, pd.Series]:
+    """Record fields age, sex and site, parsed alike for every dataset so they compare across sources."""
+    return {"age": age.map(parse_age), "sex": sex.map(parse_sex), "site": site.map(blank_to_none)}

@@ -9,20 +9,27 @@ truncated export fails here rather than in label mapping.
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 
-from skinr1_pipeline.data.loaders.common import ImageLocator, find_file, read_table
-from skinr1_pipeline.data.schema import QUARANTINE_COLUMNS, RECORD_COLUMNS, LoadedDataset
+from skinr1_pipeline.data.loaders.common import (
+    SPLIT_SYNONYMS,
+    ImageLocator,
+    RowChecks,
+    add_blank_columns,
+    find_file,
+    outcome_notes,
+    path_strings,
+    read_table,
+    stamp_origin,
+)
+from skinr1_pipeline.data.schema import LoadedDataset
 
 DATASET = "derm12345"
 WHAT = "DERM12345"
 TABLES = {"train": "derm12345_metadata_train", "test": "derm12345_metadata_test"}
 REQUIRED = ("image_id", "split", "super_class", "malignancy", "main_class_1", "main_class_2", "sub_class", "label")
-SPLIT_NAMES = {"train": "train", "training": "train", "test": "test", "testing": "test",
-               "valid": "valid", "val": "valid", "validation": "valid"}  # fmt: skip
 
 
 def load(root: Path) -> LoadedDataset:
@@ -33,96 +40,51 @@ def load(root: Path) -> LoadedDataset:
     notes = [f"{len(t)} rows in {p.name}" for t, p in zip(tables, paths.values())]
 
     locator = ImageLocator(root)
-    found = table["image_id"].map(lambda i: locator.find(i) if i else None)
-    if locator.ambiguous:
-        notes.append(f"{len(locator.ambiguous)} image ids match several files; the first in sorted order was used")
-
-    where = table["_file"] + " row " + table["_row"].astype(str)
-    native_id = table["image_id"].where(table["image_id"] != "", table["_file"] + "#row" + table["_row"].astype(str))
-    sample_id = DATASET + "/" + native_id
-    reason = pd.Series(None, index=table.index, dtype="object")
-    detail = pd.Series(None, index=table.index, dtype="object")
-
-    def flag(mask: pd.Series, why: str, text: pd.Series) -> None:
-        mask = mask & reason.isna()
-        reason[mask] = why
-        detail[mask] = text[mask]
+    found = locator.find_each(table["image_id"])
+    notes += locator.ambiguity_notes("image ids")
 
     image_id, label = table["image_id"], table["label"]
-    flag(label == "", "missing_label", where + ": field 'label' is empty (expected a DERM12345 code such as 'bcc')")
-    flag(image_id == "", "missing_file", where + ": field 'image_id' is empty, so no image can be matched")
-    flag(sample_id.duplicated(), "duplicate_id", where + ": image_id '" + image_id + "' repeats an earlier row")
-    flag(
-        found.isna(),
-        "missing_file",
-        where + ": no image named '" + image_id + ".*' below the dataset folder (expected <part>/"
-        + label + "/" + image_id + ".jpg)",
-    )
+    checks = RowChecks.for_rows(DATASET, image_id, table["_file"], table["_row"])
+    checks.empty_label(label, "label", "expected a DERM12345 code such as 'bcc'")
+    expected = label + "/" + image_id + ".jpg"
+    not_found = ": no image named '" + image_id + ".*' below the dataset folder (expected <part>/" + expected + ")"
+    checks.image_ids(image_id, "image_id", found, not_found)
 
     split, split_notes = _official_split(table)
     notes.extend(split_notes)
-    image_path = found.map(lambda p: str(p) if p is not None else None)
-    good = reason.isna()
+    image_path = path_strings(found)
+    good = checks.good
     misfiled = int((found[good].map(lambda p: p.parent.name) != table.loc[good, "label"]).sum())
     if misfiled:
         notes.append(f"{misfiled} images lie in a folder not named after their label code (metadata label used)")
 
-    records = pd.DataFrame(
+    records = checks.records(
+        image_path,
         {
-            "sample_id": sample_id,
-            "source_dataset": DATASET,
-            "image_path": image_path,
-            "raw_label": table["label"],
+            "raw_label": label,
             "modality": "dermoscopic",
             "patient_id": table["patient_id"].where(table["patient_id"] != "", None),
-            "lesion_id": None,
             "official_split": split,
-            "age": None,
-            "sex": None,
-            "site": None,
-            "fitzpatrick": None,
             "metadata_file": table["_path"],
             "metadata_row": table["_row"],
-        }
-    ).loc[good, list(RECORD_COLUMNS)]
-    quarantine = pd.DataFrame(
-        {
-            "source_dataset": DATASET,
-            "sample_id": sample_id,
-            "image_path": image_path.fillna(table["label"] + "/" + table["image_id"] + ".jpg"),
-            "reason": reason,
-            "detail": detail,
-        }
-    ).loc[~good, list(QUARANTINE_COLUMNS)]
-
-    notes.append(f"{len(records)} samples, {len(quarantine)} quarantined")
-    if len(quarantine):
-        counts = Counter(quarantine["reason"])
-        notes.append("quarantine reasons: " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
-    return LoadedDataset(
-        name=DATASET,
-        root=root,
-        records=records,
-        quarantine=quarantine.reset_index(drop=True),
-        metadata_files=list(paths.values()),
-        notes=notes,
+        },
     )
+    quarantine = checks.quarantine(image_path.fillna(expected))
+    notes += outcome_notes(records, quarantine)
+    return LoadedDataset(DATASET, root, records, quarantine, list(paths.values()), notes)
 
 
 def _read(path: Path, split: str) -> pd.DataFrame:
     table = read_table(path, REQUIRED, what=WHAT)
-    if "patient_id" not in table.columns:  # the Dataverse export carries it; the Skin-R1 CSVs may not
-        table["patient_id"] = ""
-    table["_file"] = path.name
-    table["_path"] = str(path)
-    table["_row"] = range(1, len(table) + 1)
+    add_blank_columns(table, ["patient_id"])  # the Dataverse export carries it; the Skin-R1 CSVs may not
+    stamp_origin(table, path)
     table["_file_split"] = split
     return table
 
 
 def _official_split(table: pd.DataFrame) -> tuple[pd.Series, list[str]]:
     """The `split` column wins; the file the row came from fills blanks and is checked against it."""
-    column = table["split"].str.lower().map(SPLIT_NAMES)
+    column = table["split"].str.lower().map(SPLIT_SYNONYMS)
     notes = []
     unreadable = int(column.isna().sum())
     if unreadable:

@@ -10,14 +10,25 @@ the case number, and whichever image columns are present are loaded.
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from skinr1_pipeline.data.loaders.common import ImageLocator, blank_to_none, find_file, parse_sex, read_table
-from skinr1_pipeline.data.schema import QUARANTINE_COLUMNS, RECORD_COLUMNS, DatasetFormatError, LoadedDataset
+from skinr1_pipeline.data.loaders.common import (
+    ImageLocator,
+    RowChecks,
+    blank_to_none,
+    find_file,
+    find_optional_file,
+    locations,
+    outcome_notes,
+    parse_sex,
+    path_strings,
+    read_table,
+    row_numbers,
+)
+from skinr1_pipeline.data.schema import DatasetFormatError, LoadedDataset
 
 DATASET = "derm7pt"
 WHAT = "Derm7pt"
@@ -29,16 +40,14 @@ INDEX_ALIASES = {"indexes": ("index", "indices", "idx")}
 def load(root: Path) -> LoadedDataset:
     root = Path(root).resolve()
     meta_path = find_file(root, ["meta"], what=WHAT)
-    table = read_table(meta_path, ("diagnosis",), what=WHAT)
-    if table.empty:
-        raise DatasetFormatError(f"{WHAT}: {meta_path} has a header but no data rows")
+    table = read_table(meta_path, ("diagnosis",), what=WHAT, require_rows=True)
     views = [v for v in VIEWS if v in table.columns]
     if not views:
         raise DatasetFormatError(
             f"{WHAT}: {meta_path} lacks both image columns ['clinic', 'derm'] (at least one is required); "
             f"found columns {list(table.columns)}"
         )
-    rows = pd.Series(range(1, len(table) + 1), index=table.index)
+    rows = row_numbers(table)
     notes = [f"{len(table)} cases in {meta_path.name} with image column(s) {views}"]
     case = _case_ids(table, rows, notes)
     split, split_files = _official_split(meta_path.parent, len(table), notes)
@@ -63,58 +72,32 @@ def load(root: Path) -> LoadedDataset:
     if unresolved:
         notes.append(f"{unresolved} image paths match several files by name but none by folder; the first was used")
 
-    where = meta_path.name + " row " + samples["_row"].astype(str)
-    sample_id = DATASET + "/case" + samples["_case"] + "/" + samples["_view"]
-    reason = pd.Series(None, index=samples.index, dtype="object")
-    detail = pd.Series(None, index=samples.index, dtype="object")
-
-    def flag(mask: pd.Series, why: str, text: pd.Series) -> None:
-        mask = mask & reason.isna()
-        reason[mask] = why
-        detail[mask] = text[mask]
-
-    no_label = ": field 'diagnosis' is empty (expected a Derm7pt diagnosis such as 'clark nevus')"
-    flag(samples["diagnosis"] == "", "missing_label", where + no_label)
-    no_path = "' is empty, so no image can be matched"
-    flag(samples["_image"] == "", "missing_file", where + ": field '" + samples["_view"] + no_path)
-    flag(sample_id.duplicated(), "duplicate_id", where + ": case '" + samples["_case"] + "' repeats an earlier row")
-    flag(found.isna(), "missing_file", where + ": no image '" + samples["_image"] + f"' below {images_dir}")
-
-    good = reason.isna()
-    image_path = found.map(lambda p: str(p) if p is not None else None)
     case_key = DATASET + "/case" + samples["_case"]
-    records = pd.DataFrame(
+    sample_id = case_key + "/" + samples["_view"]
+    checks = RowChecks(DATASET, sample_id, locations(meta_path.name, samples["_row"]))
+    checks.empty_label(samples["diagnosis"], "diagnosis", "expected a Derm7pt diagnosis such as 'clark nevus'")
+    checks.empty_image_id(samples["_image"], samples["_view"])
+    checks.repeated_id("case", samples["_case"])
+    checks.flag(found.isna(), "missing_file", ": no image '" + samples["_image"] + f"' below {images_dir}")
+
+    image_path = path_strings(found)
+    records = checks.records(
+        image_path,
         {
-            "sample_id": sample_id,
-            "source_dataset": DATASET,
-            "image_path": image_path,
             "raw_label": samples["diagnosis"],
             "modality": samples["_view"].map(VIEWS),
             "patient_id": case_key,
             "lesion_id": case_key,
             "official_split": samples["official_split"],
-            "age": None,
             "sex": samples["sex"],
             "site": samples["site"],
-            "fitzpatrick": None,
             "metadata_file": str(meta_path),
             "metadata_row": samples["_row"],
-        }
-    ).loc[good, list(RECORD_COLUMNS)]
-    quarantine = pd.DataFrame(
-        {
-            "source_dataset": DATASET,
-            "sample_id": sample_id,
-            "image_path": image_path.fillna(samples["_image"]),
-            "reason": reason,
-            "detail": detail,
-        }
-    ).loc[~good, list(QUARANTINE_COLUMNS)]
-    notes.append(f"{len(records)} samples, {len(quarantine)} quarantined")
-    if len(quarantine):
-        counts = Counter(quarantine["reason"])
-        notes.append("quarantine reasons: " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
-    return LoadedDataset(DATASET, root, records, quarantine.reset_index(drop=True), [meta_path, *split_files], notes)
+        },
+    )
+    quarantine = checks.quarantine(image_path.fillna(samples["_image"]))
+    notes += outcome_notes(records, quarantine)
+    return LoadedDataset(DATASET, root, records, quarantine, [meta_path, *split_files], notes)
 
 
 def _case_ids(table: pd.DataFrame, rows: pd.Series, notes: list[str]) -> pd.Series:
@@ -134,9 +117,8 @@ def _official_split(meta_dir: Path, n_rows: int, notes: list[str]) -> tuple[pd.S
     owner: dict[int, Path] = {}
     files = []
     for name, stem in SPLIT_FILES.items():
-        try:
-            path = find_file(meta_dir, [stem], what=WHAT)
-        except DatasetFormatError:
+        path = find_optional_file(meta_dir, [stem], what=WHAT)
+        if path is None:
             continue
         files.append(path)
         positions = _read_positions(path, n_rows)

@@ -16,7 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 from skinr1_pipeline.data.images import IMAGE_EXTENSIONS
-from skinr1_pipeline.data.schema import QUARANTINE_COLUMNS, RECORD_COLUMNS, DatasetFormatError, LoadedDataset
+from skinr1_pipeline.data.loaders.common import RowChecks
+from skinr1_pipeline.data.schema import DatasetFormatError, LoadedDataset
 
 DATASET = "dermnet"
 WHAT = "DermNet"
@@ -50,65 +51,37 @@ def load(root: Path) -> LoadedDataset:
     table["path"] = [str(base / r) for r in table["rel"]]
     sample_id = DATASET + "/" + table["rel"]
 
-    reason = pd.Series(None, index=table.index, dtype="object")
-    detail = pd.Series(None, index=table.index, dtype="object")
-    outside = table["split"].isna()
-    reason[outside] = "bad_label"
-    detail[outside] = table["rel"] + ": not inside train/ or test/, so neither split nor category is known"
-    loose = table["split"].notna() & (table["category"] == "")
-    reason[loose] = "bad_label"
-    detail[loose] = (
-        table["rel"] + ": lies directly in " + top + "/ with no category folder"
-        " (expected " + top + "/<category>/<file>)"
+    checks = RowChecks(DATASET, sample_id, table["rel"])
+    outside = ": not inside train/ or test/, so neither split nor category is known"
+    checks.flag(table["split"].isna(), "bad_label", outside)
+    checks.flag(
+        table["category"] == "",
+        "bad_label",
+        ": lies directly in " + top + "/ with no category folder (expected " + top + "/<category>/<file>)",
     )
 
-    good = reason.isna()
-    unparsed = int((fine.isna() & good).sum())
+    unparsed = int((fine.isna() & checks.good).sum())
     if unparsed:
         notes.append(
             f"{unparsed} file stems do not follow '<disease-name>-<digits>'; their raw label keeps only the folder"
         )
-    records = pd.DataFrame(
+    records = checks.records(
+        table["path"],
         {
-            "sample_id": sample_id,
-            "source_dataset": DATASET,
-            "image_path": table["path"],
             "raw_label": table["raw_label"],
             "modality": "clinical",
-            "patient_id": None,
-            "lesion_id": None,
             "official_split": table["split"],
-            "age": None,
-            "sex": None,
-            "site": None,
-            "fitzpatrick": None,
             "metadata_file": [str(Path(p).parent) for p in table["path"]],
-            "metadata_row": None,
-        }
-    ).loc[good, list(RECORD_COLUMNS)]
-    quarantine = pd.DataFrame(
-        {
-            "source_dataset": DATASET,
-            "sample_id": sample_id,
-            "image_path": table["path"],
-            "reason": reason,
-            "detail": detail,
-        }
-    ).loc[~good, list(QUARANTINE_COLUMNS)]
+        },
+    )
+    quarantine = checks.quarantine(table["path"])
 
     split_counts = Counter(records["official_split"])
     notes.append(
         f"{len(records)} samples ({', '.join(f'{k}: {v}' for k, v in sorted(split_counts.items()))}) in "
         f"{records['raw_label'].str.split('|').str[0].nunique()} category folders, {len(quarantine)} quarantined"
     )
-    return LoadedDataset(
-        name=DATASET,
-        root=root,
-        records=records,
-        quarantine=quarantine.reset_index(drop=True),
-        metadata_files=[],
-        notes=notes,
-    )
+    return LoadedDataset(DATASET, root, records, quarantine, [], notes)
 
 
 def _split_dirs(folder: Path) -> list[str]:

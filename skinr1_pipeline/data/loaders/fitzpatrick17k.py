@@ -12,8 +12,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from skinr1_pipeline.data.loaders.common import ImageLocator, find_file, parse_fitzpatrick, read_table
-from skinr1_pipeline.data.schema import QUARANTINE_COLUMNS, RECORD_COLUMNS, LoadedDataset
+from skinr1_pipeline.data.loaders.common import (
+    ImageLocator,
+    RowChecks,
+    add_blank_columns,
+    find_file,
+    locations,
+    outcome_notes,
+    parse_fitzpatrick,
+    path_strings,
+    read_table,
+    row_numbers,
+)
+from skinr1_pipeline.data.schema import LoadedDataset
 
 DATASET = "fitzpatrick17k"
 WHAT = "Fitzpatrick17k"
@@ -28,98 +39,49 @@ def load(root: Path) -> LoadedDataset:
     root = Path(root).resolve()
     path = find_file(root, METADATA_NAMES, what=WHAT)
     table = read_table(path, REQUIRED, aliases=ALIASES, what=WHAT)
-    for optional in ("qc", "url_alphanum"):
-        if optional not in table.columns:
-            table[optional] = ""
-    rows = pd.Series(range(1, len(table) + 1), index=table.index)
+    add_blank_columns(table, ("qc", "url_alphanum"))
+    rows = row_numbers(table)
     notes: list[str] = [f"{len(table)} rows in {path.name}"]
 
     locator = ImageLocator(root)
-    by_hash = table["md5hash"].map(lambda h: locator.find(h) if h else None)
-    by_url = table["url_alphanum"].map(lambda u: locator.find(u) if u else None)
+    by_hash = locator.find_each(table["md5hash"])
+    by_url = locator.find_each(table["url_alphanum"])
     found = by_hash.where(by_hash.notna(), by_url)
     via_url = int((by_hash.isna() & by_url.notna()).sum())
     if via_url:
         notes.append(f"{via_url} images found by url_alphanum instead of md5hash")
-    if locator.ambiguous:
-        notes.append(f"{len(locator.ambiguous)} ids match several files; the first in sorted order was used")
+    notes += locator.ambiguity_notes("ids")
 
-    native_id = table["md5hash"].where(table["md5hash"] != "", table["url_alphanum"])
-    native_id = native_id.where(native_id != "", "row" + rows.astype(str))
-    sample_id = DATASET + "/" + native_id
-    qc = table["qc"]
-    where = path.name + " row " + rows.astype(str)
-
-    reason = pd.Series(None, index=table.index, dtype="object")
-    detail = pd.Series(None, index=table.index, dtype="object")
-
-    def flag(mask: pd.Series, why: str, text: pd.Series) -> None:
-        mask = mask & reason.isna()
-        reason[mask] = why
-        detail[mask] = text[mask]
-
-    flag(
-        table["label"] == "",
-        "missing_label",
-        where + ": field 'label' is empty (expected one of the 114 condition names)",
-    )
-    flag(
+    md5, qc, label = table["md5hash"], table["qc"], table["label"]
+    native_id = md5.where(md5 != "", table["url_alphanum"])
+    sample_id = DATASET + "/" + native_id.where(native_id != "", "row" + rows.astype(str))
+    checks = RowChecks(DATASET, sample_id, locations(path.name, rows))
+    checks.empty_label(label, "label", "expected one of the 114 condition names")
+    checks.flag(
         qc.str.startswith(WRONG_LABEL_QC),
         "bad_label",
-        where + ": field 'qc' is '" + qc + "'; expert quality control says label '" + table["label"] + "' is wrong",
+        ": field 'qc' is '" + qc + "'; expert quality control says label '" + label + "' is wrong",
     )
-    flag(
-        sample_id.duplicated(),
-        "duplicate_id",
-        where + ": md5hash '" + table["md5hash"] + "' repeats an earlier row (each image must appear once)",
-    )
-    flag(
-        found.isna(),
-        "missing_file",
-        where + ": no image named '" + table["md5hash"] + ".*' or by its url_alphanum below the dataset folder",
-    )
+    repeated = ": md5hash '" + md5 + "' repeats an earlier row (each image must appear once)"
+    checks.flag(sample_id.duplicated(), "duplicate_id", repeated)
+    missing = ": no image named '" + md5 + ".*' or by its url_alphanum below the dataset folder"
+    checks.flag(found.isna(), "missing_file", missing)
 
-    good = reason.isna()
-    records = pd.DataFrame(
+    image_path = path_strings(found)
+    records = checks.records(
+        image_path,
         {
-            "sample_id": sample_id,
-            "source_dataset": DATASET,
-            "image_path": found.map(lambda p: str(p) if p is not None else None),
-            "raw_label": table["label"],
+            "raw_label": label,
             "modality": "clinical",
-            "patient_id": None,
-            "lesion_id": None,
-            "official_split": None,
-            "age": None,
-            "sex": None,
-            "site": None,
             "fitzpatrick": table["fitzpatrick_scale"].map(_fitzpatrick_of(table["fitzpatrick_scale"])),
             "metadata_file": str(path),
             "metadata_row": rows,
-        }
-    ).loc[good, list(RECORD_COLUMNS)]
-    records["fitzpatrick"] = records["fitzpatrick"].astype("Int64")
-
-    expected = root.as_posix() + "/**/" + table["md5hash"] + ".jpg"
-    quarantine = pd.DataFrame(
-        {
-            "source_dataset": DATASET,
-            "sample_id": sample_id,
-            "image_path": found.map(lambda p: str(p) if p is not None else None).fillna(expected),
-            "reason": reason,
-            "detail": detail,
-        }
-    ).loc[~good, list(QUARANTINE_COLUMNS)]
-
-    notes.extend(_summary(table, records, quarantine))
-    return LoadedDataset(
-        name=DATASET,
-        root=root,
-        records=records,
-        quarantine=quarantine.reset_index(drop=True),
-        metadata_files=[path],
-        notes=notes,
+        },
     )
+    records["fitzpatrick"] = records["fitzpatrick"].astype("Int64")
+    quarantine = checks.quarantine(image_path.fillna(root.as_posix() + "/**/" + md5 + ".jpg"))
+    notes += _summary(table, records, quarantine)
+    return LoadedDataset(DATASET, root, records, quarantine, [path], notes)
 
 
 def _fitzpatrick_of(values: pd.Series) -> dict[str, int | None]:
@@ -130,14 +92,10 @@ def _fitzpatrick_of(values: pd.Series) -> dict[str, int | None]:
 def _summary(table: pd.DataFrame, records: pd.DataFrame, quarantine: pd.DataFrame) -> list[str]:
     qc_counts = Counter(v for v in table["qc"] if v)
     unknown_fst = int(records["fitzpatrick"].isna().sum())
-    lines = [
-        f"{len(records)} samples, {len(quarantine)} quarantined",
+    kept, *reasons = outcome_notes(records, quarantine)
+    return [
+        kept,
         "expert qc verdicts: " + (", ".join(f"{k}: {v}" for k, v in sorted(qc_counts.items())) or "none"),
         f"{unknown_fst} samples without a usable Fitzpatrick type (-1 or blank)",
+        *reasons,
     ]
-    if len(quarantine):
-        lines.append(
-            "quarantine reasons: "
-            + ", ".join(f"{k}: {v}" for k, v in sorted(Counter(quarantine["reason"]).items()))
-        )
-    return lines

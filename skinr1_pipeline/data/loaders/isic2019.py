@@ -9,7 +9,6 @@ test split when present. `decode_one_hot` is shared with the ISIC 2018 Task 3 fi
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
@@ -17,13 +16,19 @@ import pandas as pd
 
 from skinr1_pipeline.data.loaders.common import (
     ImageLocator,
+    RowChecks,
+    add_blank_columns,
     blank_to_none,
+    demographics,
     find_file,
-    parse_age,
-    parse_sex,
+    find_optional_file,
+    locations,
+    outcome_notes,
+    path_strings,
     read_table,
+    stamp_origin,
 )
-from skinr1_pipeline.data.schema import QUARANTINE_COLUMNS, RECORD_COLUMNS, DatasetFormatError, LoadedDataset
+from skinr1_pipeline.data.schema import LoadedDataset
 
 DATASET = "isic2019"
 WHAT = "ISIC 2019"
@@ -84,9 +89,10 @@ def load(root: Path) -> LoadedDataset:
     notes: list[str] = []
     parts, files = [], []
     for gt_name, meta_name, split in PARTS:
-        gt = _optional_file(root, gt_name) if split != "train" else find_file(root, [gt_name], what=WHAT)
+        find = find_file if split == "train" else find_optional_file
+        gt = find(root, [gt_name], what=WHAT)
         if gt is None:
-            if _optional_file(root, meta_name) is not None:
+            if find_optional_file(root, [meta_name], what=WHAT) is not None:
                 notes.append(f"{meta_name} present without {gt_name}: those images have no labels and were skipped")
             continue
         part, part_files, part_notes = _read_part(root, gt, meta_name, split)
@@ -96,95 +102,54 @@ def load(root: Path) -> LoadedDataset:
     table = pd.concat(parts, ignore_index=True)
 
     locator = ImageLocator(root)
-    found = table["image"].map(lambda i: locator.find(i) if i else None)
-    if locator.ambiguous:
-        notes.append(f"{len(locator.ambiguous)} image ids match several files; the first in sorted order was used")
+    found = locator.find_each(table["image"])
+    notes += locator.ambiguity_notes("image ids")
 
-    where = table["_file"] + " row " + table["_row"].astype(str)
-    fallback_id = table["_file"] + "#row" + table["_row"].astype(str)
-    sample_id = DATASET + "/" + table["image"].where(table["image"] != "", fallback_id)
-    reason, detail = table["_reason"].copy(), table["_detail"].copy()
+    image = table["image"]
+    checks = RowChecks.for_rows(
+        DATASET, image, table["_file"], table["_row"], reason=table["_reason"], detail=table["_detail"]
+    )
+    checks.image_ids(image, "image", found, ": no image named '" + image + ".*' below the dataset folder")
 
-    def flag(mask: pd.Series, why: str, text: pd.Series) -> None:
-        mask = mask & reason.isna()
-        reason[mask] = why
-        detail[mask] = text[mask]
-
-    flag(table["image"] == "", "missing_file", where + ": field 'image' is empty, so no image can be matched")
-    flag(sample_id.duplicated(), "duplicate_id", where + ": image '" + table["image"] + "' repeats an earlier row")
-    flag(found.isna(), "missing_file", where + ": no image named '" + table["image"] + ".*' below the dataset folder")
-
-    image_path = found.map(lambda p: str(p) if p is not None else None)
-    good = reason.isna()
-    records = pd.DataFrame(
+    image_path = path_strings(found)
+    records = checks.records(
+        image_path,
         {
-            "sample_id": sample_id,
-            "source_dataset": DATASET,
-            "image_path": image_path,
             "raw_label": table["_label"],
             "modality": "dermoscopic",
-            "patient_id": None,
             "lesion_id": table["lesion_id"].map(blank_to_none),
             "official_split": table["_split"],
-            "age": table["age_approx"].map(parse_age),
-            "sex": table["sex"].map(parse_sex),
-            "site": table["anatom_site_general"].map(blank_to_none),
-            "fitzpatrick": None,
+            **demographics(table["age_approx"], table["sex"], table["anatom_site_general"]),
             "metadata_file": table["_path"],
             "metadata_row": table["_row"],
-        }
-    ).loc[good, list(RECORD_COLUMNS)]
-    quarantine = pd.DataFrame(
-        {
-            "source_dataset": DATASET,
-            "sample_id": sample_id,
-            "image_path": image_path.fillna(table["image"]),
-            "reason": reason,
-            "detail": detail,
-        }
-    ).loc[~good, list(QUARANTINE_COLUMNS)]
-    notes.append(f"{len(records)} samples, {len(quarantine)} quarantined")
-    if len(quarantine):
-        counts = Counter(quarantine["reason"])
-        notes.append("quarantine reasons: " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
-    return LoadedDataset(DATASET, root, records, quarantine.reset_index(drop=True), files, notes)
-
-
-def _optional_file(root: Path, name: str) -> Path | None:
-    try:
-        return find_file(root, [name], what=WHAT)
-    except DatasetFormatError:
-        return None
+        },
+    )
+    quarantine = checks.quarantine(image_path.fillna(image))
+    notes += outcome_notes(records, quarantine)
+    return LoadedDataset(DATASET, root, records, quarantine, files, notes)
 
 
 def _read_part(root: Path, gt_path: Path, meta_name: str, split: str) -> tuple[pd.DataFrame, list[Path], list[str]]:
     """Ground truth rows (in file order) with their metadata columns joined on by image id."""
-    table = read_table(gt_path, ("image", *CLASSES), aliases=ID_ALIASES, what=WHAT)
-    if table.empty:
-        raise DatasetFormatError(f"{WHAT}: {gt_path} has a header but no data rows")
+    table = read_table(gt_path, ("image", *CLASSES), aliases=ID_ALIASES, what=WHAT, require_rows=True)
     classes = [*CLASSES, "UNK"] if "UNK" in table.columns else list(CLASSES)
-    table["_file"] = gt_path.name
-    table["_path"] = str(gt_path)
-    table["_row"] = range(1, len(table) + 1)
+    stamp_origin(table, gt_path)
     table["_split"] = split
-    where = table["_file"] + " row " + table["_row"].astype(str)
+    where = locations(table["_file"], table["_row"])
     table["_label"], table["_reason"], table["_detail"] = decode_one_hot(table, classes, where)
     table = table.loc[:, ["image", "_file", "_path", "_row", "_split", "_label", "_reason", "_detail"]]
     notes = [f"{len(table)} rows in {gt_path.name} (official split {split})"]
     files = [gt_path]
 
-    meta_path = _optional_file(root, meta_name)
+    meta_path = find_optional_file(root, [meta_name], what=WHAT)
     meta_columns = ["lesion_id", "age_approx", "anatom_site_general", "sex"]
     if meta_path is None:
         notes.append(f"no {meta_name}: age, sex, site and lesion id are unknown for {gt_path.name}")
-        for column in meta_columns:
-            table[column] = ""
+        add_blank_columns(table, meta_columns)
         return table, files, notes
     meta = read_table(meta_path, ("image",), aliases=META_ALIASES, what=WHAT)
     files.append(meta_path)
-    for column in meta_columns:
-        if column not in meta.columns:
-            meta[column] = ""
+    add_blank_columns(meta, meta_columns)
     repeated = int(meta["image"].duplicated().sum())
     if repeated:
         notes.append(f"{meta_path.name}: {repeated} repeated image ids; the first row of each was used")

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from skinr1_pipeline.data.schema import QUARANTINE_COLUMNS, RECORD_COLUMNS, DatasetFormatError, LoadedDataset
+from skinr1_pipeline.data.loaders.common import RowChecks, outcome_notes, stamp_origin
+from skinr1_pipeline.data.schema import DatasetFormatError, LoadedDataset
 
 DATASET = "omnimedvqa"
 WHAT = "OmniMedVQA"
@@ -114,9 +115,7 @@ def _read(root: Path) -> tuple[LoadedDataset, pd.DataFrame]:
     for path, modality in files:
         items = _items(path)
         frame = pd.DataFrame(items, columns=sorted({k for it in items for k in it} | set(REQUIRED_FIELDS)))
-        frame["_row"] = range(1, len(frame) + 1)
-        frame["_path"] = str(path)
-        frame["_file"] = path.name
+        stamp_origin(frame, path)
         frame["_modality"] = modality
         qtype = frame["question_type"].astype(str).str.strip()
         skipped.update(qtype[qtype != DIAGNOSIS])
@@ -147,63 +146,39 @@ def _build(
         notes.append(f"{loosened} answers matched an option only after ignoring case, spacing and a final full stop")
 
     qid = _text(table["question_id"])
-    sample_id = DATASET + "/" + qid.where(qid != "", table["_file"] + "#item" + table["_row"].astype(str))
     rel = _text(table["image_path"]).str.replace("\\", "/", regex=False).str.lstrip("./")
     image_path = rel.map(lambda r: str(base / r) if r else None)
     exists = _existing(base, rel)
-    where = table["_file"] + " item " + table["_row"].astype(str)
 
-    reason = pd.Series(None, index=table.index, dtype="object")
-    detail = pd.Series(None, index=table.index, dtype="object")
-
-    def flag(mask: pd.Series, why: str, text: pd.Series) -> None:
-        mask = mask & reason.isna()
-        reason[mask] = why
-        detail[mask] = text[mask]
-
-    flag(gt == "", "missing_label", where + ": field 'gt_answer' is empty (expected the text of one option)")
+    checks = RowChecks.for_rows(DATASET, qid, table["_file"], table["_row"], unit="item")
+    sample_id = checks.sample_id
+    checks.empty_label(gt, "gt_answer", "expected the text of one option")
     listed = pd.Series(
         [" | ".join(f"{x}: {v}" for x, v in zip(LETTERS, row) if v) for row in options.to_numpy()], index=table.index
     )
-    flag(
+    checks.flag(
         n_match != 1,
         "bad_label",
-        where + ": field 'gt_answer' '" + gt + "' matches " + n_match.astype(str)
+        ": field 'gt_answer' '" + gt + "' matches " + n_match.astype(str)
         + " of the options (expected exactly one of " + listed + ")",
     )
-    flag(qid == "", "missing_id", where + ": field 'question_id' is empty (expected a unique id)")
-    flag(sample_id.duplicated(), "duplicate_id", where + ": question_id '" + qid + "' repeats an earlier item")
-    flag(~exists, "missing_file", where + ": image_path '" + rel + "' not found below " + str(base))
+    checks.flag(qid == "", "missing_id", ": field 'question_id' is empty (expected a unique id)")
+    checks.repeated_id("question_id", qid, unit="item")
+    checks.flag(~exists, "missing_file", ": image_path '" + rel + "' not found below " + str(base))
 
-    good = reason.isna()
+    good = checks.good
     modality = table["_modality"]
-    records = pd.DataFrame(
+    records = checks.records(
+        image_path,
         {
-            "sample_id": sample_id,
-            "source_dataset": DATASET,
-            "image_path": image_path,
             "raw_label": gt,
             "modality": modality,
-            "patient_id": None,
-            "lesion_id": None,
             "official_split": "test",
-            "age": None,
-            "sex": None,
-            "site": None,
-            "fitzpatrick": None,
             "metadata_file": table["_path"],
             "metadata_row": table["_row"],
-        }
-    ).loc[good, list(RECORD_COLUMNS)]
-    quarantine = pd.DataFrame(
-        {
-            "source_dataset": DATASET,
-            "sample_id": sample_id,
-            "image_path": image_path.fillna(""),
-            "reason": reason,
-            "detail": detail,
-        }
-    ).loc[~good, list(QUARANTINE_COLUMNS)]
+        },
+    )
+    quarantine = checks.quarantine(image_path.fillna(""))
 
     present = options.ne("")
     questions = pd.DataFrame(
@@ -221,18 +196,8 @@ def _build(
         }
     ).loc[good, list(QUESTION_COLUMNS)]
 
-    notes.append(f"{len(records)} samples, {len(quarantine)} quarantined")
-    if len(quarantine):
-        counts = Counter(quarantine["reason"])
-        notes.append("quarantine reasons: " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
-    loaded = LoadedDataset(
-        name=DATASET,
-        root=root,
-        records=records,
-        quarantine=quarantine.reset_index(drop=True),
-        metadata_files=[p for p, _ in files],
-        notes=notes,
-    )
+    notes += outcome_notes(records, quarantine)
+    loaded = LoadedDataset(DATASET, root, records, quarantine, [p for p, _ in files], notes)
     return loaded, questions.reset_index(drop=True)
 
 

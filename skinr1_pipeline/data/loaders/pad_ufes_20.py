@@ -8,21 +8,25 @@ The authors spell Fitzpatrick `fitspatrick`; the corrected spelling is accepted 
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 
 from skinr1_pipeline.data.loaders.common import (
     ImageLocator,
+    RowChecks,
     blank_to_none,
+    demographics,
     find_file,
-    parse_age,
+    outcome_notes,
     parse_fitzpatrick,
-    parse_sex,
+    path_strings,
     read_table,
+    row_numbers,
+    strip_extension,
+    undocumented_label_notes,
 )
-from skinr1_pipeline.data.schema import QUARANTINE_COLUMNS, RECORD_COLUMNS, DatasetFormatError, LoadedDataset
+from skinr1_pipeline.data.schema import LoadedDataset
 
 DATASET = "pad_ufes_20"
 WHAT = "PAD-UFES-20"
@@ -35,74 +39,42 @@ ALIASES = {"fitspatrick": ("fitzpatrick",), "gender": ("sex",)}
 def load(root: Path) -> LoadedDataset:
     root = Path(root).resolve()
     path = find_file(root, [METADATA], what=WHAT)
-    table = read_table(path, REQUIRED, aliases=ALIASES, what=WHAT)
-    if table.empty:
-        raise DatasetFormatError(f"{WHAT}: {path} has a header but no data rows")
-    rows = pd.Series(range(1, len(table) + 1), index=table.index)
+    table = read_table(path, REQUIRED, aliases=ALIASES, what=WHAT, require_rows=True)
+    rows = row_numbers(table)
     notes = [f"{len(table)} rows in {path.name}"]
 
     locator = ImageLocator(root)
     name = table["img_id"]
-    found = name.map(lambda i: locator.find(i) if i else None)
-    if locator.ambiguous:
-        notes.append(f"{len(locator.ambiguous)} img_ids match several files; the first in sorted order was used")
+    found = locator.find_each(name)
+    notes += locator.ambiguity_notes("img_ids")
 
-    where = path.name + " row " + rows.astype(str)
-    stem = name.str.replace(r"\.[A-Za-z0-9]{2,5}$", "", regex=True)
-    sample_id = DATASET + "/" + stem.where(stem != "", path.name + "#row" + rows.astype(str))
-    reason = pd.Series(None, index=table.index, dtype="object")
-    detail = pd.Series(None, index=table.index, dtype="object")
+    checks = RowChecks.for_rows(DATASET, strip_extension(name), path.name, rows)
+    checks.empty_label(table["diagnostic"], "diagnostic", f"expected one of {', '.join(LABELS)}")
+    checks.image_ids(name, "img_id", found, ": no image named '" + name + "' below the dataset folder")
 
-    def flag(mask: pd.Series, why: str, text: pd.Series) -> None:
-        mask = mask & reason.isna()
-        reason[mask] = why
-        detail[mask] = text[mask]
-
-    expected = f"expected one of {', '.join(LABELS)}"
-    flag(table["diagnostic"] == "", "missing_label", where + f": field 'diagnostic' is empty ({expected})")
-    flag(name == "", "missing_file", where + ": field 'img_id' is empty, so no image can be matched")
-    flag(sample_id.duplicated(), "duplicate_id", where + ": img_id '" + name + "' repeats an earlier row")
-    flag(found.isna(), "missing_file", where + ": no image named '" + name + "' below the dataset folder")
-
-    good = reason.isna()
-    unusual = sorted(set(table.loc[good, "diagnostic"]) - set(LABELS))
-    if unusual:
-        notes.append(f"diagnostic values outside the documented codes kept for label mapping to judge: {unusual}")
-    patient, lesion = table["patient_id"], table["lesion_id"]
-    has_prefix = pd.Series([l.startswith(p + "_") for p, l in zip(patient, lesion)], index=lesion.index, dtype=bool)
-    prefixed = lesion.where((patient == "") | has_prefix, patient + "_" + lesion)
-    lesion = prefixed.where(lesion != "", None)
-    image_path = found.map(lambda p: str(p) if p is not None else None)
-    records = pd.DataFrame(
+    notes += undocumented_label_notes(table.loc[checks.good, "diagnostic"], LABELS, "diagnostic")
+    image_path = path_strings(found)
+    records = checks.records(
+        image_path,
         {
-            "sample_id": sample_id,
-            "source_dataset": DATASET,
-            "image_path": image_path,
             "raw_label": table["diagnostic"],
             "modality": "clinical",
-            "patient_id": patient.map(blank_to_none),
-            "lesion_id": lesion,
-            "official_split": None,
-            "age": table["age"].map(parse_age),
-            "sex": table["gender"].map(parse_sex),
-            "site": table["region"].map(blank_to_none),
+            "patient_id": table["patient_id"].map(blank_to_none),
+            "lesion_id": _unique_lesion_ids(table["patient_id"], table["lesion_id"]),
+            **demographics(table["age"], table["gender"], table["region"]),
             "fitzpatrick": table["fitspatrick"].map(parse_fitzpatrick),
             "metadata_file": str(path),
             "metadata_row": rows,
-        }
-    ).loc[good, list(RECORD_COLUMNS)]
+        },
+    )
     records["fitzpatrick"] = records["fitzpatrick"].astype("Int64")
-    quarantine = pd.DataFrame(
-        {
-            "source_dataset": DATASET,
-            "sample_id": sample_id,
-            "image_path": image_path.fillna(name),
-            "reason": reason,
-            "detail": detail,
-        }
-    ).loc[~good, list(QUARANTINE_COLUMNS)]
-    notes.append(f"{len(records)} samples, {len(quarantine)} quarantined; no official split (PAD-UFES-20 has none)")
-    if len(quarantine):
-        counts = Counter(quarantine["reason"])
-        notes.append("quarantine reasons: " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
-    return LoadedDataset(DATASET, root, records, quarantine.reset_index(drop=True), [path], notes)
+    quarantine = checks.quarantine(image_path.fillna(name))
+    notes += outcome_notes(records, quarantine, "; no official split (PAD-UFES-20 has none)")
+    return LoadedDataset(DATASET, root, records, quarantine, [path], notes)
+
+
+def _unique_lesion_ids(patient: pd.Series, lesion: pd.Series) -> pd.Series:
+    """Lesion ids prefixed with their patient id (unless already), None where blank."""
+    has_prefix = pd.Series([l.startswith(p + "_") for p, l in zip(patient, lesion)], index=lesion.index, dtype=bool)
+    prefixed = lesion.where((patient == "") | has_prefix, patient + "_" + lesion)
+    return prefixed.where(lesion != "", None)

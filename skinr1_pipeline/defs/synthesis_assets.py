@@ -1,0 +1,167 @@
+"""SkinRationale assets: the knowledge base and the verified reasoning trajectories SFT trains on."""
+
+import json
+import time
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from skinr1_pipeline.data.holdout import training_rows
+from skinr1_pipeline.defs.metadata import counts_table, markdown_table, md
+from skinr1_pipeline.defs.resources import MlflowTracking, PipelineHome
+from skinr1_pipeline.knowledge.ddx import DDxGraph
+from skinr1_pipeline.knowledge.knowledge_base import KnowledgeBase, load_knowledge_base
+from skinr1_pipeline.knowledge.taxonomy import Taxonomy
+from skinr1_pipeline.settings import Settings
+
+GENERATORS = ("template", "vllm", "openai")
+
+
+class KnowledgeConfig(dg.Config):
+    path: str = Field(default="", description="A knowledge-base YAML replacing the packaged one ('' = packaged)")
+
+
+class SynthesisConfig(dg.Config):
+    generator: str = Field(default="template", description=f"one of {', '.join(GENERATORS)}")
+    teacher_model_dir: str = Field(default="", description="vllm: local instruct model directory")
+    base_url: str = Field(default="", description="openai: e.g. http://127.0.0.1:8000/v1 (a `vllm serve` endpoint)")
+    api_model: str = Field(default="", description="openai: model name the endpoint serves")
+    types: list[str] = Field(default=["hierarchy", "ddx", "ddx_switch", "contrast", "contrast_switch"])
+    per_sample: int = 1
+    mcq_fraction: float = 0.5
+    seed: int = 0
+    splits: list[str] = Field(default=["train", "valid"])
+    max_tokens: int = 1024
+    temperature: float = 0.7
+    corpus_dir: str = Field(default="", description="Optional folder of licensed textbook .txt/.md to ground rationales")
+
+
+def _generator(config: SynthesisConfig, progress_dir: Path):
+    if config.generator not in GENERATORS:
+        raise dg.Failure(f"synthesis generator={config.generator!r} is not allowed; allowed: {', '.join(GENERATORS)}")
+    if config.generator == "template":
+        from skinr1_pipeline.synthesis.generators import TemplateGenerator
+
+        return TemplateGenerator(seed=config.seed)
+    if config.generator == "vllm":
+        if not config.teacher_model_dir:
+            raise dg.Failure("synthesis generator=vllm needs teacher_model_dir (a local model directory)")
+        from skinr1_pipeline.synthesis.vllm_generator import VllmGenerator
+
+        return VllmGenerator(config.teacher_model_dir)
+    if not (config.base_url and config.api_model):
+        raise dg.Failure("synthesis generator=openai needs base_url and api_model")
+    from skinr1_pipeline.synthesis.http_generator import OpenAICompatibleGenerator
+
+    return OpenAICompatibleGenerator(config.base_url, config.api_model, progress_path=progress_dir / "http_progress.jsonl")
+
+
+def _demo_features(settings: Settings) -> dict[str, dict] | None:
+    """Per-image features the demo generator drew, keyed by resolved image path, so rationales cite what is there."""
+    path = settings.demo_dir / "demo_features.jsonl"
+    if settings.profile != "demo" or not path.exists():
+        return None
+    features = {}
+    for line in path.read_text("utf-8").splitlines():
+        record = json.loads(line)
+        features[str((settings.demo_dir / record["path"]).resolve())] = record["features"]
+    return features
+
+
+def build_synthesis_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition], list[dg.AssetChecksDefinition]]:
+    @dg.asset(group_name="knowledge", code_version="1", kinds={"yaml"})
+    def knowledge_base(context: dg.AssetExecutionContext, config: KnowledgeConfig, taxonomy_graph: Taxonomy,
+                       ddx_graph: DDxGraph) -> KnowledgeBase:
+        """Disease knowledge (morphology, dermoscopy, sites, behaviour, DDx discriminators), schema-validated."""
+        kb = load_knowledge_base(taxonomy_graph, ddx_graph, config.path or None)
+        rows = [{"diagnosis": node, "source": kb.citation(node) or ""} for node in sorted(kb.entries)]
+        context.add_output_metadata({"entries": len(kb), "entries_table": md(markdown_table(pd.DataFrame(rows), max_rows=100))})
+        return kb
+
+    @dg.asset(group_name="synthesis", code_version="1", kinds={"parquet"})
+    def skin_rationale_trajectories(
+        context: dg.AssetExecutionContext,
+        config: SynthesisConfig,
+        home: PipelineHome,
+        mlflow: MlflowTracking,
+        unified_samples: pd.DataFrame,
+        taxonomy_graph: Taxonomy,
+        ddx_graph: DDxGraph,
+        knowledge_base: KnowledgeBase,
+    ) -> str:
+        """Verified `<thinking>`/`<diagnosis>` trajectories (a Hugging Face dataset on disk) for LoRA SFT."""
+        from datasets import Dataset
+
+        from skinr1_pipeline.synthesis.pipeline import synthesize
+        from skinr1_pipeline.synthesis.trajectories import SamplingParams
+
+        out_dir = home.dir("outputs", "skin_rationale")
+        corpus = None
+        if config.corpus_dir:
+            from skinr1_pipeline.knowledge.corpus import Corpus
+
+            corpus = Corpus.from_dir(config.corpus_dir)
+        samples = training_rows(unified_samples, settings.ood_modalities, settings.ood_sources)
+        start = time.perf_counter()
+        result = synthesize(
+            samples, taxonomy_graph, ddx_graph, knowledge_base, _generator(config, out_dir),
+            types=config.types, per_sample=config.per_sample, seed=config.seed, splits=config.splits,
+            image_features=_demo_features(settings), corpus=corpus, mcq_fraction=config.mcq_fraction,
+            sampling=SamplingParams(temperature=config.temperature, max_tokens=config.max_tokens),
+        )
+        seconds = time.perf_counter() - start
+        trajectories, rejections = result.trajectories, result.rejections
+        if trajectories.empty:
+            raise dg.Failure(f"no trajectory passed verification; rejections: {result.counts['rejections']}")
+        dataset_path = out_dir / "trajectories.parquet"
+        Dataset.from_pandas(trajectories, preserve_index=False).to_parquet(str(dataset_path))
+        rejections.to_parquet(out_dir / "rejections.parquet", index=False)
+        with mlflow.asset_run(context, params={**config.model_dump(), "samples": len(samples)}):
+            import mlflow as mlf
+
+            from skinr1_pipeline.tracking.mlflow_runs import log_dataframe_input
+
+            mlf.log_metrics({"accepted": len(trajectories), "rejected": len(rejections), "seconds": seconds})
+            log_dataframe_input(trajectories.drop(columns=["completion"]), "skin_rationale_trajectories", str(dataset_path), "sft")
+            mlf.log_dict(result.counts, "synthesis_counts.json")
+        per_type = pd.DataFrame(result.counts["per_type"]).T.reset_index(names="trajectory_type")
+        examples = trajectories.groupby("trajectory_type").head(1)
+        rendered = "\n\n".join(
+            f"**{r.trajectory_type}** ({r.question_form}, {r.taxonomy_node})\n\n> {r.prompt.splitlines()[0]}\n\n```\n{r.completion}\n```"
+            for r in examples.itertuples()
+        )
+        reasons = rejections.groupby(["reason"]).size().rename("count").reset_index() if len(rejections) else pd.DataFrame()
+        context.add_output_metadata({
+            "dataset_path": dg.MetadataValue.path(str(dataset_path)),
+            "accepted": len(trajectories),
+            "rejected": len(rejections),
+            "acceptance_rate": round(len(trajectories) / max(1, len(trajectories) + len(rejections)), 4),
+            "trajectories_per_second": round(result.counts["requests"] / max(seconds, 1e-9), 1),
+            "per_type": md(markdown_table(per_type)),
+            "per_class": md(counts_table(result.counts["per_class"], "taxonomy_node", "trajectories")),
+            "per_question_form": md(counts_table(result.counts["per_question_form"], "form", "trajectories")),
+            "rejections_by_reason": md(markdown_table(reasons)),
+            "skipped_not_applicable": md(counts_table(result.counts["skipped"], "reason")),
+            "examples": md(rendered),
+            "generator": config.generator,
+        })
+        return str(dataset_path)
+
+    @dg.asset_check(asset=skin_rationale_trajectories, blocking=True,
+                    description="Every kept trajectory parses strictly and its diagnosis agrees with its label")
+    def trajectories_parse_and_agree(skin_rationale_trajectories: str) -> dg.AssetCheckResult:
+        from skinr1_pipeline.modeling.prompt_format import parse_completion
+
+        frame = pd.read_parquet(skin_rationale_trajectories)
+        bad = []
+        for row in frame.itertuples():
+            options = list(row.options) if len(row.options) else None
+            parsed = parse_completion(row.completion, options)
+            if not parsed.ok:
+                bad.append({"sample_id": row.sample_id, "type": row.trajectory_type, "error": parsed.error})
+        return dg.AssetCheckResult(passed=not bad, metadata={"checked": len(frame), "failures": len(bad),
+                                                             "first_failures": md(markdown_table(pd.DataFrame(bad), 10))})
+
+    return [knowledge_base, skin_rationale_trajectories], [trajectories_parse_and_agree]

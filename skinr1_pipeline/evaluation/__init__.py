@@ -1,0 +1,1 @@
+"""Evaluation: suite construction (`suites`), scoring and metrics (`metrics`), train/eval overlap (`contamination`)."""

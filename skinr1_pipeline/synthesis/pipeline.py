@@ -1,0 +1,194 @@
+"""`synthesize`: unified samples → reasoning trajectories (SkinRationale), verified, with every rejection counted.
+
+Determinism: each (sample, type, k) gets its own RNG seeded from (seed, sample_id, type, k), so output does not
+depend on row order, batch size or which other samples are present; the generator receives per-request seeds too.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+
+from skinr1_pipeline.knowledge.corpus import Corpus, Passage
+from skinr1_pipeline.knowledge.ddx import DDxGraph
+from skinr1_pipeline.knowledge.knowledge_base import KnowledgeBase
+from skinr1_pipeline.knowledge.taxonomy import Taxonomy
+from skinr1_pipeline.modeling.prompt_format import parse_completion
+from skinr1_pipeline.synthesis.generators import Generator
+from skinr1_pipeline.synthesis.trajectories import (
+    TYPES,
+    BuildExtras,
+    GenerationRequest,
+    NotApplicable,
+    SamplingParams,
+)
+from skinr1_pipeline.synthesis.verify import Verdict, Verifier, VerifyConfig
+
+TRAJECTORY_COLUMNS = (
+    "sample_id", "image_path", "source_dataset", "split", "trajectory_type", "question_form", "prompt", "options",
+    "completion", "taxonomy_node", "bucket", "citations", "generator",
+)
+REJECTION_COLUMNS = ("sample_id", "trajectory_type", "reason", "detail", "text")
+_DEMO_SPLITS = ("train",) * 14 + ("valid",) * 3 + ("test",) * 3  # 70/15/15 by id hash
+
+
+@dataclass
+class SynthesisResult:
+    trajectories: pd.DataFrame
+    rejections: pd.DataFrame
+    counts: dict[str, Any] = field(default_factory=dict)
+
+
+def _seed(*parts: Any) -> int:
+    return zlib.crc32(":".join(map(str, parts)).encode())
+
+
+def _lookup(features: Mapping[str, Any] | None, row: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """Per-image features by sample id, else by image path (ingested ids differ from the demo manifest's ids)."""
+    if not features:
+        return None
+    found = features.get(str(row["sample_id"]))
+    if found is None and row.get("image_path") is not None:
+        found = features.get(str(row["image_path"]))
+    return found
+
+
+def synthesize(
+    samples: pd.DataFrame,
+    taxonomy: Taxonomy,
+    ddx: DDxGraph,
+    knowledge: KnowledgeBase,
+    generator: Generator,
+    *,
+    types: Sequence[str] = tuple(TYPES),
+    per_sample: int = 1,
+    seed: int = 0,
+    splits: Sequence[str] = ("train",),
+    image_features: Mapping[str, Mapping[str, Any]] | None = None,
+    corpus: Corpus | None = None,
+    mcq_fraction: float = 0.5,
+    sampling: SamplingParams = SamplingParams(),
+    verify_config: VerifyConfig = VerifyConfig(),
+    batch_size: int = 512,
+) -> SynthesisResult:
+    """Build requests for every (sample in `splits`, type, k < per_sample), generate, verify, deduplicate."""
+    unknown = [t for t in types if t not in TYPES]
+    if unknown:
+        raise ValueError(f"unknown trajectory types {unknown}; known: {list(TYPES)}")
+    rows = samples[samples["split"].isin(list(splits))] if "split" in samples else samples
+    pools = {ds: sorted(set(g["taxonomy_node"])) for ds, g in rows.groupby("source_dataset")} if len(rows) else {}
+    passages: dict[str, list[Passage]] = {}
+    requests: list[tuple[GenerationRequest, dict[str, Any]]] = []
+    skips: dict[str, int] = {}
+    for row in rows.to_dict("records"):
+        node = row["taxonomy_node"]
+        if corpus is not None and node in taxonomy and node not in passages:
+            passages[node] = corpus.passages_for(node, taxonomy)
+        feats = _lookup(image_features, row)
+        for ttype in types:
+            for k in range(per_sample):
+                rng = random.Random(_seed(seed, row["sample_id"], ttype, k))
+                extras = BuildExtras(
+                    image_features=feats, options_pool=pools.get(row["source_dataset"], ()),
+                    mcq_fraction=mcq_fraction, passages=passages.get(node, ()), index=k,
+                    sampling=SamplingParams(**{**sampling.__dict__, "seed": _seed(seed, row["sample_id"], ttype, k)}),
+                )
+                try:
+                    req = TYPES[ttype].build(row, taxonomy, ddx, knowledge, rng, extras)
+                except NotApplicable as exc:
+                    skips[exc.reason] = skips.get(exc.reason, 0) + 1
+                    continue
+                requests.append((req, row))
+    texts: list[str] = []
+    for start in range(0, len(requests), batch_size):
+        batch = [r for r, _ in requests[start:start + batch_size]]
+        texts += generator.generate(batch)
+    verifier = Verifier(taxonomy, ddx, knowledge, verify_config)
+    verdicts: list[Verdict] = [verifier.check(text, req) for (req, _), text in zip(requests, texts)]
+    passed = [i for i, v in enumerate(verdicts) if v.ok]
+    dedup_items = []
+    for i in passed:
+        req, row = requests[i]
+        group = row["sample_id"] if verify_config.dedup_scope == "sample" else row["taxonomy_node"]
+        thinking = parse_completion(texts[i], list(req.options) or None).thinking or ""
+        dedup_items.append((f"{group}::{req.trajectory_type}", req.request_id, thinking))
+    for i, v in zip(passed, verifier.dedup(dedup_items)):
+        verdicts[i] = v
+    return _result(requests, texts, verdicts, skips, generator.name)
+
+
+def _result(requests, texts, verdicts, skips, generator_name) -> SynthesisResult:
+    kept, rejected = [], []
+    for (req, row), text, verdict in zip(requests, texts, verdicts):
+        if verdict.ok:
+            kept.append({
+                "sample_id": req.sample_id, "image_path": row.get("image_path"),
+                "source_dataset": row.get("source_dataset"), "split": row.get("split"),
+                "trajectory_type": req.trajectory_type, "question_form": req.context.question_form,
+                "prompt": req.prompt, "options": list(req.options), "completion": text,
+                "taxonomy_node": req.context.node, "bucket": row.get("bucket"),
+                "citations": list(req.context.citations), "generator": generator_name,
+            })
+        else:
+            rejected.append({"sample_id": req.sample_id, "trajectory_type": req.trajectory_type,
+                             "reason": verdict.reason, "detail": verdict.detail, "text": text})
+    traj = pd.DataFrame(kept, columns=list(TRAJECTORY_COLUMNS))
+    rej = pd.DataFrame(rejected, columns=list(REJECTION_COLUMNS))
+    counts = {
+        "requests": len(requests),
+        "accepted": len(traj),
+        "rejected": len(rej),
+        "skipped": dict(sorted(skips.items())),
+        "per_type": {t: {"accepted": int((traj["trajectory_type"] == t).sum()),
+                         "rejected": int((rej["trajectory_type"] == t).sum())}
+                     for t in sorted({r.trajectory_type for r, _ in requests})},
+        "per_class": {str(k): int(v) for k, v in traj["taxonomy_node"].value_counts().sort_index().items()},
+        "per_question_form": {str(k): int(v) for k, v in traj["question_form"].value_counts().sort_index().items()},
+        "rejections": {str(k): int(v) for k, v in rej["reason"].value_counts().sort_index().items()},
+    }
+    return SynthesisResult(traj, rej, counts)
+
+
+def demo_samples(out_dir: str | Path, taxonomy: Taxonomy, *, label_maps: Mapping[str, Any] | None = None,
+                 seed: int = 0) -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
+    """Unified-style samples and their per-image features from a demo folder's `demo_features.jsonl`.
+
+    Labels go through the datasets' label maps (HAM10000 `bkl` → benign_keratosis_like, Derm7pt `clark nevus` →
+    dysplastic_nevus), as ingestion would, so coarse and fine labels both appear. Splits are a stable hash of the id
+    (70/15/15); the ISIC 2018 test images keep split "test". Skips the images the demo deliberately broke.
+    """
+    from skinr1_pipeline.knowledge.label_maps import load_label_maps
+
+    out_dir = Path(out_dir)
+    maps = label_maps if label_maps is not None else load_label_maps(taxonomy)
+    broken = set()
+    manifest = out_dir / "demo_manifest.json"
+    if manifest.exists():
+        broken = {b["path"] for b in json.loads(manifest.read_text()).get("broken", [])}
+    rows, features = [], {}
+    for line in (out_dir / "demo_features.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        dataset = rec["dataset"]
+        source = "ham10000" if dataset == "isic2018_task3_test" else dataset
+        if any(str(rec["path"]).endswith(b) for b in broken):
+            continue
+        resolved = maps[source].resolve(rec["raw_label"], taxonomy)
+        node = resolved[0] if resolved else rec["diagnosis"]
+        sample_id = f"{dataset}/{rec['sample_id']}"
+        bucket = taxonomy[node].bucket
+        split = "test" if dataset == "isic2018_task3_test" else _DEMO_SPLITS[_seed(seed, sample_id) % 20]
+        rows.append({
+            "sample_id": sample_id, "source_dataset": source, "image_path": str((out_dir / rec["path"]).resolve()),
+            "raw_label": rec["raw_label"], "modality": rec["features"].get("domain", "dermoscopic"),
+            "taxonomy_node": node, "taxonomy_path": taxonomy.path(node), "taxonomy_depth": taxonomy.depth(node),
+            "bucket": bucket or "none", "split": split, "image_sha256": None, "age": None, "sex": None,
+            "site": None, "fitzpatrick": rec["features"].get("fitzpatrick"),
+        })
+        features[sample_id] = rec["features"]
+    return pd.DataFrame(rows), features

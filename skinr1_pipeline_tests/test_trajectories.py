@@ -1,0 +1,199 @@
+"""Trajectory types, question forms, template generator, determinism and speed on demo data."""
+
+from __future__ import annotations
+
+import random
+
+import pandas as pd
+import pytest
+
+from skinr1_pipeline.data.demo import generate_demo_data
+from skinr1_pipeline.knowledge.ddx import DDxGraph
+from skinr1_pipeline.knowledge.knowledge_base import load_knowledge_base
+from skinr1_pipeline.knowledge.taxonomy import Taxonomy
+from skinr1_pipeline.modeling.prompt_format import build_open_prompt, parse_completion, prompt_options
+from skinr1_pipeline.synthesis import (
+    TYPES,
+    BuildExtras,
+    CallableGenerator,
+    Generator,
+    TemplateGenerator,
+    Verifier,
+    demo_samples,
+    synthesize,
+)
+
+
+@pytest.fixture(scope="module")
+def world():
+    tax = Taxonomy.load()
+    ddx = DDxGraph.load(tax)
+    return tax, ddx, load_knowledge_base(tax, ddx)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory, world):
+    out = tmp_path_factory.mktemp("demo")
+    generate_demo_data(out, seed=3, n_per_class=3)
+    return demo_samples(out, world[0])
+
+
+def _row(samples: pd.DataFrame, node: str) -> dict:
+    return samples[samples["taxonomy_node"] == node].iloc[0].to_dict()
+
+
+def _extras(samples, features, row, **kw) -> BuildExtras:
+    pool = sorted(set(samples.loc[samples["source_dataset"] == row["source_dataset"], "taxonomy_node"]))
+    return BuildExtras(image_features=features[row["sample_id"]], options_pool=pool, **kw)
+
+
+def test_demo_samples_use_label_maps(demo):
+    samples, features = demo
+    expected = {"benign_keratosis_like", "dysplastic_nevus", "melanoma", "ak_or_scc_in_situ"}
+    assert expected <= set(samples["taxonomy_node"])
+    assert set(samples["split"]) == {"train", "valid", "test"}
+    assert set(features) == set(samples["sample_id"])
+
+
+def test_hierarchy_walks_the_path(world, demo):
+    tax, ddx, kb = world
+    samples, features = demo
+    row = _row(samples, "melanoma")
+    req = TYPES["hierarchy"].build(row, tax, ddx, kb, random.Random(0), _extras(samples, features, row, mcq_fraction=0))
+    ctx = req.context
+    assert [lv.node for lv in ctx.levels] == tax.path("melanoma")[1:]
+    assert ctx.observed_source == "image" and req.prompt == build_open_prompt()
+    text = TemplateGenerator().generate([req])[0]
+    thinking = parse_completion(text).thinking
+    positions = [thinking.find(tax[n].name) for n in tax.path("melanoma")[1:]]
+    assert all(p >= 0 for p in positions) and positions == sorted(positions)
+
+
+def test_ddx_names_and_excludes_neighbours(world, demo):
+    tax, ddx, kb = world
+    samples, features = demo
+    for node in ("melanoma", "basal_cell_carcinoma", "dermatofibroma"):
+        row = _row(samples, node)
+        req = TYPES["ddx"].build(row, tax, ddx, kb, random.Random(1), _extras(samples, features, row))
+        alts = req.context.alternatives
+        assert alts and all(a.node in ddx.neighbours(node) and a.relation == "ddx" for a in alts)
+        text = TemplateGenerator().generate([req])[0]
+        for a in alts:
+            assert a.name in text.lower() and a.discriminator.rstrip(".")[5:30].lower() in text.lower()
+        assert any(c.startswith("ddx:") for c in req.context.citations)
+
+
+def test_switch_types_start_from_the_wrong_diagnosis(world, demo):
+    tax, ddx, kb = world
+    samples, features = demo
+    row = _row(samples, "seborrheic_keratosis")
+    for name, relation in (("ddx_switch", "ddx"), ("contrast_switch", "random")):
+        req = TYPES[name].build(row, tax, ddx, kb, random.Random(2), _extras(samples, features, row, mcq_fraction=0))
+        first = req.context.first
+        assert first is not None and first.relation == relation
+        thinking = parse_completion(TemplateGenerator().generate([req])[0]).thinking
+        assert thinking.find(first.name) < thinking.rfind("seborrheic keratosis")
+        assert "diagnosis is seborrheic keratosis" in thinking
+
+
+def test_contrast_picks_a_non_neighbour(world, demo):
+    tax, ddx, kb = world
+    samples, features = demo
+    row = _row(samples, "melanocytic_nevus")
+    req = TYPES["contrast"].build(row, tax, ddx, kb, random.Random(3), _extras(samples, features, row))
+    (alt,) = req.context.alternatives
+    assert alt.relation == "random" and alt.node in kb.entries
+    assert alt.node not in ddx.neighbours_with_expansion("melanocytic_nevus", tax)
+
+
+def test_mcq_options(world, demo):
+    tax, ddx, kb = world
+    samples, features = demo
+    row = _row(samples, "basal_cell_carcinoma")
+    extras = _extras(samples, features, row, mcq_fraction=1.0)
+    for seed in range(10):
+        req = TYPES["ddx"].build(row, tax, ddx, kb, random.Random(seed), extras)
+        ctx = req.context
+        assert ctx.question_form == "mcq" and len(req.options) == 4 and len(set(req.options)) == 4
+        assert prompt_options(req.prompt) == list(req.options)
+        assert ctx.option_nodes[ctx.answer_index] == "basal_cell_carcinoma"
+        others = [n for n in ctx.option_nodes if n != "basal_cell_carcinoma"]
+        assert set(others) <= set(extras.options_pool)  # the dataset has enough other classes
+        assert not any(tax.is_ancestor(n, "basal_cell_carcinoma") or tax.is_ancestor("basal_cell_carcinoma", n)
+                       for n in others)
+        assert parse_completion(TemplateGenerator().generate([req])[0], req.options).option_index == ctx.answer_index
+
+
+def test_real_sample_uses_knowledge_base_features_and_skips_unknown(world):
+    tax, ddx, kb = world
+    samples = pd.DataFrame([
+        {"sample_id": "r/1", "source_dataset": "r", "image_path": "/i/1.jpg", "taxonomy_node": "psoriasis",
+         "bucket": "none", "split": "train"},
+        {"sample_id": "r/2", "source_dataset": "r", "image_path": "/i/2.jpg", "taxonomy_node": "alopecia_areata",
+         "bucket": "none", "split": "train"},
+    ])
+    result = synthesize(samples, tax, ddx, kb, TemplateGenerator(), per_sample=2, seed=5)
+    assert result.counts["skipped"] == {"no_knowledge": 10}
+    assert len(result.rejections) == 0 or set(result.rejections["reason"]) == {"near_duplicate"}
+    done = result.trajectories
+    assert set(done["taxonomy_node"]) == {"psoriasis"}
+    assert all("status" not in c.split("<diagnosis>")[1] for c in done["completion"])  # no bucket -> no status
+    assert all("dotted vessels" in c for c in done["completion"])
+
+
+def test_template_passes_its_own_verifier_on_demo(world, demo):
+    tax, ddx, kb = world
+    samples, features = demo
+    result = synthesize(samples, tax, ddx, kb, TemplateGenerator(), per_sample=1, seed=0,
+                        splits=("train", "valid", "test"), image_features=features)
+    assert result.counts["rejected"] == 0, result.rejections[["trajectory_type", "reason", "detail"]].head()
+    assert result.counts["accepted"] == len(samples) * len(TYPES)
+    assert set(result.trajectories["question_form"]) == {"open", "mcq"}
+    assert list(result.trajectories.columns) == [
+        "sample_id", "image_path", "source_dataset", "split", "trajectory_type", "question_form", "prompt",
+        "options", "completion", "taxonomy_node", "bucket", "citations", "generator"]
+    assert result.counts["per_type"]["hierarchy"] == {"accepted": len(samples), "rejected": 0}
+
+
+def test_deterministic_per_seed_and_row_order(world, demo):
+    tax, ddx, kb = world
+    samples, features = demo
+    kw = dict(per_sample=2, splits=("train", "valid", "test"), image_features=features)
+    a = synthesize(samples, tax, ddx, kb, TemplateGenerator(), seed=7, **kw).trajectories
+    b = synthesize(samples.sample(frac=1, random_state=1), tax, ddx, kb, TemplateGenerator(), seed=7, **kw).trajectories
+    c = synthesize(samples, tax, ddx, kb, TemplateGenerator(), seed=8, **kw).trajectories
+    key = ["sample_id", "trajectory_type", "completion"]
+    assert a.equals(synthesize(samples, tax, ddx, kb, TemplateGenerator(), seed=7, **kw).trajectories)
+    assert a[key].sort_values(key).reset_index(drop=True).equals(b[key].sort_values(key).reset_index(drop=True))
+    assert not set(a["completion"]) == set(c["completion"])
+
+
+def test_generator_interface(world, demo):
+    """Speed is measured by benchmarks/bench_generation.py, not asserted here."""
+    tax, ddx, kb = world
+    samples, features = demo
+    assert isinstance(TemplateGenerator(), Generator)
+    rows = samples.to_dict("records")
+    requests = [TYPES[t].build(r, tax, ddx, kb, random.Random(i), BuildExtras(image_features=features[r["sample_id"]]))
+                for i, r in enumerate(rows * 10) for t in TYPES]
+    texts = TemplateGenerator().generate(requests)
+    assert len(texts) == len(requests) and all(texts)
+    verifier = Verifier(tax, ddx, kb)
+    assert all(verifier.check(t, r).ok for t, r in zip(texts[:200], requests[:200]))
+    with pytest.raises(ValueError, match="returned 1 texts for 2"):
+        CallableGenerator(lambda reqs: ["x"]).generate(requests[:2])
+
+
+def test_llm_style_generator_receives_messages_and_failures_are_counted(world, demo):
+    tax, ddx, kb = world
+    samples, features = demo
+    seen = []
+
+    def fake_llm(requests):
+        seen.extend(requests)
+        return ["I think it is a mole." for _ in requests]
+
+    result = synthesize(samples.head(3), tax, ddx, kb, CallableGenerator(fake_llm, "fake"), types=("ddx",),
+                        splits=("train", "valid", "test"), image_features=features)
+    assert seen and all(r.messages[0]["role"] == "system" and r.sampling.seed is not None for r in seen)
+    assert result.counts["rejections"] == {"bad_format": len(seen)}
