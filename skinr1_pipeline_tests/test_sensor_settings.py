@@ -95,13 +95,28 @@ def test_config_file_with_unknown_dataset_names_the_field(tmp_path):
 
 def test_gpu_settings_read_dataset_roots_and_default_tracking_store(tmp_path):
     config = tmp_path / "skinr1.yaml"
-    config.write_text(f"datasets:\n  pad_ufes_20: {tmp_path / 'pad'}\n  ham10000: {tmp_path / 'ham'}\n")
+    config.write_text(f"datasets:\n  pad_ufes_20: {tmp_path / 'pad'}\n  ham10000: {tmp_path / 'ham'}\n"
+                      f"model_dir: {tmp_path / 'qwen'}\nood:\n  sources: [pad_ufes_20]\nlauncher: accelerate\n")
     settings = load_settings({"SKINR1_PROFILE": "gpu", "SKINR1_CONFIG": str(config), "SKINR1_HOME": str(tmp_path / "h")})
     assert settings.datasets == ("ham10000", "pad_ufes_20")
+    assert settings.base_model_dir == tmp_path / "qwen" and settings.ood_sources == ("pad_ufes_20",)
+    assert settings.ood_modalities == () and settings.launcher == "accelerate"
     assert settings.dataset_root("ham10000") == tmp_path / "ham"
     assert settings.mlflow_tracking_uri == f"sqlite:///{tmp_path / 'h' / 'mlflow' / 'mlflow.db'}"
     with pytest.raises(SettingsError, match="derm7pt"):
         settings.dataset_root("derm7pt")
+
+
+@pytest.mark.parametrize("body, field", [
+    ("datasets: {}\n", "model_dir"),
+    ("model_dir: /m\nlauncher: torchrun\n", "launcher"),
+    ("model_dir: /m\nood:\n  modalities: clinical\n", "ood.modalities"),
+])
+def test_gpu_settings_name_the_bad_field(tmp_path, body, field):
+    config = tmp_path / "skinr1.yaml"
+    config.write_text(body)
+    with pytest.raises(SettingsError, match=field.replace(".", r"\.")):
+        load_settings({"SKINR1_PROFILE": "gpu", "SKINR1_CONFIG": str(config), "SKINR1_HOME": str(tmp_path)})
 
 
 def test_demo_settings_cover_three_real_formats(tmp_path):
@@ -109,5 +124,6 @@ def test_demo_settings_cover_three_real_formats(tmp_path):
     assert settings.profile == "demo"
     assert settings.datasets == ("ham10000", "pad_ufes_20", "derm7pt")
     assert settings.dataset_root("pad_ufes_20") == tmp_path / "demo_sources" / "PAD-UFES-20"
+    assert settings.ood_modalities == ("clinical",) and settings.base_model_dir is None
     with pytest.raises(SettingsError, match="integer"):
         load_settings({"SKINR1_DEMO_SEED": "abc"})
