@@ -15,13 +15,18 @@ from skinr1_pipeline.defs.knowledge_assets import (
 from skinr1_pipeline.defs.resources import MlflowTracking, PipelineHome
 from skinr1_pipeline.defs.sensors import build_dataset_change_sensor
 from skinr1_pipeline.defs.synthesis_assets import build_synthesis_assets
+from skinr1_pipeline.defs.training_assets import build_training_assets
+from skinr1_pipeline.defs.evaluation_assets import build_evaluation_assets
 from skinr1_pipeline.settings import Settings, load_settings
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     data_assets, data_checks, partitions = build_data_assets(settings)
     synthesis_assets, synthesis_checks = build_synthesis_assets(settings)
-    assets = [taxonomy_graph, ddx_graph, build_label_mapping_asset(settings), *data_assets, *synthesis_assets]
+    training_assets, training_checks = build_training_assets(settings)
+    evaluation_assets, evaluation_checks, schedules = build_evaluation_assets(settings)
+    assets = [taxonomy_graph, ddx_graph, build_label_mapping_asset(settings), *data_assets, *synthesis_assets,
+              *training_assets, *evaluation_assets]
     raw_key = dg.AssetKey("raw_datasets")
     ingest_job = dg.define_asset_job(
         "ingest_dataset",
@@ -31,13 +36,16 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     )
     return dg.Definitions(
         assets=assets,
-        asset_checks=[taxonomy_invariants, ddx_graph_valid, *data_checks, *synthesis_checks],
+        asset_checks=[taxonomy_invariants, ddx_graph_valid, *data_checks, *synthesis_checks, *training_checks,
+                      *evaluation_checks],
+        schedules=schedules,
         jobs=[ingest_job],
         sensors=[build_dataset_change_sensor(settings, raw_key)],
         resources={
             "home": PipelineHome(home=str(settings.home)),
             "mlflow": MlflowTracking(tracking_uri=settings.mlflow_tracking_uri, experiment_name=settings.mlflow_experiment),
             "io_manager": dg.FilesystemIOManager(base_dir=str(settings.home / "dagster_storage")),
+            "pipes_subprocess_client": dg.PipesSubprocessClient(),
         },
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import multiprocessing
 import os
 import struct
 import sys
@@ -428,6 +429,9 @@ def test_a_file_that_kills_its_worker_is_quarantined_and_the_batch_goes_on(tmp_p
         return real(path, **kwargs)
 
     monkeypatch.setattr(images, "inspect_image", crashing)
+    # Earlier tests in the session may leave threads alive (torch, MLflow), which makes the pool avoid fork;
+    # this test needs fork so the patched function reaches the workers.
+    monkeypatch.setattr(images, "_pool_context", lambda: multiprocessing.get_context("fork"))
     batch = paths * 8 + [killer] + paths * 2
     frame = inspect_images(batch, workers=2, chunk_size=16)
     assert frame["image_path"].tolist() == [str(p) for p in batch]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import dagster as dg
 import mlflow
 import pandas as pd
@@ -12,15 +14,31 @@ from skinr1_pipeline.runner import materialize_all
 from skinr1_pipeline.settings import load_settings
 
 
+# The whole graph at toy scale: every stage runs for real (synthesis, tokenizer + tiny model, LoRA SFT, GRPO,
+# RL-only GRPO, four variant evaluations, report, registry), with step and token budgets cut so CI stays short.
+# The format gate's floor is 0 here because two SFT steps cannot teach the format; `skinr1 demo` runs with 0.95.
+TOY = json.dumps
+RUN_CONFIG = {"ops": {
+    "demo_source_data": {"config": {"images_per_class": 10}},
+    "sft_checkpoint": {"config": {"overrides": TOY({"max_steps": 2, "max_train_samples": 16, "save_steps": 1}),
+                                  "gate_items": 4, "max_new_tokens": 24, "format_floor": 0.0}},
+    "grpo_checkpoint": {"config": {"overrides": TOY({"max_steps": 1, "limit_items": 4, "max_completion_length": 16,
+                                                     "log_completions_every": 1}),
+                                   "gate_items": 4, "max_new_tokens": 24, "accuracy_margin": 1.0}},
+    "rl_only_checkpoint": {"config": {"overrides": TOY({"max_steps": 1, "limit_items": 4,
+                                                        "max_completion_length": 16})}},
+    "eval_suites": {"config": {"per_suite_limit": 3}},
+    "variant_evaluations": {"config": {"max_new_tokens": 24}},
+}}
+
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     home = tmp_path_factory.mktemp("skinr1_home")
     settings = load_settings({"SKINR1_HOME": str(home)})
     defs = build_definitions(settings)
     with dg.instance_for_test() as instance:
-        outcome = materialize_all(
-            defs, instance, run_config={"ops": {"demo_source_data": {"config": {"images_per_class": 10}}}}, log=lambda _: None
-        )
+        outcome = materialize_all(defs, instance, run_config=RUN_CONFIG, log=print)
         yield settings, defs, outcome
 
 
@@ -29,7 +47,10 @@ def test_every_asset_materializes(demo_run):
     assert outcome.success
     expected = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     assert outcome.materialized_keys() == expected
-    assert {"demo_source_data", "taxonomy_graph", "ddx_graph", "label_mapping", "raw_datasets", "unified_samples"} <= expected
+    assert {"demo_source_data", "taxonomy_graph", "ddx_graph", "label_mapping", "raw_datasets", "unified_samples",
+            "knowledge_base", "skin_rationale_trajectories", "base_model", "sft_checkpoint", "rl_mcq_dataset",
+            "grpo_checkpoint", "rl_only_checkpoint", "eval_suites", "variant_evaluations", "ablation_table",
+            "evaluation_reports"} <= expected
 
 
 def test_gate_checks_pass(demo_run):
@@ -37,7 +58,10 @@ def test_gate_checks_pass(demo_run):
     results = {(e.asset_key.to_user_string(), e.check_name): e.passed for e in outcome.check_evaluations()}
     for gate in [("taxonomy_graph", "taxonomy_invariants"), ("ddx_graph", "ddx_graph_valid"),
                  ("raw_datasets", "every_label_mapped"), ("unified_samples", "no_split_leakage"),
-                 ("unified_samples", "splits_populated")]:
+                 ("unified_samples", "splits_populated"),
+                 ("skin_rationale_trajectories", "trajectories_parse_and_agree"),
+                 ("sft_checkpoint", "sft_losses_finite"), ("sft_checkpoint", "sft_format_compliance"),
+                 ("grpo_checkpoint", "grpo_keeps_sft_accuracy"), ("evaluation_reports", "champion_promotion")]:
         assert results.get(gate) is True, gate
 
 
@@ -84,3 +108,47 @@ def test_mlflow_has_a_parent_run_per_dagster_run_with_nested_asset_runs(demo_run
     inputs = client.get_run(unified.info.run_id).inputs.dataset_inputs
     assert {i.dataset.name for i in inputs} == {"unified_train", "unified_valid", "unified_test"}
     assert all(i.dataset.digest for i in inputs)
+
+
+def test_training_stages_leave_adapters_metrics_and_completions(demo_run):
+    settings, _, outcome = demo_run
+    models = settings.home / "models"
+    for stage in ("sft", "grpo", "rl_only"):
+        assert (models / stage / "adapter" / "adapter_model.safetensors").is_file(), stage
+    assert list((models / "grpo" / "completions").glob("step_*.parquet"))
+    client = mlflow.MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    experiment = client.get_experiment_by_name(settings.mlflow_experiment)
+    runs = {r.data.tags.get("dagster.asset_key"): r for r in client.search_runs([experiment.experiment_id], max_results=500)}
+    sft = runs["sft_checkpoint"]
+    assert "train_loss" in sft.data.metrics or "loss" in sft.data.metrics  # logged by the trainer in the Pipes child
+    assert "heldout_parse_rate" in sft.data.metrics
+    assert client.list_artifacts(sft.info.run_id, "sft_adapter")
+    # The SFT data reached MLflow as a dataset input, with the per-type counts in the asset metadata.
+    synthesis = client.get_run(runs["skin_rationale_trajectories"].info.run_id)
+    assert {i.dataset.name for i in synthesis.inputs.dataset_inputs} == {"skin_rationale_trajectories"}
+
+
+def test_sft_starts_from_trajectories_of_in_distribution_train_samples_only(demo_run):
+    settings, _, _ = demo_run
+    samples = pd.read_parquet(settings.outputs_dir / "unified_samples.parquet").set_index("sample_id")
+    trajectories = pd.read_parquet(settings.outputs_dir / "skin_rationale" / "trajectories.parquet")
+    used = samples.loc[trajectories["sample_id"].unique()]
+    assert set(used["split"]) == {"train"} and set(used["modality"]) == {"dermoscopic"}
+    items = pd.read_parquet(settings.outputs_dir / "rl_mcq" / "items.parquet")
+    assert set(samples.loc[items["sample_id"].unique(), "modality"]) == {"dermoscopic"}
+
+
+def test_evaluation_reports_every_variant_and_registers_a_candidate(demo_run):
+    settings, _, _ = demo_run
+    evaluation = settings.outputs_dir / "evaluation"
+    table = pd.read_csv(evaluation / "ablation_table.csv", index_col=0)
+    assert list(table.index) == ["base", "sft", "rl_only", "sft_grpo"]
+    for variant in table.index:
+        scored = pd.read_parquet(evaluation / variant / "scored.parquet")
+        assert {"in_domain", "malignancy", "hierarchical", "ood"} <= set(scored["suite"])
+    html = (evaluation / "report" / "report.html").read_text()
+    assert "data:image/png;base64," in html and "sft_grpo" in html
+    client = mlflow.MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    candidate = client.get_model_version_by_alias("skinr1-grpo", "candidate")
+    assert candidate.tags["promotion_decision"] == "promoted"  # first candidate: no champion yet
+    assert client.get_model_version_by_alias("skinr1-grpo", "champion").version == candidate.version

@@ -32,7 +32,7 @@ class SynthesisConfig(dg.Config):
     per_sample: int = 1
     mcq_fraction: float = 0.5
     seed: int = 0
-    splits: list[str] = Field(default=["train", "valid"])
+    splits: list[str] = Field(default=["train"], description="splits to write trajectories for (valid/test stay held out)")
     max_tokens: int = 1024
     temperature: float = 0.7
     corpus_dir: str = Field(default="", description="Optional folder of licensed textbook .txt/.md to ground rationales")

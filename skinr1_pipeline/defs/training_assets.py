@@ -1,0 +1,241 @@
+"""Training assets: base model, LoRA SFT, RL multiple-choice data, GRPO. Training runs out of process through
+Dagster Pipes (`python -m` or `accelerate launch`), so the same entry points serve one CPU and eight GPUs."""
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+import yaml
+from pydantic import Field
+
+from skinr1_pipeline.data.holdout import training_rows
+from skinr1_pipeline.defs.metadata import counts_table, markdown_table, md
+from skinr1_pipeline.defs.resources import MlflowTracking, PipelineHome
+from skinr1_pipeline.knowledge.ddx import DDxGraph
+from skinr1_pipeline.knowledge.taxonomy import Taxonomy
+from skinr1_pipeline.settings import Settings
+
+GPU_POOL = "gpu"
+
+
+class SFTAssetConfig(dg.Config):
+    overrides: str = Field(default="{}", description="JSON object of SFTRunConfig fields over the profile preset")
+    gate_items: int = Field(default=48, description="held-out MCQ items generated for the format gate")
+    max_new_tokens: int = 768
+    format_floor: float = Field(default=0.95, description="share of held-out generations that must parse")
+
+
+class RLDataConfig(dg.Config):
+    n_options: int = 4
+    hard_negative_fraction: float = Field(default=0.0, description="share of distractors drawn from DDx neighbours")
+    seed: int = 42
+
+
+class GRPOAssetConfig(dg.Config):
+    overrides: str = Field(default="{}", description="JSON object of GRPORunConfig fields over the profile preset")
+    gate_items: int = 48
+    max_new_tokens: int = 768
+    accuracy_margin: float = Field(default=0.05, description="GRPO may trail SFT held-out accuracy by at most this")
+
+
+def launch_command(settings: Settings, module: str, config_path: Path) -> list[str]:
+    """`python -m module` on one device; `accelerate launch [args] -m module` when the profile asks for it."""
+    if settings.launcher == "accelerate":
+        return [sys.executable, "-m", "accelerate.commands.launch", *settings.accelerate_args, "-m", module,
+                "--config", str(config_path)]
+    return [sys.executable, "-m", module, "--config", str(config_path)]
+
+
+def run_training(context: dg.AssetExecutionContext, pipes: dg.PipesSubprocessClient, settings: Settings,
+                 module: str, config: dict[str, Any], workdir: Path, mlflow_run: Any) -> dict[str, Any]:
+    """Write the config, start the entry point under Pipes with MLflow pointed at this asset's run, return the
+    metadata the child reported."""
+    config_path = workdir / "run_config.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    env = {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if mlflow_run is not None:
+        env.update({"MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri, "MLFLOW_RUN_ID": mlflow_run.info.run_id,
+                    "MLFLOW_EXPERIMENT_ID": mlflow_run.info.experiment_id})
+    invocation = pipes.run(command=launch_command(settings, module, config_path), context=context, env=env)
+    return dict(invocation.get_materialize_result().metadata or {})
+
+
+def _raw(value: Any) -> Any:
+    return getattr(value, "value", value)
+
+
+def _gate(items_path: str, model_dir: str, adapter_dir: str | None, limit: int, max_new_tokens: int,
+          max_pixels: int | None, context: dg.AssetExecutionContext) -> dict[str, Any]:
+    from skinr1_pipeline.training.gates import heldout_mcq_scores
+
+    items = pd.read_parquet(items_path)
+    valid = items[items["split"] == "valid"]
+    return heldout_mcq_scores(model_dir, adapter_dir, valid, limit=limit, max_new_tokens=max_new_tokens,
+                              max_pixels=max_pixels,
+                              progress=lambda done, total: context.log.info(f"held-out gate: {done}/{total}"))
+
+
+def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition], list[dg.AssetChecksDefinition]]:
+    demo = settings.profile == "demo"
+
+    @dg.asset(group_name="training", code_version="1", kinds={"pytorch"})
+    def base_model(context: dg.AssetExecutionContext, home: PipelineHome, taxonomy_graph: Taxonomy,
+                   skin_rationale_trajectories: str) -> str:
+        """The model every stage starts from: demo = a tiny Qwen2.5-VL with a tokenizer trained here on the
+        taxonomy, knowledge and trajectory text; gpu = the local Qwen2.5-VL-7B-Instruct directory."""
+        from skinr1_pipeline.modeling.model_factory import validate_model_dir
+
+        if not demo:
+            config = validate_model_dir(settings.base_model_dir)
+            context.add_output_metadata({"model_dir": dg.MetadataValue.path(str(settings.base_model_dir)),
+                                         "model_type": config.get("model_type", "")})
+            return str(settings.base_model_dir)
+        from skinr1_pipeline.modeling.tiny_model import build_tiny_model, default_corpus
+
+        trajectories = pd.read_parquet(skin_rationale_trajectories, columns=["prompt", "completion"])
+        corpus = [*default_corpus(), *trajectories["prompt"], *trajectories["completion"]]
+        for node in taxonomy_graph:
+            corpus.append(" ".join([node.name, *node.synonyms]))
+        out_dir = home.dir("models", "base")
+        start = time.perf_counter()
+        build_tiny_model(out_dir, corpus, seed=settings.demo_seed)
+        config = validate_model_dir(out_dir)
+        size = sum(p.stat().st_size for p in out_dir.rglob("*") if p.is_file())
+        context.add_output_metadata({
+            "model_dir": dg.MetadataValue.path(str(out_dir)), "model_type": config.get("model_type", ""),
+            "corpus_texts": len(corpus), "bytes_on_disk": size, "seconds": round(time.perf_counter() - start, 2),
+        })
+        return str(out_dir)
+
+    @dg.asset(group_name="training", code_version="1", kinds={"parquet"})
+    def rl_mcq_dataset(context: dg.AssetExecutionContext, config: RLDataConfig, home: PipelineHome,
+                       mlflow: MlflowTracking, unified_samples: pd.DataFrame, taxonomy_graph: Taxonomy,
+                       ddx_graph: DDxGraph) -> str:
+        """4-option multiple-choice items whose options come from each sample's own taxonomy path (scored by
+        depth) plus wrong labels from the same dataset; in-distribution samples only."""
+        from skinr1_pipeline.training.rl_data import build_mcq_items
+
+        samples = training_rows(unified_samples, settings.ood_modalities, settings.ood_sources)
+        build = build_mcq_items(samples, taxonomy_graph, ddx=ddx_graph, n_options=config.n_options,
+                                hard_negative_fraction=config.hard_negative_fraction, seed=config.seed)
+        items = build.items
+        path = home.path("outputs", "rl_mcq", "items.parquet")
+        items.to_parquet(path, index=False)
+        build.dropped.to_parquet(path.with_name("dropped.parquet"), index=False)
+        with mlflow.asset_run(context, params=config.model_dump()):
+            from skinr1_pipeline.tracking.mlflow_runs import log_dataframe_input
+
+            for split, frame in items.groupby("split"):
+                log_dataframe_input(frame, f"rl_mcq_{split}", str(path), "grpo" if split == "train" else split)
+        per_split = items.groupby(["source_dataset", "split"]).size().rename("items").reset_index()
+        example = items.iloc[0]
+        context.add_output_metadata({
+            "path": dg.MetadataValue.path(str(path)),
+            "items": len(items),
+            "per_source_and_split": md(markdown_table(per_split)),
+            "dropped_by_reason": md(counts_table({str(k): int(v) for k, v in build.drop_counts.items()}, "reason")),
+            "example": md(f"```\n{example['prompt']}\n```\noptions scores: {list(example['option_scores'])}, "
+                          f"bucket: {example['bucket']}"),
+        })
+        return str(path)
+
+    @dg.asset(group_name="training", code_version="1", kinds={"pytorch", "mlflow"}, pool=GPU_POOL)
+    def sft_checkpoint(context: dg.AssetExecutionContext, config: SFTAssetConfig, home: PipelineHome,
+                       mlflow: MlflowTracking, pipes_subprocess_client: dg.PipesSubprocessClient,
+                       base_model: str, skin_rationale_trajectories: str, rl_mcq_dataset: str) -> dict:
+        """LoRA SFT on the SkinRationale trajectories (TRL SFTTrainer, loss on the assistant turn)."""
+        from skinr1_pipeline.training.config import to_mapping
+        from skinr1_pipeline.training.sft import SFTRunConfig, demo_sft_config
+
+        out_dir = home.dir("models", "sft")
+        overrides = json.loads(config.overrides)
+        cfg = (demo_sft_config(base_model, skin_rationale_trajectories, out_dir, **overrides) if demo
+               else SFTRunConfig(model_dir=base_model, train_path=skin_rationale_trajectories, output_dir=str(out_dir),
+                                 **overrides))
+        cfg.report_to = ["mlflow"] if mlflow.enabled else []
+        with mlflow.asset_run(context) as run:
+            reported = run_training(context, pipes_subprocess_client, settings, "skinr1_pipeline.training.sft",
+                                    to_mapping(cfg), out_dir, run)
+            adapter_dir = str(_raw(reported.get("adapter_dir")) or out_dir / "adapter")
+            gate = _gate(rl_mcq_dataset, base_model, adapter_dir, config.gate_items, config.max_new_tokens,
+                         cfg.max_pixels, context)
+            if run is not None:
+                import mlflow as mlf
+
+                mlf.log_metrics({"heldout_parse_rate": gate["parse_rate"], "heldout_accuracy": gate["accuracy"]})
+                mlf.log_artifacts(adapter_dir, "sft_adapter")
+        losses = [float(p["loss"]) for p in _raw(reported.get("train_loss")) or []]
+        metadata = {
+            **{k: v for k, v in reported.items() if k not in ("train_loss", "eval_loss", "metrics")},
+            "loss_curve": md(markdown_table(pd.DataFrame(_raw(reported.get("train_loss")) or []), 40)),
+            "heldout_parse_rate": gate["parse_rate"], "heldout_accuracy": gate["accuracy"], "heldout_n": gate["n"],
+            "sample_generation": md(f"```\n{gate['examples'][0]['completion']}\n```"),
+        }
+        # A Pipes step must hand back a MaterializeResult; its `value` still goes through the IO manager.
+        return dg.MaterializeResult(metadata=metadata, value={
+            "adapter_dir": adapter_dir, "losses": losses, "gate": gate, "max_pixels": cfg.max_pixels,
+            "format_floor": config.format_floor})
+
+    @dg.asset_check(asset=sft_checkpoint, blocking=True, description="Every logged SFT loss is finite")
+    def sft_losses_finite(sft_checkpoint: dict) -> dg.AssetCheckResult:
+        losses = sft_checkpoint["losses"]
+        bad = [x for x in losses if not math.isfinite(x)]
+        return dg.AssetCheckResult(passed=bool(losses) and not bad,
+                                   metadata={"logged": len(losses), "non_finite": len(bad)})
+
+    @dg.asset_check(asset=sft_checkpoint, blocking=True,
+                    description="Enough held-out generations parse in the strict format (95% by default)")
+    def sft_format_compliance(sft_checkpoint: dict) -> dg.AssetCheckResult:
+        rate, floor = sft_checkpoint["gate"]["parse_rate"], sft_checkpoint["format_floor"]
+        return dg.AssetCheckResult(passed=rate >= floor, metadata={"parse_rate": rate, "n": sft_checkpoint["gate"]["n"],
+                                                                    "floor": floor})
+
+    @dg.asset(group_name="training", code_version="1", kinds={"pytorch", "mlflow"}, pool=GPU_POOL)
+    def grpo_checkpoint(context: dg.AssetExecutionContext, config: GRPOAssetConfig, home: PipelineHome,
+                        mlflow: MlflowTracking, pipes_subprocess_client: dg.PipesSubprocessClient,
+                        base_model: str, sft_checkpoint: dict, rl_mcq_dataset: str) -> dict:
+        """GRPO continuing the SFT LoRA adapter, rewarded by format + hierarchical granularity + malignancy."""
+        from skinr1_pipeline.training.config import to_mapping
+        from skinr1_pipeline.training.grpo import GRPORunConfig
+        from skinr1_pipeline.training.grpo import demo_grpo_config
+
+        out_dir = home.dir("models", "grpo")
+        overrides = json.loads(config.overrides)
+        common = dict(model_dir=base_model, adapter_dir=sft_checkpoint["adapter_dir"], items_path=rl_mcq_dataset,
+                      output_dir=str(out_dir))
+        cfg = demo_grpo_config(**common, **overrides) if demo else GRPORunConfig(**common, **overrides)
+        cfg.report_to = ["mlflow"] if mlflow.enabled else []
+        with mlflow.asset_run(context) as run:
+            reported = run_training(context, pipes_subprocess_client, settings, "skinr1_pipeline.training.grpo",
+                                    to_mapping(cfg), out_dir, run)
+            adapter_dir = str(_raw(reported.get("adapter_dir")) or out_dir / "adapter")
+            gate = _gate(rl_mcq_dataset, base_model, adapter_dir, config.gate_items, config.max_new_tokens,
+                         sft_checkpoint["max_pixels"], context)
+            if run is not None:
+                import mlflow as mlf
+
+                mlf.log_metrics({"heldout_parse_rate": gate["parse_rate"], "heldout_accuracy": gate["accuracy"]})
+                mlf.log_artifacts(adapter_dir, "grpo_adapter")
+        metadata = {
+            **{k: v for k, v in reported.items() if k not in ("reward_history", "metrics")},
+            "heldout_parse_rate": gate["parse_rate"], "heldout_accuracy": gate["accuracy"],
+            "sft_heldout_accuracy": sft_checkpoint["gate"]["accuracy"], "heldout_n": gate["n"],
+        }
+        return dg.MaterializeResult(metadata=metadata, value={
+            "adapter_dir": adapter_dir, "gate": gate, "sft_gate": sft_checkpoint["gate"],
+            "margin": config.accuracy_margin})
+
+    @dg.asset_check(asset=grpo_checkpoint, blocking=True,
+                    description="GRPO keeps held-out in-domain accuracy within the margin of SFT's")
+    def grpo_keeps_sft_accuracy(grpo_checkpoint: dict) -> dg.AssetCheckResult:
+        grpo, sft, margin = grpo_checkpoint["gate"]["accuracy"], grpo_checkpoint["sft_gate"]["accuracy"], grpo_checkpoint["margin"]
+        return dg.AssetCheckResult(passed=grpo >= sft - margin,
+                                   metadata={"grpo_accuracy": grpo, "sft_accuracy": sft, "margin": margin})
+
+    return ([base_model, rl_mcq_dataset, sft_checkpoint, grpo_checkpoint],
+            [sft_losses_finite, sft_format_compliance, grpo_keeps_sft_accuracy])

@@ -1,0 +1,211 @@
+"""Skin-R1 as an MLflow pyfunc model: base Qwen2.5-VL dir + LoRA adapter dir as artifacts, image + prompt in.
+
+Why a custom pyfunc: MLflow 3.17's transformers flavor has no image-text-to-text handling (anchors §D), so the
+adapter cannot be served through it. The wrapper loads the LoRA on the base without merging (the authors report
+merging changes behaviour), generates greedily, and parses every completion with the same strict parser the rewards
+and the evaluation use, so a served answer means exactly what an evaluated answer meant.
+
+Code packaging: the logged python_model is pickled by reference to `skinr1_pipeline.tracking.pyfunc_model`, so the
+loading side must import `skinr1_pipeline`. The package is not on any registry, so `pip_requirements` cannot name
+it; `log_skinr1_model` bundles the package source with `code_paths` (about 1 MB) instead. That also pins the parser
+and prompt contract to the version that produced the adapter. Where `skinr1_pipeline` is already imported (our own
+processes), the installed copy wins; `pip_requirements` pins the third-party stack at the logging environment's
+versions, which also spares MLflow's slow requirement inference (it would load the model in a subprocess).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import threading
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from PIL import Image
+
+import mlflow
+from mlflow.pyfunc import PythonModel
+
+from skinr1_pipeline.modeling.prompt_format import (
+    DEFAULT_MCQ_QUESTION,
+    build_mcq_prompt,
+    build_open_prompt,
+    format_completion,
+    parse_completion,
+    prompt_options,
+)
+
+INPUT_COLUMNS = ("image", "prompt")
+OUTPUT_COLUMNS = ("rationale", "diagnosis", "status", "option_letter", "format_ok", "parse_error", "completion")
+ARTIFACT_BASE, ARTIFACT_ADAPTER = "base_model", "adapter"
+DEFAULT_CONFIG = {"max_new_tokens": 512, "batch_size": 8, "dtype": "auto", "device": None, "max_pixels": None}
+PINNED_PACKAGES = ("mlflow", "torch", "torchvision", "transformers", "peft", "accelerate", "pillow", "pandas",
+                   "numpy")
+_MAX_PATH_CHARS = 4096
+
+
+def decode_image(value: Any) -> Image.Image:
+    """An RGB image from a file path, raw bytes, or a base64 PNG/JPEG string (a `data:` URI prefix is allowed)."""
+    if isinstance(value, (bytes, bytearray)):
+        data = bytes(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        if len(text) < _MAX_PATH_CHARS and Path(text).is_file():
+            data = Path(text).read_bytes()
+        else:
+            if text.startswith("data:"):
+                text = text.partition(",")[2]
+            try:
+                data = base64.b64decode(text, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise ValueError("image must be an existing file path or a base64-encoded PNG/JPEG") from exc
+    else:
+        raise ValueError(f"image must be a path or base64 string, got {type(value).__name__}")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return im.convert("RGB")
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad bytes
+        raise ValueError(f"image could not be decoded: {exc}") from exc
+
+
+def encode_image(path: str | Path, *, max_side: int | None = None) -> str:
+    """Base64 PNG of an image file, optionally shrunk so its longer side is at most `max_side`."""
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        if max_side:
+            im.thumbnail((max_side, max_side))
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def completion_row(completion: str, prompt: str) -> dict[str, Any]:
+    """One output row: the raw completion and what the strict parser reads from it (options taken from the prompt)."""
+    options = prompt_options(prompt)
+    try:
+        parsed = parse_completion(completion, options)
+    except ValueError:  # options the parser rejects: read the answer as free text
+        parsed = parse_completion(completion, None)
+    return {"rationale": parsed.thinking, "diagnosis": parsed.diagnosis, "status": parsed.status,
+            "option_letter": parsed.option_letter, "format_ok": bool(parsed.ok), "parse_error": parsed.error,
+            "completion": completion}
+
+
+class SkinR1Model(PythonModel):
+    """Greedy Skin-R1 inference; the model is loaded on the first `predict`, not at `load_model` time.
+
+    Lazy loading keeps `mlflow.pyfunc.load_model` cheap (registry checks, signature inspection) and defers the
+    multi-GB weight load to the process that actually predicts. `model_config` keys: max_new_tokens, batch_size,
+    dtype, device, max_pixels; `params={"max_new_tokens": n}` overrides per call.
+    """
+
+    def __init__(self) -> None:
+        self._model = None
+        self._processor = None
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Never pickle weights or the lock into the artifact. Non-empty on purpose: pickle skips __setstate__
+        # for a falsy state, and __setstate__ is what recreates the lock.
+        return {"lazy": True}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()
+
+    def load_context(self, context) -> None:
+        self._base_dir = context.artifacts[ARTIFACT_BASE]
+        self._adapter_dir = context.artifacts[ARTIFACT_ADAPTER]
+        self._config = {**DEFAULT_CONFIG, **dict(getattr(context, "model_config", None) or {})}
+
+    def _ensure_loaded(self) -> None:
+        with self._lock:
+            if self._model is not None:
+                return
+            from skinr1_pipeline.modeling.model_factory import load_adapter_model, load_processor
+
+            cfg = self._config
+            self._processor = load_processor(self._base_dir, max_pixels=cfg.get("max_pixels"))
+            self._model = load_adapter_model(self._base_dir, self._adapter_dir, trainable=False,
+                                             dtype=cfg.get("dtype") or "auto", device=cfg.get("device"))
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """One row per input row: rationale, diagnosis, status, option_letter, format_ok, parse_error, completion."""
+        from skinr1_pipeline.modeling.generation import generate
+
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        missing = [c for c in INPUT_COLUMNS if c not in frame.columns]
+        if missing:
+            raise ValueError(f"model_input lacks column(s) {missing}; expected {list(INPUT_COLUMNS)}")
+        prompts = [str(p) for p in frame["prompt"]]
+        images = [decode_image(v) for v in frame["image"]]
+        self._ensure_loaded()
+        max_new = int((params or {}).get("max_new_tokens") or self._config["max_new_tokens"])
+        completions = generate(self._model, self._processor, images, prompts, max_new_tokens=max_new,
+                               batch_size=int(self._config["batch_size"]))
+        return pd.DataFrame([completion_row(c, p) for c, p in zip(completions, prompts)],
+                            columns=list(OUTPUT_COLUMNS))
+
+
+def pinned_requirements() -> list[str]:
+    """`name==version` for the inference stack as installed here (packages that are absent are skipped)."""
+    out = []
+    for name in PINNED_PACKAGES:
+        try:
+            out.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def example_frames(image_path: str | Path, prompt: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A one-row input example (image shrunk to <= 224 px, base64 PNG) and outputs that show every column's type.
+
+    The outputs cover an open answer, an MCQ answer and an unreadable completion, so the inferred output schema
+    types each column as an optional string (or boolean) instead of "any".
+    """
+    prompt = prompt or build_open_prompt()
+    example_in = pd.DataFrame({"image": [encode_image(image_path, max_side=224)], "prompt": [prompt]})
+    reasoning = "Symmetric brown macule with a regular pigment network."
+    mcq = build_mcq_prompt(DEFAULT_MCQ_QUESTION, ["melanoma", "melanocytic nevus"])
+    rows = [completion_row(format_completion(reasoning, "melanocytic nevus; status: benign"), prompt),
+            completion_row(format_completion(reasoning, "B. melanocytic nevus; status: benign"), mcq),
+            completion_row("melanocytic nevus", mcq)]
+    return example_in, pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
+
+
+def log_skinr1_model(base_model_dir: str | Path, adapter_dir: str | Path, *, name: str,
+                     input_example_image_path: str | Path, registered_model_name: str | None = None,
+                     input_example_prompt: str | None = None, model_config: dict[str, Any] | None = None,
+                     bundle_code: bool = True, tags: dict[str, str] | None = None):
+    """Log base model + adapter as a pyfunc with a signature and an input example; returns MLflow's ModelInfo.
+
+    Both directories are validated first, so a wrong path fails here, not at serving time. Note that MLflow copies
+    the base model into the artifact store (~15 GB for the 7B model) and, to validate the input example, loads the
+    model and runs one prediction while logging; keep `max_new_tokens` in `model_config` modest.
+    """
+    from mlflow.models import infer_signature
+
+    from skinr1_pipeline.modeling.model_factory import validate_adapter_dir, validate_model_dir
+
+    validate_model_dir(base_model_dir)
+    validate_adapter_dir(adapter_dir)
+    config = {**DEFAULT_CONFIG, **(model_config or {})}
+    example_in, example_out = example_frames(input_example_image_path, input_example_prompt)
+    signature = infer_signature(example_in, example_out, params={"max_new_tokens": int(config["max_new_tokens"])})
+    package_dir = Path(__file__).resolve().parents[1]
+    return mlflow.pyfunc.log_model(
+        name=name,
+        python_model=SkinR1Model(),
+        artifacts={ARTIFACT_BASE: str(base_model_dir), ARTIFACT_ADAPTER: str(adapter_dir)},
+        signature=signature,
+        input_example=example_in,
+        pip_requirements=pinned_requirements(),
+        code_paths=[str(package_dir)] if bundle_code else None,
+        model_config={k: v for k, v in config.items() if v is not None},
+        registered_model_name=registered_model_name,
+        tags=tags,
+    )

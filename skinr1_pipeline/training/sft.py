@@ -1,0 +1,408 @@
+"""Stage 1: LoRA SFT of Qwen2.5-VL on reasoning trajectories, with TRL's `SFTTrainer`.
+
+Data: a Parquet file with `sample_id, image_path, prompt, completion` (extra columns ignored). Each row becomes a TRL
+conversational prompt-completion example: prompt = system + user(image, prompt text) via `modeling.chat`, completion =
+one assistant turn. TRL's vision collator tokenises prompt and completion separately and, with
+`completion_only_loss` (its default for prompt-completion data), sets the labels of every prompt token (system, image
+pads, question) and of padding to -100, so the loss is on the assistant reply only (its closing `<|im_end|>` included,
+which is what teaches the model to stop).
+
+Why a demo preset: the demo base model has random weights, so paper-style LoRA on the language model alone barely
+moves it. `demo_sft_config` adapts the vision tower too, trains embeddings, head and merger fully and uses a high
+learning rate, so the demo shows SFT beating chance within CPU minutes.
+
+Run as `python -m skinr1_pipeline.training.sft --config cfg.yaml [--key value ...]`; under Dagster Pipes
+(`DAGSTER_PIPES_CONTEXT` set) the result is reported as asset materialization metadata.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import torch
+from PIL import Image
+from transformers import TrainerCallback
+
+from skinr1_pipeline.modeling.chat import assistant_message, build_messages
+from skinr1_pipeline.modeling.model_factory import load_model, load_processor, set_pixel_limits
+from skinr1_pipeline.modeling.prompt_format import SYSTEM_PROMPT
+from skinr1_pipeline.training.config import (from_mapping, load_mapping, parse_overrides, resolve_bf16,
+                                             resolve_use_cpu, to_mapping)
+
+logger = logging.getLogger(__name__)
+
+REQUIRED_COLUMNS = ("sample_id", "image_path", "prompt", "completion")
+ADAPTER_DIRNAME = "adapter"
+RESULT_NAME = "sft_result.json"
+LM_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+VISION_BLOCK_LINEARS = ("qkv", "proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class SFTRunConfig:
+    """One SFT run. Defaults follow the paper's recipe (research/paper.md section 4) except where noted."""
+
+    model_dir: str
+    train_path: str
+    output_dir: str
+    eval_path: str | None = None
+    # LoRA
+    lora_r: int = 64
+    lora_alpha: int = 32
+    lora_dropout: float = 0.1
+    #: Explicit PEFT target (list of names or one regex); None derives it from the three switches below.
+    target_modules: list[str] | str | None = None
+    freeze_vision: bool = True  # no LoRA on the vision tower blocks
+    lora_on_merger: bool = True  # the paper also adapts the vision->LLM merger (model.visual.merger.mlp.0/.2)
+    modules_to_save: list[str] | None = None  # trained fully and saved with the adapter (e.g. embed_tokens)
+    # optimisation
+    learning_rate: float = 3e-5
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    num_train_epochs: float = 4.0
+    max_steps: int = -1
+    per_device_train_batch_size: int = 1
+    per_device_eval_batch_size: int = 1
+    gradient_accumulation_steps: int = 16
+    gradient_checkpointing: bool | None = None  # None: on GPU only (memory), off on CPU (speed)
+    # data
+    max_pixels: int = 448 * 448
+    max_length: int | None = 4096
+    max_train_samples: int | None = None
+    system_prompt: str | None = SYSTEM_PROMPT
+    # bookkeeping
+    seed: int = 42
+    save_steps: int = 50
+    save_total_limit: int | None = 3
+    eval_steps: int = 50
+    logging_steps: int = 10
+    resume: bool | Literal["auto"] = "auto"  # True/"auto": continue from the last checkpoint-N in output_dir if any
+    use_cpu: bool | None = None  # None: CPU unless CUDA is visible
+    bf16: bool | None = None  # None: bf16 on a bf16-capable GPU
+    attn_implementation: str | None = None
+    report_to: list[str] = field(default_factory=list)  # e.g. ["mlflow"]; MLflow reads MLFLOW_* env vars
+    run_name: str | None = None
+    dataloader_num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.resume not in (True, False, "auto"):
+            raise ValueError(f"resume must be true, false or 'auto', got {self.resume!r}")
+        if self.lora_r < 1 or self.per_device_train_batch_size < 1 or self.gradient_accumulation_steps < 1:
+            raise ValueError("lora_r, per_device_train_batch_size and gradient_accumulation_steps must be >= 1")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.max_steps <= 0 and self.num_train_epochs <= 0:
+            raise ValueError("set max_steps > 0 or num_train_epochs > 0")
+        if isinstance(self.report_to, str):
+            self.report_to = [] if self.report_to in ("", "none") else [self.report_to]
+
+
+@dataclass
+class SFTResult:
+    adapter_dir: str
+    train_loss: list[dict[str, float]]  # [{"step": s, "loss": l}, ...] from the trainer's log history
+    eval_loss: list[dict[str, float]]
+    metrics: dict[str, float]
+    steps: int
+    seconds: float
+    resumed_from: str | None
+    trainable_parameters: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def demo_sft_config(model_dir: str | Path, train_path: str | Path, output_dir: str | Path,
+                    **overrides: Any) -> SFTRunConfig:
+    """Preset that makes the tiny random demo model learn in a few CPU minutes (~300 examples).
+
+    LoRA on every linear layer of the language model and the vision blocks; embeddings, LM head and the merger are
+    trained in full (`modules_to_save`): a random model has no useful features for a low-rank update to steer.
+    """
+    values: dict[str, Any] = dict(
+        model_dir=str(model_dir), train_path=str(train_path), output_dir=str(output_dir),
+        freeze_vision=False, lora_on_merger=False, modules_to_save=["embed_tokens", "lm_head", "merger"],
+        lora_dropout=0.0, learning_rate=3e-3, lr_scheduler_type="cosine", warmup_ratio=0.05,
+        num_train_epochs=5.0, per_device_train_batch_size=8, gradient_accumulation_steps=1,
+        max_pixels=112 * 112, max_length=1024, seed=0, save_steps=500, save_total_limit=1, logging_steps=5,
+        gradient_checkpointing=False,
+    )
+    values.update(overrides)
+    return SFTRunConfig(**values)
+
+
+# --- data ----------------------------------------------------------------------------------------------------------
+
+
+def resolve_image_path(image_path: str, base_dir: Path) -> Path:
+    """Absolute paths as given; relative ones against the Parquet file's folder first, then the working directory."""
+    p = Path(image_path)
+    if p.is_absolute():
+        return p
+    candidate = base_dir / p
+    return candidate if candidate.exists() else p
+
+
+def load_image(path: Path, max_pixels: int | None) -> Image.Image:
+    """RGB image, downscaled (aspect kept) to at most `max_pixels` so the processor never sees huge inputs."""
+    with Image.open(path) as im:
+        img = im.convert("RGB")
+    if max_pixels and img.width * img.height > max_pixels:
+        scale = math.sqrt(max_pixels / (img.width * img.height))
+        img = img.resize((max(28, int(img.width * scale)), max(28, int(img.height * scale))), Image.BICUBIC)
+    return img
+
+
+def load_trajectory_dataset(parquet_path: str | Path, *, max_pixels: int | None, system: str | None = SYSTEM_PROMPT,
+                            max_samples: int | None = None):
+    """Parquet rows as a `datasets.Dataset` whose items are TRL conversational prompt-completion examples.
+
+    Validated up front (columns, empty fields, image files) so a bad file fails before the model loads; images are
+    decoded lazily in a transform, as TRL's vision collator expects PIL images and decoding all upfront costs memory.
+    """
+    import datasets
+    import pandas as pd
+
+    path = Path(parquet_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"SFT data file {path} does not exist")
+    frame = pd.read_parquet(path)
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path} lacks columns {missing}; expected {list(REQUIRED_COLUMNS)}")
+    frame = frame[list(REQUIRED_COLUMNS)]
+    empty = frame.isna().any(axis=1)
+    frame = frame.astype(str)
+    bad = frame[empty | (frame["prompt"].str.strip() == "") | (frame["completion"].str.strip() == "")]
+    if len(bad):
+        raise ValueError(f"{path}: {len(bad)} rows have empty fields, e.g. sample_id={bad.iloc[0]['sample_id']!r}")
+    if max_samples is not None:
+        frame = frame.iloc[:max_samples]
+    if frame.empty:
+        raise ValueError(f"{path} has no rows")
+    frame = frame.assign(image_path=[str(resolve_image_path(p, path.parent)) for p in frame["image_path"]])
+    absent = [p for p in frame["image_path"] if not Path(p).is_file()]
+    if absent:
+        raise FileNotFoundError(f"{path}: {len(absent)} image files are missing, e.g. {absent[0]}")
+
+    def to_examples(batch: dict[str, list]) -> dict[str, list]:
+        return {
+            "images": [[load_image(Path(p), max_pixels)] for p in batch["image_path"]],
+            "prompt": [build_messages(t, system=system, with_image=True) for t in batch["prompt"]],
+            "completion": [[assistant_message(t)] for t in batch["completion"]],
+        }
+
+    return datasets.Dataset.from_pandas(frame, preserve_index=False).with_transform(to_examples)
+
+
+# --- model / trainer -----------------------------------------------------------------------------------------------
+
+
+def lora_target_pattern(cfg: SFTRunConfig) -> list[str] | str:
+    """PEFT `target_modules`: a full-match regex over module names unless the config gives one explicitly.
+
+    Language-model projections always; the vision blocks' linears only when `freeze_vision` is off; the merger when
+    `lora_on_merger` (and it is not already trained in full through `modules_to_save`).
+    """
+    if cfg.target_modules is not None:
+        return cfg.target_modules
+    parts = [r"(.*\.)?language_model\.layers\.\d+\.(self_attn|mlp)\.(" + "|".join(LM_PROJECTIONS) + ")"]
+    if not cfg.freeze_vision:
+        parts.append(r"(.*\.)?visual\.blocks\.\d+\.(attn|mlp)\.(" + "|".join(VISION_BLOCK_LINEARS) + ")")
+    if cfg.lora_on_merger and "merger" not in (cfg.modules_to_save or []):
+        parts.append(r"(.*\.)?visual\.merger\.mlp\.[02]")  # mlp.1 is the GELU
+    return "|".join(f"(?:{p})" for p in parts)
+
+
+def _lora_config(cfg: SFTRunConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, bias="none",
+                      target_modules=lora_target_pattern(cfg), modules_to_save=cfg.modules_to_save,
+                      task_type="CAUSAL_LM")
+
+
+def last_checkpoint(output_dir: str | Path) -> str | None:
+    """Path of the highest checkpoint-N folder in `output_dir` that holds trainer state, or None."""
+    out = Path(output_dir)
+    if not out.is_dir():
+        return None
+    found = []
+    for p in out.iterdir():
+        m = re.fullmatch(r"checkpoint-(\d+)", p.name)
+        if m and p.is_dir() and (p / "trainer_state.json").is_file():
+            found.append((int(m.group(1)), p))
+    return str(max(found)[1]) if found else None
+
+
+class _ProgressCallback(TrainerCallback):
+    """Forwards trainer logs (with the global step) to a caller's function: Pipes log lines, tests."""
+
+    def __init__(self, fn: Callable[[dict[str, Any]], None]):
+        self.fn = fn
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs:
+            self.fn({"step": state.global_step, "max_steps": state.max_steps, **logs})
+
+
+def build_trainer(cfg: SFTRunConfig, *, progress: Callable[[dict[str, Any]], None] | None = None):
+    """Model, processor, datasets and a configured `SFTTrainer` (not yet trained). Tests inspect its collator."""
+    from trl import SFTConfig, SFTTrainer
+
+    use_cpu = resolve_use_cpu(cfg.use_cpu)
+    bf16 = resolve_bf16(cfg.bf16, use_cpu)
+    grad_ckpt = (not use_cpu) if cfg.gradient_checkpointing is None else cfg.gradient_checkpointing
+    processor = load_processor(cfg.model_dir, max_pixels=cfg.max_pixels)
+    set_pixel_limits(processor, max_pixels=cfg.max_pixels)
+    model = load_model(cfg.model_dir, dtype=torch.bfloat16 if bf16 else torch.float32,
+                       device="cpu" if use_cpu else "cuda", attn_implementation=cfg.attn_implementation)
+    model.train()
+    train_ds = load_trajectory_dataset(cfg.train_path, max_pixels=cfg.max_pixels, system=cfg.system_prompt,
+                                       max_samples=cfg.max_train_samples)
+    eval_ds = (load_trajectory_dataset(cfg.eval_path, max_pixels=cfg.max_pixels, system=cfg.system_prompt)
+               if cfg.eval_path else None)
+    args = SFTConfig(
+        output_dir=cfg.output_dir,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float < 1 is a ratio of total steps
+        weight_decay=cfg.weight_decay,
+        num_train_epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        per_device_eval_batch_size=cfg.per_device_eval_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        gradient_checkpointing=grad_ckpt,
+        max_length=cfg.max_length,
+        completion_only_loss=True,
+        pad_to_multiple_of=None,
+        remove_unused_columns=False,
+        dataset_kwargs={"skip_prepare_dataset": True},
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        eval_strategy="steps" if eval_ds is not None else "no",
+        eval_steps=cfg.eval_steps if eval_ds is not None else None,
+        logging_steps=cfg.logging_steps,
+        logging_first_step=True,
+        use_cpu=use_cpu,
+        bf16=bf16,
+        fp16=False,
+        report_to=list(cfg.report_to) or "none",
+        run_name=cfg.run_name,
+        dataloader_num_workers=cfg.dataloader_num_workers,
+        dataloader_pin_memory=not use_cpu,
+        disable_tqdm=True,
+    )
+    callbacks = [_ProgressCallback(progress)] if progress is not None else None
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                         processing_class=processor, peft_config=_lora_config(cfg), callbacks=callbacks)
+    return trainer
+
+
+def _history(log_history: list[dict[str, Any]], key: str) -> list[dict[str, float]]:
+    return [{"step": int(e["step"]), key: float(e[key])} for e in log_history if key in e and "step" in e]
+
+
+def run_sft(cfg: SFTRunConfig, *, progress: Callable[[dict[str, Any]], None] | None = None) -> SFTResult:
+    """Train, checkpoint every `save_steps`, resume when asked, save the adapter (+ processor) to output_dir/adapter."""
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    resume_from = last_checkpoint(out) if cfg.resume in (True, "auto") else None
+    if cfg.resume is True and resume_from is None:
+        logger.info("resume requested but %s has no checkpoint; starting from scratch", out)
+    trainer = build_trainer(cfg, progress=progress)
+    started = time.perf_counter()
+    train_output = trainer.train(resume_from_checkpoint=resume_from)
+    seconds = time.perf_counter() - started
+    metrics = {k: float(v) for k, v in train_output.metrics.items() if isinstance(v, (int, float))}
+    if trainer.eval_dataset is not None:
+        metrics.update({k: float(v) for k, v in trainer.evaluate().items() if isinstance(v, (int, float))})
+
+    adapter_dir = out / ADAPTER_DIRNAME
+    trainer.model.save_pretrained(str(adapter_dir), safe_serialization=True)
+    trainer.processing_class.save_pretrained(str(adapter_dir))
+    history = trainer.state.log_history
+    train_loss = _history(history, "loss")
+    if not all(math.isfinite(e["loss"]) for e in train_loss):
+        raise FloatingPointError(f"non-finite training loss in {train_loss}")
+    result = SFTResult(
+        adapter_dir=str(adapter_dir),
+        train_loss=train_loss,
+        eval_loss=_history(history, "eval_loss"),
+        metrics=metrics,
+        steps=int(trainer.state.global_step),
+        seconds=round(seconds, 3),
+        resumed_from=resume_from,
+        trainable_parameters=sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+    )
+    payload = {"config": to_mapping(cfg), "result": result.to_dict()}
+    (out / RESULT_NAME).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    return result
+
+
+# --- CLI / Dagster Pipes -------------------------------------------------------------------------------------------
+
+
+def config_from_args(argv: list[str] | None) -> SFTRunConfig:
+    parser = argparse.ArgumentParser(prog="python -m skinr1_pipeline.training.sft",
+                                     description="LoRA SFT of Qwen2.5-VL on reasoning trajectories")
+    parser.add_argument("--config", required=True, help="YAML/JSON file with SFTRunConfig fields")
+    known, rest = parser.parse_known_args(argv)
+    values = load_mapping(known.config)
+    values.update(parse_overrides(rest))
+    return from_mapping(SFTRunConfig, values)
+
+
+def _pipes_metadata(result: SFTResult) -> dict[str, Any]:
+    last = result.train_loss[-1]["loss"] if result.train_loss else None
+    return {
+        "adapter_dir": {"raw_value": result.adapter_dir, "type": "path"},
+        "steps": result.steps,
+        "seconds": result.seconds,
+        "final_train_loss": last,
+        "train_loss": {"raw_value": result.train_loss, "type": "json"},
+        "eval_loss": {"raw_value": result.eval_loss, "type": "json"},
+        "metrics": {"raw_value": result.metrics, "type": "json"},
+        "resumed_from": result.resumed_from or "",
+        "trainable_parameters": result.trainable_parameters,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = config_from_args(argv)
+    if os.environ.get("DAGSTER_PIPES_CONTEXT"):
+        from dagster_pipes import open_dagster_pipes
+
+        with open_dagster_pipes() as pipes:
+            pipes.log.info(f"SFT starting: {json.dumps(to_mapping(cfg))}")
+
+            def progress(logs: dict[str, Any]) -> None:
+                pipes.log.info("SFT " + json.dumps({k: v for k, v in logs.items()
+                                                    if isinstance(v, (int, float, str))}))
+
+            result = run_sft(cfg, progress=progress)
+            pipes.report_asset_materialization(metadata=_pipes_metadata(result))
+    else:
+        result = run_sft(cfg)
+    print(json.dumps(result.to_dict()), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

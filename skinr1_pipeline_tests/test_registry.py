@@ -1,0 +1,205 @@
+"""Registry promotion rule against a real local (sqlite) registry, and the Skin-R1 pyfunc logged, loaded and run."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+mlflow = pytest.importorskip("mlflow")
+
+from skinr1_pipeline.modeling.prompt_format import build_mcq_prompt, build_open_prompt  # noqa: E402
+from skinr1_pipeline.tracking.pyfunc_model import (  # noqa: E402
+    OUTPUT_COLUMNS,
+    completion_row,
+    decode_image,
+    log_skinr1_model,
+)
+from skinr1_pipeline.tracking.registry import (  # noqa: E402
+    CANDIDATE,
+    CHAMPION,
+    PREVIOUS_CHAMPION,
+    decide_and_promote,
+    promote,
+    promotion_decision,
+    register_candidate,
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _restore_tracking_uri():
+    """register_candidate / the pyfunc test point the process at a tmp store; put the caller's setting back."""
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    mlflow.set_tracking_uri(saved)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> tuple[str, str, str]:
+    """(tracking uri, experiment id, root) of a fresh sqlite store with artifacts under the same tmp dir."""
+    root = tmp_path_factory.mktemp("registry")
+    uri = f"sqlite:///{root}/mlflow.db"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("registry-test", artifact_location=(root / "artifacts").as_uri())
+    return uri, exp, str(root)
+
+
+def _model_run(store, metrics: dict[str, float] | None = None) -> str:
+    """A run holding a stand-in model directory (an MLmodel file is all registration needs); returns runs:/ uri."""
+    uri, exp, _ = store
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    run_id = client.create_run(exp).info.run_id
+    client.log_text(run_id, "flavors: {}\n", "model/MLmodel")
+    for key, value in (metrics or {}).items():
+        client.log_metric(run_id, key, value)
+    client.set_terminated(run_id)
+    return f"runs:/{run_id}/model"
+
+
+def _candidate(store, name: str, accuracy: float | None) -> str:
+    tags = {"stage": "rl"} if accuracy is None else {"in_domain_accuracy": accuracy, "stage": "rl"}
+    return register_candidate(_model_run(store), name, tags=tags, tracking_uri=store[0])
+
+
+def test_promotion_rule_no_champion_worse_better_tie(store) -> None:
+    uri = store[0]
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    name = "skinr1-rule"
+
+    v1 = _candidate(store, name, 0.60)
+    assert str(client.get_model_version_by_alias(name, CANDIDATE).version) == v1
+    first = decide_and_promote(client, name, v1)
+    assert first.promote and first.champion_version is None and "no champion" in first.reason
+    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == v1
+
+    v2 = _candidate(store, name, 0.55)  # worse
+    assert str(client.get_model_version_by_alias(name, CANDIDATE).version) == v2
+    worse = decide_and_promote(client, name, v2)
+    assert not worse.promote and worse.champion_version == v1 and worse.champion_value == pytest.approx(0.60)
+    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == v1
+    assert client.get_model_version(name, v2).tags["promotion_decision"] == "kept champion"
+
+    v3 = _candidate(store, name, 0.60)  # tie
+    tie = decide_and_promote(client, name, v3)
+    assert not tie.promote and "tied" in tie.reason
+    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == v1
+
+    v4 = _candidate(store, name, 0.65)  # better
+    assert not promotion_decision(client, name, v4, min_delta=0.1).promote  # not better by enough
+    better = decide_and_promote(client, name, v4)
+    assert better.promote and better.candidate_value == pytest.approx(0.65)
+    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == v4
+    assert str(client.get_model_version_by_alias(name, PREVIOUS_CHAMPION).version) == v1
+    assert promotion_decision(client, name, v4).reason == "the candidate already is the champion"
+
+
+def test_metric_from_source_run_and_missing_metric(store) -> None:
+    uri = store[0]
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    name = "skinr1-run-metric"
+    v1 = register_candidate(_model_run(store, {"in_domain_accuracy": 0.4, "malignant_miss_rate": 0.3}), name,
+                            tracking_uri=uri)
+    decision = promotion_decision(client, name, v1)
+    assert decision.promote and decision.candidate_value == pytest.approx(0.4) and "source run" in decision.reason
+    promote(client, name, v1)
+
+    v2 = _candidate(store, name, None)  # no metric anywhere: never promoted
+    missing = promotion_decision(client, name, v2)
+    assert not missing.promote and "has no in_domain_accuracy" in missing.reason
+
+    v3 = register_candidate(_model_run(store, {"malignant_miss_rate": 0.2}), name, tracking_uri=uri)
+    lower = promotion_decision(client, name, v3, "malignant_miss_rate", higher_is_better=False)
+    assert lower.promote and lower.champion_value == pytest.approx(0.3)
+
+
+# ---- pyfunc ---------------------------------------------------------------------------------------------------
+
+TINY = dict(vocab_size=512, text_hidden=64, text_layers=1, vision_depth=1, vision_hidden=32, max_pixels=56 * 56 * 4)
+
+
+@pytest.fixture(scope="module")
+def tiny_with_adapter(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(base dir, adapter dir, example image) for a tiny random Qwen2.5-VL with a LoRA on q_proj/v_proj."""
+    from peft import LoraConfig, get_peft_model
+
+    from skinr1_pipeline.modeling.model_factory import load_model
+    from skinr1_pipeline.modeling.tiny_model import build_tiny_model, default_corpus
+
+    root = tmp_path_factory.mktemp("tiny")
+    base = build_tiny_model(root / "base", default_corpus(), seed=0, **TINY)
+    model = get_peft_model(load_model(base, device="cpu"),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
+    model.save_pretrained(root / "adapter")
+    image = root / "lesion.jpg"
+    Image.new("RGB", (300, 200), (150, 90, 70)).save(image)
+    return base, root / "adapter", image
+
+
+def _b64(color: tuple[int, int, int], fmt: str = "PNG") -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", (80, 60), color).save(buf, format=fmt)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def test_decode_image_accepts_paths_base64_and_data_uris(tmp_path: Path) -> None:
+    path = tmp_path / "x.png"
+    Image.new("RGB", (10, 12), (1, 2, 3)).save(path)
+    assert decode_image(str(path)).size == (10, 12)
+    assert decode_image(_b64((9, 9, 9), "JPEG")).size == (80, 60)
+    assert decode_image("data:image/png;base64," + _b64((9, 9, 9))).mode == "RGB"
+    with pytest.raises(ValueError, match="base64"):
+        decode_image("not an image!")
+    with pytest.raises(ValueError, match="could not be decoded"):
+        decode_image(base64.b64encode(b"plain text").decode())
+
+
+def test_completion_row_parses_mcq_from_prompt_options() -> None:
+    prompt = build_mcq_prompt("Q?", ["melanoma", "melanocytic nevus"])
+    row = completion_row("<thinking>blue-white veil</thinking><diagnosis>A; status: malignant</diagnosis>", prompt)
+    assert row["format_ok"] and row["option_letter"] == "A" and row["status"] == "malignant"
+    assert row["rationale"] == "blue-white veil"
+    bad = completion_row("just text", build_open_prompt())
+    assert not bad["format_ok"] and bad["parse_error"] and bad["diagnosis"] is None
+
+
+def test_pyfunc_log_load_predict_and_register(store, tiny_with_adapter) -> None:
+    uri, exp, _ = store
+    base, adapter, image = tiny_with_adapter
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(experiment_id=exp):
+        info = log_skinr1_model(base, adapter, name="skinr1", input_example_image_path=image,
+                                model_config={"max_new_tokens": 4, "device": "cpu"})
+    assert info.signature is not None
+    assert [c.name for c in info.signature.inputs.inputs] == ["image", "prompt"]
+    outputs = {c.name: c.type.name for c in info.signature.outputs.inputs}
+    assert outputs == {**{c: "string" for c in OUTPUT_COLUMNS}, "format_ok": "boolean"}
+    assert info.signature.params is not None and info.signature.params.to_dict()[0]["name"] == "max_new_tokens"
+    assert info.saved_input_example_info is not None
+
+    loaded = mlflow.pyfunc.load_model(info.model_uri)
+    frame = pd.DataFrame({"image": [str(image), _b64((200, 180, 160))],
+                          "prompt": [build_open_prompt(), build_mcq_prompt("Q?", ["melanoma", "melanocytic nevus"])]})
+    out = loaded.predict(frame, params={"max_new_tokens": 3})
+    assert list(out.columns) == list(OUTPUT_COLUMNS) and len(out) == 2
+    assert out["completion"].map(lambda c: isinstance(c, str)).all()
+    assert out["format_ok"].map(lambda v: isinstance(v, bool)).all()  # random weights: content is noise
+
+    local = Path(mlflow.artifacts.download_artifacts(info.model_uri))
+    assert len(list(local.glob("artifacts/*/adapter_config.json"))) == 1  # copied under the source dir's name
+    assert len(list(local.glob("artifacts/*/config.json"))) == 1
+    assert not list(local.glob("code/**/__pycache__"))
+    assert (local / "code" / "skinr1_pipeline" / "tracking" / "pyfunc_model.py").is_file()
+    requirements = (local / "requirements.txt").read_text()
+    assert "transformers==" in requirements and "peft==" in requirements
+
+    version = register_candidate(info.model_uri, "skinr1-pyfunc", tags={"in_domain_accuracy": 0.1},
+                                 tracking_uri=uri)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    assert str(client.get_model_version_by_alias("skinr1-pyfunc", CANDIDATE).version) == version
+    again = mlflow.pyfunc.load_model(f"models:/skinr1-pyfunc@{CANDIDATE}")
+    assert len(again.predict(frame.iloc[:1])) == 1
