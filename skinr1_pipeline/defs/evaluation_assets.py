@@ -10,7 +10,7 @@ from pydantic import Field
 
 from skinr1_pipeline.defs.metadata import markdown_table, md
 from skinr1_pipeline.defs.resources import MlflowTracking, PipelineHome
-from skinr1_pipeline.defs.training_assets import GPU_POOL, _raw, run_training
+from skinr1_pipeline.defs.training_assets import GPU_POOL, grpo_config, train_and_gate
 from skinr1_pipeline.knowledge.ddx import DDxGraph
 from skinr1_pipeline.knowledge.taxonomy import Taxonomy
 from skinr1_pipeline.settings import Settings
@@ -30,6 +30,8 @@ class VariantEvalConfig(dg.Config):
     runner: str = Field(default="hf", description=f"one of {', '.join(RUNNERS)}")
     max_new_tokens: int = 768
     batch_size: int = 16
+    vllm_lora_mode: str = Field(default="merge", description="merge | lora | auto; vLLM's LoRA covers only the "
+                                "language model, so adapters that also train the vision side need merge")
 
 
 class RLOnlyConfig(dg.Config):
@@ -50,22 +52,14 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
                            mlflow: MlflowTracking, pipes_subprocess_client: dg.PipesSubprocessClient,
                            base_model: str, rl_mcq_dataset: str) -> dict:
         """The RL-only ablation: GRPO from the base model with a fresh LoRA, no SFT."""
-        from skinr1_pipeline.training.config import to_mapping
-        from skinr1_pipeline.training.grpo import demo_grpo_config
-        from skinr1_pipeline.training.grpo import GRPORunConfig
-
         out_dir = home.dir("models", "rl_only")
-        common = dict(model_dir=base_model, adapter_dir=None, items_path=rl_mcq_dataset, output_dir=str(out_dir))
-        overrides = json.loads(config.overrides)
-        cfg = demo_grpo_config(**common, **overrides) if demo else GRPORunConfig(**common, **overrides)
-        cfg.report_to = ["mlflow"] if mlflow.enabled else []
-        with mlflow.asset_run(context) as run:
-            reported = run_training(context, pipes_subprocess_client, settings, "skinr1_pipeline.training.grpo",
-                                    to_mapping(cfg), out_dir, run)
-        adapter_dir = str(_raw(reported.get("adapter_dir")) or out_dir / "adapter")
+        cfg = grpo_config(demo, base_model, None, rl_mcq_dataset, out_dir, config.overrides)
+        reported, adapter_dir, _, run_id = train_and_gate(
+            context, settings, pipes_subprocess_client, mlflow, module="skinr1_pipeline.training.grpo", cfg=cfg,
+            out_dir=out_dir, artifact="rl_only_adapter", gate=None)
         return dg.MaterializeResult(
             metadata={k: v for k, v in reported.items() if k not in ("reward_history", "metrics")},
-            value={"adapter_dir": adapter_dir, "run_id": run.info.run_id if run is not None else ""})
+            value={"adapter_dir": adapter_dir, "run_id": run_id})
 
     @dg.asset(group_name="evaluation", code_version="1", kinds={"parquet"})
     def eval_suites(context: dg.AssetExecutionContext, config: SuitesConfig, home: PipelineHome,
@@ -119,14 +113,19 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
         if config.runner == "vllm":
             from skinr1_pipeline.evaluation.runners import VllmRunner
 
-            runner = VllmRunner(base_model, adapter_dir=adapter, max_new_tokens=config.max_new_tokens)
+            runner = VllmRunner(base_model, adapter_dir=adapter, lora_mode=config.vllm_lora_mode,
+                                max_new_tokens=config.max_new_tokens, max_pixels=sft_checkpoint["max_pixels"])
         else:
             from skinr1_pipeline.evaluation.runners import HFRunner
 
             runner = HFRunner(base_model, adapter_dir=adapter, max_new_tokens=config.max_new_tokens,
                               batch_size=config.batch_size, max_pixels=sft_checkpoint["max_pixels"])
         start = time.perf_counter()
-        completions = runner.run(items, progress=lambda done, total: context.log.info(f"{variant}: {done}/{total}"))
+        try:
+            completions = runner.run(items, progress=lambda done, total: context.log.info(f"{variant}: {done}/{total}"))
+        finally:
+            if hasattr(runner, "engine"):
+                runner.engine.close()
         seconds = time.perf_counter() - start
         scored = score_predictions(items, completions, taxonomy=None) if "open_ended" not in set(items["suite"]) \
             else _score_with_taxonomy(items, completions)
@@ -253,8 +252,6 @@ def _training_run_ids(settings: Settings, context: dg.AssetExecutionContext) -> 
 
 
 def _register(adapter_dir: str, base_model: str, eval_suites: str, in_domain: float) -> dict:
-    from mlflow import MlflowClient
-
     from skinr1_pipeline.tracking.pyfunc_model import log_skinr1_model
     from skinr1_pipeline.tracking.registry import register_candidate
 

@@ -104,13 +104,18 @@ def build_synthesis_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition
 
             corpus = Corpus.from_dir(config.corpus_dir)
         samples = training_rows(unified_samples, settings.ood_modalities, settings.ood_sources)
+        generator = _generator(config, out_dir)
         start = time.perf_counter()
-        result = synthesize(
-            samples, taxonomy_graph, ddx_graph, knowledge_base, _generator(config, out_dir),
-            types=config.types, per_sample=config.per_sample, seed=config.seed, splits=config.splits,
-            image_features=_demo_features(settings), corpus=corpus, mcq_fraction=config.mcq_fraction,
-            sampling=SamplingParams(temperature=config.temperature, max_tokens=config.max_tokens),
-        )
+        try:
+            result = synthesize(
+                samples, taxonomy_graph, ddx_graph, knowledge_base, generator,
+                types=config.types, per_sample=config.per_sample, seed=config.seed, splits=config.splits,
+                image_features=_demo_features(settings), corpus=corpus, mcq_fraction=config.mcq_fraction,
+                sampling=SamplingParams(temperature=config.temperature, max_tokens=config.max_tokens),
+            )
+        finally:
+            if hasattr(generator, "close"):
+                generator.close()  # a vLLM engine holds memory and worker processes
         seconds = time.perf_counter() - start
         trajectories, rejections = result.trajectories, result.rejections
         if trajectories.empty:

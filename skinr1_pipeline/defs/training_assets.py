@@ -6,7 +6,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import dagster as dg
 import pandas as pd
@@ -80,6 +80,37 @@ def _gate(items_path: str, model_dir: str, adapter_dir: str | None, limit: int, 
                               progress=lambda done, total: context.log.info(f"held-out gate: {done}/{total}"))
 
 
+def train_and_gate(context: dg.AssetExecutionContext, settings: Settings, pipes: dg.PipesSubprocessClient,
+                   mlflow: MlflowTracking, *, module: str, cfg: Any, out_dir: Path, artifact: str,
+                   gate: Callable[[str], dict[str, Any]] | None) -> tuple[dict[str, Any], str, dict[str, Any] | None, str]:
+    """One training stage: run it out of process into this asset's MLflow run, score the adapter on the held-out
+    slice, log both. Returns (child metadata, adapter dir, gate scores, MLflow run id)."""
+    from skinr1_pipeline.training.config import to_mapping
+
+    cfg.report_to = ["mlflow"] if mlflow.enabled else []
+    with mlflow.asset_run(context) as run:
+        reported = run_training(context, pipes, settings, module, to_mapping(cfg), out_dir, run)
+        adapter_dir = str(_raw(reported.get("adapter_dir")) or out_dir / "adapter")
+        scores = gate(adapter_dir) if gate else None
+        if run is not None:
+            import mlflow as mlf
+
+            if scores:
+                mlf.log_metrics({"heldout_parse_rate": scores["parse_rate"], "heldout_accuracy": scores["accuracy"]})
+            mlf.log_artifacts(adapter_dir, artifact)
+    return reported, adapter_dir, scores, run.info.run_id if run is not None else ""
+
+
+def grpo_config(demo: bool, base_model: str, adapter_dir: str | None, items_path: str, out_dir: Path,
+                overrides_json: str):
+    """Demo preset or the paper defaults, plus the user's JSON overrides; `adapter_dir=None` is RL-only."""
+    from skinr1_pipeline.training.grpo import GRPORunConfig, demo_grpo_config
+
+    common = dict(model_dir=base_model, adapter_dir=adapter_dir, items_path=items_path, output_dir=str(out_dir))
+    overrides = json.loads(overrides_json)
+    return demo_grpo_config(**common, **overrides) if demo else GRPORunConfig(**common, **overrides)
+
+
 def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition], list[dg.AssetChecksDefinition]]:
     demo = settings.profile == "demo"
 
@@ -149,7 +180,6 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
                        mlflow: MlflowTracking, pipes_subprocess_client: dg.PipesSubprocessClient,
                        base_model: str, skin_rationale_trajectories: str, rl_mcq_dataset: str) -> dict:
         """LoRA SFT on the SkinRationale trajectories (TRL SFTTrainer, loss on the assistant turn)."""
-        from skinr1_pipeline.training.config import to_mapping
         from skinr1_pipeline.training.sft import SFTRunConfig, demo_sft_config
 
         out_dir = home.dir("models", "sft")
@@ -157,18 +187,11 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
         cfg = (demo_sft_config(base_model, skin_rationale_trajectories, out_dir, **overrides) if demo
                else SFTRunConfig(model_dir=base_model, train_path=skin_rationale_trajectories, output_dir=str(out_dir),
                                  **overrides))
-        cfg.report_to = ["mlflow"] if mlflow.enabled else []
-        with mlflow.asset_run(context) as run:
-            reported = run_training(context, pipes_subprocess_client, settings, "skinr1_pipeline.training.sft",
-                                    to_mapping(cfg), out_dir, run)
-            adapter_dir = str(_raw(reported.get("adapter_dir")) or out_dir / "adapter")
-            gate = _gate(rl_mcq_dataset, base_model, adapter_dir, config.gate_items, config.max_new_tokens,
-                         cfg.max_pixels, context)
-            if run is not None:
-                import mlflow as mlf
-
-                mlf.log_metrics({"heldout_parse_rate": gate["parse_rate"], "heldout_accuracy": gate["accuracy"]})
-                mlf.log_artifacts(adapter_dir, "sft_adapter")
+        reported, adapter_dir, gate, _ = train_and_gate(
+            context, settings, pipes_subprocess_client, mlflow, module="skinr1_pipeline.training.sft", cfg=cfg,
+            out_dir=out_dir, artifact="sft_adapter",
+            gate=lambda adapter: _gate(rl_mcq_dataset, base_model, adapter, config.gate_items, config.max_new_tokens,
+                                       cfg.max_pixels, context))
         losses = [float(p["loss"]) for p in _raw(reported.get("train_loss")) or []]
         metadata = {
             **{k: v for k, v in reported.items() if k not in ("train_loss", "eval_loss", "metrics")},
@@ -200,27 +223,13 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
                         mlflow: MlflowTracking, pipes_subprocess_client: dg.PipesSubprocessClient,
                         base_model: str, sft_checkpoint: dict, rl_mcq_dataset: str) -> dict:
         """GRPO continuing the SFT LoRA adapter, rewarded by format + hierarchical granularity + malignancy."""
-        from skinr1_pipeline.training.config import to_mapping
-        from skinr1_pipeline.training.grpo import GRPORunConfig
-        from skinr1_pipeline.training.grpo import demo_grpo_config
-
         out_dir = home.dir("models", "grpo")
-        overrides = json.loads(config.overrides)
-        common = dict(model_dir=base_model, adapter_dir=sft_checkpoint["adapter_dir"], items_path=rl_mcq_dataset,
-                      output_dir=str(out_dir))
-        cfg = demo_grpo_config(**common, **overrides) if demo else GRPORunConfig(**common, **overrides)
-        cfg.report_to = ["mlflow"] if mlflow.enabled else []
-        with mlflow.asset_run(context) as run:
-            reported = run_training(context, pipes_subprocess_client, settings, "skinr1_pipeline.training.grpo",
-                                    to_mapping(cfg), out_dir, run)
-            adapter_dir = str(_raw(reported.get("adapter_dir")) or out_dir / "adapter")
-            gate = _gate(rl_mcq_dataset, base_model, adapter_dir, config.gate_items, config.max_new_tokens,
-                         sft_checkpoint["max_pixels"], context)
-            if run is not None:
-                import mlflow as mlf
-
-                mlf.log_metrics({"heldout_parse_rate": gate["parse_rate"], "heldout_accuracy": gate["accuracy"]})
-                mlf.log_artifacts(adapter_dir, "grpo_adapter")
+        cfg = grpo_config(demo, base_model, sft_checkpoint["adapter_dir"], rl_mcq_dataset, out_dir, config.overrides)
+        reported, adapter_dir, gate, _ = train_and_gate(
+            context, settings, pipes_subprocess_client, mlflow, module="skinr1_pipeline.training.grpo", cfg=cfg,
+            out_dir=out_dir, artifact="grpo_adapter",
+            gate=lambda adapter: _gate(rl_mcq_dataset, base_model, adapter, config.gate_items, config.max_new_tokens,
+                                       sft_checkpoint["max_pixels"], context))
         metadata = {
             **{k: v for k, v in reported.items() if k not in ("reward_history", "metrics")},
             "heldout_parse_rate": gate["parse_rate"], "heldout_accuracy": gate["accuracy"],

@@ -14,6 +14,7 @@ Both runners compute exactly this quantity, so their values agree up to float er
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
@@ -122,11 +123,13 @@ class VllmRunner:
 
     def __init__(self, model_dir: str | Path | None = None, *, adapter_dir: str | Path | None = None,
                  lora_mode: str = "auto", max_new_tokens: int = 512, batch_size: int = 256, seed: int = 0,
-                 system: str | None = SYSTEM_PROMPT, options: EngineOptions = EngineOptions(),
-                 engine: VllmEngine | None = None) -> None:
+                 system: str | None = SYSTEM_PROMPT, max_pixels: int | None = None,
+                 options: EngineOptions = EngineOptions(), engine: VllmEngine | None = None) -> None:
         if engine is None:
             if model_dir is None:
                 raise ValueError("give model_dir or an engine")
+            if max_pixels is not None:  # same image resize bound as HFRunner(max_pixels=...), so same image tokens
+                options = dataclasses.replace(options, max_pixels=max_pixels)
             engine = VllmEngine.load(model_dir, adapter_dir=adapter_dir, lora_mode=lora_mode, options=options)
         self.engine = engine
         self.max_new_tokens, self.batch_size, self.seed, self.system = max_new_tokens, batch_size, seed, system
