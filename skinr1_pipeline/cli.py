@@ -39,7 +39,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"\n{'SUCCESS' if outcome.success else 'FAILED'}: {len(outcome.materialized_keys())} assets in {outcome.seconds:.1f}s")
     for evaluation in outcome.check_evaluations():
         print(f"  check {evaluation.asset_key.to_user_string()}:{evaluation.check_name} -> {'passed' if evaluation.passed else 'FAILED'}")
+    report = settings.outputs_dir / "evaluation" / "report" / "report.html"
+    table = settings.outputs_dir / "evaluation" / "ablation_table.csv"
+    if table.exists():
+        import pandas as pd
+
+        shown = pd.read_csv(table, index_col=0)
+        print("\nAblation table (accuracy [95% CI]):")
+        print(shown[[c for c in shown.columns if " [" in str(shown[c].iloc[0])]].to_string())
     print("\nWhere to look:")
+    if report.exists():
+        print(f"  evaluation report:        {report}")
     print(f"  asset outputs (Parquet):  {settings.outputs_dir}")
     print(f"  Dagster UI:               make ui   (DAGSTER_HOME={os.environ['DAGSTER_HOME']} dagster dev -w workspace.yaml)")
     print(f"  MLflow UI:                mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}")

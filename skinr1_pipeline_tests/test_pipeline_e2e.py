@@ -28,7 +28,7 @@ RUN_CONFIG = {"ops": {
     "rl_only_checkpoint": {"config": {"overrides": TOY({"max_steps": 1, "limit_items": 4,
                                                         "max_completion_length": 16})}},
     "eval_suites": {"config": {"per_suite_limit": 3}},
-    "variant_evaluations": {"config": {"max_new_tokens": 24}},
+    "variant_evaluations": {"config": {"max_new_tokens": 24, "runner": "hf"}},  # vLLM: test_vllm_engine.py
 }}
 
 

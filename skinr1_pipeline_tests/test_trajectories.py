@@ -22,6 +22,9 @@ from skinr1_pipeline.synthesis import (
     demo_samples,
     synthesize,
 )
+from skinr1_pipeline.synthesis.trajectories import STYLES
+from skinr1_pipeline.synthesis.verify import VerifyConfig
+from skinr1_pipeline.training.rl_data import TOP_SCORE, option_path
 
 
 @pytest.fixture(scope="module")
@@ -107,21 +110,60 @@ def test_contrast_picks_a_non_neighbour(world, demo):
 
 
 def test_mcq_options(world, demo):
+    """Options as in training.rl_data: 1-3 nodes of the label's path (scored by depth) + same-dataset distractors."""
     tax, ddx, kb = world
     samples, features = demo
     row = _row(samples, "basal_cell_carcinoma")
     extras = _extras(samples, features, row, mcq_fraction=1.0)
-    for seed in range(10):
+    path = option_path(tax, "basal_cell_carcinoma")
+    pool = {p for n in extras.options_pool for p in option_path(tax, n)}
+    answers = set()
+    for seed in range(30):
         req = TYPES["ddx"].build(row, tax, ddx, kb, random.Random(seed), extras)
         ctx = req.context
         assert ctx.question_form == "mcq" and len(req.options) == 4 and len(set(req.options)) == 4
         assert prompt_options(req.prompt) == list(req.options)
-        assert ctx.option_nodes[ctx.answer_index] == "basal_cell_carcinoma"
-        others = [n for n in ctx.option_nodes if n != "basal_cell_carcinoma"]
-        assert set(others) <= set(extras.options_pool)  # the dataset has enough other classes
-        assert not any(tax.is_ancestor(n, "basal_cell_carcinoma") or tax.is_ancestor("basal_cell_carcinoma", n)
-                       for n in others)
-        assert parse_completion(TemplateGenerator().generate([req])[0], req.options).option_index == ctx.answer_index
+        correct = [n for n in ctx.option_nodes if n in path]
+        assert 1 <= len(correct) <= 3
+        assert [s for n, s in zip(ctx.option_nodes, ctx.option_scores) if n not in path] == [0.0] * (4 - len(correct))
+        deepest = max(correct, key=path.index)
+        assert ctx.answer_node == deepest == ctx.option_nodes[ctx.answer_index]  # the most specific correct option
+        assert ctx.option_scores[ctx.answer_index] == max(ctx.option_scores) == TOP_SCORE
+        answers.add(deepest)
+        others = [n for n in ctx.option_nodes if n not in path]
+        assert set(others) <= pool  # the dataset has enough other path nodes
+        assert not any(n in tax.descendants("basal_cell_carcinoma") for n in others)
+        for style in STYLES:
+            text = TemplateGenerator(style=style).generate([req])[0]
+            assert parse_completion(text, req.options).option_index == ctx.answer_index
+            assert Verifier(tax, ddx, kb, VerifyConfig.for_style(style)).check(text, req).ok
+    assert "basal_cell_carcinoma" in answers and answers - {"basal_cell_carcinoma"}  # ancestors are answers too
+
+
+def test_compact_style_is_short_and_verified(world, demo):
+    tax, ddx, kb = world
+    samples, features = demo
+    full = synthesize(samples, tax, ddx, kb, TemplateGenerator(), seed=0, splits=("train", "valid", "test"),
+                      image_features=features)
+    compact = synthesize(samples, tax, ddx, kb, TemplateGenerator(), seed=0, splits=("train", "valid", "test"),
+                         image_features=features, style="compact")
+    assert compact.counts["rejected"] == 0, compact.rejections[["trajectory_type", "reason", "detail"]].head()
+    assert compact.counts["accepted"] == full.counts["accepted"]
+    assert list(compact.trajectories["prompt"]) == list(full.trajectories["prompt"])  # same questions, same facts
+    lengths = compact.trajectories["completion"].str.split().str.len()
+    assert lengths.max() <= 70 and lengths.mean() < full.trajectories["completion"].str.split().str.len().mean() / 3
+    hier = compact.trajectories[compact.trajectories["trajectory_type"] == "hierarchy"].iloc[0]
+    assert "Path: " in hier["completion"]
+    mcq = compact.trajectories[compact.trajectories["question_form"] == "mcq"]
+    assert mcq["completion"].str.contains("The most specific correct option is ").all()
+    # the explicit generator style overrides the context's; an unknown style is an error
+    forced = synthesize(samples.head(4), tax, ddx, kb, TemplateGenerator(style="compact"), seed=0,
+                        splits=("train", "valid", "test"), image_features=features, verify_config=VerifyConfig(min_chars=50))
+    assert forced.trajectories["completion"].str.split().str.len().max() <= 70
+    with pytest.raises(ValueError, match="style"):
+        synthesize(samples, tax, ddx, kb, TemplateGenerator(), style="tiny")
+    with pytest.raises(ValueError, match="style"):
+        TemplateGenerator(style="tiny")
 
 
 def test_real_sample_uses_knowledge_base_features_and_skips_unknown(world):

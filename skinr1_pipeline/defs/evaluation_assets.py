@@ -27,7 +27,8 @@ class SuitesConfig(dg.Config):
 
 
 class VariantEvalConfig(dg.Config):
-    runner: str = Field(default="hf", description=f"one of {', '.join(RUNNERS)}")
+    runner: str = Field(default="vllm",
+                        description=f"one of {', '.join(RUNNERS)}: same prompts, greedy; vLLM is the fast engine")
     max_new_tokens: int = 768
     batch_size: int = 16
     vllm_lora_mode: str = Field(default="merge", description="merge | lora | auto; vLLM's LoRA covers only the "

@@ -13,7 +13,7 @@ import random
 import zlib
 from typing import Protocol, Sequence, runtime_checkable
 
-from skinr1_pipeline.synthesis.trajectories import TYPES, GenerationRequest
+from skinr1_pipeline.synthesis.trajectories import STYLES, TYPES, GenerationRequest
 
 
 @runtime_checkable
@@ -36,14 +36,18 @@ class TemplateGenerator:
 
     name = "template"
 
-    def __init__(self, seed: int = 0) -> None:
-        self.seed = seed
+    def __init__(self, seed: int = 0, style: str | None = None) -> None:
+        """`style` ("full" | "compact") overrides the style each request's context carries; None uses the context's."""
+        if style is not None and style not in STYLES:
+            raise ValueError(f"style must be one of {STYLES} or None, got {style!r}")
+        self.seed, self.style = seed, style
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[str]:
         out = []
         for req in requests:
             rng = random.Random(request_seed(req, self.seed))
-            out.append(TYPES[req.trajectory_type].render(req.context, rng))
+            style = self.style or req.context.style
+            out.append(TYPES[req.trajectory_type].renderer(style)(req.context, rng))
         return out
 
 

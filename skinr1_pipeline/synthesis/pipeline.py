@@ -22,6 +22,7 @@ from skinr1_pipeline.knowledge.taxonomy import Taxonomy
 from skinr1_pipeline.modeling.prompt_format import parse_completion
 from skinr1_pipeline.synthesis.generators import Generator
 from skinr1_pipeline.synthesis.trajectories import (
+    STYLES,
     TYPES,
     BuildExtras,
     GenerationRequest,
@@ -74,15 +75,28 @@ def synthesize(
     corpus: Corpus | None = None,
     mcq_fraction: float = 0.5,
     sampling: SamplingParams = SamplingParams(),
-    verify_config: VerifyConfig = VerifyConfig(),
+    verify_config: VerifyConfig | None = None,
     batch_size: int = 512,
+    style: str = "full",
 ) -> SynthesisResult:
-    """Build requests for every (sample in `splits`, type, k < per_sample), generate, verify, deduplicate."""
+    """Build requests for every (sample in `splits`, type, k < per_sample), generate, verify, deduplicate.
+
+    `style` ("full" | "compact") is recorded in each request's context: the template generator renders it (unless
+    constructed with an explicit style) and LLM teachers are told to be brief. `verify_config` defaults to
+    `VerifyConfig.for_style(style)` (same checks; compact only lowers min_chars). MCQ distractors come from the path
+    nodes of every labelled sample of the dataset in `samples` (all splits: labels, not images), as in
+    `training.rl_data.build_mcq_items`.
+    """
     unknown = [t for t in types if t not in TYPES]
     if unknown:
         raise ValueError(f"unknown trajectory types {unknown}; known: {list(TYPES)}")
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+    verify_config = verify_config if verify_config is not None else VerifyConfig.for_style(style)
     rows = samples[samples["split"].isin(list(splits))] if "split" in samples else samples
     pools = {ds: sorted(set(g["taxonomy_node"])) for ds, g in rows.groupby("source_dataset")} if len(rows) else {}
+    mcq_pools = ({str(ds): sorted({n for n in g["taxonomy_node"] if isinstance(n, str)})
+                  for ds, g in samples.groupby("source_dataset")} if len(samples) else {})
     passages: dict[str, list[Passage]] = {}
     requests: list[tuple[GenerationRequest, dict[str, Any]]] = []
     skips: dict[str, int] = {}
@@ -96,6 +110,7 @@ def synthesize(
                 rng = random.Random(_seed(seed, row["sample_id"], ttype, k))
                 extras = BuildExtras(
                     image_features=feats, options_pool=pools.get(row["source_dataset"], ()),
+                    mcq_pool=mcq_pools.get(str(row["source_dataset"]), ()), style=style,
                     mcq_fraction=mcq_fraction, passages=passages.get(node, ()), index=k,
                     sampling=SamplingParams(**{**sampling.__dict__, "seed": _seed(seed, row["sample_id"], ttype, k)}),
                 )

@@ -10,8 +10,14 @@ authors' code (types 1-5):
 * `contrast`      - compare with a random non-DDx diagnosis to sharpen the argument, keep the label (4);
 * `contrast_switch` - start from that random diagnosis, then switch to the label (5).
 
-Every item is asked either as an open question or as a 4-option MCQ (label + 3 distractors from the same dataset), so
-SFT teaches both answer formats of `modeling.prompt_format`.
+Every item is asked either as an open question or as a 4-option MCQ built like the GRPO items of
+`training.rl_data` (1-3 nodes of the label's own taxonomy path + distractors from the path nodes of the same dataset;
+the answer is the best-scoring option, i.e. the most specific correct one), so SFT teaches both answer formats of
+`modeling.prompt_format` and, for MCQs, to pick an ancestor when the label itself is not offered.
+
+Two rendering styles share the same facts and the same verifier: "full" (the long template) and "compact" (one or two
+short sentences of visible features, the type's key reasoning in one short sentence per step, the chosen option;
+about 50-80 tokens) for cheap SFT of small models.
 """
 
 from __future__ import annotations
@@ -36,6 +42,12 @@ from skinr1_pipeline.knowledge.knowledge_base import (
     value_kind,
 )
 from skinr1_pipeline.knowledge.taxonomy import Taxonomy
+from skinr1_pipeline.training.rl_data import (
+    MAX_CORRECT,
+    hierarchical_scores,
+    ineligible_distractors,
+    option_path,
+)
 from skinr1_pipeline.modeling.prompt_format import (
     DEFAULT_MCQ_QUESTION,
     DEFAULT_OPEN_QUESTION,
@@ -50,6 +62,7 @@ from skinr1_pipeline.modeling.prompt_format import (
 
 QUESTION_FORMS = ("open", "mcq")
 N_OPTIONS = 4
+STYLES = ("full", "compact")
 
 
 class NotApplicable(Exception):
@@ -115,6 +128,21 @@ class TrajectoryContext:
     answer_index: int | None = None
     citations: tuple[str, ...] = ()
     passages: tuple[Passage, ...] = ()
+    option_scores: tuple[float, ...] = ()  # MCQ: rl_data's hierarchical scores (answer_index = best-scoring option)
+    style: str = "full"  # "full" | "compact": how the template (and the teacher instruction) writes the rationale
+
+    @property
+    def answer_node(self) -> str:
+        """The node the answer names: the chosen option for MCQs (may be an ancestor of the label), else the label."""
+        if self.question_form == "mcq" and self.answer_index is not None:
+            return self.option_nodes[self.answer_index]
+        return self.node
+
+    @property
+    def answer_name(self) -> str:
+        if self.question_form == "mcq" and self.answer_index is not None:
+            return self.options[self.answer_index]
+        return self.name
 
 
 @dataclass(frozen=True)
@@ -141,11 +169,13 @@ class BuildExtras:
     """Per-sample inputs beyond (sample, taxonomy, ddx, knowledge, rng)."""
 
     image_features: Mapping[str, Any] | None = None
-    options_pool: Sequence[str] = ()  # taxonomy nodes labelled in the sample's dataset (MCQ distractors)
+    options_pool: Sequence[str] = ()  # taxonomy nodes labelled in the sample's dataset (DDx preference; MCQ pool)
+    mcq_pool: Sequence[str] = ()  # labels of the dataset for MCQ distractors (their path nodes); options_pool if empty
     mcq_fraction: float = 0.5
     passages: Sequence[Passage] = ()
     sampling: SamplingParams = field(default_factory=SamplingParams)
     index: int = 0  # k-th request of this type for this sample
+    style: str = "full"  # rendering style recorded in the context ("full" | "compact")
 
 
 # ---------------------------------------------------------------------------------------------------- shared steps
@@ -216,29 +246,45 @@ def _support_phrase(kind: str, value: str) -> str:
 
 
 def _question(sample: Mapping[str, Any], node: str, taxonomy: Taxonomy, ddx: DDxGraph, knowledge: KnowledgeBase,
-              rng: random.Random, extras: BuildExtras) -> tuple[str, tuple[str, ...], tuple[str, ...], int | None]:
-    """(form, options, option nodes, answer index). MCQ distractors: same-dataset labels first."""
+              rng: random.Random, extras: BuildExtras
+              ) -> tuple[str, tuple[str, ...], tuple[str, ...], int | None, tuple[float, ...]]:
+    """(form, options, option nodes, answer index, option scores).
+
+    MCQs follow `training.rl_data.build_mcq_items`: k ~ U{1..min(3, L)} nodes of the label's path below the root
+    (scored 0.75 * depth / deepest shown), distractors from the path nodes of the dataset's labels that are neither
+    on the path nor below the label (scored 0); the answer is the best-scoring option. When the dataset pool is too
+    small, DDx look-alikes and then knowledge-base diagnoses fill the remaining slots (RL drops such items instead).
+    """
     if rng.random() >= extras.mcq_fraction:
-        return "open", (), (), None
-    related = _related(taxonomy, node)
-    names_taken = {taxonomy[node].name}
-    candidates: list[str] = []
-    tiers = (sorted(set(extras.options_pool)), _expanded_neighbours(ddx, taxonomy, node), sorted(knowledge.entries))
-    for group in tiers:
-        group = [g for g in group if g in taxonomy and g not in related and taxonomy[g].kind != "category"
-                 and g not in candidates]
+        return "open", (), (), None, ()
+    path = option_path(taxonomy, node)
+    k = rng.randint(1, max(1, min(MAX_CORRECT, len(path), N_OPTIONS - 1)))
+    depths = sorted(j + 1 for j in rng.sample(range(len(path)), k))
+    correct = [path[j - 1] for j in depths]
+    banned = ineligible_distractors(taxonomy, node)
+    names_taken = {taxonomy[c].name for c in correct}
+    labels = [n for n in (extras.mcq_pool or extras.options_pool) if n in taxonomy]
+    pool = sorted({p for n in labels for p in option_path(taxonomy, n)} - banned)
+    rng.shuffle(pool)
+    fallback: list[str] = []
+    for group in (_expanded_neighbours(ddx, taxonomy, node), sorted(knowledge.entries)):
+        group = [g for g in group if g in taxonomy and g not in banned and taxonomy[g].kind != "category"]
         rng.shuffle(group)
-        candidates += group
+        fallback += group
     distractors: list[str] = []
-    for cand in candidates:
-        if taxonomy[cand].name not in names_taken:
+    for cand in pool + fallback:
+        if len(distractors) == N_OPTIONS - k:
+            break
+        if cand not in distractors and taxonomy[cand].name not in names_taken:
             distractors.append(cand)
             names_taken.add(taxonomy[cand].name)
-        if len(distractors) == N_OPTIONS - 1:
-            break
-    nodes = [node, *distractors]
-    rng.shuffle(nodes)
-    return "mcq", tuple(taxonomy[n].name for n in nodes), tuple(nodes), nodes.index(node)
+    nodes = correct + distractors
+    scores = hierarchical_scores(depths) + [0.0] * len(distractors)
+    order = list(range(len(nodes)))
+    rng.shuffle(order)
+    nodes, scores = [nodes[i] for i in order], [float(scores[i]) for i in order]
+    answer = max(range(len(nodes)), key=lambda i: scores[i])
+    return "mcq", tuple(taxonomy[n].name for n in nodes), tuple(nodes), answer, tuple(scores)
 
 
 @lru_cache(maxsize=4096)
@@ -326,7 +372,9 @@ def _context(sample: Mapping[str, Any], taxonomy: Taxonomy, ddx: DDxGraph, knowl
             support = tuple(_support_phrase(k, v) for k, v in observed_all if v in cues and value_kind(v) == k)
             rationale = note.rationale if note else f"The lesion belongs to {name}."
         levels.append(Level(level_node, name, rationale, support[:3]))
-    form, options, option_nodes, answer = _question(sample, node, taxonomy, ddx, knowledge, rng, extras)
+    if extras.style not in STYLES:
+        raise ValueError(f"style must be one of {STYLES}, got {extras.style!r}")
+    form, options, option_nodes, answer, scores = _question(sample, node, taxonomy, ddx, knowledge, rng, extras)
     citations = tuple(x for x in (knowledge.citation(node),) if x) + tuple(p.chunk_id for p in extras.passages)
     ctx = TrajectoryContext(
         node=node, name=taxonomy[node].name, bucket=_bucket(sample), path=tuple(taxonomy.path(node)),
@@ -335,7 +383,7 @@ def _context(sample: Mapping[str, Any], taxonomy: Taxonomy, ddx: DDxGraph, knowl
         key_features=key[:3], rule=entry.morphology,
         taxonomy_sentence=taxonomy_sentence(node, taxonomy, _bucket(sample)),
         question_form=form, options=options, option_nodes=option_nodes, answer_index=answer,
-        citations=citations, passages=tuple(extras.passages),
+        citations=citations, passages=tuple(extras.passages), option_scores=scores, style=extras.style,
     )
     return ctx, entry
 
@@ -401,6 +449,12 @@ def teacher_messages(ttype: str, ctx: TrajectoryContext, prompt: str, image_path
         levels=", ".join(level.name for level in ctx.levels),
         alternatives=", ".join(a.name for a in ctx.alternatives) or "the alternatives",
         first=ctx.first.name if ctx.first else "the alternative")
+    if ctx.question_form == "mcq" and ctx.answer_node != ctx.node:
+        instruction += (f" {_cap(ctx.name)} is not among the options; explain that the most specific correct option "
+                        f"is {ctx.answer_name}.")
+    if ctx.style == "compact":
+        instruction += (" Be very brief (under 60 words): the visible features in one short sentence, one short "
+                        "sentence per reasoning step, then the chosen option.")
     text = f"Student question:\n{prompt}\n\nReference facts:\n- " + "\n- ".join(facts) + f"\n\nTask: {instruction}"
     user: list[dict[str, Any]] = [{"type": "image", "image": image_path}] if image_path else []
     user.append({"type": "text", "text": text})
@@ -556,7 +610,11 @@ def _conclusion(ctx: TrajectoryContext, lead: str) -> list[str]:
     out = [f"{lead} {ctx.name}.", ctx.taxonomy_sentence]
     if ctx.question_form == "mcq":
         letter = chr(ord("A") + int(ctx.answer_index or 0))
-        out.append(f"Among the options this is {letter} ({ctx.name}).")
+        if ctx.answer_node == ctx.node:
+            out.append(f"Among the options this is {letter} ({ctx.name}).")
+        else:
+            out.append(f"{_cap(ctx.name)} is not offered, so the most specific correct option is {letter} "
+                       f"({ctx.answer_name}).")
     return out
 
 
@@ -666,6 +724,68 @@ def _finish(ctx: TrajectoryContext, lines: list[str]) -> str:
     return format_completion("\n".join(lines), _answer_text(ctx))
 
 
+# ---------------------------------------------------------------------------------------------------- compact style
+
+
+def _compact_seen(ctx: TrajectoryContext) -> str:
+    """One short observation sentence (no hedging cue, no other diagnosis): up to two colours + key features."""
+    colours = [phrase("colours", c) for c in (ctx.observed.get("colours") or ())][:2]
+    bits = ([f"{_join(colours)} colour"] if colours else []) + list(ctx.key_features[:2])
+    if not bits:
+        return "The lesion shows few distinctive features."
+    return f"I see {_join(bits)}."
+
+
+def _compact_exclusion(alt: Alternative, lead: str = "Not") -> str:
+    if alt.missing_here:
+        return f"{lead} {alt.name}: no {alt.missing_here[0]}."
+    if alt.against:
+        return f"{lead} {alt.name}: {alt.against[0]} argues against it."
+    return f"{lead} {alt.name}: the signs fit less well."
+
+
+def _compact_key(ctx: TrajectoryContext) -> str:
+    return f"These fit {ctx.name}." if ctx.key_features else f"The picture fits {ctx.name}."
+
+
+def _compact_end(ctx: TrajectoryContext, lines: list[str]) -> str:
+    if ctx.question_form == "mcq":
+        letter = chr(ord("A") + int(ctx.answer_index or 0))
+        lines.append(f"The most specific correct option is {letter} ({ctx.answer_name}).")
+    return _finish(ctx, lines)
+
+
+def render_hierarchy_compact(ctx: TrajectoryContext, rng: random.Random) -> str:
+    return _compact_end(ctx, [_compact_seen(ctx), "Path: " + " > ".join(level.name for level in ctx.levels) + "."])
+
+
+def render_ddx_compact(ctx: TrajectoryContext, rng: random.Random) -> str:
+    lines = [_compact_seen(ctx), _compact_key(ctx)]
+    lines += [_compact_exclusion(alt) for alt in ctx.alternatives]
+    return _compact_end(ctx, lines)
+
+
+def render_ddx_switch_compact(ctx: TrajectoryContext, rng: random.Random) -> str:
+    assert ctx.first is not None
+    lines = [_compact_seen(ctx), f"First thought: {ctx.first.name}.", _compact_exclusion(ctx.first, "But not"),
+             _compact_key(ctx)]
+    lines += [_compact_exclusion(alt) for alt in ctx.alternatives]
+    return _compact_end(ctx, lines)
+
+
+def render_contrast_compact(ctx: TrajectoryContext, rng: random.Random) -> str:
+    lines = [_compact_seen(ctx), _compact_key(ctx)]
+    lines += [_compact_exclusion(alt, "Unlike") for alt in ctx.alternatives]
+    return _compact_end(ctx, lines)
+
+
+def render_contrast_switch_compact(ctx: TrajectoryContext, rng: random.Random) -> str:
+    assert ctx.first is not None
+    lines = [_compact_seen(ctx), f"First thought: {ctx.first.name}.", _compact_exclusion(ctx.first, "But not"),
+             _compact_key(ctx)]
+    return _compact_end(ctx, lines)
+
+
 @dataclass(frozen=True)
 class TrajectoryType:
     name: str
@@ -674,16 +794,25 @@ class TrajectoryType:
     render: Renderer
     checks_ddx: bool  # verifier: every other diagnosis named must be a DDx neighbour
     description: str
+    render_compact: Renderer | None = None  # the "compact" style; None falls back to `render`
+
+    def renderer(self, style: str = "full") -> Renderer:
+        if style not in STYLES:
+            raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+        return self.render_compact if style == "compact" and self.render_compact is not None else self.render
 
 
 TYPES: dict[str, TrajectoryType] = {
     t.name: t for t in (
-        TrajectoryType("hierarchy", 1, build_hierarchy, render_hierarchy, False, "taxonomy walk root to label"),
-        TrajectoryType("ddx", 2, build_ddx, render_ddx, True, "exclude DDx neighbours, keep the label"),
+        TrajectoryType("hierarchy", 1, build_hierarchy, render_hierarchy, False, "taxonomy walk root to label",
+                       render_hierarchy_compact),
+        TrajectoryType("ddx", 2, build_ddx, render_ddx, True, "exclude DDx neighbours, keep the label",
+                       render_ddx_compact),
         TrajectoryType("ddx_switch", 3, build_ddx_switch, render_ddx_switch, True,
-                       "start from a DDx neighbour, self-correct to the label"),
-        TrajectoryType("contrast", 4, build_contrast, render_contrast, False, "compare with a random diagnosis"),
+                       "start from a DDx neighbour, self-correct to the label", render_ddx_switch_compact),
+        TrajectoryType("contrast", 4, build_contrast, render_contrast, False, "compare with a random diagnosis",
+                       render_contrast_compact),
         TrajectoryType("contrast_switch", 5, build_contrast_switch, render_contrast_switch, False,
-                       "start from a random diagnosis, switch to the label"),
+                       "start from a random diagnosis, switch to the label", render_contrast_switch_compact),
     )
 }

@@ -7,7 +7,9 @@ Checks, in order (first failure wins):
 * `bad_format`: `parse_completion` fails (exactly one thinking and one diagnosis block; detail = parser code);
 * `too_short` / `too_long`: completion length outside [min_chars, max_chars];
 * `unknown_diagnosis` / `ambiguous_diagnosis` / `wrong_diagnosis`: open answers must name (name or synonym) the label,
-  a non-category ancestor of it, or - for a group label - one of its members; MCQ answers must pick such an option;
+  a non-category ancestor of it, or - for a group label - one of its members; MCQ answers must pick such an option,
+  or - when the request carries `training.rl_data`-style option scores - exactly the best-scoring option (the most
+  specific correct one, which may be any node of the label's path);
 * `wrong_status`: the status must equal the label's bucket (and be absent when the label has none);
 * feature rules, applied to *observation sentences*: sentences with no negation/hedging cue (no, not, without,
   would, typically, less likely, ...) and naming no diagnosis outside the label's path. The checkable features they
@@ -55,12 +57,22 @@ _CUE_RE = re.compile(
 _SENTENCE_RE = re.compile(r"(?<=[.!?])\s+|\n+")
 @dataclass(frozen=True)
 class VerifyConfig:
-    min_chars: int = 200
+    min_chars: int = 200  # the "compact" style uses COMPACT_MIN_CHARS (see `VerifyConfig.for_style`)
     max_chars: int = 8000
     min_features: int = 1
     dup_threshold: float = 0.9
     shingle: int = 5
     dedup_scope: str = "sample"  # "sample" | "class"
+
+    @classmethod
+    def for_style(cls, style: str = "full", **overrides: Any) -> "VerifyConfig":
+        """Default config for a rendering style: compact rationales are short by design, so only min_chars differs."""
+        values: dict[str, Any] = {"min_chars": COMPACT_MIN_CHARS} if style == "compact" else {}
+        values.update(overrides)
+        return cls(**values)
+
+
+COMPACT_MIN_CHARS = 80
 
 
 @dataclass(frozen=True)
@@ -158,7 +170,16 @@ class Verifier:
     def _answer(self, parsed, request: GenerationRequest, node: str) -> tuple[str | None, Verdict | None]:
         allowed = self._allowed_answers(node)
         if request.options:
-            chosen = request.context.option_nodes[parsed.option_index]
+            ctx = request.context
+            chosen = ctx.option_nodes[parsed.option_index]
+            scores = ctx.option_scores
+            if scores and node == ctx.node:  # rl_data-style options: only the best-scoring option is correct
+                best = max(scores)
+                if best <= 0 or scores[parsed.option_index] < best:
+                    return chosen, Verdict(False, "wrong_diagnosis",
+                                           f"chose option {parsed.option_letter} ({chosen}, score "
+                                           f"{scores[parsed.option_index]:.2f}), best-scoring option scores {best:.2f}")
+                return chosen, None
             if chosen not in allowed:
                 return chosen, Verdict(False, "wrong_diagnosis", f"chose option {parsed.option_letter} ({chosen}), "
                                                                  f"label {node}")
