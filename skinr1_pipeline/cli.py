@@ -56,12 +56,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if outcome.success and not failed_checks else 1
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from skinr1_pipeline.doctor import check_gpu, check_libraries, report
+
+    findings = [*check_libraries(), *check_gpu()]
+    print(report(findings))
+    return 0 if all(f.ok for f in findings) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="skinr1", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="materialize the whole asset graph on the active profile (demo by default)")
     demo.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="Dagster console log level")
     demo.set_defaults(func=cmd_demo)
+    sub.add_parser("doctor", help="check library versions and the GPU against what the pipeline supports").set_defaults(
+        func=cmd_doctor)
     args = parser.parse_args(argv)
     return args.func(args)
 
