@@ -146,6 +146,8 @@ def test_evaluation_reports_every_variant_and_registers_a_candidate(demo_run):
     for variant in table.index:
         scored = pd.read_parquet(evaluation / variant / "scored.parquet")
         assert {"in_domain", "malignancy", "hierarchical", "ood"} <= set(scored["suite"])
+        in_domain = scored[scored["suite"] == "in_domain"]
+        assert in_domain["option_logprobs"].map(len).eq(4).all()  # one log-prob per option, for calibration
     html = (evaluation / "report" / "report.html").read_text()
     assert "data:image/png;base64," in html and "sft_grpo" in html
     client = mlflow.MlflowClient(tracking_uri=settings.mlflow_tracking_uri)

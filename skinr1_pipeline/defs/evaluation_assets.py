@@ -31,6 +31,7 @@ class VariantEvalConfig(dg.Config):
                         description=f"one of {', '.join(RUNNERS)}: same prompts, greedy; vLLM is the fast engine")
     max_new_tokens: int = 768
     batch_size: int = 16
+    calibration: bool = Field(default=True, description="score each option's log-probability for ECE")
     vllm_lora_mode: str = Field(default="merge", description="merge | lora | auto; vLLM's LoRA covers only the "
                                 "language model, so adapters that also train the vision side need merge")
 
@@ -124,17 +125,21 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
         start = time.perf_counter()
         try:
             completions = runner.run(items, progress=lambda done, total: context.log.info(f"{variant}: {done}/{total}"))
+            seconds = time.perf_counter() - start
+            if config.calibration:
+                items = items.assign(option_logprobs=runner.option_logprobs(items, completions))
         finally:
             if hasattr(runner, "engine"):
                 runner.engine.close()
-        seconds = time.perf_counter() - start
-        scored = score_predictions(items, completions, taxonomy=None) if "open_ended" not in set(items["suite"]) \
-            else _score_with_taxonomy(items, completions)
+        scored = score_predictions(items, completions, taxonomy=Taxonomy.load())
         scored["completion"] = completions
         out = home.dir("outputs", "evaluation", variant)
         scored.to_parquet(out / "scored.parquet", index=False)
         by_suite = {suite: frame.reset_index(drop=True) for suite, frame in scored.groupby("suite")}
         summary = variant_summary(by_suite)
+        breakdowns = _breakdowns(by_suite, calibration=config.calibration)
+        for suite, extra in breakdowns.items():
+            summary.setdefault(suite, {})["breakdowns"] = extra
         with mlflow.asset_run(context, params={"variant": variant, "runner": config.runner,
                                                "adapter_dir": adapter or ""}):
             import mlflow as mlf
@@ -145,8 +150,17 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
             mlf.log_dict(summary, "summary.json")
         rows = [{"suite": s, "n": v["n"], "accuracy": v["accuracy"], "ci": f"[{v['ci_low']:.2f}, {v['ci_high']:.2f}]",
                  "format_ok": v.get("format_ok")} for s, v in summary.items()]
-        context.add_output_metadata({"variant": variant, "items": len(items), "seconds": round(seconds, 1),
-                                     "per_suite": md(markdown_table(pd.DataFrame(rows)))})
+        in_domain = breakdowns.get("in_domain", {})
+        context.add_output_metadata({
+            "variant": variant, "items": len(items), "seconds": round(seconds, 1),
+            "per_suite": md(markdown_table(pd.DataFrame(rows))),
+            "in_domain_by_dataset": md(markdown_table(pd.DataFrame(in_domain.get("by_dataset", [])))),
+            "in_domain_by_class": md(markdown_table(pd.DataFrame(in_domain.get("by_class", [])))),
+            "in_domain_by_fitzpatrick": md(markdown_table(pd.DataFrame(in_domain.get("by_fitzpatrick", [])))),
+            "ood_by_fitzpatrick": md(markdown_table(pd.DataFrame(breakdowns.get("ood", {}).get("by_fitzpatrick", [])))),
+            "calibration_ece": md(markdown_table(pd.DataFrame(
+                [{"suite": k, **v["ece"]} for k, v in breakdowns.items() if "ece" in v]))),
+        })
         return {"variant": variant, "scored_path": str(out / "scored.parquet"), "summary": summary}
 
     @dg.asset(group_name="evaluation", code_version="1", kinds={"pandas"})
@@ -229,10 +243,21 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
             [champion_promotion], [schedule])
 
 
-def _score_with_taxonomy(items: pd.DataFrame, completions: list[str]) -> pd.DataFrame:
-    from skinr1_pipeline.evaluation.metrics import score_predictions
+def _breakdowns(by_suite: dict[str, pd.DataFrame], *, calibration: bool) -> dict[str, dict]:
+    """Per suite: accuracy by source dataset, class and Fitzpatrick type, and ECE where option log-probs exist."""
+    from skinr1_pipeline.evaluation.metrics import expected_calibration_error, grouped_accuracy
 
-    return score_predictions(items, completions, taxonomy=Taxonomy.load())
+    out: dict[str, dict] = {}
+    for suite, frame in by_suite.items():
+        entry = {"by_dataset": grouped_accuracy(frame, "source_dataset").to_dict("records"),
+                 "by_class": grouped_accuracy(frame, "taxonomy_node").to_dict("records"),
+                 "by_fitzpatrick": grouped_accuracy(frame, "fitzpatrick").to_dict("records")}
+        mcq = frame[frame["option_logprobs"].map(lambda x: x is not None and len(x) > 0)] \
+            if calibration and "option_logprobs" in frame else frame.iloc[:0]
+        if len(mcq):
+            entry["ece"] = {k: v for k, v in expected_calibration_error(mcq).items() if isinstance(v, (int, float))}
+        out[suite] = entry
+    return out
 
 
 def _training_run_ids(settings: Settings, context: dg.AssetExecutionContext) -> dict[str, str]:
