@@ -29,7 +29,7 @@ class SuitesConfig(dg.Config):
 class VariantEvalConfig(dg.Config):
     runner: str = Field(default="vllm",
                         description=f"one of {', '.join(RUNNERS)}: same prompts, greedy; vLLM is the fast engine")
-    max_new_tokens: int = 768
+    max_new_tokens: int = 512
     batch_size: int = 16
     calibration: bool = Field(default=True, description="score each option's log-probability for ECE")
     vllm_lora_mode: str = Field(default="merge", description="merge | lora | auto; vLLM's LoRA covers only the "

@@ -36,6 +36,8 @@ class SynthesisConfig(dg.Config):
     max_tokens: int = 1024
     temperature: float = 0.7
     corpus_dir: str = Field(default="", description="Optional folder of licensed textbook .txt/.md to ground rationales")
+    style: str = Field(default="", description="full | compact; '' = compact on the demo profile (short rationales a "
+                       "tiny model can learn in CPU minutes), full on gpu")
 
 
 def _generator(config: SynthesisConfig, progress_dir: Path):
@@ -112,6 +114,7 @@ def build_synthesis_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition
                 types=config.types, per_sample=config.per_sample, seed=config.seed, splits=config.splits,
                 image_features=_demo_features(settings), corpus=corpus, mcq_fraction=config.mcq_fraction,
                 sampling=SamplingParams(temperature=config.temperature, max_tokens=config.max_tokens),
+                style=config.style or ("compact" if settings.profile == "demo" else "full"),
             )
         finally:
             if hasattr(generator, "close"):

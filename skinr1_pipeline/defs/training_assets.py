@@ -26,7 +26,7 @@ GPU_POOL = "gpu"
 class SFTAssetConfig(dg.Config):
     overrides: str = Field(default="{}", description="JSON object of SFTRunConfig fields over the profile preset")
     gate_items: int = Field(default=48, description="held-out MCQ items generated for the format gate")
-    max_new_tokens: int = 768
+    max_new_tokens: int = 512
     format_floor: float = Field(default=0.95, description="share of held-out generations that must parse")
 
 
@@ -39,7 +39,7 @@ class RLDataConfig(dg.Config):
 class GRPOAssetConfig(dg.Config):
     overrides: str = Field(default="{}", description="JSON object of GRPORunConfig fields over the profile preset")
     gate_items: int = 48
-    max_new_tokens: int = 768
+    max_new_tokens: int = 512
     accuracy_margin: float = Field(default=0.05, description="GRPO may trail SFT held-out accuracy by at most this")
 
 
