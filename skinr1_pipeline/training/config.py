@@ -156,3 +156,16 @@ def resolve_bf16(bf16: bool | None, use_cpu: bool) -> bool:
     import torch
 
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def newest_checkpoint(output_dir: str | Path, required: Sequence[str] = ("trainer_state.json",)) -> Path | None:
+    """Highest `checkpoint-N` folder holding every `required` file; a kill mid-save leaves one without them."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return None
+    found = []
+    for path in root.iterdir():
+        m = re.fullmatch(r"checkpoint-(\d+)", path.name)
+        if m and path.is_dir() and all((path / name).is_file() for name in required):
+            found.append((int(m.group(1)), path))
+    return max(found)[1] if found else None

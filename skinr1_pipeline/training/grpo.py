@@ -20,7 +20,6 @@ import argparse
 import json
 import math
 import os
-import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -31,6 +30,7 @@ import pandas as pd
 import torch
 
 from skinr1_pipeline.modeling.prompt_format import SYSTEM_PROMPT, prompt_options
+from skinr1_pipeline.training.config import newest_checkpoint
 from skinr1_pipeline.training.rewards import PAPER_REWARD_WEIGHTS, make_reward_functions
 
 ADAPTER_SUBDIR = "adapter"
@@ -343,16 +343,7 @@ def restore_policy_adapter(model, checkpoint: str | Path) -> None:
 
 def last_complete_checkpoint(output_dir: str | Path) -> Path | None:
     """Newest `checkpoint-N` holding trainer state and adapter weights (a kill mid-save leaves neither)."""
-    root = Path(output_dir)
-    if not root.is_dir():
-        return None
-    found = []
-    for path in root.iterdir():
-        m = re.fullmatch(r"checkpoint-(\d+)", path.name)
-        if m and path.is_dir() and (path / "trainer_state.json").is_file() \
-                and (path / "adapter_model.safetensors").is_file():
-            found.append((int(m.group(1)), path))
-    return max(found)[1] if found else None
+    return newest_checkpoint(output_dir, ("trainer_state.json", "adapter_model.safetensors"))
 
 
 def _trl_args(cfg: GRPORunConfig, *, on_gpu: bool):

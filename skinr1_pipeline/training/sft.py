@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -37,7 +36,7 @@ from skinr1_pipeline.modeling.chat import assistant_message, build_messages
 from skinr1_pipeline.modeling.model_factory import load_model, load_processor, set_pixel_limits
 from skinr1_pipeline.modeling.prompt_format import SYSTEM_PROMPT
 from skinr1_pipeline.training.config import (from_mapping, load_mapping, parse_overrides, resolve_bf16,
-                                             resolve_use_cpu, to_mapping)
+                                             newest_checkpoint, resolve_use_cpu, to_mapping)
 
 logger = logging.getLogger(__name__)
 
@@ -240,15 +239,8 @@ def _lora_config(cfg: SFTRunConfig):
 
 def last_checkpoint(output_dir: str | Path) -> str | None:
     """Path of the highest checkpoint-N folder in `output_dir` that holds trainer state, or None."""
-    out = Path(output_dir)
-    if not out.is_dir():
-        return None
-    found = []
-    for p in out.iterdir():
-        m = re.fullmatch(r"checkpoint-(\d+)", p.name)
-        if m and p.is_dir() and (p / "trainer_state.json").is_file():
-            found.append((int(m.group(1)), p))
-    return str(max(found)[1]) if found else None
+    found = newest_checkpoint(output_dir)
+    return str(found) if found else None
 
 
 class _ProgressCallback(TrainerCallback):
