@@ -23,6 +23,11 @@ from skinr1_pipeline.settings import Settings
 GPU_POOL = "gpu"
 
 
+class BaseModelConfig(dg.Config):
+    warmup_steps: int = Field(default=2000, description="demo only: image -> diagnosis-name captioning steps on train "
+                              "images, merged into the tiny model (what pretraining gives a real VLM); 0 = none")
+
+
 class SFTAssetConfig(dg.Config):
     overrides: str = Field(default="{}", description="JSON object of SFTRunConfig fields over the profile preset")
     gate_items: int = Field(default=48, description="held-out MCQ items generated for the format gate")
@@ -115,16 +120,17 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
     demo = settings.profile == "demo"
 
     @dg.asset(group_name="training", code_version="1", kinds={"pytorch"})
-    def base_model(context: dg.AssetExecutionContext, home: PipelineHome, taxonomy_graph: Taxonomy,
-                   skin_rationale_trajectories: str) -> str:
+    def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, home: PipelineHome,
+                   taxonomy_graph: Taxonomy, unified_samples: pd.DataFrame, skin_rationale_trajectories: str) -> str:
         """The model every stage starts from: demo = a tiny Qwen2.5-VL with a tokenizer trained here on the
-        taxonomy, knowledge and trajectory text; gpu = the local Qwen2.5-VL-7B-Instruct directory."""
+        taxonomy, knowledge and trajectory text, warmed up on train images; gpu = the local Qwen2.5-VL-7B-Instruct
+        directory."""
         from skinr1_pipeline.modeling.model_factory import validate_model_dir
 
         if not demo:
-            config = validate_model_dir(settings.base_model_dir)
+            model_config = validate_model_dir(settings.base_model_dir)
             context.add_output_metadata({"model_dir": dg.MetadataValue.path(str(settings.base_model_dir)),
-                                         "model_type": config.get("model_type", "")})
+                                         "model_type": model_config.get("model_type", "")})
             return str(settings.base_model_dir)
         from skinr1_pipeline.modeling.tiny_model import build_tiny_model, default_corpus
 
@@ -135,11 +141,19 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
         out_dir = home.dir("models", "base")
         start = time.perf_counter()
         build_tiny_model(out_dir, corpus, seed=settings.demo_seed)
-        config = validate_model_dir(out_dir)
+        warmup: dict[str, Any] = {"steps": 0}
+        if config.warmup_steps:
+            from skinr1_pipeline.modeling.demo_pretraining import warm_up
+
+            samples = training_rows(unified_samples, settings.ood_modalities, settings.ood_sources)
+            warmup = warm_up(out_dir, samples, taxonomy_graph, steps=config.warmup_steps, seed=settings.demo_seed)
+        model_config = validate_model_dir(out_dir)
         size = sum(p.stat().st_size for p in out_dir.rglob("*") if p.is_file())
         context.add_output_metadata({
-            "model_dir": dg.MetadataValue.path(str(out_dir)), "model_type": config.get("model_type", ""),
+            "model_dir": dg.MetadataValue.path(str(out_dir)), "model_type": model_config.get("model_type", ""),
             "corpus_texts": len(corpus), "bytes_on_disk": size, "seconds": round(time.perf_counter() - start, 2),
+            "warmup_steps": warmup["steps"], "warmup_images": warmup.get("images", 0),
+            "warmup_final_loss": warmup["train_loss"][-1]["loss"] if warmup.get("train_loss") else float("nan"),
         })
         return str(out_dir)
 
