@@ -751,6 +751,9 @@ def _compact_key(ctx: TrajectoryContext) -> str:
 def _compact_end(ctx: TrajectoryContext, lines: list[str]) -> str:
     if ctx.question_form == "mcq":
         letter = chr(ord("A") + int(ctx.answer_index or 0))
+        if ctx.answer_node != ctx.node:
+            # The bridge a small model cannot infer on its own: which offered group the diagnosis belongs to.
+            lines.append(f"{_cap(ctx.name)} belongs to {ctx.answer_name}.")
         lines.append(f"The most specific correct option is {letter} ({ctx.answer_name}).")
     return _finish(ctx, lines)
 
