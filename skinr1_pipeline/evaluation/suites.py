@@ -40,7 +40,7 @@ from skinr1_pipeline.training.rl_data import (
     dataset_pools,
     drop_record,
     ineligible_distractors,
-    label_problem,
+    labelled_rows,
     make_item,
     option_path,
     sample_rng,
@@ -156,11 +156,7 @@ def malignancy_suite(samples: pd.DataFrame, taxonomy: Taxonomy,
     buckets = [b for _, b in MALIGNANCY_OPTIONS]
     prompt = build_mcq_prompt(MALIGNANCY_QUESTION, options, ask_status=False)
     items, dropped = [], []
-    for row in _eval_rows(samples, config, ood=False).itertuples(index=False):
-        problem = label_problem(row, taxonomy)
-        if problem:
-            dropped.append(problem)
-            continue
+    for row in labelled_rows(_eval_rows(samples, config, ood=False), taxonomy, dropped):
         gold = buckets.index(row.bucket)
         items.append({**_base(row, taxonomy, "malignancy"), "prompt": prompt, "options": list(options),
                       "option_nodes": list(buckets), "option_scores": [float(i == gold) for i in range(3)],
@@ -185,11 +181,7 @@ def hierarchical_suite(samples: pd.DataFrame, taxonomy: Taxonomy,
         by_level.setdefault(node.level, set()).add(node.id)
     pools = dataset_pools(samples, taxonomy)
     items, dropped = [], []
-    for row in _eval_rows(samples, config, ood=False).itertuples(index=False):
-        problem = label_problem(row, taxonomy)
-        if problem:
-            dropped.append(problem)
-            continue
+    for row in labelled_rows(_eval_rows(samples, config, ood=False), taxonomy, dropped):
         path = option_path(taxonomy, row.taxonomy_node)
         if len(path) < 2:
             dropped.append(drop_record(row, "path_too_short", f"{row.taxonomy_node} has {len(path)} non-root node(s)"))
@@ -217,11 +209,7 @@ def ddx_suite(samples: pd.DataFrame, taxonomy: Taxonomy, ddx: DDxGraph,
     n_wanted = (MAX_OPTIONS - 1) if config.ddx_options is None else config.ddx_options - 1
     needed = config.min_ddx_neighbours if config.ddx_options is None else max(config.min_ddx_neighbours, n_wanted)
     items, dropped = [], []
-    for row in rows.itertuples(index=False):
-        problem = label_problem(row, taxonomy)
-        if problem:
-            dropped.append(problem)
-            continue
+    for row in labelled_rows(rows, taxonomy, dropped):
         node = row.taxonomy_node
         look_alikes = set(ddx.neighbours_with_expansion(node, taxonomy)) - ineligible_distractors(taxonomy, node)
         if config.ddx_restrict_to_labels:
@@ -243,11 +231,7 @@ def open_ended_suite(samples: pd.DataFrame, taxonomy: Taxonomy,
     """Free-text items: no options (empty lists, answer_index -1); scored against the taxonomy in `metrics`."""
     prompt = build_open_prompt(DEFAULT_OPEN_QUESTION, config.ask_status)
     items, dropped = [], []
-    for row in _eval_rows(samples, config, ood=False).itertuples(index=False):
-        problem = label_problem(row, taxonomy)
-        if problem:
-            dropped.append(problem)
-            continue
+    for row in labelled_rows(_eval_rows(samples, config, ood=False), taxonomy, dropped):
         items.append({**_base(row, taxonomy, "open_ended"), "prompt": prompt, "options": [], "option_nodes": [],
                       "option_scores": [], "option_buckets": [], "answer_index": -1})
     return _frame(items), _dropped(dropped, "open_ended")

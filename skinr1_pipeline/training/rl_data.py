@@ -21,7 +21,7 @@ Decisions the paper leaves open, taken here on purpose:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,6 +126,16 @@ def label_problem(row: Any, taxonomy: Taxonomy) -> dict[str, Any] | None:
     return None
 
 
+def labelled_rows(rows: pd.DataFrame, taxonomy: Taxonomy, dropped: list[dict[str, Any]]) -> Iterator[Any]:
+    """The rows that can become items; every other row goes to `dropped` with its reason."""
+    for row in rows.itertuples(index=False):
+        problem = label_problem(row, taxonomy)
+        if problem:
+            dropped.append(problem)
+        else:
+            yield row
+
+
 def _pick(rng: np.random.Generator, pool: Iterable[str], n: int) -> list[str]:
     ordered = sorted(pool)
     if n <= 0 or not ordered:
@@ -187,11 +197,7 @@ def build_mcq_items(samples: pd.DataFrame, taxonomy: Taxonomy, *, ddx: DDxGraph 
     pools = dataset_pools(samples, taxonomy)
     rows = samples if splits is None else samples[samples["split"].isin(list(splits))]
     items, dropped = [], []
-    for row in rows.itertuples(index=False):
-        problem = label_problem(row, taxonomy)
-        if problem:
-            dropped.append(problem)
-            continue
+    for row in labelled_rows(rows, taxonomy, dropped):
         node = row.taxonomy_node
         path = option_path(taxonomy, node)
         rng = sample_rng(seed, str(row.sample_id))
