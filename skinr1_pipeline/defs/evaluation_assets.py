@@ -100,8 +100,8 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
 
     @dg.asset(group_name="evaluation", code_version="1", kinds={"pytorch"}, partitions_def=variants, pool=GPU_POOL)
     def variant_evaluations(context: dg.AssetExecutionContext, config: VariantEvalConfig, home: PipelineHome,
-                            mlflow: MlflowTracking, eval_suites: str, base_model: str, sft_checkpoint: dict,
-                            grpo_checkpoint: dict, rl_only_checkpoint: dict) -> dict:
+                            mlflow: MlflowTracking, eval_suites: str, taxonomy_graph: Taxonomy, base_model: str,
+                            sft_checkpoint: dict, grpo_checkpoint: dict, rl_only_checkpoint: dict) -> dict:
         """One model variant answers every suite item (greedy, fixed seed); answers scored per suite."""
         from skinr1_pipeline.evaluation.comparison import variant_summary
         from skinr1_pipeline.evaluation.metrics import score_predictions
@@ -131,7 +131,7 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
         finally:
             if hasattr(runner, "engine"):
                 runner.engine.close()
-        scored = score_predictions(items, completions, taxonomy=Taxonomy.load())
+        scored = score_predictions(items, completions, taxonomy=taxonomy_graph)
         scored["completion"] = completions
         out = home.dir("outputs", "evaluation", variant)
         scored.to_parquet(out / "scored.parquet", index=False)
