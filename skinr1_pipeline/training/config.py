@@ -169,3 +169,24 @@ def newest_checkpoint(output_dir: str | Path, required: Sequence[str] = ("traine
         if m and path.is_dir() and all((path / name).is_file() for name in required):
             found.append((int(m.group(1)), path))
     return max(found)[1] if found else None
+
+
+def optimization_args(cfg: Any) -> dict[str, Any]:
+    """The trainer arguments SFT and GRPO share, read from fields both run configs define under the same names."""
+    return dict(
+        output_dir=cfg.output_dir,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
+        weight_decay=cfg.weight_decay,
+        num_train_epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        logging_steps=cfg.logging_steps,
+    )

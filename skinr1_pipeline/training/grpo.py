@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from skinr1_pipeline.modeling.prompt_format import SYSTEM_PROMPT, prompt_options
-from skinr1_pipeline.training.config import newest_checkpoint
+from skinr1_pipeline.training.config import newest_checkpoint, optimization_args
 from skinr1_pipeline.training.rewards import PAPER_REWARD_WEIGHTS, make_reward_functions
 
 ADAPTER_SUBDIR = "adapter"
@@ -354,31 +354,17 @@ def _trl_args(cfg: GRPORunConfig, *, on_gpu: bool):
     bf16 = resolve_dtype(cfg.dtype, _device()) == torch.bfloat16
     fp16 = resolve_dtype(cfg.dtype, _device()) == torch.float16
     return GRPOConfig(
-        output_dir=cfg.output_dir,
+        **optimization_args(cfg),
         loss_type=cfg.loss_type,
         beta=cfg.beta,
         scale_rewards=cfg.scale_rewards,
         num_generations=cfg.num_generations,
         temperature=cfg.temperature,
         max_completion_length=cfg.max_completion_length,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler_type,
-        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
-        weight_decay=cfg.weight_decay,
-        num_train_epochs=cfg.num_train_epochs,
-        max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         num_iterations=1,  # [code] one update per generated batch: importance ratio 1, clipping inactive
         reward_weights=list(cfg.reward_weights.values()),
         multi_objective_aggregation="sum_then_normalize",  # [code] R_total = sum, then group advantage
         mask_truncated_completions=cfg.mask_truncated_completions,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        save_strategy="steps",
-        save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit,
-        logging_steps=cfg.logging_steps,
         report_to=cfg.report_to or "none",
         log_completions=False,  # our CompletionsTableCallback writes the table (with sample_id)
         remove_unused_columns=False,  # the rewards read options/option_scores/bucket/sample_id

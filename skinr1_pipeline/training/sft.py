@@ -36,7 +36,7 @@ from skinr1_pipeline.modeling.chat import assistant_message, build_messages
 from skinr1_pipeline.modeling.model_factory import load_model, load_processor, set_pixel_limits
 from skinr1_pipeline.modeling.prompt_format import SYSTEM_PROMPT
 from skinr1_pipeline.training.config import (from_mapping, load_mapping, parse_overrides, resolve_bf16,
-                                             newest_checkpoint, resolve_use_cpu, to_mapping)
+                                             newest_checkpoint, optimization_args, resolve_use_cpu, to_mapping)
 
 logger = logging.getLogger(__name__)
 
@@ -271,30 +271,16 @@ def build_trainer(cfg: SFTRunConfig, *, progress: Callable[[dict[str, Any]], Non
     eval_ds = (load_trajectory_dataset(cfg.eval_path, max_pixels=cfg.max_pixels, system=cfg.system_prompt)
                if cfg.eval_path else None)
     args = SFTConfig(
-        output_dir=cfg.output_dir,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler_type,
-        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float < 1 is a ratio of total steps
-        weight_decay=cfg.weight_decay,
-        num_train_epochs=cfg.num_train_epochs,
-        max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        **optimization_args(cfg),
         per_device_eval_batch_size=cfg.per_device_eval_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         gradient_checkpointing=grad_ckpt,
         max_length=cfg.max_length,
         completion_only_loss=True,
         pad_to_multiple_of=None,
         remove_unused_columns=False,
         dataset_kwargs={"skip_prepare_dataset": True},
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        save_strategy="steps",
-        save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit,
         eval_strategy="steps" if eval_ds is not None else "no",
         eval_steps=cfg.eval_steps if eval_ds is not None else None,
-        logging_steps=cfg.logging_steps,
         logging_first_step=True,
         use_cpu=use_cpu,
         bf16=bf16,
