@@ -37,5 +37,5 @@ ui: install  ## Dagster UI on http://127.0.0.1:3000
 mlflow-ui: install  ## MLflow UI on http://127.0.0.1:5000 over the local tracking store
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/.skinr1/mlflow/mlflow.db --host 127.0.0.1 --port 5000
 
-bench: install  ## ingest benchmark (HAM10000-sized folder)
-	$(BIN)/python benchmarks/bench_ingest.py
+bench: install  ## every benchmark; writes the table of ratios to benchmarks/RESULTS.md
+	$(BIN)/skinr1 bench

@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import results  # noqa: E402
 from bench_generation import backend_args, setup_world  # noqa: E402
 
 
@@ -73,6 +74,10 @@ def main() -> None:
         ratio = hf_s / v_s
         print(f"ratio vllm/hf: {ratio:.1f}x images/s; identical completions: {same}/{n}; HF batch {args.hf_batch}, "
               f"{args.hf_threads} torch thread(s)")
+        results.write(args.json, "evaluation", {"items": n, "max_new_tokens": args.max_tokens}, [results.row(
+            f"suite evaluation, {n} items x {args.max_tokens} tokens", "images/s", n / v_s, n / hf_s,
+            baseline_name=f"HF runner (batch {args.hf_batch})", target=5.0,
+            notes=f"identical completions {same}/{n}")])
 
 
 if __name__ == "__main__":

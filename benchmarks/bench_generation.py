@@ -22,7 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import results  # noqa: E402
 
 
 def set_hf_threads(n: int) -> None:
@@ -127,6 +130,7 @@ def backend_args(parser: argparse.ArgumentParser, count_flag: str, count_default
     parser.add_argument("--hf-batch", type=int, default=8)
     parser.add_argument("--hf-threads", type=int, default=1)
     parser.add_argument("--in-process", action="store_true")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here (for run_all.py)")
     args = parser.parse_args()
     if args.in_process:
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -156,6 +160,12 @@ def main() -> None:
         ratio = vl["tok_s"] / hf["tok_s"]
         print(f"ratio vllm/hf: {ratio:.1f}x (target >= 5x: {'met' if ratio >= 5 else 'NOT met'}); "
               f"identical greedy texts: {same}/{args.prompts}")
+        results.write(args.json, "generation", {"prompts": args.prompts, "max_new_tokens": args.max_tokens}, [
+            results.row("rationale synthesis, template generator (generate + verify + dedup)", "trajectories/s",
+                        tpl["per_s"], None, notes=f"{tpl['trajectories']} trajectories, absolute figure"),
+            results.row(f"image-prompt generation, {args.prompts} prompts x {args.max_tokens} tokens", "tokens/s",
+                        vl["tok_s"], hf["tok_s"], baseline_name=f"HF generate (batch {args.hf_batch})", target=5.0,
+                        notes=f"identical greedy texts {same}/{args.prompts}")])
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""`skinr1` command line: `skinr1 demo` materializes the whole asset graph and says where to look."""
+"""`skinr1` command line: `demo` materializes the whole asset graph, `diagnose` answers for one image, `doctor`
+checks the environment, `bench` runs the benchmarks and writes their table."""
 
 from __future__ import annotations
 
@@ -64,6 +65,39 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0 if all(f.ok for f in findings) else 1
 
 
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from skinr1_pipeline.diagnose import DiagnoseError, diagnose, render, resolve_model
+    from skinr1_pipeline.modeling.model_factory import ModelDirError
+    from skinr1_pipeline.settings import load_settings
+
+    try:
+        source = resolve_model(args.model, load_settings(), base_dir=args.base)
+        report = diagnose(args.image, source, max_new_tokens=args.max_new_tokens)
+    except (DiagnoseError, ModelDirError) as exc:
+        print(f"skinr1 diagnose: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        import json
+
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        print(render(report))
+    return 0 if report.format_ok and report.node else 1
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "run_all.py"
+    if not script.is_file():
+        print(f"skinr1 bench: {script} not found; the benchmarks ship with the source checkout (pip install -e .)",
+              file=sys.stderr)
+        return 2
+    extra = [*(["--quick"] if args.quick else []), *(["--only", *args.only] if args.only else []),
+             *(["--out", args.out] if args.out else [])]
+    return subprocess.call([sys.executable, str(script), *extra])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="skinr1", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -72,6 +106,22 @@ def main(argv: list[str] | None = None) -> int:
     demo.set_defaults(func=cmd_demo)
     sub.add_parser("doctor", help="check library versions and the GPU against what the pipeline supports").set_defaults(
         func=cmd_doctor)
+    diag = sub.add_parser("diagnose", help="rationale, diagnosis, taxonomy path, bucket and excluded DDx for one image")
+    diag.add_argument("image", help="a skin image (JPEG, PNG, ...)")
+    diag.add_argument("--model", default=None,
+                      help="model or adapter directory, registry alias (champion, candidate, previous_champion) or "
+                           "models:/name@alias; default: the newest adapter trained in this pipeline home (GRPO, "
+                           "else SFT)")
+    diag.add_argument("--base", default=None, help="base model directory for an adapter (default: the pipeline's)")
+    diag.add_argument("--max-new-tokens", type=int, default=512)
+    diag.add_argument("--json", action="store_true", help="print the result as JSON")
+    diag.set_defaults(func=cmd_diagnose)
+    bench = sub.add_parser("bench", help="run every benchmark and write the Markdown table of ratios "
+                                         "(benchmarks/RESULTS.md)")
+    bench.add_argument("--quick", action="store_true", help="smaller workloads")
+    bench.add_argument("--only", nargs="+", choices=["ingest", "generation", "evaluation"])
+    bench.add_argument("--out", help="Markdown file to write (default: benchmarks/RESULTS.md)")
+    bench.set_defaults(func=cmd_bench)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -13,6 +13,7 @@ from skinr1_pipeline.defs.metadata import markdown_table, md
 from skinr1_pipeline.defs.resources import MlflowTracking, PipelineHome
 from skinr1_pipeline.knowledge.label_maps import LabelMap
 from skinr1_pipeline.knowledge.taxonomy import Taxonomy
+from skinr1_pipeline.progress import LogProgress
 from skinr1_pipeline.settings import Settings
 from skinr1_pipeline.tracking.mlflow_runs import log_dataframe_input
 
@@ -93,7 +94,8 @@ def build_data_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition], li
         root = settings.dataset_root(dataset)
         start = time.perf_counter()
         result = ingest_dataset(
-            dataset, root, taxonomy_graph, label_mapping[dataset], workers=config.image_workers or None
+            dataset, root, taxonomy_graph, label_mapping[dataset], workers=config.image_workers or None,
+            progress=LogProgress(f"{dataset} image checks", context.log.info, unit="img"),
         )
         seconds = time.perf_counter() - start
         export = home.path("outputs", "raw_datasets", dataset, "samples.parquet")

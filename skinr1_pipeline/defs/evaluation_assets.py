@@ -3,6 +3,7 @@ report, and the registry gate that promotes the GRPO adapter only when it beats 
 
 import json
 import time
+from typing import Literal
 
 import dagster as dg
 import pandas as pd
@@ -13,10 +14,10 @@ from skinr1_pipeline.defs.resources import MlflowTracking, PipelineHome
 from skinr1_pipeline.defs.training_assets import GPU_POOL, grpo_config, train_and_gate
 from skinr1_pipeline.knowledge.ddx import DDxGraph
 from skinr1_pipeline.knowledge.taxonomy import Taxonomy
+from skinr1_pipeline.progress import LogProgress
 from skinr1_pipeline.settings import Settings
 
 VARIANTS = ("base", "sft", "rl_only", "sft_grpo")
-RUNNERS = ("hf", "vllm")
 REGISTERED_MODEL = "skinr1-grpo"
 
 
@@ -27,13 +28,15 @@ class SuitesConfig(dg.Config):
 
 
 class VariantEvalConfig(dg.Config):
-    runner: str = Field(default="vllm",
-                        description=f"one of {', '.join(RUNNERS)}: same prompts, greedy; vLLM is the fast engine")
+    # Literal fields: Dagster rejects any other value before the run starts, naming the field and the choices.
+    runner: Literal["hf", "vllm"] = Field(default="vllm",
+                                          description="hf | vllm: same prompts, greedy; vLLM is the fast engine")
     max_new_tokens: int = 512
     batch_size: int = 16
     calibration: bool = Field(default=True, description="score each option's log-probability for ECE")
-    vllm_lora_mode: str = Field(default="merge", description="merge | lora | auto; vLLM's LoRA covers only the "
-                                "language model, so adapters that also train the vision side need merge")
+    vllm_lora_mode: Literal["merge", "lora", "auto"] = Field(
+        default="merge", description="merge | lora | auto; vLLM's LoRA covers only the language model, so adapters "
+        "that also train the vision side need merge")
 
 
 class RLOnlyConfig(dg.Config):
@@ -109,8 +112,6 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
         variant = context.partition_key
         adapter = {"base": None, "sft": sft_checkpoint["adapter_dir"], "rl_only": rl_only_checkpoint["adapter_dir"],
                    "sft_grpo": grpo_checkpoint["adapter_dir"]}[variant]
-        if config.runner not in RUNNERS:
-            raise dg.Failure(f"runner={config.runner!r} is not allowed; allowed: {', '.join(RUNNERS)}")
         items = pd.read_parquet(eval_suites)
         if config.runner == "vllm":
             from skinr1_pipeline.evaluation.runners import VllmRunner
@@ -124,7 +125,7 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
                               batch_size=config.batch_size, max_pixels=sft_checkpoint["max_pixels"])
         start = time.perf_counter()
         try:
-            completions = runner.run(items, progress=lambda done, total: context.log.info(f"{variant}: {done}/{total}"))
+            completions = runner.run(items, progress=LogProgress(f"{variant} answers", context.log.info, unit="item"))
             seconds = time.perf_counter() - start
             if config.calibration:
                 items = items.assign(option_logprobs=runner.option_logprobs(items, completions))

@@ -58,15 +58,22 @@ class AnswerMapper:
         whole = self.surfaces.get(tuple(words))
         if whole:
             return whole
+        kept = self._mentioned(words)
+        return kept.pop() if len(kept) == 1 else None
+
+    def mentions(self, text: str | None) -> set[str]:
+        """Every node named as a whole-word phrase in `text` (names inside a longer found name ignored)."""
+        return self._mentioned(normalize_label(text).split()) if text else set()
+
+    def _mentioned(self, words: list[str]) -> set[str]:
         spans = []
         for i in range(len(words)):
             for n in range(min(self.max_words, len(words) - i), 0, -1):
                 node = self.surfaces.get(tuple(words[i:i + n]))
                 if node:
                     spans.append((i, i + n, node))
-        kept = {node for s, e, node in spans if not any(s2 <= s and e <= e2 and (e2 - s2) > (e - s)
+        return {node for s, e, node in spans if not any(s2 <= s and e <= e2 and (e2 - s2) > (e - s)
                                                         for s2, e2, _ in spans)}
-        return kept.pop() if len(kept) == 1 else None
 
 
 def _texts(items: pd.DataFrame, completions: Sequence[Any] | Mapping[str, Any]) -> list[str | None]:

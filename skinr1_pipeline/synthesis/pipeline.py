@@ -11,7 +11,7 @@ import random
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
@@ -78,6 +78,7 @@ def synthesize(
     verify_config: VerifyConfig | None = None,
     batch_size: int = 512,
     style: str = "full",
+    progress: Callable[[int, int], None] | None = None,
 ) -> SynthesisResult:
     """Build requests for every (sample in `splits`, type, k < per_sample), generate, verify, deduplicate.
 
@@ -85,7 +86,7 @@ def synthesize(
     constructed with an explicit style) and LLM teachers are told to be brief. `verify_config` defaults to
     `VerifyConfig.for_style(style)` (same checks; compact only lowers min_chars). MCQ distractors come from the path
     nodes of every labelled sample of the dataset in `samples` (all splits: labels, not images), as in
-    `training.rl_data.build_mcq_items`.
+    `training.rl_data.build_mcq_items`. `progress(done, total)` is called after each generated batch.
     """
     unknown = [t for t in types if t not in TYPES]
     if unknown:
@@ -124,6 +125,8 @@ def synthesize(
     for start in range(0, len(requests), batch_size):
         batch = [r for r, _ in requests[start:start + batch_size]]
         texts += generator.generate(batch)
+        if progress is not None:  # generation is the slow part with an LLM teacher; verification is not
+            progress(len(texts), len(requests))
     verifier = Verifier(taxonomy, ddx, knowledge, verify_config)
     verdicts: list[Verdict] = [verifier.check(text, req) for (req, _), text in zip(requests, texts)]
     passed = [i for i, v in enumerate(verdicts) if v.ok]

@@ -509,10 +509,15 @@ def _pipes_progress(pipes: Any):
     """A TrainerCallback relaying TRL's scalar logs (loss, rewards, KL) to the Dagster run's log."""
     from transformers import TrainerCallback
 
+    from skinr1_pipeline.progress import text_bar
+
     class PipesProgress(TrainerCallback):
+        start = time.monotonic()
+
         def on_log(self, args, state, control, logs=None, **kwargs):
             scalars = {k: v for k, v in (logs or {}).items() if isinstance(v, (int, float, str))}
-            pipes.log.info(f"GRPO step {state.global_step}: " + json.dumps(scalars, default=_json_default))
+            bar = text_bar(state.global_step, state.max_steps, time.monotonic() - self.start, unit="step")
+            pipes.log.info(f"GRPO {bar}: " + json.dumps(scalars, default=_json_default))
 
     return PipesProgress()
 
