@@ -381,4 +381,5 @@ def test_main_under_dagster_pipes(workdir, model_dir, items_path):
     metadata = materializations[0]["params"]["metadata"]
     assert metadata["steps"]["raw_value"] == 1 and metadata["adapter_dir"]["raw_value"] == payload["adapter_dir"]
     assert [h["step"] for h in metadata["reward_history"]["raw_value"]] == [1]
-    assert any(m["method"] == "log" and "GRPO step 1" in m["params"]["message"] for m in reported)
+    assert any(m["method"] == "log" and "GRPO step 1: [" in m["params"]["message"] and "1/1 (100%)" in
+               m["params"]["message"] for m in reported)

@@ -517,7 +517,7 @@ def _pipes_progress(pipes: Any):
         def on_log(self, args, state, control, logs=None, **kwargs):
             scalars = {k: v for k, v in (logs or {}).items() if isinstance(v, (int, float, str))}
             bar = text_bar(state.global_step, state.max_steps, time.monotonic() - self.start, unit="step")
-            pipes.log.info(f"GRPO {bar}: " + json.dumps(scalars, default=_json_default))
+            pipes.log.info(f"GRPO step {state.global_step}: {bar} " + json.dumps(scalars, default=_json_default))
 
     return PipesProgress()
 
