@@ -40,8 +40,9 @@ class LogProgress:
         self.start = clock()
         self.last: float | None = None
 
-    def __call__(self, done: int, total: int) -> None:
+    def __call__(self, done: int, total: int, detail: str = "") -> None:
         now = self.clock()
         if self.last is None or done >= total or now - self.last >= self.every_s:
             self.last = now
-            self.log(f"{self.label} {text_bar(done, total, now - self.start, unit=self.unit)}")
+            line = f"{self.label} {text_bar(done, total, now - self.start, unit=self.unit)}"
+            self.log(f"{line} {detail}" if detail else line)

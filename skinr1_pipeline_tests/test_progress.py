@@ -43,3 +43,9 @@ def test_synthesis_reports_progress_per_generated_batch() -> None:
                         batch_size=4, progress=lambda done, total: calls.append((done, total)))
     assert result.counts["requests"] == 9
     assert calls == [(4, 9), (8, 9), (9, 9)]
+
+
+def test_detail_rides_along_with_the_bar() -> None:
+    lines: list[str] = []
+    LogProgress("SFT", lines.append, unit="step")(5, 10, '{"loss": 1.5}')
+    assert lines[0].startswith("SFT [") and "5/10 (50%)" in lines[0] and lines[0].endswith('{"loss": 1.5}')

@@ -3,20 +3,22 @@
 import json
 import time
 from pathlib import Path
+from typing import Literal
 
 import dagster as dg
 import pandas as pd
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from skinr1_pipeline.data.holdout import training_rows
+from skinr1_pipeline.data.schema import SPLITS
 from skinr1_pipeline.defs.metadata import counts_table, markdown_table, md
 from skinr1_pipeline.defs.resources import MlflowTracking, PipelineHome
 from skinr1_pipeline.knowledge.ddx import DDxGraph
 from skinr1_pipeline.knowledge.knowledge_base import KnowledgeBase, load_knowledge_base
 from skinr1_pipeline.knowledge.taxonomy import Taxonomy
+from skinr1_pipeline.progress import LogProgress
 from skinr1_pipeline.settings import Settings
-
-GENERATORS = ("template", "vllm", "openai")
+from skinr1_pipeline.synthesis.trajectories import TYPES
 
 
 class KnowledgeConfig(dg.Config):
@@ -24,7 +26,9 @@ class KnowledgeConfig(dg.Config):
 
 
 class SynthesisConfig(dg.Config):
-    generator: str = Field(default="template", description=f"one of {', '.join(GENERATORS)}")
+    # Literal fields are checked by Dagster before the run; the list fields by the validator below. Both name the
+    # field and the allowed values.
+    generator: Literal["template", "vllm", "openai"] = Field(default="template", description="template | vllm | openai")
     teacher_model_dir: str = Field(default="", description="vllm: local instruct model directory")
     base_url: str = Field(default="", description="openai: e.g. http://127.0.0.1:8000/v1 (a `vllm serve` endpoint)")
     api_model: str = Field(default="", description="openai: model name the endpoint serves")
@@ -36,13 +40,29 @@ class SynthesisConfig(dg.Config):
     max_tokens: int = 1024
     temperature: float = 0.7
     corpus_dir: str = Field(default="", description="Optional folder of licensed textbook .txt/.md to ground rationales")
-    style: str = Field(default="", description="full | compact; '' = compact on the demo profile (short rationales a "
-                       "tiny model can learn in CPU minutes), full on gpu")
+    style: Literal["", "full", "compact"] = Field(
+        default="", description="full | compact; '' = compact on the demo profile (short rationales a tiny model can "
+        "learn in CPU minutes), full on gpu")
+
+    @field_validator("types")
+    @classmethod
+    def _known_types(cls, value: list[str]) -> list[str]:
+        return _only(value, "types", tuple(TYPES))
+
+    @field_validator("splits")
+    @classmethod
+    def _known_splits(cls, value: list[str]) -> list[str]:
+        return _only(value, "splits", SPLITS)
+
+
+def _only(value: list[str], field: str, allowed: tuple[str, ...]) -> list[str]:
+    unknown = [v for v in value if v not in allowed]
+    if unknown or not value:
+        raise ValueError(f"{field}: {unknown or 'empty list'} not allowed; allowed: {', '.join(allowed)}")
+    return value
 
 
 def _generator(config: SynthesisConfig, progress_dir: Path):
-    if config.generator not in GENERATORS:
-        raise dg.Failure(f"synthesis generator={config.generator!r} is not allowed; allowed: {', '.join(GENERATORS)}")
     if config.generator == "template":
         from skinr1_pipeline.synthesis.generators import TemplateGenerator
 
@@ -115,6 +135,7 @@ def build_synthesis_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition
                 image_features=_demo_features(settings), corpus=corpus, mcq_fraction=config.mcq_fraction,
                 sampling=SamplingParams(temperature=config.temperature, max_tokens=config.max_tokens),
                 style=config.style or ("compact" if settings.profile == "demo" else "full"),
+                progress=LogProgress("rationales generated", context.log.info, unit="traj"),
             )
         finally:
             if hasattr(generator, "close"):

@@ -26,6 +26,8 @@ GPU_POOL = "gpu"
 class BaseModelConfig(dg.Config):
     warmup_steps: int = Field(default=2000, description="demo only: image -> diagnosis-name captioning steps on train "
                               "images, merged into the tiny model (what pretraining gives a real VLM); 0 = none")
+    warmup_views: int = Field(default=4, description="demo only: flipped/rotated views per warm-up image (1 = the "
+                              "image only); more views, less memorising of ~200 train images")
 
 
 class SFTAssetConfig(dg.Config):
@@ -146,13 +148,15 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
             from skinr1_pipeline.modeling.demo_pretraining import warm_up
 
             samples = training_rows(unified_samples, settings.ood_modalities, settings.ood_sources)
-            warmup = warm_up(out_dir, samples, taxonomy_graph, steps=config.warmup_steps, seed=settings.demo_seed)
+            warmup = warm_up(out_dir, samples, taxonomy_graph, steps=config.warmup_steps, views=config.warmup_views,
+                             seed=settings.demo_seed)
         model_config = validate_model_dir(out_dir)
         size = sum(p.stat().st_size for p in out_dir.rglob("*") if p.is_file())
         context.add_output_metadata({
             "model_dir": dg.MetadataValue.path(str(out_dir)), "model_type": model_config.get("model_type", ""),
             "corpus_texts": len(corpus), "bytes_on_disk": size, "seconds": round(time.perf_counter() - start, 2),
             "warmup_steps": warmup["steps"], "warmup_images": warmup.get("images", 0),
+            "warmup_views": warmup.get("views", 0),
             "warmup_final_loss": warmup["train_loss"][-1]["loss"] if warmup.get("train_loss") else float("nan"),
         })
         return str(out_dir)

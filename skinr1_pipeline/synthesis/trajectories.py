@@ -15,9 +15,9 @@ Every item is asked either as an open question or as a 4-option MCQ built like t
 the answer is the best-scoring option, i.e. the most specific correct one), so SFT teaches both answer formats of
 `modeling.prompt_format` and, for MCQs, to pick an ancestor when the label itself is not offered.
 
-Two rendering styles share the same facts and the same verifier: "full" (the long template) and "compact" (one or two
-short sentences of visible features, the type's key reasoning in one short sentence per step, the chosen option;
-about 50-80 tokens) for cheap SFT of small models.
+Two rendering styles share the same facts and the same verifier: "full" (the long template) and "compact" (the
+impression first, one short sentence of visible features, the type's key reasoning in one short sentence per step and,
+for MCQs, a walk up the label's path to the first offered option; about 50-100 tokens) for cheap SFT of small models.
 """
 
 from __future__ import annotations
@@ -453,8 +453,13 @@ def teacher_messages(ttype: str, ctx: TrajectoryContext, prompt: str, image_path
         instruction += (f" {_cap(ctx.name)} is not among the options; explain that the most specific correct option "
                         f"is {ctx.answer_name}.")
     if ctx.style == "compact":
-        instruction += (" Be very brief (under 60 words): the visible features in one short sentence, one short "
+        instruction += (" Be very brief (under 60 words): open with 'Impression: <diagnosis>.' (or 'First thought: "
+                        "<diagnosis>.' when you revise it), the visible features in one short sentence, one short "
                         "sentence per reasoning step, then the chosen option.")
+        if ctx.question_form == "mcq":
+            instruction += (" Before the answer, check the diagnosis and then each broader level against the options, "
+                            "one line each ('Option check, <name>: not offered.'), until one is offered ('Option "
+                            "check, <name>: offered as <letter>.').")
     text = f"Student question:\n{prompt}\n\nReference facts:\n- " + "\n- ".join(facts) + f"\n\nTask: {instruction}"
     user: list[dict[str, Any]] = [{"type": "image", "image": image_path}] if image_path else []
     user.append({"type": "text", "text": text})
@@ -750,41 +755,68 @@ def _compact_key(ctx: TrajectoryContext) -> str:
 
 def _compact_end(ctx: TrajectoryContext, lines: list[str]) -> str:
     if ctx.question_form == "mcq":
-        letter = chr(ord("A") + int(ctx.answer_index or 0))
-        if ctx.answer_node != ctx.node:
-            # The bridge a small model cannot infer on its own: which offered group the diagnosis belongs to.
-            lines.append(f"{_cap(ctx.name)} belongs to {ctx.answer_name}.")
-        lines.append(f"The most specific correct option is {letter} ({ctx.answer_name}).")
+        lines += _option_walk(ctx)
     return _finish(ctx, lines)
 
 
+def _option_walk(ctx: TrajectoryContext) -> list[str]:
+    """Climb the label's path from the diagnosis up, checking each level against the options, and stop at the first
+    one offered (= the best-scoring option, by the rl_data construction): "Option check, nevus: not offered." ...
+    "Option check, benign melanocytic lesion: offered as A.", restated verbatim in the answer block.
+
+    Why: going from "the diagnosis is X" to the letter of X's deepest offered ancestor in one jump is what the compact
+    model got wrong most (its diagnosis was right far more often than its option); spelled out, each line is one
+    parent-of step plus one look-up of a name in the option list, in the option's own spelling. The 2-layer demo LM
+    learns the form but not yet the look-up within its CPU budget; a real model, and GRPO, can use the explicit steps.
+    """
+    letter = chr(ord("A") + int(ctx.answer_index or 0))
+    out = []
+    for level in reversed(ctx.levels):
+        if level.node == ctx.answer_node:
+            out.append(f"Option check, {ctx.answer_name}: offered as {letter}.")
+            break
+        out.append(f"Option check, {level.name}: not offered.")
+    return out
+
+
+def _impression(name: str) -> str:
+    """The opening line: the diagnosis read off the image, before any feature is named.
+
+    Why first: the demo model learns image -> diagnosis name in its warm-up; opening with the name lets SFT reuse that
+    reading directly instead of deriving the diagnosis from a feature sentence a tiny model cannot ground. Switch types
+    open with "First thought:" instead, so the two openings never share a prefix.
+    """
+    return f"Impression: {name}."
+
+
 def render_hierarchy_compact(ctx: TrajectoryContext, rng: random.Random) -> str:
-    return _compact_end(ctx, [_compact_seen(ctx), "Path: " + " > ".join(level.name for level in ctx.levels) + "."])
+    return _compact_end(ctx, [_impression(ctx.name), _compact_seen(ctx),
+                              "Path: " + " > ".join(level.name for level in ctx.levels) + "."])
 
 
 def render_ddx_compact(ctx: TrajectoryContext, rng: random.Random) -> str:
-    lines = [_compact_seen(ctx), _compact_key(ctx)]
+    lines = [_impression(ctx.name), _compact_seen(ctx), _compact_key(ctx)]
     lines += [_compact_exclusion(alt) for alt in ctx.alternatives]
     return _compact_end(ctx, lines)
 
 
 def render_ddx_switch_compact(ctx: TrajectoryContext, rng: random.Random) -> str:
     assert ctx.first is not None
-    lines = [_compact_seen(ctx), f"First thought: {ctx.first.name}.", _compact_exclusion(ctx.first, "But not"),
+    lines = [f"First thought: {ctx.first.name}.", _compact_seen(ctx), _compact_exclusion(ctx.first, "But not"),
              _compact_key(ctx)]
     lines += [_compact_exclusion(alt) for alt in ctx.alternatives]
     return _compact_end(ctx, lines)
 
 
 def render_contrast_compact(ctx: TrajectoryContext, rng: random.Random) -> str:
-    lines = [_compact_seen(ctx), _compact_key(ctx)]
+    lines = [_impression(ctx.name), _compact_seen(ctx), _compact_key(ctx)]
     lines += [_compact_exclusion(alt, "Unlike") for alt in ctx.alternatives]
     return _compact_end(ctx, lines)
 
 
 def render_contrast_switch_compact(ctx: TrajectoryContext, rng: random.Random) -> str:
     assert ctx.first is not None
-    lines = [_compact_seen(ctx), f"First thought: {ctx.first.name}.", _compact_exclusion(ctx.first, "But not"),
+    lines = [f"First thought: {ctx.first.name}.", _compact_seen(ctx), _compact_exclusion(ctx.first, "But not"),
              _compact_key(ctx)]
     return _compact_end(ctx, lines)
 

@@ -467,8 +467,8 @@ def demo_grpo_config(model_dir: str | Path, items_path: str | Path, output_dir: 
 
     Changed from the paper, and why: one optimizer step per 2 prompts (not 16) and a few steps so the demo finishes
     in CPU minutes; a shorter completion budget (the demo trajectories are short); images at the tiny processor's
-    112x112; a larger learning rate because the demo adapter also trains embeddings/head/merger in full and
-    1e-5 would not move a random model measurably in 16 steps; no gradient checkpointing (CPU speed).
+    112x112; a larger learning rate because the demo adapter also trains embeddings and head in full and 1e-5
+    would not move a tiny model measurably in 16 steps; no gradient checkpointing (CPU speed).
     """
     values: dict[str, Any] = dict(
         model_dir=str(model_dir), items_path=str(items_path), output_dir=str(output_dir),
