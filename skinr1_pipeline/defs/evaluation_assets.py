@@ -11,7 +11,7 @@ from pydantic import Field
 
 from skinr1_pipeline.defs.metadata import markdown_table, md
 from skinr1_pipeline.defs.resources import MlflowTracking, PipelineHome
-from skinr1_pipeline.defs.training_assets import GPU_POOL, grpo_config, train_and_gate
+from skinr1_pipeline.defs.training_assets import GPU_POOL, grpo_config, train_and_gate, training_dir
 from skinr1_pipeline.knowledge.ddx import DDxGraph
 from skinr1_pipeline.knowledge.taxonomy import Taxonomy
 from skinr1_pipeline.progress import LogProgress
@@ -41,6 +41,8 @@ class VariantEvalConfig(dg.Config):
 
 class RLOnlyConfig(dg.Config):
     overrides: str = Field(default="{}", description="JSON object of GRPORunConfig fields over the profile preset")
+    resume: bool = Field(default=False, description="continue the checkpoints left in models/rl_only instead of a "
+                         "new run; false moves them to rl_only.previous")
 
 
 class RegistryConfig(dg.Config):
@@ -57,8 +59,8 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
                            mlflow: MlflowTracking, pipes_subprocess_client: dg.PipesSubprocessClient,
                            base_model: str, rl_mcq_dataset: str) -> dict:
         """The RL-only ablation: GRPO from the base model with a fresh LoRA, no SFT."""
-        out_dir = home.dir("models", "rl_only")
-        cfg = grpo_config(demo, base_model, None, rl_mcq_dataset, out_dir, config.overrides)
+        out_dir = training_dir(context, home, "rl_only", resume=config.resume)
+        cfg = grpo_config(demo, base_model, None, rl_mcq_dataset, out_dir, config.overrides, resume=config.resume)
         reported, adapter_dir, _, run_id = train_and_gate(
             context, settings, pipes_subprocess_client, mlflow, module="skinr1_pipeline.training.grpo", cfg=cfg,
             out_dir=out_dir, artifact="rl_only_adapter", gate=None)

@@ -3,6 +3,7 @@ Dagster Pipes (`python -m` or `accelerate launch`), so the same entry points ser
 
 import json
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -35,6 +36,8 @@ class SFTAssetConfig(dg.Config):
     gate_items: int = Field(default=48, description="held-out MCQ items generated for the format gate")
     max_new_tokens: int = 512
     format_floor: float = Field(default=0.95, description="share of held-out generations that must parse")
+    resume: bool = Field(default=False, description="continue the checkpoints left in this asset's model folder (after "
+                         "a crash or kill) instead of starting a new run; false moves them to <folder>.previous")
 
 
 class RLDataConfig(dg.Config):
@@ -48,6 +51,26 @@ class GRPOAssetConfig(dg.Config):
     gate_items: int = 48
     max_new_tokens: int = 512
     accuracy_margin: float = Field(default=0.05, description="GRPO may trail SFT held-out accuracy by at most this")
+    resume: bool = Field(default=False, description="continue the checkpoints left in this asset's model folder (after "
+                         "a crash or kill) instead of starting a new run; false moves them to <folder>.previous")
+
+
+def training_dir(context: dg.AssetExecutionContext, home: PipelineHome, name: str, *, resume: bool) -> Path:
+    """The folder a training asset writes: a new materialization is a new run unless `resume` is set.
+
+    Why: the trainers resume from (SFT) or refuse (GRPO) checkpoints they find, which is right for a killed run but
+    wrong when the base model or data changed since; re-materializing must not continue a stale run. The previous
+    run is kept once as `<name>.previous`, never silently deleted.
+    """
+    out = home.path("models", name)
+    if not resume and out.is_dir() and any(out.iterdir()):
+        previous = out.with_name(f"{name}.previous")
+        if previous.exists():
+            shutil.rmtree(previous)
+        out.rename(previous)
+        context.log.info(f"{out} held an earlier run: moved to {previous} (resume=true continues it instead)")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
 
 
 def launch_command(settings: Settings, module: str, config_path: Path) -> list[str]:
@@ -109,12 +132,12 @@ def train_and_gate(context: dg.AssetExecutionContext, settings: Settings, pipes:
 
 
 def grpo_config(demo: bool, base_model: str, adapter_dir: str | None, items_path: str, out_dir: Path,
-                overrides_json: str):
+                overrides_json: str, *, resume: bool = False):
     """Demo preset or the paper defaults, plus the user's JSON overrides; `adapter_dir=None` is RL-only."""
     from skinr1_pipeline.training.grpo import GRPORunConfig, demo_grpo_config
 
     common = dict(model_dir=base_model, adapter_dir=adapter_dir, items_path=items_path, output_dir=str(out_dir))
-    overrides = json.loads(overrides_json)
+    overrides = {**json.loads(overrides_json), **({"resume": True} if resume else {})}
     return demo_grpo_config(**common, **overrides) if demo else GRPORunConfig(**common, **overrides)
 
 
@@ -200,8 +223,8 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
         """LoRA SFT on the SkinRationale trajectories (TRL SFTTrainer, loss on the assistant turn)."""
         from skinr1_pipeline.training.sft import SFTRunConfig, demo_sft_config
 
-        out_dir = home.dir("models", "sft")
-        overrides = json.loads(config.overrides)
+        out_dir = training_dir(context, home, "sft", resume=config.resume)
+        overrides = {**json.loads(config.overrides), **({"resume": True} if config.resume else {})}
         cfg = (demo_sft_config(base_model, skin_rationale_trajectories, out_dir, **overrides) if demo
                else SFTRunConfig(model_dir=base_model, train_path=skin_rationale_trajectories, output_dir=str(out_dir),
                                  **overrides))
@@ -241,8 +264,9 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
                         mlflow: MlflowTracking, pipes_subprocess_client: dg.PipesSubprocessClient,
                         base_model: str, sft_checkpoint: dict, rl_mcq_dataset: str) -> dict:
         """GRPO continuing the SFT LoRA adapter, rewarded by format + hierarchical granularity + malignancy."""
-        out_dir = home.dir("models", "grpo")
-        cfg = grpo_config(demo, base_model, sft_checkpoint["adapter_dir"], rl_mcq_dataset, out_dir, config.overrides)
+        out_dir = training_dir(context, home, "grpo", resume=config.resume)
+        cfg = grpo_config(demo, base_model, sft_checkpoint["adapter_dir"], rl_mcq_dataset, out_dir, config.overrides,
+                          resume=config.resume)
         reported, adapter_dir, gate, _ = train_and_gate(
             context, settings, pipes_subprocess_client, mlflow, module="skinr1_pipeline.training.grpo", cfg=cfg,
             out_dir=out_dir, artifact="grpo_adapter",
