@@ -181,9 +181,14 @@ def test_asset_graph_shows_every_stage(dagster_ui, page):
     expected = _asset_names()
     assert {"raw_datasets", "skin_rationale_trajectories", "sft_checkpoint", "grpo_checkpoint",
             "evaluation_reports"} <= set(expected)
-    shown = labels.all_inner_texts()
+    deadline = time.monotonic() + 60
+    while True:  # the graph lays groups out progressively after expanding: poll until complete or out of time
+        shown = labels.all_inner_texts()
+        missing = [name for name in expected if not _shown(name, shown)]
+        if not missing or time.monotonic() > deadline:
+            break
+        page.wait_for_timeout(1_000)
     page.screenshot(path=str(ARTIFACTS / "dagster_asset_graph.png"))
-    missing = [name for name in expected if not _shown(name, shown)]
     assert not missing, f"asset graph lacks {missing}; nodes shown: {shown}"
 
 
@@ -216,14 +221,17 @@ def ui_materialization(dagster_ui, browser) -> str:
 
 
 def test_materialization_from_ui_renders_metadata(dagster_ui, ui_materialization, page):
+    from playwright.sync_api import expect
+
     url, _ = dagster_ui
     page.goto(f"{url}/assets/taxonomy_graph")
     metadata = page.locator("table").filter(has_text="nodes_per_level").first
     metadata.wait_for(timeout=UI_TIMEOUT_MS)
-    # Markdown metadata renders as real tables nested in the metadata table, numbers included.
+    # Markdown metadata renders as real tables nested in the metadata table, numbers included. The UI renders them
+    # after the row appears, so wait (with Playwright's retrying waits) instead of counting once.
     per_level = metadata.locator("table").filter(has_text="level").first
-    assert per_level.locator("tr").count() >= 7, per_level.inner_text()
-    assert "malignant" in metadata.inner_text()
+    per_level.locator("tr").nth(6).wait_for(timeout=60_000)  # levels 0..6 of the taxonomy
+    expect(metadata).to_contain_text("malignant")
     page.screenshot(path=str(ARTIFACTS / "dagster_asset_metadata.png"), full_page=True)
     page.locator("button").filter(has_text=re.compile(r"^Plots$")).first.click()
     chart = page.locator("canvas").first
