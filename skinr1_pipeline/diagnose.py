@@ -134,7 +134,9 @@ def _from_registry(uri: str, settings: Settings) -> ModelSource:
 
 def _max_pixels(base_dir: Path) -> int | None:
     """The demo model records the image size it was trained at; real checkpoints use the processor's default."""
-    meta = base_dir / "skinr1_model.json"
+    from skinr1_pipeline.modeling.tiny_model import MANIFEST_NAME
+
+    meta = base_dir / MANIFEST_NAME
     if meta.is_file():
         return json.loads(meta.read_text("utf-8")).get("max_pixels")
     return None

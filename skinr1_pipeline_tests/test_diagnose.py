@@ -18,8 +18,7 @@ from skinr1_pipeline.knowledge.knowledge_base import load_knowledge_base
 from skinr1_pipeline.knowledge.taxonomy import Taxonomy
 from skinr1_pipeline.modeling.prompt_format import format_completion
 from skinr1_pipeline.settings import load_settings
-
-TINY = dict(vocab_size=512, text_hidden=64, text_layers=1, vision_depth=1, vision_hidden=32, max_pixels=56 * 56 * 4)
+from skinr1_pipeline_tests.tiny_models import tiny_base_and_adapter
 
 
 @pytest.fixture(scope="module")
@@ -81,16 +80,8 @@ def test_model_resolution_names_what_is_missing(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def home(tmp_path_factory) -> Path:
     """A pipeline home holding a tiny base model and an SFT adapter where the pipeline would leave them."""
-    from peft import LoraConfig, get_peft_model
-
-    from skinr1_pipeline.modeling.model_factory import load_model
-    from skinr1_pipeline.modeling.tiny_model import build_tiny_model, default_corpus
-
     root = tmp_path_factory.mktemp("home")
-    base = build_tiny_model(root / "models" / "base", default_corpus(), seed=0, **TINY)
-    model = get_peft_model(load_model(base, device="cpu"),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
-    model.save_pretrained(root / "models" / "sft" / "adapter")
+    tiny_base_and_adapter(root / "models" / "base", root / "models" / "sft" / "adapter")
     Image.new("RGB", (300, 200), (150, 90, 70)).save(root / "lesion.jpg")
     return root
 

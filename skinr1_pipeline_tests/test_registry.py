@@ -20,6 +20,7 @@ from skinr1_pipeline.tracking.pyfunc_model import (  # noqa: E402
     decode_image,
     log_skinr1_model,
 )
+from skinr1_pipeline_tests.tiny_models import tiny_base_and_adapter  # noqa: E402
 from skinr1_pipeline.tracking.registry import (  # noqa: E402
     CANDIDATE,
     CHAMPION,
@@ -119,25 +120,14 @@ def test_metric_from_source_run_and_missing_metric(store) -> None:
 
 # ---- pyfunc ---------------------------------------------------------------------------------------------------
 
-TINY = dict(vocab_size=512, text_hidden=64, text_layers=1, vision_depth=1, vision_hidden=32, max_pixels=56 * 56 * 4)
-
-
 @pytest.fixture(scope="module")
 def tiny_with_adapter(tmp_path_factory) -> tuple[Path, Path, Path]:
     """(base dir, adapter dir, example image) for a tiny random Qwen2.5-VL with a LoRA on q_proj/v_proj."""
-    from peft import LoraConfig, get_peft_model
-
-    from skinr1_pipeline.modeling.model_factory import load_model
-    from skinr1_pipeline.modeling.tiny_model import build_tiny_model, default_corpus
-
     root = tmp_path_factory.mktemp("tiny")
-    base = build_tiny_model(root / "base", default_corpus(), seed=0, **TINY)
-    model = get_peft_model(load_model(base, device="cpu"),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
-    model.save_pretrained(root / "adapter")
+    base, adapter = tiny_base_and_adapter(root / "base", root / "adapter")
     image = root / "lesion.jpg"
     Image.new("RGB", (300, 200), (150, 90, 70)).save(image)
-    return base, root / "adapter", image
+    return base, adapter, image
 
 
 def _b64(color: tuple[int, int, int], fmt: str = "PNG") -> str:
