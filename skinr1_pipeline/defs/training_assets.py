@@ -73,6 +73,11 @@ def training_dir(context: dg.AssetExecutionContext, home: PipelineHome, name: st
     return out
 
 
+def run_overrides(overrides_json: str, resume: bool) -> dict[str, Any]:
+    """The asset config's JSON overrides of the run config, plus `resume` when the asset asks to continue a run."""
+    return {**json.loads(overrides_json), **({"resume": True} if resume else {})}
+
+
 def launch_command(settings: Settings, module: str, config_path: Path) -> list[str]:
     """`python -m module` on one device; `accelerate launch [args] -m module` when the profile asks for it."""
     if settings.launcher == "accelerate":
@@ -137,7 +142,7 @@ def grpo_config(demo: bool, base_model: str, adapter_dir: str | None, items_path
     from skinr1_pipeline.training.grpo import GRPORunConfig, demo_grpo_config
 
     common = dict(model_dir=base_model, adapter_dir=adapter_dir, items_path=items_path, output_dir=str(out_dir))
-    overrides = {**json.loads(overrides_json), **({"resume": True} if resume else {})}
+    overrides = run_overrides(overrides_json, resume)
     return demo_grpo_config(**common, **overrides) if demo else GRPORunConfig(**common, **overrides)
 
 
@@ -224,7 +229,7 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
         from skinr1_pipeline.training.sft import SFTRunConfig, demo_sft_config
 
         out_dir = training_dir(context, home, "sft", resume=config.resume)
-        overrides = {**json.loads(config.overrides), **({"resume": True} if config.resume else {})}
+        overrides = run_overrides(config.overrides, config.resume)
         cfg = (demo_sft_config(base_model, skin_rationale_trajectories, out_dir, **overrides) if demo
                else SFTRunConfig(model_dir=base_model, train_path=skin_rationale_trajectories, output_dir=str(out_dir),
                                  **overrides))
