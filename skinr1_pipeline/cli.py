@@ -42,12 +42,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"  check {evaluation.asset_key.to_user_string()}:{evaluation.check_name} -> {'passed' if evaluation.passed else 'FAILED'}")
     report = settings.outputs_dir / "evaluation" / "report" / "report.html"
     table = settings.outputs_dir / "evaluation" / "ablation_table.csv"
+    likelihood = settings.outputs_dir / "evaluation" / "answer_likelihood_table.csv"
     if table.exists():
         import pandas as pd
 
         shown = pd.read_csv(table, index_col=0)
         print("\nAblation table (accuracy [95% CI]):")
         print(shown[[c for c in shown.columns if " [" in str(shown[c].iloc[0])]].to_string())
+        if likelihood.exists():
+            print("\nAnswer-likelihood accuracy [95% CI] (the offered answer the model finds most probable after its "
+                  "reasoning):")
+            print(pd.read_csv(likelihood, index_col=0).to_string())
     print("\nWhere to look:")
     if report.exists():
         print(f"  evaluation report:        {report}")

@@ -149,8 +149,12 @@ def test_evaluation_reports_every_variant_and_registers_a_candidate(demo_run):
         assert {"in_domain", "malignancy", "hierarchical", "ood"} <= set(scored["suite"])
         in_domain = scored[scored["suite"] == "in_domain"]
         assert in_domain["option_logprobs"].map(len).eq(4).all()  # one log-prob per option, for calibration
+        assert in_domain["answer_logprobs"].map(len).eq(4).all() and in_domain["likely_correct"].dtype == bool
+    likelihood = pd.read_csv(evaluation / "answer_likelihood_table.csv", index_col=0)
+    assert list(likelihood.index) == list(table.index) and "in_domain" in likelihood.columns
+    assert "open_ended" not in likelihood.columns  # nothing to choose from, nothing to score
     html = (evaluation / "report" / "report.html").read_text()
-    assert "data:image/png;base64," in html and "sft_grpo" in html
+    assert "data:image/png;base64," in html and "sft_grpo" in html and "Answer likelihood" in html
     client = mlflow.MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
     candidate = client.get_model_version_by_alias("skinr1-grpo", "candidate")
     assert candidate.tags["promotion_decision"] == "promoted"  # first candidate: no champion yet

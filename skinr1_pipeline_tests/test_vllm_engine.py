@@ -22,12 +22,13 @@ import torch  # noqa: E402
 
 from skinr1_pipeline.data.demo.generate import generate_demo_data  # noqa: E402
 from skinr1_pipeline.evaluation.metrics import score_predictions  # noqa: E402
-from skinr1_pipeline.evaluation.runners import HFRunner, VllmRunner, answer_prefix  # noqa: E402
+from skinr1_pipeline.evaluation.runners import HFRunner, VllmRunner, answer_prefix, load_image  # noqa: E402
 from skinr1_pipeline.evaluation.suites import SuiteConfig, build_suites  # noqa: E402
 from skinr1_pipeline.knowledge.ddx import DDxGraph  # noqa: E402
 from skinr1_pipeline.knowledge.knowledge_base import load_knowledge_base  # noqa: E402
 from skinr1_pipeline.knowledge.taxonomy import Taxonomy  # noqa: E402
 from skinr1_pipeline.modeling import vllm_engine  # noqa: E402
+from skinr1_pipeline.modeling.chat import build_messages, render_prompt  # noqa: E402
 from skinr1_pipeline.modeling.model_factory import load_adapter_model, load_model, validate_model_dir  # noqa: E402
 from skinr1_pipeline.modeling.vllm_engine import EngineOptions, VllmEngine, engine_kwargs  # noqa: E402
 from skinr1_pipeline.synthesis.pipeline import demo_samples, synthesize  # noqa: E402
@@ -184,9 +185,9 @@ def test_lora_request_applies_the_adapter(lora_engine, engine, model_dir, adapte
     mcq = items[items["options"].map(len) > 0].head(2).reset_index(drop=True)
     completions = ["<thinking>x</thinking>"] * len(mcq)
     peft_model = load_adapter_model(model_dir, adapter_dir, trainable=False, dtype="float32", device="cpu")
-    hf_lora = HFRunner(model=peft_model, processor=lora_engine.processor).option_logprobs(mcq, completions)
-    vllm_lora = VllmRunner(engine=lora_engine).option_logprobs(mcq, completions)
-    vllm_base = VllmRunner(engine=engine).option_logprobs(mcq, completions)
+    hf_lora = HFRunner(model=peft_model, processor=lora_engine.processor).option_scores(mcq, completions).letters
+    vllm_lora = VllmRunner(engine=lora_engine).option_scores(mcq, completions).letters
+    vllm_base = VllmRunner(engine=engine).option_scores(mcq, completions).letters
     np.testing.assert_allclose(np.concatenate(vllm_lora), np.concatenate(hf_lora), atol=2e-3)
     assert np.abs(np.concatenate(vllm_lora) - np.concatenate(vllm_base)).max() > 1e-2
 
@@ -207,9 +208,9 @@ def test_merge_fallback_when_native_lora_fails(monkeypatch, lora_engine, model_d
         validate_model_dir(merged.served_dir)
         mcq = items[items["options"].map(len) > 0].head(1).reset_index(drop=True)
         done = ["<thinking>x</thinking>"]
-        via_merge = HFRunner(merged.served_dir, dtype="float32", device="cpu").option_logprobs(mcq, done)
+        via_merge = HFRunner(merged.served_dir, dtype="float32", device="cpu").option_scores(mcq, done).letters
         peft_model = load_adapter_model(model_dir, adapter_dir, trainable=False, dtype="float32", device="cpu")
-        via_peft = HFRunner(model=peft_model, processor=lora_engine.processor).option_logprobs(mcq, done)
+        via_peft = HFRunner(model=peft_model, processor=lora_engine.processor).option_scores(mcq, done).letters
         np.testing.assert_allclose(via_merge[0], via_peft[0], atol=1e-4)
     finally:
         merged._temp_dir.cleanup()  # not close(): the LLM belongs to the session engine
@@ -239,12 +240,41 @@ def test_hf_and_vllm_runners_on_suite_items(engine, hf_runner, items, world):
     assert not scored_v["format_ok"].any() and not scored_h["format_ok"].any()  # garbage never parses
 
 
-def test_option_logprobs_agree_between_backends(engine, hf_runner, items):
+def test_option_letter_logprobs_agree_between_backends(engine, hf_runner, items):
     subset = items.head(4).reset_index(drop=True)
     completions = ["<thinking>scaly plaque</thinking>\n<diagnosis>", "no tags at all", "", "<thinking>x</thinking>"]
     assert answer_prefix(completions[0]).endswith("<diagnosis>") and answer_prefix("").endswith("<diagnosis>")
-    v = VllmRunner(engine=engine).option_logprobs(subset, completions)
-    h = hf_runner.option_logprobs(subset, completions)
+    v = VllmRunner(engine=engine).option_scores(subset, completions).letters
+    h = hf_runner.option_scores(subset, completions).letters
     for row, a, b in zip(subset.itertuples(), v, h):
         assert len(a) == len(b) == len(row.options)
         np.testing.assert_allclose(a, b, atol=2e-3)
+
+
+def test_answer_scores_agree_between_backends_and_sum_the_answer_tokens(engine, hf_runner, items):
+    subset = items[items["options"].map(len) > 0].head(3).reset_index(drop=True)
+    completions = ["<thinking>scaly plaque</thinking>\n<diagnosis>", "no tags at all", ""]
+    hf_scores = hf_runner.option_scores(subset, completions)
+    h, letters_only = hf_scores.answers, hf_scores.letters
+    v = VllmRunner(engine=engine).option_scores(subset, completions).answers
+    tokenizer = hf_runner.processor.tokenizer
+    for row, a, b, lone in zip(subset.itertuples(), h, v, letters_only):
+        assert len(a) == len(b) == len(row.options)
+        np.testing.assert_allclose(a, b, atol=5e-3)
+        # The answer "B. text" is the letter's token plus more tokens, each with log-prob < 0.
+        assert all(x < y for x, y in zip(a, lone))
+    # By hand for one option: one forward pass over prompt + answer prefix + answer, sum of the answer's tokens.
+    row, completion = subset.iloc[0], completions[0]
+    image = load_image(row["image_path"])
+    prefix = render_prompt(hf_runner.processor, build_messages(row["prompt"], system=hf_runner.system,
+                                                               with_image=True)) + answer_prefix(completion)
+    answer = f"B. {row['options'][1]}"
+    n = len(tokenizer(answer, add_special_tokens=False)["input_ids"])
+    inputs = hf_runner.processor(text=[prefix + answer], images=[image], return_tensors="pt")
+    with torch.inference_mode():
+        logp = torch.log_softmax(hf_runner.model(**inputs).logits[0].float(), dim=-1)
+    ids = inputs["input_ids"][0]
+    by_hand = sum(float(logp[t - 1, ids[t]]) for t in range(len(ids) - n, len(ids)))
+    assert abs(h[0][1] - by_hand) < 1e-3
+    first = len(ids) - n  # the letter's token: the first one of the answer
+    assert abs(letters_only[0][1] - float(logp[first - 1, ids[first]])) < 1e-3

@@ -34,6 +34,8 @@ class VariantEvalConfig(dg.Config):
     max_new_tokens: int = 512
     batch_size: int = 16
     calibration: bool = Field(default=True, description="score each option's log-probability for ECE")
+    answer_likelihood: bool = Field(default=True, description="score each option's whole answer text after the "
+                                    "model's own reasoning (answer-likelihood accuracy, next to the generated one)")
     vllm_lora_mode: Literal["merge", "lora", "auto"] = Field(
         default="merge", description="merge | lora | auto; vLLM's LoRA covers only the language model, so adapters "
         "that also train the vision side need merge")
@@ -129,8 +131,12 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
         try:
             completions = runner.run(items, progress=LogProgress(f"{variant} answers", context.log.info, unit="item"))
             seconds = time.perf_counter() - start
-            if config.calibration:
-                items = items.assign(option_logprobs=runner.option_logprobs(items, completions))
+            if config.calibration or config.answer_likelihood:
+                scores = runner.option_scores(items, completions)
+                if config.calibration:
+                    items = items.assign(option_logprobs=scores.letters)
+                if config.answer_likelihood:
+                    items = items.assign(answer_logprobs=scores.answers)
         finally:
             if hasattr(runner, "engine"):
                 runner.engine.close()
@@ -152,7 +158,8 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
             mlf.log_metric("items_per_second", len(items) / max(seconds, 1e-9))
             mlf.log_dict(summary, "summary.json")
         rows = [{"suite": s, "n": v["n"], "accuracy": v["accuracy"], "ci": f"[{v['ci_low']:.2f}, {v['ci_high']:.2f}]",
-                 "format_ok": v.get("format_ok")} for s, v in summary.items()]
+                 "format_ok": v.get("format_ok_rate"), "answer_likelihood": v.get("likelihood", {}).get("accuracy")}
+                for s, v in summary.items()]
         in_domain = breakdowns.get("in_domain", {})
         context.add_output_metadata({
             "variant": variant, "items": len(items), "seconds": round(seconds, 1),
@@ -171,14 +178,18 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
                        variant_evaluations: dict[str, dict]) -> pd.DataFrame:
         """The paper's ablation table: base vs SFT-only vs RL-only vs SFT+GRPO on every suite, with 95% CIs."""
         from skinr1_pipeline.evaluation.comparison import ablation_table as build_table
-        from skinr1_pipeline.evaluation.comparison import paper_shape
+        from skinr1_pipeline.evaluation.comparison import likelihood_table, paper_shape
 
-        table = build_table({v: e["summary"] for v, e in variant_evaluations.items()})
+        summaries = {v: e["summary"] for v, e in variant_evaluations.items()}
+        table = build_table(summaries)
         table.to_csv(home.path("outputs", "evaluation", "ablation_table.csv"))
+        likelihood = likelihood_table(summaries)
+        likelihood.to_csv(home.path("outputs", "evaluation", "answer_likelihood_table.csv"))
         shape = paper_shape(table)
         display = table[[c for c in table.columns if not c.endswith(("_acc", "_ci_low", "_ci_high", "_n", "_format_ok",
                                                                       "_credit"))]]
         context.add_output_metadata({"table": md(markdown_table(display.reset_index())),
+                                     "answer_likelihood": md(markdown_table(likelihood.reset_index())),
                                      "paper_shape": md("```\n" + json.dumps(shape, indent=1, default=str)[:4000] + "\n```")})
         return table
 

@@ -131,7 +131,8 @@ def train_and_gate(context: dg.AssetExecutionContext, settings: Settings, pipes:
             import mlflow as mlf
 
             if scores:
-                mlf.log_metrics({"heldout_parse_rate": scores["parse_rate"], "heldout_accuracy": scores["accuracy"]})
+                mlf.log_metrics({"heldout_parse_rate": scores["parse_rate"], "heldout_accuracy": scores["accuracy"],
+                                 "heldout_answer_likelihood_accuracy": scores["answer_likelihood_accuracy"]})
             mlf.log_artifacts(adapter_dir, artifact)
     return reported, adapter_dir, scores, run.info.run_id if run is not None else ""
 
@@ -243,6 +244,7 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
             **{k: v for k, v in reported.items() if k not in ("train_loss", "eval_loss", "metrics")},
             "loss_curve": md(markdown_table(pd.DataFrame(_raw(reported.get("train_loss")) or []), 40)),
             "heldout_parse_rate": gate["parse_rate"], "heldout_accuracy": gate["accuracy"], "heldout_n": gate["n"],
+            "heldout_answer_likelihood_accuracy": gate["answer_likelihood_accuracy"],
             "sample_generation": md(f"```\n{gate['examples'][0]['completion']}\n```"),
         }
         # A Pipes step must hand back a MaterializeResult; its `value` still goes through the IO manager.
@@ -280,6 +282,7 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
         metadata = {
             **{k: v for k, v in reported.items() if k not in ("reward_history", "metrics")},
             "heldout_parse_rate": gate["parse_rate"], "heldout_accuracy": gate["accuracy"],
+            "heldout_answer_likelihood_accuracy": gate["answer_likelihood_accuracy"],
             "sft_heldout_accuracy": sft_checkpoint["gate"]["accuracy"], "heldout_n": gate["n"],
         }
         return dg.MaterializeResult(metadata=metadata, value={

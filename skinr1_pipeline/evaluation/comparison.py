@@ -50,12 +50,18 @@ def suite_summary(scored: pd.DataFrame, suite: str, *, n_boot: int = 2000, seed:
         out = {"suite": suite, **acc, "mean_credit": float(scored["credit"].mean()),
                "format_ok_rate": fmt["format_ok_rate"], "parsed_rate": fmt["parsed_rate"],
                "format_errors": fmt["errors"], "excluded": excluded}
+        if "likely_correct" in scored and scored["answer_logprobs"].map(_scored).all():
+            out["likelihood"] = accuracy(scored["likely_correct"], n_boot=n_boot, seed=seed)
     if suite == MALIGNANCY_SUITE:
         out["malignancy"] = malignancy_metrics(scored, n_boot=n_boot, seed=seed) if len(scored) else {
             "n_positive": 0, "n_benign": 0, "sensitivity": _nan(), "malignant_miss_rate": _nan(),
             "miss_rate_ci_low": _nan(), "miss_rate_ci_high": _nan(), "specificity": _nan(),
             "bucket_accuracy": _nan()}
     return out
+
+
+def _scored(logprobs: Any) -> bool:
+    return logprobs is not None and len(logprobs) > 0
 
 
 def variant_summary(scored_by_suite: Mapping[str, pd.DataFrame], *, n_boot: int = 2000,
@@ -106,6 +112,22 @@ def ablation_table(summaries: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> 
     table = pd.DataFrame(rows).set_index("variant") if rows else pd.DataFrame(index=pd.Index([], name="variant"))
     table.attrs["suites"] = suites
     return table
+
+
+def likelihood_table(summaries: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> pd.DataFrame:
+    """Rows = variants, columns = the suites that have answer log-probs: answer-likelihood accuracy with its 95% CI
+    ("0.49 [0.39, 0.59]"), next to which the ablation table's generated-answer accuracy reads."""
+    suites = [s for s in _ordered({s: None for summary in summaries.values() for s in summary})
+              if any("likelihood" in summaries[v].get(s, {}) for v in summaries)]
+    rows = []
+    for variant in variant_order(list(summaries)):
+        row: dict[str, Any] = {"variant": variant}
+        for suite in suites:
+            lik = summaries[variant].get(suite, {}).get("likelihood", {})
+            row[suite] = format_accuracy(lik.get("accuracy", _nan()), lik.get("ci_low", _nan()),
+                                         lik.get("ci_high", _nan()))
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["variant", *suites]).set_index("variant")
 
 
 def table_suites(table: pd.DataFrame) -> list[str]:

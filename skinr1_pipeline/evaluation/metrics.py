@@ -7,7 +7,10 @@ rewards, so an answer the reward would not honour never counts as correct here. 
   * open-ended answers are mapped onto the taxonomy by name/synonym; credit = depth of LCA(answer, label) over the
     label's depth (root = 0), correct when the answer is the label or a node below it;
   * an unreadable answer is never a safe answer: it counts as a miss for malignant lesions and as a non-benign
-    call for benign ones.
+    call for benign ones;
+  * `likely_correct` (only where the runner scored `answer_logprobs`): the offered answer the model finds most
+    probable after its own reasoning is the gold one. It never replaces `correct`; it says whether a wrong or
+    unreadable answer came from not knowing or from not writing it down.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ POSITIVE_BUCKETS = ("malignant", "precancerous_in_situ")
 OPTION_ERRORS = ("no_option", "option_not_offered", "ambiguous_option")
 NO_ANSWER = "<no answer>"
 _CARRIED = ("item_id", "suite", "sample_id", "source_dataset", "modality", "taxonomy_node", "taxonomy_depth",
-            "fitzpatrick", "bucket", "answer_index", "option_logprobs")
+            "fitzpatrick", "bucket", "answer_index", "option_logprobs", "answer_logprobs")
 _STATUS_CLAUSE_RE = re.compile(r"(?<![^\W_])status\s*[:=\-\u2013\u2014].*", re.IGNORECASE | re.DOTALL)
 
 
@@ -138,8 +141,24 @@ def score_predictions(items: pd.DataFrame, completions: Sequence[Any] | Mapping[
             scored = _score_mcq(text, row)
         rows.append({**{c: getattr(row, c) for c in _CARRIED if c in row._fields}, **scored})
     out = pd.DataFrame(rows)
+    if "answer_logprobs" in out:
+        out["likely_index"] = [likeliest(lp) for lp in out["answer_logprobs"]]
+        out["likely_correct"] = [i >= 0 and i == int(gold) for i, gold in zip(out["likely_index"], out["answer_index"])]
     out.attrs["excluded"] = len(items) - len(out)
     return out
+
+
+def likeliest(logprobs: Any) -> int:
+    """Index of the largest finite log-prob; -1 for none (open-ended item) or a tie at the top, which names no
+    single answer."""
+    if logprobs is None or len(logprobs) == 0:
+        return -1
+    lp = np.asarray(logprobs, dtype=float)
+    if not np.isfinite(lp).any():
+        return -1
+    best = np.nanmax(np.where(np.isfinite(lp), lp, -np.inf))
+    top = np.flatnonzero(lp == best)
+    return int(top[0]) if len(top) == 1 else -1
 
 
 # ---- statistics ---------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from skinr1_pipeline.evaluation.comparison import (
     MALIGNANCY_SUITE,
     VARIANT_LABELS,
     format_accuracy,
+    likelihood_table,
     paper_shape,
     table_suites,
     variant_order,
@@ -331,6 +332,19 @@ def _suite_details(doc: _Doc, variants: list[str], summaries: Mapping[str, Mappi
                    "excluded (contaminated)", "most frequent format errors"], rows)
 
 
+def _likelihood_section(doc: _Doc, variants: list[str], summaries: Mapping[str, Mapping[str, Any]]) -> None:
+    likelihood = likelihood_table({v: summaries[v] for v in variants})
+    if likelihood.empty or not len(likelihood.columns):
+        return
+    doc.heading("Answer likelihood")
+    doc.para("Accuracy [95% CI] when the answer is the offered option whose whole answer text (\"B. benign "
+             "neoplasm\") the model finds most probable after its own reasoning, instead of the option it wrote. "
+             "Read it next to the ablation table: far above the generated-answer accuracy means the model knows the "
+             "answer but does not write it down in the required form. It never replaces the generated answer; biases "
+             "of an untrained model (short or frequent option texts) show in the base row.")
+    doc.table(["variant", *likelihood.columns], [[v, *likelihood.loc[v]] for v in likelihood.index])
+
+
 def _malignancy_section(doc: _Doc, variants: list[str], summaries: Mapping[str, Mapping[str, Any]]) -> None:
     doc.heading("Malignancy safety")
     rows = []
@@ -413,6 +427,7 @@ def write_report(out_dir: str | Path, *, table: pd.DataFrame, summaries: Mapping
     doc.heading("Ablation table")
     doc.para("Accuracy [95% CI] per suite; rows follow the paper's ablation (base, SFT only, RL only, SFT+GRPO).")
     doc.table(["variant", *suites], [[v, *[table.at[v, s] for s in suites]] for v in variants])
+    _likelihood_section(doc, variants, summaries)
     _shape_section(doc, table)
     _malignancy_section(doc, variants, summaries)
     _ood_section(doc, table, variants)

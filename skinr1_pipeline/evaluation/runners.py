@@ -6,10 +6,19 @@ with), vLLM is what makes evaluating thousands of images affordable. Both render
 seed and stop at the same end-of-turn ids, so a metric difference between them is a backend difference, not a
 prompt difference.
 
-Option log-probs (for ECE, `metrics.expected_calibration_error`) are scored after the fact, cheaply: the model's own
-completion up to its `<diagnosis>` tag (appended after the reasoning when the completion lacks one) is extended by
-each option letter, and the log-prob of that final letter token is read - one short prefill per option, no sampling.
-Both runners compute exactly this quantity, so their values agree up to float error.
+Option scores are read after the fact, cheaply: the model's own completion up to its `<diagnosis>` tag (appended
+after the reasoning when the completion lacks one) is extended by each option's answer as SFT teaches it to be
+written ("B. benign neoplasm"), and the log-probs of those answer tokens are read - one short prefill per option, no
+sampling. One pass gives two scores per option:
+  * `option_logprobs`: the first answer token, the one that carries the letter (for ECE,
+    `metrics.expected_calibration_error`);
+  * `answer_logprobs`: the whole answer, summed. Its argmax is the answer-likelihood accuracy: which offered answer
+    the model finds most probable after its own reasoning. Why report it next to the generated answer: a model can
+    know the answer yet fail to pick its letter from the list (the CPU demo's 2-layer model does exactly this); the
+    two numbers tell those failures apart.
+The answer's tokens are those after the longest common prefix of the tokenized prefix and prefix + answer, so a BPE
+merge across the boundary is scored, not skipped. Both runners compute exactly these quantities, so their values
+agree up to float error.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ import pandas as pd
 from PIL import Image
 
 from skinr1_pipeline.modeling.chat import build_messages, render_prompt
-from skinr1_pipeline.modeling.prompt_format import DIAG_OPEN, SYSTEM_PROMPT, letters
+from skinr1_pipeline.modeling.prompt_format import DIAG_OPEN, SYSTEM_PROMPT, format_mcq_answer, letters
 from skinr1_pipeline.modeling.vllm_engine import EngineOptions, VllmEngine
 
 Progress = Callable[[int, int], None]
@@ -34,7 +43,7 @@ class Runner(Protocol):
 
     def run(self, items: pd.DataFrame, progress: Progress | None = None) -> list[str]: ...
 
-    def option_logprobs(self, items: pd.DataFrame, completions: Sequence[str]) -> list[list[float]]: ...
+    def option_scores(self, items: pd.DataFrame, completions: Sequence[str]) -> "OptionScores": ...
 
 
 def _has_image(path: Any) -> bool:
@@ -60,6 +69,36 @@ def answer_prefix(completion: str) -> str:
 def _options(row: Any) -> list[str]:
     opts = row.options if isinstance(row.options, (list, tuple)) else list(row.options)
     return [str(o) for o in opts]
+
+
+def answer_continuations(options: Sequence[str]) -> list[str]:
+    """Each option's answer as SFT writes it ("B. benign neoplasm"), without the status clause."""
+    return [format_mcq_answer(list(options), i) for i in range(len(options))]
+
+
+@dataclasses.dataclass(frozen=True)
+class OptionScores:
+    """Per item, per option: log-prob of the first answer token (the letter) and of the whole answer ([] if open)."""
+
+    letters: list[list[float]]
+    answers: list[list[float]]
+
+    @classmethod
+    def from_tokens(cls, per_item: list[list[list[float]]]) -> "OptionScores":
+        return cls([[t[0] if t else -math.inf for t in item] for item in per_item],
+                   [[math.fsum(t) if t else -math.inf for t in item] for item in per_item])
+
+
+def continuation_length(tokenizer: Any, prefix: str, full: str) -> int:
+    """Tokens of `full` after its longest common prefix with `prefix` (>= 1 when `full` is longer)."""
+    a = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+    b = tokenizer(full, add_special_tokens=False)["input_ids"]
+    common = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        common += 1
+    return max(1, len(b) - common)
 
 
 class HFRunner:
@@ -90,30 +129,34 @@ class HFRunner:
                         max_new_tokens=self.max_new_tokens, do_sample=False, batch_size=self.batch_size,
                         seed=self.seed, system=self.system, progress=progress)
 
-    def option_logprobs(self, items: pd.DataFrame, completions: Sequence[str]) -> list[list[float]]:
-        """Per item, the log-prob of each option letter after the completion's answer prefix (module docstring);
-        [] for an open-ended item."""
+    def option_scores(self, items: pd.DataFrame, completions: Sequence[str]) -> OptionScores:
+        """Letter and whole-answer log-probs of every option after the completion's answer prefix (module
+        docstring); empty lists for an open-ended item."""
         import torch
 
         device = next(self.model.parameters()).device
-        out: list[list[float]] = []
+        tokenizer = self.processor.tokenizer
+        out: list[list[list[float]]] = []
         with torch.inference_mode():
             for row, completion in zip(items.itertuples(index=False), completions):
                 if not _options(row):  # open-ended item: nothing to score
                     out.append([])
                     continue
                 image = load_image(row.image_path)
-                base = render_prompt(self.processor, build_messages(row.prompt, system=self.system,
-                                                                    with_image=image is not None))
-                texts = [base + answer_prefix(completion or "") + letter for letter in letters(len(_options(row)))]
+                prefix = render_prompt(self.processor, build_messages(row.prompt, system=self.system,
+                                                                      with_image=image is not None))
+                prefix += answer_prefix(completion or "")
+                texts = [prefix + c for c in answer_continuations(_options(row))]
+                lengths = [continuation_length(tokenizer, prefix, t) for t in texts]
                 inputs = self.processor(text=texts, images=[image] * len(texts) if image is not None else None,
                                         padding=True, padding_side="left", return_tensors="pt")
                 inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
-                logits = self.model(**inputs).logits[:, -2, :].float()
-                logp = torch.log_softmax(logits, dim=-1)
-                last = inputs["input_ids"][:, -1]
-                out.append([float(v) for v in logp.gather(1, last[:, None]).squeeze(1)])
-        return out
+                span = max(lengths)  # only the positions that predict continuation tokens go through the softmax
+                logp = torch.log_softmax(self.model(**inputs).logits[:, -span - 1:-1, :].float(), dim=-1)
+                targets = inputs["input_ids"][:, -span:]
+                token_lp = logp.gather(2, targets[..., None]).squeeze(2)
+                out.append([[float(v) for v in token_lp[k, span - n:]] for k, n in enumerate(lengths)])
+        return OptionScores.from_tokens(out)
 
 
 class VllmRunner:
@@ -151,24 +194,29 @@ class VllmRunner:
                 progress(len(out), len(rows))
         return out
 
-    def option_logprobs(self, items: pd.DataFrame, completions: Sequence[str]) -> list[list[float]]:
-        """Same quantity as `HFRunner.option_logprobs`, from vLLM prompt log-probs (one 1-token request/option)."""
+    def option_scores(self, items: pd.DataFrame, completions: Sequence[str]) -> OptionScores:
+        """Same quantities as `HFRunner.option_scores`, from vLLM prompt log-probs (one 1-token request/option)."""
         params = self.engine.sampling(max_tokens=1, temperature=0.0, seed=self.seed, prompt_logprobs=0)
-        prompts, spans = [], []
+        tokenizer = self.engine.processor.tokenizer
+        prompts, lengths, spans = [], [], []
         for row, completion in zip(items.itertuples(index=False), completions):
             image = load_image(row.image_path)
-            prefix = answer_prefix(completion or "")
+            suffix = answer_prefix(completion or "")
+            rendered = self.engine.render(build_messages(row.prompt, system=self.system, with_image=image is not None))
             first = len(prompts)
-            prompts += [self._prompt(row.prompt, image, prefix + letter) for letter in letters(len(_options(row)))]
+            for c in answer_continuations(_options(row)):
+                prompts.append(self._prompt(row.prompt, image, suffix + c))
+                lengths.append(continuation_length(tokenizer, rendered + suffix, rendered + suffix + c))
             spans.append((first, len(prompts)))
-        results = self.engine.generate(prompts, [params] * len(prompts))
-        scores = [_last_prompt_logprob(r) for r in results]
-        return [scores[a:b] for a, b in spans]
+        results = self.engine.generate(prompts, [params] * len(prompts)) if prompts else []
+        tails = [_prompt_tail_logprobs(r, n) for r, n in zip(results, lengths)]
+        return OptionScores.from_tokens([tails[a:b] for a, b in spans])
 
 
-def _last_prompt_logprob(result: Any) -> float:
-    token = result.prompt_token_ids[-1]
-    entry = (result.prompt_logprobs or [None])[-1]
-    if not entry or token not in entry:
-        return -math.inf
-    return float(entry[token].logprob)
+def _prompt_tail_logprobs(result: Any, n: int) -> list[float]:
+    """Log-probs of the last `n` prompt tokens; -inf for a token vLLM returned no entry for."""
+    tokens = result.prompt_token_ids[-n:]
+    entries = list(result.prompt_logprobs or [])[-n:]
+    entries = [None] * (n - len(entries)) + entries
+    return [float(entry[token].logprob) if entry and token in entry else -math.inf
+            for token, entry in zip(tokens, entries)]
