@@ -381,5 +381,20 @@ def test_main_under_dagster_pipes(workdir, model_dir, items_path):
     metadata = materializations[0]["params"]["metadata"]
     assert metadata["steps"]["raw_value"] == 1 and metadata["adapter_dir"]["raw_value"] == payload["adapter_dir"]
     assert [h["step"] for h in metadata["reward_history"]["raw_value"]] == [1]
-    assert any(m["method"] == "log" and "GRPO step 1: [" in m["params"]["message"] and "1/1 (100%)" in
+    assert any(m["method"] == "log" and m["params"]["message"].startswith("GRPO [") and "1/1 (100%)" in
                m["params"]["message"] for m in reported)
+
+
+def test_pipes_progress_is_throttled_like_sft():
+    from types import SimpleNamespace
+
+    from skinr1_pipeline.training.grpo import _pipes_progress
+
+    lines: list[str] = []
+    callback = _pipes_progress(SimpleNamespace(log=SimpleNamespace(info=lines.append)))
+    for step in range(1, 6):
+        callback.on_log(None, SimpleNamespace(global_step=step, max_steps=5), None,
+                        logs={"loss": 0.5, "rewards/format": 1.0, "histogram": [1, 2]})
+    assert len(lines) == 2  # the first and the last step; the ones between fall inside the 10 s window
+    assert lines[0].startswith("GRPO [") and " 1/5 " in lines[0] and " 5/5 (100%) " in lines[1]
+    assert '"loss": 0.5' in lines[1] and '"rewards/format": 1.0' in lines[1] and "histogram" not in lines[1]

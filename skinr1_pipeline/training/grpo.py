@@ -506,18 +506,18 @@ def _pipes_metadata(result: GRPOResult) -> dict[str, Any]:
 
 
 def _pipes_progress(pipes: Any):
-    """A TrainerCallback relaying TRL's scalar logs (loss, rewards, KL) to the Dagster run's log."""
+    """A TrainerCallback relaying TRL's scalar logs (loss, rewards, KL) to the Dagster run's log through the same
+    throttled bar as SFT: a long GPU run logs every `logging_steps`, and MLflow already keeps every value."""
     from transformers import TrainerCallback
 
-    from skinr1_pipeline.progress import text_bar
+    from skinr1_pipeline.progress import LogProgress
+
+    bar = LogProgress("GRPO", pipes.log.info, unit="step")
 
     class PipesProgress(TrainerCallback):
-        start = time.monotonic()
-
         def on_log(self, args, state, control, logs=None, **kwargs):
             scalars = {k: v for k, v in (logs or {}).items() if isinstance(v, (int, float, str))}
-            bar = text_bar(state.global_step, state.max_steps, time.monotonic() - self.start, unit="step")
-            pipes.log.info(f"GRPO step {state.global_step}: {bar} " + json.dumps(scalars, default=_json_default))
+            bar(state.global_step, state.max_steps, json.dumps(scalars, default=_json_default))
 
     return PipesProgress()
 
