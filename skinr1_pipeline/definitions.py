@@ -12,6 +12,7 @@ from skinr1_pipeline.defs.knowledge_assets import (
     taxonomy_graph,
     taxonomy_invariants,
 )
+from skinr1_pipeline.defs.pipes_messages import LineSafeFileMessageReader
 from skinr1_pipeline.defs.resources import MlflowTracking, PipelineHome
 from skinr1_pipeline.defs.sensors import build_dataset_change_sensor
 from skinr1_pipeline.defs.synthesis_assets import build_synthesis_assets
@@ -45,7 +46,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             "home": PipelineHome(home=str(settings.home)),
             "mlflow": MlflowTracking(tracking_uri=settings.mlflow_tracking_uri, experiment_name=settings.mlflow_experiment),
             "io_manager": dg.FilesystemIOManager(base_dir=str(settings.home / "dagster_storage")),
-            "pipes_subprocess_client": dg.PipesSubprocessClient(),
+            "pipes_subprocess_client": dg.PipesSubprocessClient(message_reader=LineSafeFileMessageReader()),
         },
     )
 

@@ -10,6 +10,7 @@ import pandas as pd
 from skinr1_pipeline.evaluation.comparison import likelihood_table, variant_summary
 from skinr1_pipeline.evaluation.metrics import likeliest, score_predictions
 from skinr1_pipeline.evaluation.runners import answer_continuations, continuation_length
+from skinr1_pipeline.knowledge.taxonomy import Taxonomy
 
 
 class _WordTokenizer:
@@ -64,7 +65,7 @@ def test_likely_correct_is_scored_beside_the_generated_answer():
 def test_summary_and_table_report_likelihood_only_where_scored():
     items = _items()
     lp = [[-9.0, -1.0, -5.0, -6.0]] * 3 + [[-1.0, -2.0, -3.0, -4.0], []]
-    scored = score_predictions(items.assign(answer_logprobs=lp), [""] * 5, taxonomy=_taxonomy())
+    scored = score_predictions(items.assign(answer_logprobs=lp), [""] * 5, taxonomy=Taxonomy.load())
     by_suite = {s: f.reset_index(drop=True) for s, f in scored.groupby("suite")}
     summary = variant_summary(by_suite, n_boot=200)
     assert summary["in_domain"]["likelihood"]["accuracy"] == 0.75
@@ -76,12 +77,6 @@ def test_summary_and_table_report_likelihood_only_where_scored():
     assert list(table.index) == ["base", "sft"] and list(table.columns) == ["in_domain"]
     assert table.at["sft", "in_domain"].startswith("0.75 [") and table.at["base", "in_domain"] == "n/a"
     assert likelihood_table({"base": plain}).empty
-
-
-def _taxonomy():
-    from skinr1_pipeline.knowledge.taxonomy import Taxonomy
-
-    return Taxonomy.load()
 
 
 def test_numpy_arrays_from_parquet_are_accepted(tmp_path):
