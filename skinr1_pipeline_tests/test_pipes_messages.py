@@ -46,6 +46,27 @@ def test_follow_reads_messages_written_in_fragments_and_drains_after_stop(tmp_pa
     assert got[-1] == {"method": "last"}
 
 
+def test_an_unreadable_line_is_reported_and_the_rest_still_read(tmp_path):
+    class Handler:
+        def __init__(self) -> None:
+            self.messages: list[dict] = []
+            self.errors: list[str] = []
+
+        def handle_message(self, message: dict) -> None:
+            self.messages.append(message)
+
+        def report_pipes_framework_exception(self, origin: str, exc_info) -> None:
+            self.errors.append(origin)
+
+    handler = Handler()
+    reader = LineSafeFileMessageReader()
+    with reader.read_messages(handler) as params:
+        with open(params["path"], "a", encoding="utf-8") as out:
+            out.write('{"method": "log"}\nnot json at all\n{"method": "report_asset_materialization"}\n')
+    assert handler.messages == [{"method": "log"}, {"method": "report_asset_materialization"}]
+    assert len(handler.errors) == 1 and "not json at all" in handler.errors[0]
+
+
 def test_dagster_receives_every_message_through_the_reader(tmp_path):
     script = tmp_path / "child.py"
     script.write_text(

@@ -60,9 +60,18 @@ class LineSafeFileMessageReader(dg.PipesMessageReader):
                 thread.join()
 
     def _read(self, path: str, handler: Any, closed: threading.Event) -> None:
+        def emit(line: str) -> None:
+            try:
+                message = json.loads(line)
+            except json.JSONDecodeError:  # a stray write, not ours: say so in the run and keep reading the rest
+                handler.report_pipes_framework_exception(
+                    f"{type(self).__name__}: unreadable Pipes message line {line[:200]!r}", sys.exc_info())
+                return
+            handler.handle_message(message)
+
         try:
             with open(path, encoding="utf-8") as stream:
-                follow(stream, closed.is_set, lambda line: handler.handle_message(json.loads(line)))
+                follow(stream, closed.is_set, emit)
         except Exception:
             handler.report_pipes_framework_exception(f"{type(self).__name__} reader thread", sys.exc_info())
             raise
