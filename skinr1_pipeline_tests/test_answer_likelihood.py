@@ -9,7 +9,7 @@ import pandas as pd
 
 from skinr1_pipeline.evaluation.comparison import likelihood_table, variant_summary
 from skinr1_pipeline.evaluation.metrics import likeliest, score_predictions
-from skinr1_pipeline.evaluation.runners import answer_continuations, continuation_length
+from skinr1_pipeline.evaluation.runners import answer_continuations, continuation_lengths
 from skinr1_pipeline.knowledge.taxonomy import Taxonomy
 
 
@@ -21,12 +21,13 @@ class _WordTokenizer:
         return {"input_ids": [hash(w) % 10_000 for w in words]}
 
 
-def test_continuation_length_counts_tokens_after_the_common_prefix():
+def test_continuation_lengths_count_tokens_after_the_common_prefix():
     tok = _WordTokenizer()
-    assert continuation_length(tok, "x y", "x y z w") == 2
+    assert continuation_lengths(tok, "x y", [" z w"]) == [2]
     # The prefix's last token "ab" merges with the continuation: the merged token is scored too.
-    assert continuation_length(tok, "x ab", "x abc d") == 2
-    assert continuation_length(tok, "x y", "x y") == 1  # never zero tokens
+    assert continuation_lengths(tok, "x ab", ["c d"]) == [2]
+    assert continuation_lengths(tok, "x y", [""]) == [1]  # never zero tokens
+    assert continuation_lengths(tok, "x y", [" z w", "c d", " q"]) == [2, 2, 1]  # "yc" differs from "y"
 
 
 def test_answer_continuations_are_the_sft_answer_form_without_status():

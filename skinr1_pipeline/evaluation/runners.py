@@ -32,7 +32,7 @@ import pandas as pd
 from PIL import Image
 
 from skinr1_pipeline.modeling.chat import build_messages, render_prompt
-from skinr1_pipeline.modeling.prompt_format import DIAG_OPEN, SYSTEM_PROMPT, format_mcq_answer, letters
+from skinr1_pipeline.modeling.prompt_format import DIAG_OPEN, SYSTEM_PROMPT, format_mcq_answer
 from skinr1_pipeline.modeling.vllm_engine import EngineOptions, VllmEngine
 
 Progress = Callable[[int, int], None]
@@ -89,16 +89,20 @@ class OptionScores:
                    [[math.fsum(t) if t else -math.inf for t in item] for item in per_item])
 
 
-def continuation_length(tokenizer: Any, prefix: str, full: str) -> int:
-    """Tokens of `full` after its longest common prefix with `prefix` (>= 1 when `full` is longer)."""
+def continuation_lengths(tokenizer: Any, prefix: str, continuations: Sequence[str]) -> list[int]:
+    """Per continuation, the tokens of `prefix + continuation` after their longest common prefix with `prefix`
+    (>= 1); the prefix, the long part, is tokenized once."""
     a = tokenizer(prefix, add_special_tokens=False)["input_ids"]
-    b = tokenizer(full, add_special_tokens=False)["input_ids"]
-    common = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        common += 1
-    return max(1, len(b) - common)
+    out = []
+    for continuation in continuations:
+        b = tokenizer(prefix + continuation, add_special_tokens=False)["input_ids"]
+        common = 0
+        for x, y in zip(a, b):
+            if x != y:
+                break
+            common += 1
+        out.append(max(1, len(b) - common))
+    return out
 
 
 class HFRunner:
@@ -146,8 +150,9 @@ class HFRunner:
                 prefix = render_prompt(self.processor, build_messages(row.prompt, system=self.system,
                                                                       with_image=image is not None))
                 prefix += answer_prefix(completion or "")
-                texts = [prefix + c for c in answer_continuations(_options(row))]
-                lengths = [continuation_length(tokenizer, prefix, t) for t in texts]
+                answers = answer_continuations(_options(row))
+                texts = [prefix + c for c in answers]
+                lengths = continuation_lengths(tokenizer, prefix, answers)
                 inputs = self.processor(text=texts, images=[image] * len(texts) if image is not None else None,
                                         padding=True, padding_side="left", return_tensors="pt")
                 inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
@@ -201,12 +206,12 @@ class VllmRunner:
         prompts, lengths, spans = [], [], []
         for row, completion in zip(items.itertuples(index=False), completions):
             image = load_image(row.image_path)
-            suffix = answer_prefix(completion or "")
-            rendered = self.engine.render(build_messages(row.prompt, system=self.system, with_image=image is not None))
+            prefix = self.engine.render(build_messages(row.prompt, system=self.system, with_image=image is not None))
+            prefix += answer_prefix(completion or "")
+            answers = answer_continuations(_options(row))
             first = len(prompts)
-            for c in answer_continuations(_options(row)):
-                prompts.append(self._prompt(row.prompt, image, suffix + c))
-                lengths.append(continuation_length(tokenizer, rendered + suffix, rendered + suffix + c))
+            prompts += [self.engine.prompt_from_text(prefix + c, [image] if image is not None else []) for c in answers]
+            lengths += continuation_lengths(tokenizer, prefix, answers)
             spans.append((first, len(prompts)))
         results = self.engine.generate(prompts, [params] * len(prompts)) if prompts else []
         tails = [_prompt_tail_logprobs(r, n) for r, n in zip(results, lengths)]
