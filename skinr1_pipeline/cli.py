@@ -43,6 +43,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     report = settings.outputs_dir / "evaluation" / "report" / "report.html"
     table = settings.outputs_dir / "evaluation" / "ablation_table.csv"
     likelihood = settings.outputs_dir / "evaluation" / "answer_likelihood_table.csv"
+    baselines = settings.outputs_dir / "evaluation" / "image_blind_baselines.csv"
+    verdicts = settings.outputs_dir / "evaluation" / "versus_guessing.csv"
     if table.exists():
         import pandas as pd
 
@@ -53,6 +55,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print("\nAnswer-likelihood accuracy [95% CI] (the offered answer the model finds most probable after its "
                   "reasoning):")
             print(pd.read_csv(likelihood, index_col=0).to_string())
+        if baselines.exists() and verdicts.exists():
+            print("\nImage-blind guessing, expected accuracy on the same items (the bar to clear is `best`):")
+            print(pd.read_csv(baselines, index_col=0).round(2).to_string())
+            print("\nGenerated answer against the best guess (95% CI above / below / overlapping it):")
+            print(pd.read_csv(verdicts, index_col=0).to_string())
     print("\nWhere to look:")
     if report.exists():
         print(f"  evaluation report:        {report}")

@@ -153,8 +153,15 @@ def test_evaluation_reports_every_variant_and_registers_a_candidate(demo_run):
     likelihood = pd.read_csv(evaluation / "answer_likelihood_table.csv", index_col=0)
     assert list(likelihood.index) == list(table.index) and "in_domain" in likelihood.columns
     assert "open_ended" not in likelihood.columns  # nothing to choose from, nothing to score
+    baselines = pd.read_csv(evaluation / "image_blind_baselines.csv", index_col="suite")
+    items = pd.read_parquet(evaluation / "suite_items.parquet")
+    assert baselines["n"].to_dict() == items.groupby("suite").size().to_dict()
+    assert (baselines["best"] >= baselines["uniform"]).all() and baselines.loc["in_domain", "uniform"] == 0.25
+    verdicts = pd.read_csv(evaluation / "versus_guessing.csv", index_col=0)
+    assert list(verdicts.index) == list(table.index) and set(verdicts.columns) <= set(baselines.index)
     html = (evaluation / "report" / "report.html").read_text()
     assert "data:image/png;base64," in html and "sft_grpo" in html and "Answer likelihood" in html
+    assert "Against image-blind guessing" in html
     client = mlflow.MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
     candidate = client.get_model_version_by_alias("skinr1-grpo", "candidate")
     assert candidate.tags["promotion_decision"] == "promoted"  # first candidate: no champion yet

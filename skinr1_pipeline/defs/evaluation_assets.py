@@ -173,32 +173,41 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
         })
         return {"variant": variant, "scored_path": str(out / "scored.parquet"), "summary": summary}
 
-    @dg.asset(group_name="evaluation", code_version="1", kinds={"pandas"})
-    def ablation_table(context: dg.AssetExecutionContext, home: PipelineHome,
-                       variant_evaluations: dict[str, dict]) -> pd.DataFrame:
-        """The paper's ablation table: base vs SFT-only vs RL-only vs SFT+GRPO on every suite, with 95% CIs."""
+    @dg.asset(group_name="evaluation", code_version="2", kinds={"pandas"})
+    def ablation_table(context: dg.AssetExecutionContext, home: PipelineHome, variant_evaluations: dict[str, dict],
+                       eval_suites: str, taxonomy_graph: Taxonomy) -> pd.DataFrame:
+        """The paper's ablation table: base vs SFT-only vs RL-only vs SFT+GRPO on every suite, with 95% CIs, and
+        each variant read against what image-blind guessing scores on the same items."""
+        from skinr1_pipeline.evaluation.baselines import blind_baselines
         from skinr1_pipeline.evaluation.comparison import ablation_table as build_table
-        from skinr1_pipeline.evaluation.comparison import likelihood_table, paper_shape
+        from skinr1_pipeline.evaluation.comparison import likelihood_table, paper_shape, versus_guessing
 
         summaries = {v: e["summary"] for v, e in variant_evaluations.items()}
         table = build_table(summaries)
         table.to_csv(home.path("outputs", "evaluation", "ablation_table.csv"))
         likelihood = likelihood_table(summaries)
         likelihood.to_csv(home.path("outputs", "evaluation", "answer_likelihood_table.csv"))
+        baselines = blind_baselines(pd.read_parquet(eval_suites), taxonomy_graph)
+        baselines.to_csv(home.path("outputs", "evaluation", "image_blind_baselines.csv"), index=False)
+        verdicts = versus_guessing(summaries, baselines)
+        verdicts.to_csv(home.path("outputs", "evaluation", "versus_guessing.csv"))
         shape = paper_shape(table)
         display = table[[c for c in table.columns if not c.endswith(("_acc", "_ci_low", "_ci_high", "_n", "_format_ok",
                                                                       "_credit"))]]
         context.add_output_metadata({"table": md(markdown_table(display.reset_index())),
                                      "answer_likelihood": md(markdown_table(likelihood.reset_index())),
+                                     "image_blind_baselines": md(markdown_table(baselines.round(3))),
+                                     "versus_guessing": md(markdown_table(verdicts.reset_index())),
                                      "paper_shape": md("```\n" + json.dumps(shape, indent=1, default=str)[:4000] + "\n```")})
         return table
 
-    @dg.asset(group_name="evaluation", code_version="1", kinds={"mlflow", "html"})
+    @dg.asset(group_name="evaluation", code_version="2", kinds={"mlflow", "html"})
     def evaluation_reports(context: dg.AssetExecutionContext, config: RegistryConfig, home: PipelineHome,
                            mlflow: MlflowTracking, ablation_table: pd.DataFrame, variant_evaluations: dict[str, dict],
-                           base_model: str, grpo_checkpoint: dict, eval_suites: str) -> dict:
+                           base_model: str, grpo_checkpoint: dict, eval_suites: str, taxonomy_graph: Taxonomy) -> dict:
         """A report a clinician-researcher reads (Markdown + self-contained HTML with figures), logged to MLflow;
         the SFT+GRPO adapter logged as a pyfunc model and registered with alias `candidate`."""
+        from skinr1_pipeline.evaluation.baselines import blind_baselines
         from skinr1_pipeline.evaluation.comparison import paper_shape
         from skinr1_pipeline.evaluation.report import read_curves, write_report
 
@@ -208,10 +217,11 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
         run_ids = _training_run_ids(settings, context)
         curves = read_curves(settings.mlflow_tracking_uri, run_ids) if run_ids else None
         flags = pd.read_parquet(home.path("outputs", "evaluation", "contamination_flags.parquet"))
+        baselines = blind_baselines(pd.read_parquet(eval_suites), taxonomy_graph)
         caveats = ["Demo profile: a ~1M-parameter Qwen2.5-VL with random initial weights trained for minutes on "
                    "generated images; the numbers show the pipeline works, not clinical performance."] if demo else []
         files = write_report(home.dir("outputs", "evaluation", "report"), table=ablation_table, summaries=summaries,
-                             scored=scored, curves=curves, contamination=flags, caveats=caveats)
+                             scored=scored, curves=curves, contamination=flags, caveats=caveats, baselines=baselines)
         result: dict = {"report_html": str(files.html), "report_md": str(files.markdown), "registered_version": None}
         with mlflow.asset_run(context) as run:
             if run is not None:
@@ -220,6 +230,7 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
                 mlf.log_artifact(str(files.html), "report")
                 mlf.log_artifact(str(files.markdown), "report")
                 mlf.log_table(ablation_table.reset_index(), "ablation_table.json")
+                mlf.log_table(baselines, "image_blind_baselines.json")
                 in_domain = summaries.get("sft_grpo", {}).get("in_domain", {}).get("accuracy")
                 if config.register_candidate and in_domain is not None:
                     result.update(_register(grpo_checkpoint["adapter_dir"], base_model, eval_suites, in_domain))

@@ -130,6 +130,38 @@ def likelihood_table(summaries: Mapping[str, Mapping[str, Mapping[str, Any]]]) -
     return pd.DataFrame(rows, columns=["variant", *suites]).set_index("variant")
 
 
+ABOVE_GUESSING, BELOW_GUESSING = "above guessing", "below guessing"
+
+
+def _interval(summary: Mapping[str, Any]) -> tuple[float, float, float] | None:
+    acc = summary.get("accuracy", _nan())
+    return None if acc is None or math.isnan(acc) else (acc, summary["ci_low"], summary["ci_high"])
+
+
+def versus_guessing(summaries: Mapping[str, Mapping[str, Mapping[str, Any]]], baselines: pd.DataFrame, *,
+                    likelihood: bool = False) -> pd.DataFrame:
+    """Rows = variants, columns = suites: is the accuracy above the best image-blind guess (`baselines.best`)?
+
+    "above guessing" when the 95% interval lies above that bar, "below guessing" when it lies below, else "within
+    CI"; "not evaluated" where either is missing. The bar is an expected accuracy (a fixed number), so only the
+    variant's interval is compared. `likelihood=True` judges the answer-likelihood accuracy instead.
+    """
+    bars = {s: float(b) for s, b in zip(baselines["suite"], baselines["best"])} if len(baselines) else {}
+    suites = [s for s in _ordered({s: None for summary in summaries.values() for s in summary}) if s in bars]
+    rows = []
+    for variant in variant_order(list(summaries)):
+        row: dict[str, Any] = {"variant": variant}
+        for suite in suites:
+            summary = summaries[variant].get(suite, {})
+            value, bar = _interval(summary.get("likelihood", {}) if likelihood else summary), bars[suite]
+            if value is None or math.isnan(bar):
+                row[suite] = NOT_EVALUATED
+            else:
+                row[suite] = ABOVE_GUESSING if value[1] > bar else BELOW_GUESSING if value[2] < bar else WITHIN_CI
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["variant", *suites]).set_index("variant")
+
+
 def table_suites(table: pd.DataFrame) -> list[str]:
     """Suites of an ablation table (from attrs, else every column with a matching `_acc` column)."""
     return list(table.attrs.get("suites") or [c for c in table.columns if f"{c}_acc" in table.columns])

@@ -25,12 +25,14 @@ from matplotlib.figure import Figure
 
 from skinr1_pipeline.evaluation.comparison import (
     MALIGNANCY_SUITE,
+    NOT_EVALUATED,
     VARIANT_LABELS,
     format_accuracy,
     likelihood_table,
     paper_shape,
     table_suites,
     variant_order,
+    versus_guessing,
 )
 from skinr1_pipeline.evaluation.metrics import NO_ANSWER, confusion_matrix, grouped_accuracy
 
@@ -345,6 +347,29 @@ def _likelihood_section(doc: _Doc, variants: list[str], summaries: Mapping[str, 
     doc.table(["variant", *likelihood.columns], [[v, *likelihood.loc[v]] for v in likelihood.index])
 
 
+def _guessing_section(doc: _Doc, summaries: Mapping[str, Mapping[str, Any]], baselines: pd.DataFrame | None,
+                      suites: list[str]) -> None:
+    doc.heading("Against image-blind guessing")
+    if baselines is None or baselines.empty:
+        doc.para("No image-blind baselines were supplied; accuracies cannot be read against guessing.", note=True)
+        return
+    doc.para("What a guesser that never looks at the image scores on the same items (expected accuracy): a uniformly "
+             "random option; the option that is gold most often in the suite (its frequencies come from the suite "
+             "itself, so it is optimistic); and, for multiple choice, the option with the most offered taxonomy "
+             "ancestors, which finds the gold answer whenever the label's path contributes an ancestor chain. A "
+             "variant is above guessing on a suite only when its 95% interval lies above the best of the three.")
+    rows = [[r.suite, r.n, r.uniform, r.answer_prior, r.taxonomy_structure, r.best, r.best_guesser]
+            for r in baselines.itertuples(index=False) if r.suite in suites]
+    doc.table(["suite", "n", "uniform", "answer prior", "taxonomy structure", "best guess", "best guesser"], rows)
+    for title, likelihood in (("Generated answer", False), ("Answer likelihood", True)):
+        verdicts = versus_guessing(summaries, baselines, likelihood=likelihood)
+        verdicts = verdicts[[c for c in verdicts.columns if c in suites and
+                             (verdicts[c] != NOT_EVALUATED).any()]]
+        if len(verdicts.columns):
+            doc.para(f"{title} against the best guess:")
+            doc.table(["variant", *verdicts.columns], [[v, *verdicts.loc[v]] for v in verdicts.index])
+
+
 def _malignancy_section(doc: _Doc, variants: list[str], summaries: Mapping[str, Mapping[str, Any]]) -> None:
     doc.heading("Malignancy safety")
     rows = []
@@ -405,14 +430,16 @@ def _auto_caveats(table: pd.DataFrame, summaries: Mapping[str, Mapping[str, Any]
 
 def write_report(out_dir: str | Path, *, table: pd.DataFrame, summaries: Mapping[str, Mapping[str, Any]],
                  scored: Mapping[str, Mapping[str, pd.DataFrame]], curves: Curves | None = None,
-                 contamination: Any = None, title: str = "Skin-R1 evaluation report",
+                 contamination: Any = None, baselines: pd.DataFrame | None = None,
+                 title: str = "Skin-R1 evaluation report",
                  caveats: Sequence[str] = (), description: str | None = None, depth_suite: str = "in_domain",
                  confusion_suite: str = "in_domain", generated_at: str | None = None) -> ReportFiles:
     """Write report.md, report.html (self-contained) and figures/*.png under `out_dir`.
 
     `table` from `comparison.ablation_table`, `summaries` variant -> `variant_summary`, `scored` variant -> suite ->
     scored frame, `curves` from `read_curves`, `contamination` a `ContaminationReport` (or its summary frame, or
-    suite -> excluded count), `caveats` free text (e.g. "tiny random demo model: numbers are meaningless").
+    suite -> excluded count), `baselines` from `baselines.blind_baselines`, `caveats` free text (e.g. "tiny
+    random demo model: numbers are meaningless").
     """
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
@@ -428,6 +455,7 @@ def write_report(out_dir: str | Path, *, table: pd.DataFrame, summaries: Mapping
     doc.para("Accuracy [95% CI] per suite; rows follow the paper's ablation (base, SFT only, RL only, SFT+GRPO).")
     doc.table(["variant", *suites], [[v, *[table.at[v, s] for s in suites]] for v in variants])
     _likelihood_section(doc, variants, summaries)
+    _guessing_section(doc, {v: summaries[v] for v in variants}, baselines, suites)
     _shape_section(doc, table)
     _malignancy_section(doc, variants, summaries)
     _ood_section(doc, table, variants)
