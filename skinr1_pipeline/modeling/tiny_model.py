@@ -155,6 +155,22 @@ def _model_config(tokenizer, *, text_hidden: int, text_layers: int, vision_depth
     )
 
 
+MIN_PIXELS = 56 * 56
+
+
+def build_processor(texts: list[str], *, vocab_size: int, max_pixels: int):
+    """A real `Qwen2_5_VLProcessor` around a BPE tokenizer trained on `texts` (Qwen's special tokens first)."""
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
+    if max_pixels < MIN_PIXELS:
+        raise ValueError(f"max_pixels must be at least {MIN_PIXELS}")
+    tokenizer = _train_tokenizer(texts, vocab_size)
+    image_processor = Qwen2VLImageProcessor(min_pixels=MIN_PIXELS, max_pixels=max_pixels)
+    video_processor = Qwen2VLVideoProcessor(min_pixels=MIN_PIXELS, max_pixels=max_pixels)
+    return Qwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor,
+                               chat_template=CHAT_TEMPLATE)
+
+
 def build_tiny_model(out_dir: Path, corpus: Iterable[str], *, seed: int = 0, vocab_size: int = 2048,
                      text_hidden: int = 128, text_layers: int = 2, vision_depth: int = 2, vision_hidden: int = 64,
                      max_pixels: int = 112 * 112) -> Path:
@@ -163,22 +179,15 @@ def build_tiny_model(out_dir: Path, corpus: Iterable[str], *, seed: int = 0, voc
     `corpus` should hold the text the model will see (prompts, SYSTEM_PROMPT, tags, taxonomy names, trajectories);
     `default_corpus()` is always added so the format tags and the system prompt tokenize compactly.
     """
-    from transformers import (GenerationConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor,
-                              Qwen2VLImageProcessor, Qwen2VLVideoProcessor)
+    from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
 
     if text_hidden % 32 or vision_hidden % 16:
         raise ValueError("text_hidden must be a multiple of 32 and vision_hidden a multiple of 16")
-    min_pixels = 56 * 56
-    if max_pixels < min_pixels:
-        raise ValueError(f"max_pixels must be at least {min_pixels}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     texts = [t for t in corpus if isinstance(t, str) and t.strip()] + default_corpus()
-    tokenizer = _train_tokenizer(texts, vocab_size)
-    image_processor = Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels)
-    video_processor = Qwen2VLVideoProcessor(min_pixels=min_pixels, max_pixels=max_pixels)
-    processor = Qwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                    video_processor=video_processor, chat_template=CHAT_TEMPLATE)
+    processor = build_processor(texts, vocab_size=vocab_size, max_pixels=max_pixels)
+    tokenizer = processor.tokenizer
 
     config = _model_config(tokenizer, text_hidden=text_hidden, text_layers=text_layers,
                            vision_depth=vision_depth, vision_hidden=vision_hidden)
@@ -206,7 +215,7 @@ def build_tiny_model(out_dir: Path, corpus: Iterable[str], *, seed: int = 0, voc
         "text_layers": text_layers,
         "vision_depth": vision_depth,
         "vision_hidden": vision_hidden,
-        "min_pixels": min_pixels,
+        "min_pixels": MIN_PIXELS,
         "max_pixels": max_pixels,
         "parameters": sum(p.numel() for p in model.parameters()),
         "corpus_texts": len(texts),

@@ -24,6 +24,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -259,8 +260,10 @@ class _ProgressCallback(TrainerCallback):
             self.fn({"step": state.global_step, "max_steps": state.max_steps, **logs})
 
 
-def build_trainer(cfg: SFTRunConfig, *, progress: Callable[[dict[str, Any]], None] | None = None):
-    """Model, processor, datasets and a configured `SFTTrainer` (not yet trained). Tests inspect its collator."""
+def build_trainer(cfg: SFTRunConfig, *, progress: Callable[[dict[str, Any]], None] | None = None,
+                  callbacks: Sequence[TrainerCallback] = ()):
+    """Model, processor, datasets and a configured `SFTTrainer` (not yet trained). Tests inspect its collator;
+    `callbacks` are extra `TrainerCallback`s (timing, checks)."""
     from trl import SFTConfig, SFTTrainer
 
     use_cpu = resolve_use_cpu(cfg.use_cpu)
@@ -296,9 +299,9 @@ def build_trainer(cfg: SFTRunConfig, *, progress: Callable[[dict[str, Any]], Non
         dataloader_pin_memory=not use_cpu,
         disable_tqdm=True,
     )
-    callbacks = [_ProgressCallback(progress)] if progress is not None else None
+    extra = [*([_ProgressCallback(progress)] if progress is not None else []), *callbacks]
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                         processing_class=processor, peft_config=_lora_config(cfg), callbacks=callbacks)
+                         processing_class=processor, peft_config=_lora_config(cfg), callbacks=extra or None)
     return trainer
 
 
@@ -306,14 +309,15 @@ def _history(log_history: list[dict[str, Any]], key: str) -> list[dict[str, floa
     return [{"step": int(e["step"]), key: float(e[key])} for e in log_history if key in e and "step" in e]
 
 
-def run_sft(cfg: SFTRunConfig, *, progress: Callable[[dict[str, Any]], None] | None = None) -> SFTResult:
+def run_sft(cfg: SFTRunConfig, *, progress: Callable[[dict[str, Any]], None] | None = None,
+            callbacks: Sequence[TrainerCallback] = ()) -> SFTResult:
     """Train, checkpoint every `save_steps`, resume when asked, save the adapter (+ processor) to output_dir/adapter."""
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     resume_from = last_checkpoint(out) if cfg.resume in (True, "auto") else None
     if cfg.resume is True and resume_from is None:
         logger.info("resume requested but %s has no checkpoint; starting from scratch", out)
-    trainer = build_trainer(cfg, progress=progress)
+    trainer = build_trainer(cfg, progress=progress, callbacks=callbacks)
     started = time.perf_counter()
     train_output = trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.perf_counter() - started
