@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 from safetensors.torch import load_file
@@ -10,9 +11,14 @@ from safetensors.torch import load_file
 from skinr1_pipeline.data.demo import generate_demo_data
 from skinr1_pipeline.knowledge.taxonomy import Taxonomy
 from skinr1_pipeline.modeling.demo_pretraining import CAPTION_PROMPT, augmented, caption_frame, warm_up
-from skinr1_pipeline.modeling.model_factory import load_model
+from skinr1_pipeline.modeling.model_factory import load_model, load_processor
+from skinr1_pipeline.modeling.option_drill import (drill_items, drill_rows, mix_drill_rows, status_drill_items,
+                                                   train_option_drill, training_batch)
+from skinr1_pipeline.modeling.prompt_format import parse_completion
 from skinr1_pipeline.modeling.tiny_model import build_tiny_model, default_corpus
 from skinr1_pipeline.synthesis.pipeline import demo_samples
+from skinr1_pipeline.synthesis.trajectories import option_scan_lines
+from skinr1_pipeline.training.rl_data import option_path
 
 
 @pytest.fixture(scope="module")
@@ -59,3 +65,113 @@ def test_augmented_views_keep_labels_and_transform_the_image(world, tmp_path):
     assert len({np.asarray(im).tobytes() for im in first}) == 4  # four distinct views of one image
     with pytest.raises(ValueError, match="views"):
         augmented(captions, tmp_path, 0, 112 * 112)
+
+
+# --- option-reading drill (text only) -------------------------------------------------------------------------------
+
+
+def test_drill_items_follow_the_rl_item_rules(world):
+    taxonomy, samples, _ = world
+    labels = list(samples.loc[samples["split"] == "train", "taxonomy_node"])
+    items = drill_items(labels, taxonomy, 200, seed=3)
+    assert items == drill_items(labels, taxonomy, 200, seed=3) and items != drill_items(labels, taxonomy, 200, seed=4)
+    names = {n.name: n.id for n in taxonomy}
+    for item in items:
+        label = taxonomy.resolve(item.opening.split("Impression: ")[1].split(".\n")[0])
+        assert label in set(labels)
+        path = option_path(taxonomy, label)
+        nodes = [names[o] for o in item.options]
+        on_path = [i for i, n in enumerate(nodes) if n in path]
+        assert len(item.options) == 4 and 1 <= len(on_path) <= 3
+        assert item.answer_index == max(on_path, key=lambda i: path.index(nodes[i]))  # the deepest offered level
+        assert item.target.startswith("\n".join(option_scan_lines(list(item.options), nodes, path)))
+        assert parse_completion(item.opening + item.target, list(item.options)).option_index == item.answer_index
+    with pytest.raises(ValueError, match="non-root taxonomy node"):
+        drill_items(["not_a_node", taxonomy.root], taxonomy, 1, seed=0)
+    with pytest.raises(ValueError, match="melanoma: 0 distractor"):
+        drill_items(["melanoma"], taxonomy, 1, seed=0)  # one label: every pool node is on its own path
+
+
+def test_drill_batch_learns_only_the_target_tokens(world):
+    taxonomy, samples, model_dir = world
+    processor = load_processor(model_dir, max_pixels=112 * 112)
+    train = samples[samples["split"] == "train"]
+    items = drill_items(list(train["taxonomy_node"]), taxonomy, 2, seed=0)
+    image = Image.open(train["image_path"].iloc[0]).convert("RGB").resize((112, 84))
+    batch = training_batch(processor, items, [image, None])  # one row with an image, one text only
+    assert batch["pixel_values"].shape[0] > 0 and batch["image_grid_thw"].shape[0] == 1
+    for row, item in enumerate(items):
+        learned = batch["labels"][row][batch["labels"][row] != -100]
+        assert processor.tokenizer.decode(learned).strip() == (item.target + "<|im_end|>").strip()
+
+
+def test_option_drill_trains_the_language_model_only(world):
+    taxonomy, samples, model_dir = world
+    train = samples[samples["split"] == "train"]
+    labels = list(train["taxonomy_node"])
+    before = load_file(next(model_dir.glob("*.safetensors")))
+    report = train_option_drill(model_dir, labels, taxonomy, steps=3, batch_size=2, eval_items=4,
+                                image_paths=train.groupby("taxonomy_node")["image_path"].agg(list).to_dict())
+    after = load_file(next(model_dir.glob("*.safetensors")))
+    assert set(after) == set(before)
+    changed = {k for k in before if not before[k].equal(after[k])}
+    assert changed and not any("visual." in k for k in changed)  # saved keys: visual.*, model.layers.*, ...
+    assert any("model.layers." in k for k in changed) and any("embed_tokens" in k for k in changed)
+    assert report["steps"] == 3 and report["with_images"] and report["held_out_items"] == 4
+    assert 0.0 <= report["held_out_accuracy"] <= 1.0
+    assert [r["step"] for r in report["train_loss"]] == [1, 2, 3] and all(r["loss"] > 0 for r in report["train_loss"])
+    with pytest.raises(ValueError, match="steps and batch_size"):
+        train_option_drill(model_dir, labels, taxonomy, steps=0)
+
+
+def test_drill_rows_show_a_train_image_of_their_label_and_parse(world):
+    taxonomy, samples, _ = world
+    train = samples[samples["split"] == "train"]
+    paths = train.groupby("taxonomy_node")["image_path"].agg(list).to_dict()
+    labels = list(train["taxonomy_node"])
+    rows = drill_rows(labels, taxonomy, 40, seed=1, image_paths=paths)  # 20% status questions: 32 + 8
+    assert list(rows.columns) == ["sample_id", "image_path", "prompt", "completion"] and len(rows) == 40
+    items = drill_items(labels, taxonomy, 32, seed=1) + status_drill_items(labels, taxonomy, 8, seed=1)
+    for row, item in zip(rows.itertuples(), items):
+        assert row.image_path in paths[item.label] and row.prompt == item.prompt
+        assert parse_completion(row.completion, list(item.options)).option_index == item.answer_index
+    with pytest.raises(ValueError, match="no train image"):
+        drill_rows(labels, taxonomy, 5, seed=1, image_paths={})
+    with pytest.raises(ValueError, match="status_share"):
+        drill_rows(labels, taxonomy, 5, seed=1, image_paths=paths, status_share=1.5)
+
+
+def test_status_drill_answers_the_bucket_of_the_impression(world):
+    taxonomy, samples, _ = world
+    labels = list(samples.loc[samples["split"] == "train", "taxonomy_node"])
+    items = status_drill_items(labels, taxonomy, 60, seed=2)
+    assert {taxonomy[i.label].bucket for i in items} >= {"benign", "malignant"}
+    for item in items:
+        assert item.options == ("benign", "malignant", "precancerous in situ")
+        parsed = parse_completion(item.opening + item.target, list(item.options))
+        assert parsed.ok and parsed.status == taxonomy[item.label].bucket == ("benign", "malignant",
+                                                                             "precancerous_in_situ")[item.answer_index]
+        assert item.target.count(": fits") == 1  # exactly the label's bucket fits
+    with pytest.raises(ValueError, match="malignancy bucket"):
+        status_drill_items([taxonomy.root], taxonomy, 1, seed=0)
+
+
+def test_mixed_sft_data_keeps_every_trajectory_and_refuses_held_out_samples(world, tmp_path):
+    taxonomy, samples, _ = world
+    train = samples[samples["split"] == "train"]
+    trajectories = pd.DataFrame({"sample_id": ["t1", "t2"], "image_path": ["images/a.png", "/abs/b.png"],
+                                 "prompt": ["p1", "p2"], "completion": ["c1", "c2"], "extra": [1, 2]})
+    (tmp_path / "traj" / "images").mkdir(parents=True)
+    (tmp_path / "traj" / "images" / "a.png").write_bytes(b"")  # exists beside the trajectories, not in the cwd
+    trajectories.to_parquet(tmp_path / "traj" / "t.parquet", index=False)
+    counts = mix_drill_rows(tmp_path / "traj" / "t.parquet", tmp_path / "mixed.parquet", train, taxonomy, 30, seed=0)
+    mixed = pd.read_parquet(tmp_path / "mixed.parquet")
+    assert counts == {"trajectories": 2, "drill_rows": 30} and len(mixed) == 32
+    assert list(mixed.columns) == ["sample_id", "image_path", "prompt", "completion"]
+    kept = mixed.set_index("sample_id").loc[["t1", "t2"], "image_path"].tolist()
+    assert kept == [str(tmp_path / "traj" / "images" / "a.png"), "/abs/b.png"]  # relative to the source folder
+    assert mixed["sample_id"].tolist()[:2] != ["t1", "t2"]  # shuffled in, not put first
+    with pytest.raises(ValueError, match="train samples only"):
+        mix_drill_rows(tmp_path / "traj" / "t.parquet", tmp_path / "m2.parquet", samples, taxonomy, 3, seed=0)
+    assert mix_drill_rows(tmp_path / "traj" / "t.parquet", tmp_path / "m3.parquet", train, taxonomy, 0,
+                          seed=0) == {"trajectories": 2, "drill_rows": 0}

@@ -51,12 +51,15 @@ class FakeServer:
                     server.peak = max(server.peak, server.in_flight)
                 try:
                     time.sleep(server.delay)
+                finally:
+                    # Out of flight before the reply: the client may send its next request the moment it reads it,
+                    # and counting that one before this thread decremented read as concurrency + 1 under load.
+                    with server.lock:
+                        server.in_flight -= 1
+                try:
                     server.respond(self, action, rid, body)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (timeout)
-                finally:
-                    with server.lock:
-                        server.in_flight -= 1
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True

@@ -20,7 +20,7 @@ from skinr1_pipeline.settings import load_settings
 TOY = json.dumps
 RUN_CONFIG = {"ops": {
     "demo_source_data": {"config": {"images_per_class": 10}},
-    "base_model": {"config": {"warmup_steps": 2}},
+    "base_model": {"config": {"warmup_steps": 2, "option_drill_steps": 2}},
     "sft_checkpoint": {"config": {"overrides": TOY({"max_steps": 2, "max_train_samples": 16, "save_steps": 1}),
                                   "gate_items": 4, "max_new_tokens": 24, "format_floor": 0.0}},
     "grpo_checkpoint": {"config": {"overrides": TOY({"max_steps": 1, "limit_items": 4, "max_completion_length": 16,

@@ -23,7 +23,7 @@ from skinr1_pipeline.synthesis import (
     demo_samples,
     synthesize,
 )
-from skinr1_pipeline.synthesis.trajectories import STYLES
+from skinr1_pipeline.synthesis.trajectories import STYLES, option_scan_lines
 from skinr1_pipeline.synthesis.verify import VerifyConfig
 from skinr1_pipeline.training.rl_data import TOP_SCORE, option_path
 
@@ -152,7 +152,7 @@ def test_compact_style_is_short_and_verified(world, demo):
     assert compact.counts["accepted"] == full.counts["accepted"]
     assert list(compact.trajectories["prompt"]) == list(full.trajectories["prompt"])  # same questions, same facts
     lengths = compact.trajectories["completion"].str.split().str.len()
-    # up to ~5 option-check lines on top of the rationale for MCQs whose label is not offered
+    # MCQs add one check line per option and the deepest fit on top of the rationale
     assert lengths.max() <= 100 and lengths.mean() < full.trajectories["completion"].str.split().str.len().mean() / 3
     hier = compact.trajectories[compact.trajectories["trajectory_type"] == "hierarchy"].iloc[0]
     assert "Path: " in hier["completion"]
@@ -162,16 +162,19 @@ def test_compact_style_is_short_and_verified(world, demo):
     assert first_line[switch].str.startswith("First thought: ").all()
     names = compact.trajectories["taxonomy_node"].map(lambda n: tax[n].name)
     assert (first_line[~switch] == "Impression: " + names[~switch] + ".").all()
-    # MCQs climb the label's path to the first offered level, which is the chosen option (letter and text).
+    # MCQs place every option, in the order offered, on the label's path (its level) or off it; the chosen option
+    # (letter and text) is the deepest one that fits.
     mcq = compact.trajectories[compact.trajectories["question_form"] == "mcq"]
     for row in mcq.itertuples():
-        walk = re.findall(r"Option check, (.+?): (not offered|offered as ([A-Z]))\.", row.completion)
-        assert [w[1] for w in walk[:-1]] == ["not offered"] * (len(walk) - 1) and walk[-1][2], row.completion
-        path = [tax[n].name for n in tax.path(row.taxonomy_node)[1:]][::-1]
-        assert [w[0] for w in walk] == path[:len(walk)]
-        assert f"<diagnosis>{walk[-1][2]}. {walk[-1][0]};" in row.completion
-        assert list(row.options)[ord(walk[-1][2]) - ord("A")] == walk[-1][0]
-    assert mcq["completion"].str.contains("not offered").any()
+        scan = re.findall(r"^([A-Z])\. (.+?): (fits, level (\d+)|does not fit)\.$", row.completion, flags=re.M)
+        assert [(s[0], s[1]) for s in scan] == [(chr(65 + i), o) for i, o in enumerate(row.options)], row.completion
+        path = [tax[n].name for n in tax.path(row.taxonomy_node)[1:]]
+        levels = {s[0]: int(s[3]) for s in scan if s[3]}
+        assert levels and all(path[k - 1] == list(row.options)[ord(x) - 65] for x, k in levels.items())
+        assert all(o not in path for o, s in zip(row.options, scan) if not s[3])
+        best = max(levels, key=levels.get)
+        assert f"<diagnosis>{best}. {list(row.options)[ord(best) - 65]};" in row.completion
+    assert mcq["completion"].str.contains("does not fit").all()
     # the explicit generator style overrides the context's; an unknown style is an error
     forced = synthesize(samples.head(4), tax, ddx, kb, TemplateGenerator(style="compact"), seed=0,
                         splits=("train", "valid", "test"), image_features=features, verify_config=VerifyConfig(min_chars=50))
@@ -255,3 +258,14 @@ def test_llm_style_generator_receives_messages_and_failures_are_counted(world, d
                         splits=("train", "valid", "test"), image_features=features)
     assert seen and all(r.messages[0]["role"] == "system" and r.sampling.seed is not None for r in seen)
     assert result.counts["rejections"] == {"bad_format": len(seen)}
+
+
+def test_option_scan_places_each_option_on_the_path():
+    path = ["neoplastic", "benign_neoplasm", "benign_melanocytic", "melanocytic_nevus"]
+    lines = option_scan_lines(["melanoma", "benign neoplasm", "melanocytic nevus"],
+                              ["melanoma", "benign_neoplasm", "melanocytic_nevus"], path)
+    assert lines == ["A. melanoma: does not fit.", "B. benign neoplasm: fits, level 2.",
+                     "C. melanocytic nevus: fits, level 4."]
+    assert option_scan_lines([], [], path) == []
+    with pytest.raises(ValueError, match="2 option texts but 1 option nodes"):
+        option_scan_lines(["a", "b"], ["a"], path)

@@ -145,6 +145,23 @@ def test_ddx_rules(world):
     _check(world, _think(OBS * 2), req, "ddx_missing")
     _check(world, _think(OBS * 2 + "Psoriasis is less likely because it shows thick scale."), req, "ddx_not_neighbour")
     _check(world, _think(OBS * 2 + "Seborrheic keratosis is less likely: there are no milia-like cysts."), req)
+    # an offered option may be named in a DDx rationale (the compact option check names every option); a
+    # non-neighbour that is not offered still fails
+    tax, ddx, kb, _ = world
+    pool = ["melanoma", "melanocytic_nevus", "psoriasis", "basal_cell_carcinoma", "dermatofibroma"]
+    reqs = [TYPES["ddx"].build({"sample_id": "t/melanoma", "source_dataset": "t", "image_path": "/i.jpg",
+                                "taxonomy_node": "melanoma", "bucket": "malignant"}, tax, ddx, kb, random.Random(seed),
+                               BuildExtras(image_features=MEL_FEATURES, options_pool=pool, mcq_fraction=1.0,
+                                           style="compact"))
+            for seed in range(40)]
+    offered = next(r for r in reqs if "psoriasis" in r.context.option_nodes)
+    text = TemplateGenerator().generate([offered])[0]
+    assert "psoriasis: does not fit" in text
+    _check(world, text, offered)
+    other = next(r for r in reqs if "psoriasis" not in r.context.option_nodes)
+    text = TemplateGenerator().generate([other])[0].replace(
+        "</thinking>", "Psoriasis is less likely because it shows thick scale.\n</thinking>")
+    _check(world, text, other, "ddx_not_neighbour")
     # random-comparison types may name any diagnosis
     _check(world, _think(OBS * 2 + "Psoriasis is less likely because it shows thick scale."), _req(world, "contrast"))
 

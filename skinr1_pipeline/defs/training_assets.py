@@ -29,11 +29,17 @@ class BaseModelConfig(dg.Config):
                               "images, merged into the tiny model (what pretraining gives a real VLM); 0 = none")
     warmup_views: int = Field(default=4, description="demo only: flipped/rotated views per warm-up image (1 = the "
                               "image only); more views, less memorising of ~200 train images")
+    option_drill_steps: int = Field(default=1500, description="demo only: option-reading drill steps on synthetic "
+                                    "MCQs from the train labels and images (the copying from context a pretrained "
+                                    "LM has); 0 = none")
 
 
 class SFTAssetConfig(dg.Config):
     overrides: str = Field(default="{}", description="JSON object of SFTRunConfig fields over the profile preset")
     gate_items: int = Field(default=48, description="held-out MCQ items generated for the format gate")
+    option_drill_rows: int = Field(default=1500, description="demo only: option-reading drill rows (train labels and "
+                                   "images) mixed into the SFT data, the reading of an option list a pretrained LM "
+                                   "brings; 0 = the trajectories alone")
     max_new_tokens: int = 512
     format_floor: float = Field(default=0.95, description="share of held-out generations that must parse")
     resume: bool = Field(default=False, description="continue the checkpoints left in this asset's model folder (after "
@@ -154,8 +160,8 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
     def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, home: PipelineHome,
                    taxonomy_graph: Taxonomy, unified_samples: pd.DataFrame, skin_rationale_trajectories: str) -> str:
         """The model every stage starts from: demo = a tiny Qwen2.5-VL with a tokenizer trained here on the
-        taxonomy, knowledge and trajectory text, warmed up on train images; gpu = the local Qwen2.5-VL-7B-Instruct
-        directory."""
+        taxonomy, knowledge and trajectory text, warmed up on train images, then drilled on reading multiple-choice
+        options; gpu = the local Qwen2.5-VL-7B-Instruct directory."""
         from skinr1_pipeline.modeling.model_factory import validate_model_dir
 
         if not demo:
@@ -172,13 +178,23 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
         out_dir = home.dir("models", "base")
         start = time.perf_counter()
         build_tiny_model(out_dir, corpus, seed=settings.demo_seed)
+        samples = training_rows(unified_samples, settings.ood_modalities, settings.ood_sources)
         warmup: dict[str, Any] = {"steps": 0}
         if config.warmup_steps:
             from skinr1_pipeline.modeling.demo_pretraining import warm_up
 
-            samples = training_rows(unified_samples, settings.ood_modalities, settings.ood_sources)
             warmup = warm_up(out_dir, samples, taxonomy_graph, steps=config.warmup_steps, views=config.warmup_views,
                              seed=settings.demo_seed)
+        drill: dict[str, Any] = {"steps": 0}
+        if config.option_drill_steps:  # after the warm-up: its full embedding/head update erased a drill run before it
+            from skinr1_pipeline.modeling.option_drill import train_option_drill
+
+            train = samples[samples["split"] == "train"]
+            drill = train_option_drill(out_dir, train["taxonomy_node"], taxonomy_graph,
+                                       steps=config.option_drill_steps, seed=settings.demo_seed,
+                                       image_paths=train.groupby("taxonomy_node")["image_path"].agg(list).to_dict())
+            context.log.info(f"option drill: {drill['steps']} steps in {drill['seconds']} s, held-out letter "
+                             f"accuracy {drill['held_out_accuracy']:.0%} on {drill['held_out_items']} fresh items")
         model_config = validate_model_dir(out_dir)
         size = sum(p.stat().st_size for p in out_dir.rglob("*") if p.is_file())
         context.add_output_metadata({
@@ -187,6 +203,9 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
             "warmup_steps": warmup["steps"], "warmup_images": warmup.get("images", 0),
             "warmup_views": warmup.get("views", 0),
             "warmup_final_loss": warmup["train_loss"][-1]["loss"] if warmup.get("train_loss") else float("nan"),
+            "option_drill_steps": drill["steps"],
+            "option_drill_accuracy": drill.get("held_out_accuracy", float("nan")),
+            "option_drill_final_loss": drill["train_loss"][-1]["loss"] if drill.get("train_loss") else float("nan"),
         })
         return str(out_dir)
 
@@ -225,13 +244,24 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
     @dg.asset(group_name="training", code_version="1", kinds={"pytorch", "mlflow"}, pool=GPU_POOL)
     def sft_checkpoint(context: dg.AssetExecutionContext, config: SFTAssetConfig, home: PipelineHome,
                        mlflow: MlflowTracking, pipes_subprocess_client: dg.PipesSubprocessClient,
-                       base_model: str, skin_rationale_trajectories: str, rl_mcq_dataset: str) -> dict:
-        """LoRA SFT on the SkinRationale trajectories (TRL SFTTrainer, loss on the assistant turn)."""
+                       base_model: str, skin_rationale_trajectories: str, rl_mcq_dataset: str,
+                       unified_samples: pd.DataFrame, taxonomy_graph: Taxonomy) -> dict:
+        """LoRA SFT on the SkinRationale trajectories (TRL SFTTrainer, loss on the assistant turn); on the demo,
+        with option-reading drill rows mixed in."""
         from skinr1_pipeline.training.sft import SFTRunConfig, demo_sft_config
 
         out_dir = training_dir(context, home, "sft", resume=config.resume)
         overrides = run_overrides(config.overrides, config.resume)
-        cfg = (demo_sft_config(base_model, skin_rationale_trajectories, out_dir, **overrides) if demo
+        train_path, mixed = skin_rationale_trajectories, {}
+        if demo and config.option_drill_rows:
+            from skinr1_pipeline.modeling.option_drill import mix_drill_rows
+
+            samples = training_rows(unified_samples, settings.ood_modalities, settings.ood_sources)
+            train_path = str(out_dir / "sft_data.parquet")
+            mixed = mix_drill_rows(skin_rationale_trajectories, train_path, samples[samples["split"] == "train"],
+                                   taxonomy_graph, config.option_drill_rows, settings.demo_seed)
+            context.log.info(f"SFT data: {mixed['trajectories']} trajectories + {mixed['drill_rows']} drill rows")
+        cfg = (demo_sft_config(base_model, train_path, out_dir, **overrides) if demo
                else SFTRunConfig(model_dir=base_model, train_path=skin_rationale_trajectories, output_dir=str(out_dir),
                                  **overrides))
         reported, adapter_dir, gate, _ = train_and_gate(
@@ -243,6 +273,7 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
         metadata = {
             **{k: v for k, v in reported.items() if k not in ("train_loss", "eval_loss", "metrics")},
             "loss_curve": md(markdown_table(pd.DataFrame(_raw(reported.get("train_loss")) or []), 40)),
+            "sft_drill_rows": mixed.get("drill_rows", 0),
             "heldout_parse_rate": gate["parse_rate"], "heldout_accuracy": gate["accuracy"], "heldout_n": gate["n"],
             "heldout_answer_likelihood_accuracy": gate["answer_likelihood_accuracy"],
             "sample_generation": md(f"```\n{gate['examples'][0]['completion']}\n```"),

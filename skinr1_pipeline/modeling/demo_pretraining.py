@@ -82,9 +82,14 @@ def warm_up(model_dir: str | Path, samples: pd.DataFrame, taxonomy: Taxonomy, *,
         merged = load_adapter_model(model_dir, result.adapter_dir, trainable=False, device="cpu").merge_and_unload()
         staged = Path(tmp) / "merged"
         merged.save_pretrained(staged, safe_serialization=True)
-        for weights in model_dir.glob("*.safetensors"):
-            weights.unlink()
-        for item in staged.iterdir():
-            shutil.copy2(item, model_dir / item.name)
+        replace_weights(model_dir, staged)
     return {"images": len(captions), "views": views, "steps": result.steps, "train_loss": result.train_loss,
             "seconds": result.seconds}
+
+
+def replace_weights(model_dir: Path, staged: Path) -> None:
+    """Swap the safetensors (and configs) in `model_dir` for those saved in `staged`; tokenizer files stay."""
+    for weights in model_dir.glob("*.safetensors"):
+        weights.unlink()
+    for item in staged.iterdir():
+        shutil.copy2(item, model_dir / item.name)

@@ -457,9 +457,9 @@ def teacher_messages(ttype: str, ctx: TrajectoryContext, prompt: str, image_path
                         "<diagnosis>.' when you revise it), the visible features in one short sentence, one short "
                         "sentence per reasoning step, then the chosen option.")
         if ctx.question_form == "mcq":
-            instruction += (" Before the answer, check the diagnosis and then each broader level against the options, "
-                            "one line each ('Option check, <name>: not offered.'), until one is offered ('Option "
-                            "check, <name>: offered as <letter>.').")
+            instruction += (" Before the answer, check each option in the order offered against the diagnosis's "
+                            "taxonomy path, one line each ('<letter>. <option>: fits, level <depth>.' or '<letter>. "
+                            "<option>: does not fit.'); answer with the deepest fitting option.")
     text = f"Student question:\n{prompt}\n\nReference facts:\n- " + "\n- ".join(facts) + f"\n\nTask: {instruction}"
     user: list[dict[str, Any]] = [{"type": "image", "image": image_path}] if image_path else []
     user.append({"type": "text", "text": text})
@@ -755,31 +755,29 @@ def _compact_key(ctx: TrajectoryContext) -> str:
 
 def _compact_end(ctx: TrajectoryContext, lines: list[str]) -> str:
     if ctx.question_form == "mcq":
-        lines += _option_walk(ctx)
+        lines += option_scan_lines(ctx.options, ctx.option_nodes, [level.node for level in ctx.levels])
     return _finish(ctx, lines)
 
 
-def _option_walk(ctx: TrajectoryContext) -> list[str]:
-    """Climb the label's path from the diagnosis up, checking each level against the options, and stop at the first
-    one offered (= the best-scoring option, by the rl_data construction): "Option check, nevus: not offered." ...
-    "Option check, benign melanocytic lesion: offered as A.", restated verbatim in the answer block.
+def option_scan_lines(options: Sequence[str], option_nodes: Sequence[str], path: Sequence[str]) -> list[str]:
+    """One line per option, in the order offered, placing it on the diagnosis's taxonomy path (`path`: root
+    excluded, index k-1 = level k): "A. benign neoplasm: fits, level 2." or "C. melanoma: does not fit." Several
+    options can fit (the label and its ancestors); the deepest one is the answer, as in the rl_data scoring.
 
-    Why: going from "the diagnosis is X" to the letter of X's deepest offered ancestor in one jump is what the compact
-    model got wrong most (its diagnosis was right far more often than its option); spelled out, each line is one
-    parent-of step plus one look-up of a name in the option list, in the option's own spelling. The 2-layer demo LM
-    learns the form but not yet the look-up within its CPU budget; a real model, and GRPO, can use the explicit steps.
+    Why this shape: each step is one a 2-layer LM can learn. Copying an option line follows the prompt in order (match
+    "B." and copy what came next there), and each verdict relates two names in view. The earlier walk up the path
+    ("Option check, nevus: not offered." ... "offered as A.") needed the reverse lookup, from a name back to the letter
+    before it in the prompt. In text-only drills on the demo labels, with the impression given, the walk reached 28%
+    letter accuracy after 1,500 steps and this scan 81% (90% after 2,000).
     """
-    letter = chr(ord("A") + int(ctx.answer_index or 0))
-    out = []
-    for level in reversed(ctx.levels):
-        if level.node == ctx.answer_node:
-            out.append(f"Option check, {ctx.answer_name}: offered as {letter}.")
-            break
-        out.append(f"Option check, {level.name}: not offered.")
-    return out
+    if len(options) != len(option_nodes):
+        raise ValueError(f"{len(options)} option texts but {len(option_nodes)} option nodes")
+    depth = {node: k for k, node in enumerate(path, start=1)}
+    return [f"{chr(ord('A') + i)}. {name}: " + (f"fits, level {depth[node]}." if node in depth else "does not fit.")
+            for i, (name, node) in enumerate(zip(options, option_nodes))]
 
 
-def _impression(name: str) -> str:
+def impression_line(name: str) -> str:
     """The opening line: the diagnosis read off the image, before any feature is named.
 
     Why first: the demo model learns image -> diagnosis name in its warm-up; opening with the name lets SFT reuse that
@@ -790,12 +788,12 @@ def _impression(name: str) -> str:
 
 
 def render_hierarchy_compact(ctx: TrajectoryContext, rng: random.Random) -> str:
-    return _compact_end(ctx, [_impression(ctx.name), _compact_seen(ctx),
+    return _compact_end(ctx, [impression_line(ctx.name), _compact_seen(ctx),
                               "Path: " + " > ".join(level.name for level in ctx.levels) + "."])
 
 
 def render_ddx_compact(ctx: TrajectoryContext, rng: random.Random) -> str:
-    lines = [_impression(ctx.name), _compact_seen(ctx), _compact_key(ctx)]
+    lines = [impression_line(ctx.name), _compact_seen(ctx), _compact_key(ctx)]
     lines += [_compact_exclusion(alt) for alt in ctx.alternatives]
     return _compact_end(ctx, lines)
 
@@ -809,7 +807,7 @@ def render_ddx_switch_compact(ctx: TrajectoryContext, rng: random.Random) -> str
 
 
 def render_contrast_compact(ctx: TrajectoryContext, rng: random.Random) -> str:
-    lines = [_impression(ctx.name), _compact_seen(ctx), _compact_key(ctx)]
+    lines = [impression_line(ctx.name), _compact_seen(ctx), _compact_key(ctx)]
     lines += [_compact_exclusion(alt, "Unlike") for alt in ctx.alternatives]
     return _compact_end(ctx, lines)
 

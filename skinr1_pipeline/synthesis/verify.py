@@ -231,7 +231,9 @@ class Verifier:
                       if self.taxonomy[n].kind == "diagnosis" or n in self.ddx.graph]
             if not others:
                 return Verdict(False, "ddx_missing", "no differential diagnosis named")
-            foreign = [n for n in others if n not in self._neighbour_ok(node)]
+            # Offered options may be discussed whatever the DDx graph says: the question put them there.
+            offered = set(request.context.option_nodes) if request.options else set()
+            foreign = [n for n in others if n not in self._neighbour_ok(node) and n not in offered]
             if foreign:
                 return Verdict(False, "ddx_not_neighbour", f"{foreign} are not DDx neighbours of {node}")
         if request.trajectory_type == "hierarchy":
