@@ -204,10 +204,9 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
     @dg.asset(group_name="evaluation", code_version="2", kinds={"mlflow", "html"})
     def evaluation_reports(context: dg.AssetExecutionContext, config: RegistryConfig, home: PipelineHome,
                            mlflow: MlflowTracking, ablation_table: pd.DataFrame, variant_evaluations: dict[str, dict],
-                           base_model: str, grpo_checkpoint: dict, eval_suites: str, taxonomy_graph: Taxonomy) -> dict:
+                           base_model: str, grpo_checkpoint: dict, eval_suites: str) -> dict:
         """A report a clinician-researcher reads (Markdown + self-contained HTML with figures), logged to MLflow;
         the SFT+GRPO adapter logged as a pyfunc model and registered with alias `candidate`."""
-        from skinr1_pipeline.evaluation.baselines import blind_baselines
         from skinr1_pipeline.evaluation.comparison import paper_shape
         from skinr1_pipeline.evaluation.report import read_curves, write_report
 
@@ -217,7 +216,7 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
         run_ids = _training_run_ids(settings, context)
         curves = read_curves(settings.mlflow_tracking_uri, run_ids) if run_ids else None
         flags = pd.read_parquet(home.path("outputs", "evaluation", "contamination_flags.parquet"))
-        baselines = blind_baselines(pd.read_parquet(eval_suites), taxonomy_graph)
+        baselines = pd.read_csv(home.path("outputs", "evaluation", "image_blind_baselines.csv"))  # ablation_table's
         caveats = ["Demo profile: a ~1M-parameter Qwen2.5-VL with random initial weights trained for minutes on "
                    "generated images; the numbers show the pipeline works, not clinical performance."] if demo else []
         files = write_report(home.dir("outputs", "evaluation", "report"), table=ablation_table, summaries=summaries,

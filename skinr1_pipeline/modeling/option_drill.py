@@ -72,13 +72,19 @@ def drill_items(labels: Sequence[str], taxonomy: Taxonomy, n: int, seed: int, n_
         rng.shuffle(option_nodes)
         answer = max(range(n_options), key=lambda i: path.index(option_nodes[i]) if option_nodes[i] in path else -1)
         names = [taxonomy[x].name for x in option_nodes]
-        opening = impression_line(taxonomy[node].name)
-        completion = format_completion("\n".join([opening, *option_scan_lines(names, option_nodes, path)]),
-                                       format_mcq_answer(names, answer, taxonomy[node].bucket))
-        cut = completion.index(opening) + len(opening) + 1
-        items.append(DrillItem(node, build_mcq_prompt(DEFAULT_MCQ_QUESTION, names), tuple(names), completion[:cut],
-                               completion[cut:], answer))
+        items.append(_scan_item(node, taxonomy, build_mcq_prompt(DEFAULT_MCQ_QUESTION, names), names, option_nodes,
+                                path, answer, taxonomy[node].bucket))
     return items
+
+
+def _scan_item(node: str, taxonomy: Taxonomy, prompt: str, names: Sequence[str], option_nodes: Sequence[str],
+               path: Sequence[str], answer: int, status: str | None) -> DrillItem:
+    """The item whose completion opens with `node`'s impression, scans the options against `path` and answers."""
+    opening = impression_line(taxonomy[node].name)
+    completion = format_completion("\n".join([opening, *option_scan_lines(names, option_nodes, path)]),
+                                   format_mcq_answer(names, answer, status))
+    cut = completion.index(opening) + len(opening) + 1
+    return DrillItem(node, prompt, tuple(names), completion[:cut], completion[cut:], answer)
 
 
 def status_drill_items(labels: Sequence[str], taxonomy: Taxonomy, n: int, seed: int) -> list[DrillItem]:
@@ -101,12 +107,7 @@ def status_drill_items(labels: Sequence[str], taxonomy: Taxonomy, n: int, seed: 
     for _ in range(n):
         node = rng.choice(nodes)
         bucket = taxonomy[node].bucket
-        opening = impression_line(taxonomy[node].name)
-        answer = buckets.index(bucket)
-        completion = format_completion("\n".join([opening, *option_scan_lines(names, buckets, [bucket])]),
-                                       format_mcq_answer(names, answer))
-        cut = completion.index(opening) + len(opening) + 1
-        items.append(DrillItem(node, prompt, tuple(names), completion[:cut], completion[cut:], answer))
+        items.append(_scan_item(node, taxonomy, prompt, names, buckets, [bucket], buckets.index(bucket), None))
     return items
 
 
