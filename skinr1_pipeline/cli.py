@@ -70,9 +70,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from skinr1_pipeline.doctor import check_gpu, check_libraries, report
+    from skinr1_pipeline.doctor import check_gpu, check_libraries, detect_profile, report, verification
 
-    findings = [*check_libraries(), *check_gpu()]
+    profile = detect_profile()
+    findings = [verification(profile), *check_libraries(profile=profile), *check_gpu()]
     print(report(findings))
     return 0 if all(f.ok for f in findings) else 1
 
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="materialize the whole asset graph on the active profile (demo by default)")
     demo.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="Dagster console log level")
     demo.set_defaults(func=cmd_demo)
-    sub.add_parser("doctor", help="check library versions and the GPU against what the pipeline supports").set_defaults(
+    sub.add_parser("doctor", help="install profile, library versions against what it was verified with, and the GPU").set_defaults(
         func=cmd_doctor)
     diag = sub.add_parser("diagnose", help="rationale, diagnosis, taxonomy path, bucket and excluded DDx for one image")
     diag.add_argument("image", help="a skin image (JPEG, PNG, ...)")

