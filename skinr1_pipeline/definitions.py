@@ -12,7 +12,7 @@ from skinr1_pipeline.defs.knowledge_assets import (
     taxonomy_graph,
     taxonomy_invariants,
 )
-from skinr1_pipeline.defs.pipes_messages import LineSafeFileMessageReader
+from skinr1_pipeline.defs.compute import Compute, compute_resource
 from skinr1_pipeline.defs.resources import MlflowTracking, PipelineHome
 from skinr1_pipeline.defs.sensors import build_dataset_change_sensor
 from skinr1_pipeline.defs.synthesis_assets import build_synthesis_assets
@@ -21,7 +21,8 @@ from skinr1_pipeline.defs.evaluation_assets import build_evaluation_assets
 from skinr1_pipeline.settings import Settings, load_settings
 
 
-def build_definitions(settings: Settings) -> dg.Definitions:
+def build_definitions(settings: Settings, *, compute: Compute | None = None) -> dg.Definitions:
+    """The code location for `settings`; `compute` replaces the profile's compute resource (tests, notebooks)."""
     data_assets, data_checks, partitions = build_data_assets(settings)
     synthesis_assets, synthesis_checks = build_synthesis_assets(settings)
     training_assets, training_checks = build_training_assets(settings)
@@ -46,7 +47,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             "home": PipelineHome(home=str(settings.home)),
             "mlflow": MlflowTracking(tracking_uri=settings.mlflow_tracking_uri, experiment_name=settings.mlflow_experiment),
             "io_manager": dg.FilesystemIOManager(base_dir=str(settings.home / "dagster_storage")),
-            "pipes_subprocess_client": dg.PipesSubprocessClient(message_reader=LineSafeFileMessageReader()),
+            "compute": compute or compute_resource(settings),
         },
     )
 

