@@ -151,7 +151,7 @@ def main(argv: Sequence[str] | None = None, *, step: str | None = None) -> int:
     rank = current_rank()
     try:
         summary = train(step or known.step, known.config, rest, known.gate)
-    except BaseException:
+    except Exception:  # not SystemExit: `--help` and clean exits are no failures
         record_failure(rank.rank)
         raise
     if summary is not None:

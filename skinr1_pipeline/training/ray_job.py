@@ -39,7 +39,7 @@ def worker_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     rank = current_rank()
     try:
         summary, metadata = run_step(config["step"], config["config"], config["overrides"], config["gate"])
-    except BaseException:
+    except Exception:  # not SystemExit: `--help` and clean exits are no failures
         record_failure(rank.rank)
         raise
     return {"summary": summary, "metadata": metadata} if rank.is_main else None
