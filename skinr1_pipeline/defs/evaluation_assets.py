@@ -11,7 +11,7 @@ import yaml
 from pydantic import Field
 
 from skinr1_pipeline.defs.compute import Compute, ComputeStep
-from skinr1_pipeline.defs.metadata import markdown_table, md
+from skinr1_pipeline.defs.metadata import markdown_table, md, raw_value
 from skinr1_pipeline.defs.resources import MlflowTracking, PipelineHome
 from skinr1_pipeline.defs.training_assets import GPU_POOL, grpo_config, train_and_gate, training_dir
 from skinr1_pipeline.evaluation.cli import AnswerConfig
@@ -134,7 +134,7 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
         answered = pd.read_parquet(out / "answers.parquet")
         completions = answered["completion"].tolist()
         items = answered.drop(columns=["completion"])
-        seconds = float(getattr(reported.get("generation_seconds"), "value", reported.get("generation_seconds")))
+        seconds = float(raw_value(reported.get("generation_seconds")))
         scored = score_predictions(items, completions, taxonomy=taxonomy_graph)
         scored["completion"] = completions
         scored.to_parquet(out / "scored.parquet", index=False)
@@ -143,7 +143,7 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
         breakdowns = _breakdowns(by_suite, calibration=config.calibration)
         for suite, extra in breakdowns.items():
             summary.setdefault(suite, {})["breakdowns"] = extra
-        served = str(getattr(reported.get("adapter_served_as"), "value", reported.get("adapter_served_as")))
+        served = str(raw_value(reported.get("adapter_served_as")))
         with mlflow.asset_run(context, params={"variant": variant, "runner": config.runner,
                                                "adapter_dir": adapter or "", "adapter_served_as": served}):
             import mlflow as mlf

@@ -8,6 +8,11 @@ import dagster as dg
 import pandas as pd
 
 
+def raw_value(value: Any) -> Any:
+    """The plain value of a metadata entry reported through Pipes (a `MetadataValue`), or the value itself."""
+    return getattr(value, "value", value)
+
+
 def markdown_table(frame: pd.DataFrame, max_rows: int = 50) -> str:
     """A GitHub-style Markdown table; rows past `max_rows` are summarised in a last line, never hidden."""
     if frame.empty:

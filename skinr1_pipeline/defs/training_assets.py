@@ -17,7 +17,7 @@ from pydantic import Field
 
 from skinr1_pipeline.data.holdout import training_rows
 from skinr1_pipeline.defs.compute import TRAINING_CLI, Compute, ComputeStep
-from skinr1_pipeline.defs.metadata import counts_table, markdown_table, md
+from skinr1_pipeline.defs.metadata import counts_table, markdown_table, md, raw_value
 from skinr1_pipeline.defs.resources import MlflowTracking, PipelineHome
 from skinr1_pipeline.knowledge.ddx import DDxGraph
 from skinr1_pipeline.knowledge.taxonomy import Taxonomy
@@ -110,8 +110,8 @@ def train_and_gate(context: dg.AssetExecutionContext, compute: Compute, mlflow: 
                         "MLFLOW_EXPERIMENT_ID": run.info.experiment_id})
         reported = compute.run(context, ComputeStep(module=TRAINING_CLI, args=args, workdir=out_dir, trainer=True,
                                                     env=env))
-        adapter_dir = str(_raw(reported.get("adapter_dir")) or out_dir / "adapter")
-        scores = _raw(reported.get("gate"))
+        adapter_dir = str(raw_value(reported.get("adapter_dir")) or out_dir / "adapter")
+        scores = raw_value(reported.get("gate"))
         if run is not None:
             import mlflow as mlf
 
@@ -120,10 +120,6 @@ def train_and_gate(context: dg.AssetExecutionContext, compute: Compute, mlflow: 
                                  "heldout_answer_likelihood_accuracy": scores["answer_likelihood_accuracy"]})
             mlf.log_artifacts(adapter_dir, artifact)
     return reported, adapter_dir, scores, run.info.run_id if run is not None else ""
-
-
-def _raw(value: Any) -> Any:
-    return getattr(value, "value", value)
 
 
 def heldout_gate(items_path: str, model_dir: str, limit: int, max_new_tokens: int,
@@ -257,10 +253,10 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
         reported, adapter_dir, gate, _ = train_and_gate(
             context, compute, mlflow, settings, step="sft", cfg=cfg, out_dir=out_dir, artifact="sft_adapter",
             gate=heldout_gate(rl_mcq_dataset, base_model, config.gate_items, config.max_new_tokens, cfg.max_pixels))
-        losses = [float(p["loss"]) for p in _raw(reported.get("train_loss")) or []]
+        losses = [float(p["loss"]) for p in raw_value(reported.get("train_loss")) or []]
         metadata = {
             **{k: v for k, v in reported.items() if k not in ("train_loss", "eval_loss", "metrics", "gate")},
-            "loss_curve": md(markdown_table(pd.DataFrame(_raw(reported.get("train_loss")) or []), 40)),
+            "loss_curve": md(markdown_table(pd.DataFrame(raw_value(reported.get("train_loss")) or []), 40)),
             "sft_drill_rows": mixed.get("drill_rows", 0),
             "heldout_parse_rate": gate["parse_rate"], "heldout_accuracy": gate["accuracy"], "heldout_n": gate["n"],
             "heldout_answer_likelihood_accuracy": gate["answer_likelihood_accuracy"],

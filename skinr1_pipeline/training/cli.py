@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 import traceback
@@ -28,7 +27,7 @@ from transformers import TrainerCallback
 from skinr1_pipeline.progress import LogProgress
 from skinr1_pipeline.runtime.distributed import current_rank
 from skinr1_pipeline.runtime.launch import FAILURE_DIR_ENV, failure_file
-from skinr1_pipeline.training.config import from_mapping, load_mapping
+from skinr1_pipeline.training.config import from_mapping, json_default, load_mapping
 
 STEPS = ("sft", "grpo")
 
@@ -66,15 +65,7 @@ class PipesProgress(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         scalars = {k: v for k, v in (logs or {}).items() if isinstance(v, (int, float, str))}
-        self.bar(state.global_step, state.max_steps, json.dumps(scalars, default=_json_default))
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if hasattr(value, "item"):
-        return value.item()
-    return str(value)
+        self.bar(state.global_step, state.max_steps, json.dumps(scalars, default=json_default))
 
 
 def _step(name: str):
@@ -115,7 +106,7 @@ def run_step(step: str, config_path: str, overrides: Sequence[str], gate_path: s
     result = run(cfg, callbacks=list(callbacks))
     if not rank.is_main:
         return None, None
-    summary = json.loads(json.dumps(asdict(result), default=_json_default))
+    summary = json.loads(json.dumps(asdict(result), default=json_default))
     summary.pop("train_log", None)
     summary["gate"] = run_gate(gate, result.adapter_dir, log) if gate else None
     metadata = {**pipes_metadata(result), "processes": rank.world_size}

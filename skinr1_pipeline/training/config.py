@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import types
 import typing
@@ -131,6 +132,15 @@ def from_mapping(cls: type[T], data: Mapping[str, Any]) -> T:
     if missing:
         raise ConfigError(f"{cls.__name__} needs {missing}")
     return cls(**kwargs)
+
+
+def json_default(value: Any) -> Any:
+    """`json.dumps(default=...)` for run results: non-finite floats as null, numpy/torch scalars as numbers."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
 
 
 def to_mapping(obj: Any) -> dict[str, Any]:

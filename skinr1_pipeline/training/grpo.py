@@ -33,7 +33,7 @@ import torch
 
 from skinr1_pipeline.modeling.prompt_format import SYSTEM_PROMPT, prompt_options
 from skinr1_pipeline.runtime.distributed import current_rank
-from skinr1_pipeline.training.config import newest_checkpoint, optimization_args
+from skinr1_pipeline.training.config import json_default, newest_checkpoint, optimization_args
 from skinr1_pipeline.training.rewards import PAPER_REWARD_WEIGHTS, make_reward_functions
 
 ADAPTER_SUBDIR = "adapter"
@@ -177,15 +177,7 @@ class GRPOResult:
     params: dict[str, Any]
 
     def to_json(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self), default=_json_default))
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if hasattr(value, "item"):
-        return value.item()
-    return str(value)
+        return json.loads(json.dumps(asdict(self), default=json_default))
 
 
 # --- data ------------------------------------------------------------------------------------------------------
