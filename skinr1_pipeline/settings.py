@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from skinr1_pipeline.data.loaders import SUPPORTED_DATASETS
+from skinr1_pipeline.runtime.launch import LAUNCHERS
 
 PROFILES = ("demo", "gpu")
 # The demo writes these three formats (dermoscopic HAM10000, clinical PAD-UFES-20, both in Derm7pt).
@@ -29,7 +30,6 @@ class SettingsError(ValueError):
 
 
 COMPUTE_KINDS = ("local", "ray")
-LAUNCHERS = ("python", "torchrun", "accelerate")
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ from skinr1_pipeline.runtime.launch import FAILURE_DIR_ENV, failure_summary, lau
 from skinr1_pipeline.settings import Settings
 
 TRAINING_CLI = "skinr1_pipeline.training.cli"
+#: Every step's environment: log lines arrive as they are written; tokenizers do not fork-warn in child processes.
+STEP_ENV = {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
 RAY_TRAINING_JOB = "skinr1_pipeline.training.ray_job"
 
 
@@ -61,7 +63,7 @@ class Compute(dg.ConfigurableResource):
         failures = step.workdir / "failures"
         shutil.rmtree(failures, ignore_errors=True)
         failures.mkdir(parents=True, exist_ok=True)
-        env = {**self.env, **step.env, FAILURE_DIR_ENV: str(failures)}
+        env = {**STEP_ENV, **self.env, **step.env, FAILURE_DIR_ENV: str(failures)}
         try:
             invocation = start(env)
         except Exception as exc:

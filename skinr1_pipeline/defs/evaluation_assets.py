@@ -129,8 +129,7 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
         config_path.write_text(yaml.safe_dump(asdict(answers), sort_keys=False))
         # The model answers where it runs (compute); scoring needs no model and stays here.
         reported = compute.run(context, ComputeStep(module=ANSWERS_CLI, args=["--config", str(config_path)],
-                                                    workdir=out, env={"PYTHONUNBUFFERED": "1",
-                                                                      "TOKENIZERS_PARALLELISM": "false"}))
+                                                    workdir=out))
         answered = pd.read_parquet(out / "answers.parquet")
         completions = answered["completion"].tolist()
         items = answered.drop(columns=["completion"])

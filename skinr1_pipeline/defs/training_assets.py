@@ -104,10 +104,8 @@ def train_and_gate(context: dg.AssetExecutionContext, compute: Compute, mlflow: 
         gate_path.write_text(yaml.safe_dump(asdict(gate), sort_keys=False))
         args += ["--gate", str(gate_path)]
     with mlflow.asset_run(context) as run:
-        env = {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
-        if run is not None:
-            env.update({"MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri, "MLFLOW_RUN_ID": run.info.run_id,
-                        "MLFLOW_EXPERIMENT_ID": run.info.experiment_id})
+        env = {} if run is None else {"MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
+                                      "MLFLOW_RUN_ID": run.info.run_id, "MLFLOW_EXPERIMENT_ID": run.info.experiment_id}
         reported = compute.run(context, ComputeStep(module=TRAINING_CLI, args=args, workdir=out_dir, trainer=True,
                                                     env=env))
         adapter_dir = str(raw_value(reported.get("adapter_dir")) or out_dir / "adapter")
