@@ -6,6 +6,7 @@ import hashlib
 import io
 import multiprocessing
 import os
+import re
 import struct
 import sys
 import zlib
@@ -24,6 +25,7 @@ from skinr1_pipeline.data.images import (
     inspect_image,
     inspect_images,
 )
+from skinr1_pipeline.data.perceptual_hash import dhash, dhash_bytes, dhash_hex, hamming
 from skinr1_pipeline.data.schema import IMAGE_COLUMNS
 
 # --------------------------------------------------------------------------------------------------
@@ -103,6 +105,7 @@ def test_valid_rgb_jpeg_passes_with_hash_and_size(good_jpeg: Path) -> None:
         height=144,
         format="JPEG",
         mode="RGB",
+        dhash=dhash_hex(dhash_bytes(good_jpeg.read_bytes())),
     )
 
 
@@ -156,6 +159,115 @@ def test_bytes_after_end_of_image_are_tolerated(tmp_path: Path) -> None:
 def test_a_png_named_jpg_is_judged_by_content(tmp_path: Path) -> None:
     check = inspect_image(_write(tmp_path, "actually_png.jpg", _encode(_picture(), "PNG")))
     assert check.ok and check.format == "PNG"
+
+
+# --------------------------------------------------------------------------------------------------
+# perceptual hash (image_dhash)
+# --------------------------------------------------------------------------------------------------
+
+HEX16 = re.compile(r"[0-9a-f]{16}")
+
+
+def _reencoded(data: bytes, scale: float = 0.8, quality: int = 85) -> bytes:
+    """What a mirror does to a photograph: resize it and save it again as JPEG."""
+    with Image.open(io.BytesIO(data)) as im:
+        rgb = im.convert("RGB")
+    size = (round(rgb.width * scale), round(rgb.height * scale))
+    return _encode(rgb.resize(size, Image.Resampling.BICUBIC), "JPEG", quality=quality)
+
+
+def test_dhash_is_16_hex_chars_and_equal_for_identical_bytes(tmp_path: Path) -> None:
+    data = _encode(_picture(seed=4), "JPEG", quality=90)
+    a = inspect_image(_write(tmp_path, "a/one.jpg", data))
+    b = inspect_image(_write(tmp_path, "b/renamed_copy.jpg", data))
+    other = inspect_image(_write(tmp_path, "other.jpg", _encode(_picture(seed=5), "JPEG", quality=90)))
+    assert a.ok and b.ok and other.ok
+    assert HEX16.fullmatch(a.dhash) and a.dhash == b.dhash
+    assert hamming(a.dhash, other.dhash) > 10
+
+
+def test_reencoded_jpeg_copy_is_within_a_few_bits(tmp_path: Path) -> None:
+    for seed in range(6):
+        original = _encode(_picture(400, 300, seed=seed), "JPEG", quality=90)
+        first = inspect_image(_write(tmp_path, f"orig{seed}.jpg", original))
+        copy = inspect_image(_write(tmp_path, f"copy{seed}.jpg", _reencoded(original)))
+        assert first.ok and copy.ok
+        assert first.sha256 != copy.sha256  # invisible to the byte hash ...
+        assert hamming(first.dhash, copy.dhash) <= 3, seed  # ... but not to the perceptual one
+
+
+def _exif_rotated(fmt: str) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated 90 degrees
+    return _encode(_picture(seed=7), fmt, exif=exif.tobytes())
+
+
+@pytest.mark.parametrize(
+    "name, data",
+    [
+        ("small.jpg", _encode(_picture(300, 225, seed=1), "JPEG", quality=90)),  # decoded at 1/2 for dHash
+        ("large.jpg", _encode(_picture(1200, 900, seed=2), "JPEG", quality=90)),  # 1/8
+        ("odd.jpg", _encode(_picture(201, 149, seed=3), "JPEG")),
+        ("grey.jpg", _encode(_picture(seed=4).convert("L"), "JPEG")),
+        ("progressive.jpg", _encode(_picture(640, 480, seed=5), "JPEG", progressive=True)),
+        ("restart.jpg", _encode(_picture(seed=6), "JPEG", restart_marker_blocks=3)),
+        ("rgb.png", _encode(_picture(seed=8), "PNG")),
+        ("la.png", _encode(_picture(seed=9).convert("LA"), "PNG")),
+        ("rgba.png", _encode(_picture(seed=10).convert("RGBA"), "PNG")),
+        ("rotated.jpg", _exif_rotated("JPEG")),
+        ("rotated.png", _exif_rotated("PNG")),
+        ("picture.bmp", _encode(_picture(seed=11), "BMP")),
+    ],
+)
+@pytest.mark.parametrize("decode", [True, False])
+def test_dhash_taken_from_the_check_decode_equals_hashing_the_file(
+    tmp_path: Path, name: str, data: bytes, decode: bool
+) -> None:
+    # The check hashes its own decode instead of decoding twice; the stored value must still be the file's.
+    path = _write(tmp_path, name, data)
+    check = inspect_image(path, decode=decode)
+    assert check.ok, check.detail
+    assert check.dhash == dhash_hex(dhash_bytes(data)) == dhash_hex(dhash(path))
+
+
+def test_perceptual_hash_can_be_turned_off(good_jpeg: Path) -> None:
+    check = inspect_image(good_jpeg, perceptual_hash=False)
+    assert check.ok and check.dhash is None
+    frame = inspect_images([good_jpeg], workers=1, perceptual_hash=False)
+    assert frame["image_dhash"].isna().all()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_a_file_that_cannot_be_dhashed_is_unhashable_not_a_crash(tmp_path: Path, monkeypatch, fmt: str) -> None:
+    # Our limit lets the file through, PIL's own (which dHash enforces) does not: a valid image, no hash.
+    path = _write(tmp_path, f"wide.{fmt.lower()}", _encode(_picture(), fmt))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 192 * 144 - 1)
+    check = inspect_image(path)
+    assert (check.ok, check.reason, check.dhash) == (False, "unhashable", None)
+    assert str(path) in check.detail and "MAX_IMAGE_PIXELS" in check.detail
+    assert check.sha256 and (check.width, check.height) == (192, 144)
+
+
+def test_an_unexpected_dhash_error_is_unhashable_and_the_batch_goes_on(tmp_path: Path, monkeypatch) -> None:
+    from skinr1_pipeline.data import images
+
+    paths, expected = _zoo(tmp_path)
+    unlucky = _write(tmp_path, "unlucky.png", _encode(_picture(seed=12), "PNG"))
+    real = images.dhash_bytes
+
+    def failing(data: bytes, name: str = "<bytes>") -> int:
+        if name.endswith("unlucky.png"):
+            raise RuntimeError("hash backend exploded")
+        return real(data, name)
+
+    monkeypatch.setattr(images, "_hash_decoded", lambda im, pixels: None)  # every hash from the bytes
+    monkeypatch.setattr(images, "dhash_bytes", failing)
+    frame = inspect_images([*paths, unlucky], workers=1)
+    row = frame.iloc[-1]
+    assert (row["ok"], row["reason"], row["image_dhash"]) == (False, "unhashable", None)
+    assert str(unlucky) in row["detail"] and "RuntimeError: hash backend exploded" in row["detail"]
+    assert frame["reason"].iloc[:-1].tolist() == list(expected.values())
+    assert frame["image_dhash"].iloc[:-1].notna().tolist() == [r is None for r in expected.values()]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -398,6 +510,8 @@ def test_inspect_images_mixed_batch_in_process(tmp_path: Path) -> None:
     assert seen[-1] == (len(paths), len(paths))
     good = frame[frame["ok"]]
     assert good["image_sha256"].notna().all() and (good["image_width"] > 0).all()
+    assert good["image_dhash"].map(lambda h: bool(HEX16.fullmatch(h))).all()
+    assert frame.loc[~frame["ok"], "image_dhash"].isna().all()
     assert frame["image_width"].dtype == "Int64"
 
 

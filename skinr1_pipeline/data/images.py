@@ -1,12 +1,21 @@
-"""Image integrity checks and content hashes that never let one bad file fail a dataset.
+"""Image integrity checks and content hashes (SHA-256 and a perceptual dHash) that never let one bad file fail a
+dataset.
 
 Public dermatology mirrors ship the odd zero-byte download, half-written JPEG, CMYK scan or renamed text
 file. Every check here returns a verdict (an `ImageCheck`, or one frame row) with an exact reason code
 instead of raising, so ingest can quarantine one file and keep the other ten thousand.
 
 Reason codes: missing_file, zero_bytes, truncated, corrupt, unsupported_mode, decompression_bomb,
-too_small, unreadable. "truncated" means the file stops before its format's end marker (a cut download,
-or one padded out with zeros); "corrupt" means it is complete but its content is not a consistent image.
+too_small, unreadable, unhashable. "truncated" means the file stops before its format's end marker (a cut download,
+or one padded out with zeros); "corrupt" means it is complete but its content is not a consistent image;
+"unhashable" means it passed every check but its dHash could not be computed (e.g. more pixels than
+`PIL.Image.MAX_IMAGE_PIXELS` when `max_pixels` is set above it), and the detail names the file.
+
+Every accepted file also gets `image_dhash` (16 hex chars, `perceptual_hash.dhash_bytes` of its bytes), so
+cross-dataset dedup and the train/eval contamination check can catch resized or re-saved copies that SHA-256
+misses. The hash reuses the check's decode instead of decoding the file a second time: JPEGs are decoded at
+the DCT scale dHash asks for, and fully decoded PNGs (and other formats) are hashed as decoded. Both give
+exactly the `dhash_bytes` value (draft only changes JPEGs), which the tests pin.
 
 Where the time goes (2-core machine, 600x450 JPEGs of ~40 KB; benchmarks/bench_ingest.py):
   * each file is read once and hashed from memory (read + sha256 ~0.07 ms);
@@ -14,10 +23,17 @@ Where the time goes (2-core machine, 600x450 JPEGs of ~40 KB; benchmarks/bench_i
     cost no decode and the bomb check happens before anything is decompressed;
   * JPEG structure (marker segments, end-of-image marker, stray markers in the coded data) and PNG
     structure (every chunk's CRC, IEND) are checked on the raw bytes (~0.05 ms);
-  * JPEGs are then decoded at 1/8 scale in grey (`draft`): libjpeg still runs the whole entropy decoder,
-    which is where damage shows, and skips nearly all IDCT, upsampling and colour work. The entropy
-    decoder alone is ~0.55 ms, about 40% of a full decode, and is most of our cost; `decode=False`
-    (structure only, ~4x faster) is there for corpora so large that this matters;
+  * JPEGs are then decoded reduced in grey (`draft`): libjpeg still runs the whole entropy decoder,
+    which is where damage shows, and skips most IDCT, upsampling and colour work. The scale is the one
+    dHash uses (the smallest that keeps 8x its 9x8 thumbnail: 1/8 for anything from 576x512 up, 1/2 for
+    the demo's 300x225), so that one decode serves both; with `perceptual_hash=False` it is always 1/8.
+    The entropy decoder alone is ~0.55 ms, about 40% of a full decode, and is most of our cost;
+    `decode=False` (structure only, ~4x faster) is there for corpora so large that this matters, but the
+    dHash then needs a decode of its own, so that speed needs `perceptual_hash=False` too;
+  * the dHash on top of the decode is a grey conversion and a 9x8 Lanczos resize of the decoded image:
+    +0.17 ms per JPEG whatever its size (reduced decode), +0.3 ms per 290x290 PNG and +8 ms per 1600x1200
+    PNG (PNGs are hashed at full resolution; the inflate, ~34 ms there, still dominates). Hashing the bytes
+    separately would instead cost a second decode, ~2x the check for JPEGs and PNGs alike;
   * a process pool fed chunks of a few hundred paths, so IPC is paid per chunk, not per file.
 
 Pillow silences libjpeg's "Corrupt JPEG data" warnings: a JPEG whose coded bytes were damaged mid-file
@@ -48,6 +64,16 @@ from typing import TYPE_CHECKING
 
 from PIL import Image, UnidentifiedImageError
 
+# DRAFT_SIZE is the JPEG draft request `dhash_bytes` makes: the check decodes at that scale so its decode can be
+# hashed (the tests pin that the two stay equal).
+from skinr1_pipeline.data.perceptual_hash import (
+    DRAFT_SIZE,
+    ImageHashError,
+    dhash,
+    dhash_bytes,
+    dhash_hex,
+)
+
 if TYPE_CHECKING:  # pandas is imported lazily: pool workers never need it
     import pandas as pd
 
@@ -64,6 +90,7 @@ REASONS: tuple[str, ...] = (
     "decompression_bomb",
     "too_small",
     "unreadable",
+    "unhashable",
 )
 FRAME_COLUMNS: tuple[str, ...] = (
     "image_path",
@@ -71,6 +98,7 @@ FRAME_COLUMNS: tuple[str, ...] = (
     "reason",
     "detail",
     "image_sha256",
+    "image_dhash",
     "image_width",
     "image_height",
     "image_format",
@@ -97,7 +125,8 @@ _SPARE_BYTES = 32
 @dataclass(frozen=True)
 class ImageCheck:
     """The verdict on one file. Header facts (size, format, mode) are filled whenever they could be read,
-    also for rejected files; sha256 is None only when the bytes could not be read."""
+    also for rejected files; sha256 is None only when the bytes could not be read. dhash (16 hex chars, see
+    `perceptual_hash.dhash_hex`) is set for accepted files only, and None when hashing was turned off."""
 
     image_path: str
     ok: bool
@@ -108,6 +137,7 @@ class ImageCheck:
     height: int | None
     format: str | None
     mode: str | None
+    dhash: str | None = None
 
 
 class _Reject(Exception):
@@ -130,11 +160,14 @@ def inspect_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     min_side: int = DEFAULT_MIN_SIDE,
     decode: bool = True,
+    perceptual_hash: bool = True,
 ) -> ImageCheck:
     """Read, hash and validate one image file; never raises for a bad file.
 
     `max_pixels` is judged from the header, before anything is decoded. `decode=False` skips the JPEG
-    entropy decode and the PNG inflate (structure, CRCs, header, size and mode are still checked).
+    entropy decode and the PNG inflate (structure, CRCs, header, size and mode are still checked), though
+    the dHash of an accepted file still decodes it. `perceptual_hash=False` leaves `dhash` None. A file whose
+    dHash fails after every check passed is rejected as "unhashable", never raised.
     """
     spath = os.fspath(path)
     try:
@@ -155,26 +188,40 @@ def inspect_image(
 
     header: list = [None, None, None, None]  # width, height, format, mode, as far as known
     try:
-        _check_bytes(data, header, max_pixels, min_side, decode)
+        decoded_hash = _check_bytes(data, header, max_pixels, min_side, decode, perceptual_hash)
     except _Reject as rej:
         return _verdict(spath, rej.reason, rej.detail, sha, header)
     except Exception as exc:  # a decoder surprise must not take the batch down
         return _verdict(spath, "corrupt", f"unexpected {type(exc).__name__}: {exc}", sha, header)
-    return ImageCheck(spath, True, None, "", sha, *header)
+    image_dhash: str | None = None
+    if perceptual_hash:
+        try:
+            image_dhash = dhash_hex(decoded_hash if decoded_hash is not None else dhash_bytes(data, spath))
+        except ImageHashError as exc:  # its message names the file and why
+            return _verdict(spath, "unhashable", str(exc), sha, header)
+        except Exception as exc:  # noqa: BLE001 -- like a decoder surprise above: one file, not the batch
+            return _verdict(
+                spath, "unhashable", f"cannot hash image {spath!r}: unexpected {type(exc).__name__}: {exc}", sha, header
+            )
+    return ImageCheck(spath, True, None, "", sha, *header, image_dhash)
 
 
 def _verdict(
     path: str, reason: str, detail: str, sha: str | None = None, header: list | None = None
 ) -> ImageCheck:
     width, height, fmt, mode = header or (None, None, None, None)
-    return ImageCheck(path, False, reason, detail, sha, width, height, fmt, mode)
+    return ImageCheck(path, False, reason, detail, sha, width, height, fmt, mode, None)
 
 
-def _check_bytes(data: bytes, header: list, max_pixels: int, min_side: int, decode: bool) -> None:
+def _check_bytes(
+    data: bytes, header: list, max_pixels: int, min_side: int, decode: bool, want_hash: bool = False
+) -> int | None:
     """Raise _Reject unless `data` is a sound, usable image, filling `header` as facts become known.
 
     Order: header first (a bomb is named as one even when also cut short), then structure, size, mode,
-    and last the decode, which only a sound file with a usable mode is worth.
+    and last the decode, which only a sound file with a usable mode is worth. With `want_hash`, JPEGs are
+    decoded at dHash's draft scale and the return value is the file's dHash taken from that decode (None
+    when there was no decode to reuse, or it could not be hashed: the caller then hashes the bytes).
     """
     is_jpeg = data.startswith(_JPEG_MAGIC)
     is_png = data.startswith(_PNG_MAGIC)
@@ -227,13 +274,41 @@ def _check_bytes(data: bytes, header: list, max_pixels: int, min_side: int, deco
                 f" found; accepted modes are {', '.join(ACCEPTED_MODES)}",
             )
         if reader is not None:
-            _decode_jpeg_checked(im, reader)
+            _decode_jpeg_checked(im, reader, want_hash)
         elif is_jpeg:
             if decode:  # multi-scan (progressive) JPEG: decoded as is, without the length check
-                im.draft("L" if im.mode == "RGB" else im.mode, _eighth(im.size))
+                _jpeg_draft(im, want_hash)
                 _load(im)
+            else:
+                return None
         elif decode or not is_png:  # formats without a cheap structure check are always decoded
             _load(im)
+        else:
+            return None
+        return _hash_decoded(im, width * height) if want_hash else None
+
+
+def _jpeg_draft(im: Image.Image, for_hash: bool) -> None:
+    """Pick the JPEG's DCT scale before decoding: dHash's (so the decode can be hashed), or the cheapest 1/8.
+
+    RGB and grey JPEGs (the only modes that get here) are decoded in grey either way, as `dhash_bytes` does.
+    """
+    mode = "L" if im.mode == "RGB" else im.mode
+    im.draft(mode, DRAFT_SIZE if for_hash else _eighth(im.size))
+
+
+def _hash_decoded(im: Image.Image, header_pixels: int) -> int | None:
+    """dHash of an image this module just decoded, equal to `dhash_bytes` of its file: a JPEG was drafted
+    exactly as `dhash_bytes` drafts it, and draft changes nothing else. None when `dhash_bytes` must decide
+    (it refuses files whose header, not the draft, is above PIL's own pixel limit, with a named error) or
+    when hashing the decode failed."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and header_pixels > limit:
+        return None
+    try:
+        return dhash(im)
+    except Exception:  # noqa: BLE001 -- e.g. a mode PIL cannot convert: the bytes path reports it
+        return None
 
 
 _MODE_NAMES = {
@@ -365,9 +440,10 @@ class _MeteredReader(io.BytesIO):
         return chunk
 
 
-def _decode_jpeg_checked(im: Image.Image, reader: _MeteredReader) -> None:
-    """Entropy-decode a single-scan JPEG at 1/8 scale and check its coded data has the needed length."""
-    im.draft("L" if im.mode == "RGB" else im.mode, _eighth(im.size))
+def _decode_jpeg_checked(im: Image.Image, reader: _MeteredReader, for_hash: bool = False) -> None:
+    """Entropy-decode a single-scan JPEG reduced (1/8, or dHash's scale) and check its coded data has the
+    needed length. The scale changes only the IDCT; every coded byte is consumed either way."""
+    _jpeg_draft(im, for_hash)
     reader.arm()
     short = (
         "JPEG image data is shorter than its frame needs although the end-of-image marker is present "
@@ -422,11 +498,15 @@ def _png_structure(data: bytes) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def _inspect_chunk(paths: Sequence[str], max_pixels: int, min_side: int, decode: bool) -> list[tuple]:
+def _inspect_chunk(
+    paths: Sequence[str], max_pixels: int, min_side: int, decode: bool, perceptual_hash: bool = True
+) -> list[tuple]:
     rows = []  # tuples pickle back from a worker faster than dataclasses
     for p in paths:
-        c = inspect_image(p, max_pixels=max_pixels, min_side=min_side, decode=decode)
-        rows.append((c.image_path, c.ok, c.reason, c.detail, c.sha256, c.width, c.height, c.format, c.mode))
+        c = inspect_image(p, max_pixels=max_pixels, min_side=min_side, decode=decode, perceptual_hash=perceptual_hash)
+        rows.append(
+            (c.image_path, c.ok, c.reason, c.detail, c.sha256, c.dhash, c.width, c.height, c.format, c.mode)
+        )
     return rows
 
 
@@ -477,7 +557,7 @@ def _crash_row(path: str) -> tuple:
     except OSError:
         sha = None
     detail = "checking this file killed the worker process (decoder crash or out of memory)"
-    return (path, False, "corrupt", detail, sha, None, None, None, None)
+    return (path, False, "corrupt", detail, sha, None, None, None, None, None)
 
 
 def inspect_images(
@@ -489,6 +569,7 @@ def inspect_images(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     min_side: int = DEFAULT_MIN_SIDE,
     decode: bool = True,
+    perceptual_hash: bool = True,
 ) -> pd.DataFrame:
     """`inspect_image` over many paths in a chunked process pool: one row per path, in input order
     (columns FRAME_COLUMNS), never raising for a bad file.
@@ -496,6 +577,7 @@ def inspect_images(
     workers=None uses os.cpu_count(); workers=1, or fewer than IN_PROCESS_BELOW paths, runs in this
     process. `progress(done, total)` is called here after each chunk. A file that kills its worker
     process is isolated by re-running its chunk and comes back as "corrupt"; the batch carries on.
+    `image_dhash` is filled for accepted files (None elsewhere, or everywhere with perceptual_hash=False).
     """
     import pandas as pd
 
@@ -506,7 +588,7 @@ def inspect_images(
     n_workers = (os.cpu_count() or 1) if workers is None else max(1, int(workers))
     n_workers = min(n_workers, len(chunks))
 
-    args = (max_pixels, min_side, decode)
+    args = (max_pixels, min_side, decode, perceptual_hash)
     rows: list[tuple] = []
     if n_workers <= 1 or total < IN_PROCESS_BELOW:
         for chunk in chunks:

@@ -29,7 +29,8 @@ RECORD_COLUMNS: tuple[str, ...] = (
     "metadata_row",  # 1-based data row number in that file (header excluded), or None
 )
 MAPPED_COLUMNS: tuple[str, ...] = ("taxonomy_node", "taxonomy_path", "taxonomy_depth", "bucket")
-IMAGE_COLUMNS: tuple[str, ...] = ("image_sha256", "image_width", "image_height")
+# image_dhash: 64-bit perceptual hash, 16 hex chars (data.perceptual_hash), for near-duplicate and contamination checks.
+IMAGE_COLUMNS: tuple[str, ...] = ("image_sha256", "image_width", "image_height", "image_dhash")
 SPLIT_COLUMNS: tuple[str, ...] = ("split", "split_rule")
 SAMPLE_COLUMNS: tuple[str, ...] = RECORD_COLUMNS + MAPPED_COLUMNS + IMAGE_COLUMNS + SPLIT_COLUMNS
 

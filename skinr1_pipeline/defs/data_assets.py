@@ -6,7 +6,7 @@ import time
 import dagster as dg
 import pandas as pd
 
-from skinr1_pipeline.data.dedup import deduplicate
+from skinr1_pipeline.data.dedup import calibrated_distance, deduplicate, near_duplicates
 from skinr1_pipeline.data.ingest import IngestResult, ingest_dataset
 from skinr1_pipeline.data.splits import SplitPolicy, assign_splits, leakage_report
 from skinr1_pipeline.defs.metadata import markdown_table, md
@@ -194,8 +194,23 @@ def build_data_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition], li
             metadata={"counts": str({str(k): int(v) for k, v in counts.items()}), "unassigned": unassigned},
         )
 
+    @dg.asset_check(asset=unified_samples, description="Near-duplicate images (perceptual hash within the distance "
+                    "calibrated on re-encoded copies) across datasets or splits: copies that exact-hash dedup misses")
+    def near_duplicates_across_splits(unified_samples: pd.DataFrame) -> dg.AssetCheckResult:
+        distance, how = calibrated_distance(-1, unified_samples, seed=settings.split_seed)
+        if distance is None:
+            return dg.AssetCheckResult(passed=True, severity=dg.AssetCheckSeverity.WARN, metadata={"checked": how})
+        pairs = near_duplicates(unified_samples, distance)
+        cross_split = pairs[pairs["split_a"] != pairs["split_b"]]
+        return dg.AssetCheckResult(
+            passed=cross_split.empty, severity=dg.AssetCheckSeverity.WARN,
+            metadata={"distance": distance, "calibration": md(how), "pairs": len(pairs),
+                      "cross_split_pairs": len(cross_split),
+                      "cross_dataset_pairs": int((pairs["source_a"] != pairs["source_b"]).sum()),
+                      "examples": md(markdown_table(pairs, max_rows=20))})
+
     assets += [raw_datasets, unified_samples]
-    return assets, [no_split_leakage, splits_populated], partitions
+    return assets, [no_split_leakage, splits_populated, near_duplicates_across_splits], partitions
 
 
 def _export(frame: pd.DataFrame, path) -> None:
