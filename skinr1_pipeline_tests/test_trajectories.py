@@ -25,7 +25,7 @@ from skinr1_pipeline.synthesis import (
 )
 from skinr1_pipeline.synthesis.trajectories import STYLES, option_scan_lines
 from skinr1_pipeline.synthesis.verify import VerifyConfig
-from skinr1_pipeline.training.rl_data import TOP_SCORE, option_path
+from skinr1_pipeline.tasks.mcq import TOP_SCORE, option_path
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +190,7 @@ def test_real_sample_uses_knowledge_base_features_and_skips_unknown(world):
     samples = pd.DataFrame([
         {"sample_id": "r/1", "source_dataset": "r", "image_path": "/i/1.jpg", "taxonomy_node": "psoriasis",
          "bucket": "none", "split": "train"},
-        {"sample_id": "r/2", "source_dataset": "r", "image_path": "/i/2.jpg", "taxonomy_node": "alopecia_areata",
+        {"sample_id": "r/2", "source_dataset": "r", "image_path": "/i/2.jpg", "taxonomy_node": "inflammatory",
          "bucket": "none", "split": "train"},
     ])
     result = synthesize(samples, tax, ddx, kb, TemplateGenerator(), per_sample=2, seed=5)

@@ -193,4 +193,22 @@ def build_synthesis_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition
         return dg.AssetCheckResult(passed=not bad, metadata={"checked": len(frame), "failures": len(bad),
                                                              "first_failures": md(markdown_table(pd.DataFrame(bad), 10))})
 
-    return [knowledge_base, skin_rationale_trajectories], [trajectories_parse_and_agree]
+    @dg.asset_check(asset=knowledge_base, additional_ins={"taxonomy_graph": dg.AssetIn("taxonomy_graph")},
+                    description="Every class a supported dataset loader can produce has a knowledge entry (its own or "
+                                "an ancestor's), so none silently gets no trajectories")
+    def every_loader_class_has_knowledge(knowledge_base: KnowledgeBase,
+                                         taxonomy_graph: Taxonomy) -> dg.AssetCheckResult:
+        from skinr1_pipeline.knowledge.coverage import coverage_summary, knowledge_coverage
+        from skinr1_pipeline.knowledge.label_maps import load_label_maps
+
+        summary = coverage_summary(knowledge_coverage(taxonomy_graph, knowledge_base,
+                                                      load_label_maps(taxonomy_graph, settings.label_map_dir)))
+        missing = summary[summary["uncovered"] > 0]
+        return dg.AssetCheckResult(
+            passed=missing.empty, severity=dg.AssetCheckSeverity.WARN,
+            metadata={"per_dataset": md(markdown_table(summary.drop(columns="uncovered_nodes"))),
+                      "classes_without_knowledge": md(markdown_table(missing[["dataset", "uncovered_nodes"]]))
+                      if len(missing) else "none"})
+
+    return ([knowledge_base, skin_rationale_trajectories],
+            [trajectories_parse_and_agree, every_loader_class_has_knowledge])

@@ -4,6 +4,7 @@ Everything here is plain data + networkx/pandas (no orchestration imports), so l
 can use it directly.
 """
 
+from skinr1_pipeline.knowledge.coverage import coverage_summary, knowledge_coverage, uncovered_classes
 from skinr1_pipeline.knowledge.ddx import DDxError, DDxGraph, DDxGroup
 from skinr1_pipeline.knowledge.label_maps import LabelMap, LabelMapError, UnmappedLabelsError, load_label_maps
 from skinr1_pipeline.knowledge.taxonomy import (
@@ -31,6 +32,9 @@ __all__ = [
     "TaxonomyNode",
     "UnmappedLabelsError",
     "bucket_for",
+    "coverage_summary",
+    "knowledge_coverage",
     "load_label_maps",
     "normalize_label",
+    "uncovered_classes",
 ]
