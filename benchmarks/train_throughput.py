@@ -108,7 +108,7 @@ def build_world(workdir: Path, n_per_class: int = 2) -> dict[str, Path]:
     from skinr1_pipeline.knowledge.taxonomy import Taxonomy
     from skinr1_pipeline.synthesis.generators import TemplateGenerator
     from skinr1_pipeline.synthesis.pipeline import demo_samples, synthesize
-    from skinr1_pipeline.training.rl_data import build_mcq_items
+    from skinr1_pipeline.tasks.mcq import build_mcq_items
 
     tax = Taxonomy.load()
     ddx = DDxGraph.load(tax)

@@ -18,7 +18,7 @@ from skinr1_pipeline.modeling.prompt_format import parse_completion
 from skinr1_pipeline.modeling.tiny_model import build_tiny_model, default_corpus
 from skinr1_pipeline.synthesis.pipeline import demo_samples
 from skinr1_pipeline.synthesis.trajectories import option_scan_lines
-from skinr1_pipeline.training.rl_data import option_path
+from skinr1_pipeline.tasks.mcq import option_path
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,15 @@ from skinr1_pipeline.evaluation.comparison import (
     FAILS,
     HOLDS,
     NOT_EVALUATED,
-    WITHIN_CI,
+    NOT_SIGNIFICANT,
     ablation_table,
     format_accuracy,
+    image_use,
+    paired_claims,
     paper_shape,
+    promotion_evidence,
     variant_summary,
+    versus_blind,
 )
 from skinr1_pipeline.evaluation.contamination import ContaminationReport
 from skinr1_pipeline.evaluation.metrics import score_predictions
@@ -70,7 +74,7 @@ def test_variant_summary_reports_accuracy_ci_format_and_malignancy() -> None:
     frames = {"malignancy": scored_frame("malignancy", 40, 0.5, unreadable=4),
               "hierarchical": scored_frame("hierarchical", 40, 0.25)}
     summary = variant_summary(frames, n_boot=500)
-    assert list(summary) == ["malignancy", "hierarchical"]  # paper suite order, not dict order
+    assert list(summary) == ["hierarchical", "malignancy"]  # suite order (headline first), not dict order
     mal = summary["malignancy"]
     assert mal["n"] == 40 and mal["accuracy"] == pytest.approx(0.5)
     assert mal["ci_low"] < 0.5 < mal["ci_high"]
@@ -105,38 +109,95 @@ def test_ablation_table_rows_columns_and_strings(summaries: dict) -> None:
     shuffled = {v: summaries[v] for v in ("sft_grpo", "base", "rl_only", "sft")}
     table = ablation_table(shuffled)
     assert list(table.index) == ["base", "sft", "rl_only", "sft_grpo"]
-    assert table.attrs["suites"] == ["in_domain", "malignancy", "hierarchical", "ood"]
+    assert table.attrs["suites"] == ["in_domain", "hierarchical", "ood", "malignancy"]
     assert re.fullmatch(r"0\.50 \[0\.\d\d, 0\.\d\d\]", table.at["sft", "in_domain"])
     assert table.at["sft", "in_domain_acc"] == pytest.approx(0.5) and table.at["sft", "in_domain_n"] == 200
     assert table.at["base", "in_domain_ci_low"] < 0.2 < table.at["base", "in_domain_ci_high"]
-    assert "hierarchical_credit" in table.columns and "ood_credit" not in table.columns
+    assert "hierarchical_credit" in table.columns and "malignancy_credit" not in table.columns
     assert 0 <= table.at["sft_grpo", "malignant_miss_rate"] <= 1 and "specificity" in table.columns
     assert format_accuracy(float("nan"), 0, 0) == "n/a"
 
 
-def test_paper_shape_holds_fails_and_within_ci(summaries: dict) -> None:
-    shape = paper_shape(ablation_table(summaries))
-    assert shape["primary_suite"] == "in_domain" and shape["verdict"] == HOLDS
-    claims = {c["claim"]: c for c in shape["suites"]["in_domain"]["claims"]}
-    assert set(claims) == {"sft_grpo > sft", "sft > base", "sft_grpo > rl_only"}
-    assert claims["sft > base"]["better_accuracy"] == pytest.approx(0.5)
-    assert claims["sft > base"]["worse_accuracy"] == pytest.approx(0.2)
-    assert claims["sft_grpo > sft"]["difference"] == pytest.approx(0.3)
+def scored_variants(acc: dict[str, float], n: int = 200, suite: str = "in_domain") -> dict[str, pd.DataFrame]:
+    """Per variant, the same items with the first round(n * acc) answered right (so every disagreement favours the
+    more accurate variant)."""
+    return {v: scored_frame(suite, n, a) for v, a in acc.items()}
 
-    reversed_ = {**summaries, "sft_grpo": summaries["base"], "base": summaries["sft_grpo"]}
-    shape = paper_shape(ablation_table(reversed_))
+
+def test_paper_shape_from_paired_claims_holds_fails_and_is_not_significant() -> None:
+    scored = scored_variants({"base": 0.2, "sft": 0.5, "rl_only": 0.3, "sft_grpo": 0.8})
+    claims = paired_claims(scored, n_boot=300)
+    shape = paper_shape(claims)
+    assert shape["primary_suite"] == "in_domain" and shape["verdict"] == HOLDS
+    by_claim = {c["claim"]: c for c in shape["suites"]["in_domain"]["claims"]}
+    assert set(by_claim) == {"sft_grpo > sft", "sft > base", "sft_grpo > rl_only"}
+    sft = by_claim["sft > base"]
+    assert sft["a_accuracy"] == pytest.approx(0.5) and sft["b_accuracy"] == pytest.approx(0.2)
+    assert (sft["a_only"], sft["b_only"]) == (60, 0) and sft["mcnemar_p"] < 1e-15
+    assert by_claim["sft_grpo > sft"]["difference"] == pytest.approx(0.3)
+    # Holm multiplies the smallest of three p-values by 3.
+    assert min(claims["holm_p"]) == pytest.approx(3 * min(claims["mcnemar_p"]))
+
+    reversed_ = {**scored, "sft_grpo": scored["base"], "base": scored["sft_grpo"]}
+    shape = paper_shape(paired_claims(reversed_, n_boot=300))
     assert shape["verdict"] == FAILS
     verdicts = {c["claim"]: c["verdict"] for c in shape["suites"]["in_domain"]["claims"]}
     assert verdicts["sft > base"] == FAILS and verdicts["sft_grpo > sft"] == FAILS
 
-    tiny = {v: variant_summary({"in_domain": scored_frame("in_domain", 10, a)}, n_boot=500)
-            for v, a in {"base": 0.4, "sft": 0.5, "rl_only": 0.5, "sft_grpo": 0.6}.items()}
-    assert paper_shape(ablation_table(tiny))["verdict"] == WITHIN_CI
+    # 50/96 vs 38/96 with 16 vs 4 discordant: intervals overlap, yet the paired test says p = 0.012.
+    a = scored_frame("in_domain", 96, 50 / 96)
+    b = a.copy()
+    b["correct"] = [(i < 34) or (38 <= i < 50 and False) or (50 <= i < 54) for i in range(96)]
+    pair = paired_claims({"sft": a, "base": b}, claims=[("sft", "base")], n_boot=300).iloc[0]
+    assert (pair["a_only"], pair["b_only"]) == (16, 4) and pair["mcnemar_p"] == pytest.approx(0.01182, abs=1e-4)
 
-    partial = ablation_table({v: summaries[v] for v in ("base", "sft")})
-    shape = paper_shape(partial)
-    assert shape["verdict"] == NOT_EVALUATED
-    assert {c["claim"]: c["verdict"] for c in shape["suites"]["in_domain"]["claims"]}["sft > base"] == HOLDS
+    tiny = scored_variants({"base": 0.4, "sft": 0.5, "rl_only": 0.5, "sft_grpo": 0.6}, n=10)
+    assert paper_shape(paired_claims(tiny, n_boot=300))["verdict"] == NOT_SIGNIFICANT
+
+    partial = paper_shape(paired_claims({v: scored[v] for v in ("base", "sft")}, n_boot=300))
+    assert partial["verdict"] == NOT_EVALUATED
+    assert {c["claim"]: c["verdict"] for c in partial["suites"]["in_domain"]["claims"]}["sft > base"] == HOLDS
+
+
+def with_controls(real: pd.DataFrame, shuffled_accuracy: float) -> pd.DataFrame:
+    """`real` plus shuffled and blank copies answered right on the first round(n * shuffled_accuracy) items."""
+    real = real.assign(condition="real", base_item_id=real["item_id"])
+    copies = []
+    for condition in ("shuffled", "blank"):
+        c = real.copy()
+        c["condition"], c["item_id"] = condition, c["item_id"] + "#" + condition
+        c["correct"] = np.arange(len(c)) < round(len(c) * shuffled_accuracy)
+        copies.append(c)
+    return pd.concat([real, *copies], ignore_index=True)
+
+
+def test_image_use_pairs_real_with_shuffled_and_blank_images() -> None:
+    reads = image_use(with_controls(scored_frame("in_domain", 120, 0.6), 0.25), n_boot=300)
+    (row,) = reads
+    assert row["suite"] == "in_domain" and row["n"] == 120
+    assert row["real"] == pytest.approx(0.6) and row["shuffled"] == pytest.approx(0.25)
+    assert row["real_minus_shuffled"] == pytest.approx(0.35) and row["shuffled_ci_low"] > 0.2
+    assert row["verdict"] == "uses the image"
+    blind = image_use(with_controls(scored_frame("in_domain", 120, 0.3), 0.3), n_boot=300)
+    assert blind[0]["real_minus_shuffled"] == 0 and blind[0]["verdict"] == "no evidence it uses the image"
+    assert image_use(scored_frame("in_domain", 10, 0.5)) == []  # no controls were answered
+
+
+def test_versus_blind_and_promotion_evidence() -> None:
+    scored = scored_variants({"sft": 0.6, "base": 0.25}, n=120)
+    hits = pd.DataFrame({"item_id": scored["sft"]["item_id"], "suite": "in_domain", "uniform": 0.25,
+                         "most_ancestors": 0.3})
+    table = versus_blind(scored, hits, n_boot=300).set_index("variant")
+    assert table.at["sft", "best_guesser"] == "most_ancestors" and table.at["sft", "best_blind"] == pytest.approx(0.3)
+    assert table.at["sft", "verdict"] == "above guessing" and table.at["base", "verdict"] == "within CI"
+    uses = pd.DataFrame([{"variant": "sft", "suite": "in_domain", "verdict": "uses the image"},
+                         {"variant": "base", "suite": "in_domain", "verdict": "no evidence it uses the image"}])
+    assert promotion_evidence(table.reset_index(), uses, variant="sft", suite="in_domain") == {
+        "beats_blind_guessers": True, "beats_shuffled_image": True}
+    assert promotion_evidence(table.reset_index(), uses, variant="base", suite="in_domain") == {
+        "beats_blind_guessers": False, "beats_shuffled_image": False}
+    assert promotion_evidence(pd.DataFrame(), pd.DataFrame(), variant="sft", suite="in_domain") == {
+        "beats_blind_guessers": False, "beats_shuffled_image": False}
 
 
 @pytest.fixture(scope="module")
@@ -177,9 +238,15 @@ def _write(out: Path, summaries: dict, curves: Curves | None) -> object:
                           "image_sha256": [None], "by_hash": [False], "by_sample_id": [True],
                           "contaminated": [True]})
     summary = pd.DataFrame([{"suite": "in_domain", "n_items": 202, "contaminated": 2, "by_hash": 1,
-                             "by_sample_id": 1, "fraction": 2 / 202}])
+                             "by_sample_id": 1, "by_near_duplicate": 0, "fraction": 2 / 202}])
+    answers = scored_variants({"base": 0.2, "sft": 0.5, "rl_only": 0.3, "sft_grpo": 0.8})
+    uses = pd.DataFrame([{"variant": v, **u} for v, f in answers.items()
+                         for u in image_use(with_controls(f, 0.25), n_boot=200)])
+    hits = pd.DataFrame({"item_id": answers["sft"]["item_id"], "suite": "in_domain", "uniform": 0.25})
     return write_report(out, table=table, summaries=summaries, scored=scored, curves=curves,
                         contamination=ContaminationReport(flags, summary), title="Demo <evaluation>",
+                        claims=paired_claims(answers, n_boot=200), image_use=uses,
+                        versus_blind=versus_blind(answers, hits, n_boot=200),
                         caveats=["Tiny random demo model: the numbers say nothing about Skin-R1."],
                         generated_at="2025-01-01 00:00 UTC")
 
@@ -203,9 +270,11 @@ def test_write_report_files_html_self_contained_and_deterministic(tmp_path: Path
     assert md.startswith("# Demo \\<evaluation>\n")
     for text in ("## What was evaluated", "## Ablation table", "## Malignancy safety", "## Out-of-distribution",
                  "## Contamination", "## Caveats", "Tiny random demo model", "sft: no reward metric",
+                 "## Does each variant read the image?", "| sft_grpo | in_domain | 200 | 0.80 | 0.25 |",
+                 "| sft | in_domain | 200 | 0.50 | uniform | 0.25 | +0.250 [", "McNemar p 1.7e-18", "above guessing",
                  "0.50 [", "holds", "![Accuracy per suite and variant.](figures/suite_accuracy.png)"):
         assert text in md, text
-    assert "| in_domain | 202 | 2 | 1 | 1 | 0.01 |" in md
+    assert "| in_domain | 202 | 2 | 1 | 1 | 0 | 0.01 |" in md
 
     again = _write(tmp_path / "b", summaries, curves)
     assert again.html.read_bytes() == files.html.read_bytes()

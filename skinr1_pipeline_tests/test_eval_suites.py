@@ -12,23 +12,26 @@ from skinr1_pipeline.data.loaders.omnimedvqa import load_questions
 from skinr1_pipeline.evaluation.contamination import check_contamination
 from skinr1_pipeline.evaluation.metrics import score_predictions
 from skinr1_pipeline.evaluation.suites import (
+    HEADLINE_SUITES,
     MALIGNANCY_OPTIONS,
+    PAPER_SUITES,
     SUITE_COLUMNS,
     SuiteConfig,
     build_suites,
-    ddx_suite,
-    hierarchical_suite,
-    in_domain_suite,
     malignancy_suite,
     omnimedvqa_suite,
     ood_mask,
     ood_suite,
     open_ended_suite,
+    paper_ddx_suite,
+    paper_hierarchical_suite,
+    paper_in_domain_suite,
+    paper_ood_suite,
 )
 from skinr1_pipeline.knowledge.ddx import DDxGraph
 from skinr1_pipeline.knowledge.taxonomy import Taxonomy
 from skinr1_pipeline.modeling.prompt_format import format_completion, format_mcq_answer, prompt_options
-from skinr1_pipeline.training.rl_data import build_mcq_items, option_path
+from skinr1_pipeline.tasks.mcq import build_mcq_items, option_path
 
 TAX = Taxonomy.load()
 DDX = DDxGraph.load(TAX)
@@ -75,9 +78,9 @@ def test_ood_holdout_is_configurable():
     assert set(items["source_dataset"]) == {"ham10000"}
 
 
-def test_in_domain_and_ood_are_rl_style_items_on_disjoint_test_samples():
-    ind, ind_drop = in_domain_suite(SAMPLES, TAX, CONFIG)
-    ood, ood_drop = ood_suite(SAMPLES, TAX, CONFIG)
+def test_paper_in_domain_and_ood_are_rl_style_items_on_disjoint_test_samples():
+    ind, ind_drop = paper_in_domain_suite(SAMPLES, TAX, CONFIG)
+    ood, ood_drop = paper_ood_suite(SAMPLES, TAX, CONFIG)
     assert list(ind.columns) == list(SUITE_COLUMNS)
     assert set(ind["modality"]) == {"dermoscopic"} and set(ood["modality"]) == {"clinical"}
     assert set(ind["split"]) == set(ood["split"]) == {"test"}
@@ -88,7 +91,8 @@ def test_in_domain_and_ood_are_rl_style_items_on_disjoint_test_samples():
     for item in ind.itertuples():
         assert item.option_nodes == rl.loc[item.sample_id, "option_nodes"]
         assert item.option_scores[item.answer_index] == max(item.option_scores) == 0.75
-        assert item.suite == "in_domain" and item.item_id == f"in_domain/{item.sample_id}"
+        assert item.suite == "in_domain_paper" and item.item_id == f"in_domain_paper/{item.sample_id}"
+        assert item.construction == "paper" and item.condition == "real" and item.base_item_id == item.item_id
 
 
 def test_malignancy_suite_gold_is_the_bucket():
@@ -102,8 +106,8 @@ def test_malignancy_suite_gold_is_the_bucket():
     assert scored["correct"].all() and (scored["predicted_bucket"] == scored["bucket"]).all()
 
 
-def test_hierarchical_suite_shows_the_whole_path_and_credits_by_depth():
-    items, _ = hierarchical_suite(SAMPLES, TAX, CONFIG)
+def test_paper_hierarchical_suite_shows_the_whole_path_and_credits_by_depth():
+    items, _ = paper_hierarchical_suite(SAMPLES, TAX, CONFIG)
     assert len(items) == len(IN_TEST)
     for item in items.itertuples():
         path = option_path(TAX, item.taxonomy_node)
@@ -123,8 +127,8 @@ def test_hierarchical_suite_shows_the_whole_path_and_credits_by_depth():
     assert scored["credit"].tolist() == pytest.approx(expected)
 
 
-def test_ddx_suite_uses_only_look_alikes_and_counts_skips():
-    items, dropped = ddx_suite(SAMPLES, TAX, DDX, CONFIG)
+def test_paper_ddx_suite_uses_only_look_alikes_and_counts_skips():
+    items, dropped = paper_ddx_suite(SAMPLES, TAX, DDX, CONFIG)
     for item in items.itertuples():
         look_alikes = set(DDX.neighbours_with_expansion(item.taxonomy_node, TAX))
         assert item.option_nodes[item.answer_index] == item.taxonomy_node
@@ -134,7 +138,7 @@ def test_ddx_suite_uses_only_look_alikes_and_counts_skips():
     skipped = set(dropped.loc[dropped.reason == "too_few_ddx_neighbours", "sample_id"])
     assert skipped == set(IN_TEST.loc[IN_TEST.taxonomy_node == "lentigo_simplex", "sample_id"]) != set()
     assert len(items) + len(dropped) == len(IN_TEST)
-    everything, _ = ddx_suite(SAMPLES, TAX, DDX, SuiteConfig(ddx_options=None))
+    everything, _ = paper_ddx_suite(SAMPLES, TAX, DDX, SuiteConfig(ddx_options=None))
     melanoma = everything[everything.taxonomy_node == "melanoma"].iloc[0]
     assert len(melanoma.options) == min(26, 1 + len(set(DDX.neighbours_with_expansion("melanoma", TAX))))
 
@@ -150,10 +154,13 @@ def test_build_suites_is_complete_and_deterministic():
     build = build_suites(SAMPLES, TAX, DDX, CONFIG)
     again = build_suites(SAMPLES, TAX, DDX, CONFIG)
     pd.testing.assert_frame_equal(build.items, again.items)
-    assert set(build.items["suite"]) == {"in_domain", "malignancy", "hierarchical", "ddx", "ood", "open_ended"}
-    assert build.items["item_id"].is_unique
+    assert set(build.items["suite"]) == {*HEADLINE_SUITES, *PAPER_SUITES, "malignancy", "open_ended"}
+    assert build.items["item_id"].is_unique and list(build.items.columns)[:len(SUITE_COLUMNS)] == list(SUITE_COLUMNS)
     summary = build.summary()
     assert summary["dropped"]["ood/no_bucket"] == (TEST.taxonomy_node == "psoriasis").sum()
+    assert summary["dropped"]["ood_paper/no_bucket"] == (TEST.taxonomy_node == "psoriasis").sum()
+    without = build_suites(SAMPLES, TAX, DDX, SuiteConfig(paper_suites=False))
+    assert set(without.items["suite"]) == {*HEADLINE_SUITES, "malignancy", "open_ended"}
     mcq = build.items[build.items.suite != "open_ended"]
     assert score_predictions(mcq, gold(mcq))["correct"].all()
 
@@ -205,10 +212,12 @@ def test_contamination_is_detected_per_suite_and_excluded():
     ])], ignore_index=True)
     report = check_contamination(build.items, [train, pd.DataFrame({"sample_id": ["unrelated"]})])
     summary = report.summary.set_index("suite")
-    assert summary.loc["in_domain", "contaminated"] == 2
-    assert summary.loc["in_domain", "by_hash"] == 1 and summary.loc["in_domain", "by_sample_id"] == 1
-    assert summary.loc["ood", "contaminated"] == 0
-    assert summary.loc["in_domain", "fraction"] == pytest.approx(2 / summary.loc["in_domain", "n_items"])
+    # The paper suites show each test image once; set-first suites may show an image in several items or none.
+    assert summary.loc["in_domain_paper", "contaminated"] == 2
+    assert summary.loc["in_domain_paper", "by_hash"] == 1 and summary.loc["in_domain_paper", "by_sample_id"] == 1
+    assert summary.loc["ood", "contaminated"] == summary.loc["ood_paper", "contaminated"] == 0
+    assert summary.loc["in_domain_paper", "fraction"] == pytest.approx(
+        2 / summary.loc["in_domain_paper", "n_items"])
     flagged = set(report.flags.loc[report.flags.contaminated, "sample_id"])
     assert flagged == {leaked_hash.sample_id, leaked_id.sample_id}
     clean = report.clean(build.items)

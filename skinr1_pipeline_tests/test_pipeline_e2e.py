@@ -62,7 +62,9 @@ def test_gate_checks_pass(demo_run):
                  ("unified_samples", "splits_populated"),
                  ("skin_rationale_trajectories", "trajectories_parse_and_agree"),
                  ("sft_checkpoint", "sft_losses_finite"), ("sft_checkpoint", "sft_format_compliance"),
-                 ("grpo_checkpoint", "grpo_keeps_sft_accuracy"), ("evaluation_reports", "champion_promotion")]:
+                 ("grpo_checkpoint", "grpo_keeps_sft_accuracy"), ("evaluation_reports", "champion_promotion"),
+                 ("eval_suites", "set_first_suites_resist_blind_guessing"),
+                 ("knowledge_base", "every_loader_class_has_knowledge")]:
         assert results.get(gate) is True, gate
 
 
@@ -155,14 +157,26 @@ def test_evaluation_reports_every_variant_and_registers_a_candidate(demo_run):
     assert "open_ended" not in likelihood.columns  # nothing to choose from, nothing to score
     baselines = pd.read_csv(evaluation / "image_blind_baselines.csv", index_col="suite")
     items = pd.read_parquet(evaluation / "suite_items.parquet")
-    assert baselines["n"].to_dict() == items.groupby("suite").size().to_dict()
+    real = items[items["condition"] == "real"]
+    assert baselines["n"].to_dict() == real.groupby("suite").size().to_dict()
     assert (baselines["best"] >= baselines["uniform"]).all() and baselines.loc["in_domain", "uniform"] == 0.25
-    verdicts = pd.read_csv(evaluation / "versus_guessing.csv", index_col=0)
-    assert list(verdicts.index) == list(table.index) and set(verdicts.columns) <= set(baselines.index)
+    assert {"in_domain_paper", "hierarchical_paper", "ddx_paper", "ood_paper"} <= set(baselines.index)
+    # Image controls: the in-domain and OOD items again with a shuffled and a blank image, paired per variant.
+    controls = items[items["condition"] != "real"]
+    assert set(controls["suite"]) == {"in_domain", "ood"} and set(controls["condition"]) == {"shuffled", "blank"}
+    assert set(controls["base_item_id"]) == set(real.loc[real["suite"].isin(["in_domain", "ood"]), "item_id"])
+    uses = pd.read_csv(evaluation / "image_use.csv")
+    assert set(uses["variant"]) == set(table.index) and set(uses["suite"]) == {"in_domain", "ood"}
+    blind = pd.read_csv(evaluation / "versus_blind.csv")
+    assert set(blind["variant"]) == set(table.index) and "in_domain" in set(blind["suite"])
+    claims = pd.read_csv(evaluation / "paired_claims.csv")
+    assert {"sft_grpo > sft", "sft > base", "sft_grpo > rl_only"} <= set(claims["claim"])
     html = (evaluation / "report" / "report.html").read_text()
     assert "data:image/png;base64," in html and "sft_grpo" in html and "Answer likelihood" in html
-    assert "Against image-blind guessing" in html
+    assert "Against image-blind guessing" in html and "Does each variant read the image?" in html
     client = mlflow.MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
     candidate = client.get_model_version_by_alias("skinr1-grpo", "candidate")
-    assert candidate.tags["promotion_decision"] == "promoted"  # first candidate: no champion yet
-    assert client.get_model_version_by_alias("skinr1-grpo", "champion").version == candidate.version
+    evidence = {k: candidate.tags[k] == "True" for k in ("beats_blind_guessers", "beats_shuffled_image")}
+    # First candidate, no champion yet: promoted only with the evidence that it reads the image.
+    expected = "promoted" if all(evidence.values()) else "kept champion"
+    assert candidate.tags["promotion_decision"] == expected, candidate.tags

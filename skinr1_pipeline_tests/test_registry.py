@@ -99,6 +99,26 @@ def test_promotion_rule_no_champion_worse_better_tie(store) -> None:
     assert promotion_decision(client, name, v4).reason == "the candidate already is the champion"
 
 
+def test_required_evidence_blocks_promotion_even_without_a_champion(store) -> None:
+    """A first model at 0.32 in-domain used to become champion although a blind guess scored 0.43."""
+    uri = store[0]
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    name = "skinr1-evidence"
+    required = ("beats_blind_guessers", "beats_shuffled_image")
+    blind = register_candidate(_model_run(store), name, tracking_uri=uri, tags={
+        "in_domain_accuracy": 0.32, "beats_blind_guessers": False, "beats_shuffled_image": True})
+    decision = decide_and_promote(client, name, blind, required_tags=required)
+    assert not decision.promote and "beats_blind_guessers" in decision.reason
+    assert "beats_shuffled_image" not in decision.reason.split("evidence:")[1]
+    assert client.get_model_version(name, blind).tags["promotion_decision"] == "kept champion"
+    untagged = _candidate(store, name, 0.9)  # no evidence recorded at all
+    assert "missing" in promotion_decision(client, name, untagged, required_tags=required).reason
+    honest = register_candidate(_model_run(store), name, tracking_uri=uri, tags={
+        "in_domain_accuracy": 0.5, "beats_blind_guessers": True, "beats_shuffled_image": True})
+    assert decide_and_promote(client, name, honest, required_tags=required).promote
+    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == honest
+
+
 def test_metric_from_source_run_and_missing_metric(store) -> None:
     uri = store[0]
     client = mlflow.MlflowClient(tracking_uri=uri)

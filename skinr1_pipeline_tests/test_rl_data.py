@@ -18,15 +18,15 @@ from skinr1_pipeline.training.rewards import (
     granularity_reward,
     malignancy_reward,
 )
-from skinr1_pipeline.training.rl_data import (
+from skinr1_pipeline.tasks.mcq import (
     ITEM_COLUMNS,
     TOP_SCORE,
     build_mcq_items,
     dataset_pools,
     hierarchical_scores,
     option_path,
-    train_subsets,
 )
+from skinr1_pipeline.training.rl_data import train_subsets
 
 TAX = Taxonomy.load()
 DDX = DDxGraph.load(TAX)

@@ -111,7 +111,7 @@ def test_contrast_picks_a_non_neighbour(world, demo):
 
 
 def test_mcq_options(world, demo):
-    """Options as in training.rl_data: 1-3 nodes of the label's path (scored by depth) + same-dataset distractors."""
+    """Options as in tasks.mcq.build_mcq_items: 1-3 nodes of the label's path (scored by depth) + same-dataset distractors."""
     tax, ddx, kb = world
     samples, features = demo
     row = _row(samples, "basal_cell_carcinoma")

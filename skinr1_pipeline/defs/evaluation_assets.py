@@ -1,7 +1,6 @@
 """Evaluation assets: the suites, one evaluation per model variant (a partition each), the ablation table, the
 report, and the registry gate that promotes the GRPO adapter only when it beats the current champion."""
 
-import json
 from dataclasses import asdict
 from typing import Literal
 
@@ -15,6 +14,7 @@ from skinr1_pipeline.defs.metadata import markdown_table, md, raw_value
 from skinr1_pipeline.defs.resources import MlflowTracking, PipelineHome
 from skinr1_pipeline.defs.training_assets import GPU_POOL, grpo_config, train_and_gate, training_dir
 from skinr1_pipeline.evaluation.cli import AnswerConfig
+from skinr1_pipeline.evaluation.suites import SUITES
 from skinr1_pipeline.knowledge.ddx import DDxGraph
 from skinr1_pipeline.knowledge.taxonomy import Taxonomy
 from skinr1_pipeline.settings import Settings
@@ -22,12 +22,23 @@ from skinr1_pipeline.settings import Settings
 VARIANTS = ("base", "sft", "rl_only", "sft_grpo")
 ANSWERS_CLI = "skinr1_pipeline.evaluation.cli"
 REGISTERED_MODEL = "skinr1-grpo"
+HEADLINE_SUITE = "in_domain"  # the suite the champion gate reads
+MIN_ITEMS_TO_TEST = 20  # set-first suites smaller than this are listed by the blind-guessing check, not tested
 
 
 class SuitesConfig(dg.Config):
     splits: list[str] = Field(default=["test"])
     per_suite_limit: int = Field(default=0, description="cap items per suite (0 = all); stable by item id")
     seed: int = 42
+    paper_suites: bool = Field(default=True, description="also build the paper-comparable (leaky) suites "
+                               "<suite>_paper, reported beside their blind ceiling")
+    control_suites: list[str] = Field(default=["in_domain", "ood"], description="suites answered again with a "
+                                      "shuffled and a blank image (does a variant read the image?)")
+    closeness: float = Field(default=3.0, ge=1.0, description="set-first items: preference for the anchor's close "
+                             "relatives as the other options (1 = none)")
+    near_duplicate_distance: int = Field(default=-1, ge=-1, le=64, description="dHash bits within which an "
+                                         "evaluation image counts as a copy of a training image; -1 = calibrate on "
+                                         "re-encoded copies of the training images")
 
 
 class VariantEvalConfig(dg.Config):
@@ -73,47 +84,99 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
             metadata={k: v for k, v in reported.items() if k not in ("reward_history", "metrics")},
             value={"adapter_dir": adapter_dir, "run_id": run_id})
 
-    @dg.asset(group_name="evaluation", code_version="1", kinds={"parquet"})
+    @dg.asset(group_name="evaluation", code_version="2", kinds={"parquet"})
     def eval_suites(context: dg.AssetExecutionContext, config: SuitesConfig, home: PipelineHome,
                     unified_samples: pd.DataFrame, taxonomy_graph: Taxonomy, ddx_graph: DDxGraph,
                     skin_rationale_trajectories: str, rl_mcq_dataset: str) -> str:
-        """In-domain, malignancy, hierarchical, DDx, OOD and open-ended items; items whose image or sample any
+        """Set-first headline suites (no image-blind guesser beats 1/n), the paper-comparable suites, OmniMedVQA's
+        questions when configured, and image controls; items whose image (exact or a near-duplicate) or sample any
         training stage saw are flagged and excluded."""
-        from skinr1_pipeline.evaluation.contamination import check_contamination
-        from skinr1_pipeline.evaluation.suites import SuiteConfig, build_suites
+        from skinr1_pipeline.data.dedup import calibrated_distance
+        from skinr1_pipeline.evaluation.contamination import attach_image_hashes, check_contamination
+        from skinr1_pipeline.evaluation.suites import SuiteConfig, build_suites, image_controls, write_blank_image
 
+        unknown = sorted(set(config.control_suites) - set(SUITES))
+        if unknown:
+            raise dg.Failure(f"eval_suites.control_suites names unknown suites {unknown}; known: {list(SUITES)}")
         suite_config = SuiteConfig(splits=tuple(config.splits), holdout_sources=settings.ood_sources,
-                                   holdout_modalities=settings.ood_modalities, seed=config.seed)
-        build = build_suites(unified_samples, taxonomy_graph, ddx_graph, suite_config)
-        items = build.items
+                                   holdout_modalities=settings.ood_modalities, seed=config.seed,
+                                   closeness=config.closeness, paper_suites=config.paper_suites)
+        questions, question_records = _omnimedvqa(unified_samples)
+        build = build_suites(unified_samples, taxonomy_graph, ddx_graph, suite_config, omnimedvqa=questions,
+                             omnimedvqa_records=question_records)
+        items = attach_image_hashes(build.items, unified_samples)
         if config.per_suite_limit:
             items = items.sort_values("item_id").groupby("suite", sort=False).head(config.per_suite_limit)
+        train = unified_samples[unified_samples["split"] == "train"]
+        columns = [c for c in ("sample_id", "image_sha256", "image_dhash", "image_path") if c in train]
         trained_on = [
             pd.read_parquet(skin_rationale_trajectories, columns=["sample_id"]),
             pd.read_parquet(rl_mcq_dataset, columns=["sample_id", "image_sha256", "split"]).query("split == 'train'"),
-            unified_samples[unified_samples["split"] == "train"][["sample_id", "image_sha256"]],
+            train[columns],
         ]
-        report = check_contamination(items, trained_on)
+        distance, calibration = calibrated_distance(config.near_duplicate_distance, train, seed=config.seed)
+        report = check_contamination(items, trained_on, near_duplicate_distance=distance)
         clean = report.clean(items)
-        path = home.path("outputs", "evaluation", "suite_items.parquet")
-        clean.to_parquet(path, index=False)
+        out = home.dir("outputs", "evaluation")
+        controls = image_controls(clean, suites=config.control_suites, seed=config.seed,
+                                  blank_image=str(write_blank_image(out / "blank_control.png")))
+        answered = pd.concat([clean, controls], ignore_index=True) if len(controls) else clean
+        path = out / "suite_items.parquet"
+        answered.to_parquet(path, index=False)
         report.flags.to_parquet(path.with_name("contamination_flags.parquet"), index=False)
-        per_suite = clean.groupby("suite").size().rename("items").reset_index()
+        per_suite = (answered.groupby(["suite", "construction", "condition"], dropna=False).size().rename("items")
+                     .reset_index())
         context.add_output_metadata({
-            "path": dg.MetadataValue.path(str(path)), "items": len(clean),
+            "path": dg.MetadataValue.path(str(path)), "items": len(clean), "control_items": len(controls),
             "per_suite": md(markdown_table(per_suite)),
             "contamination": md(markdown_table(report.summary)),
+            "near_duplicate_distance": distance if distance is not None else "not checked (no dHash)",
+            "near_duplicate_threshold": md(calibration),
             "dropped_while_building": md(markdown_table(build.dropped.groupby(["suite", "reason"]).size()
                                                         .rename("samples").reset_index())),
         })
         return str(path)
+
+    @dg.asset_check(asset=eval_suites, blocking=True,
+                    additional_ins={"taxonomy_graph": dg.AssetIn("taxonomy_graph"), "ddx_graph": dg.AssetIn("ddx_graph")},
+                    description="No image-blind guesser beats chance on a set-first suite by more than its interval")
+    def set_first_suites_resist_blind_guessing(eval_suites: str, taxonomy_graph: Taxonomy,
+                                               ddx_graph: DDxGraph) -> dg.AssetCheckResult:
+        from skinr1_pipeline.evaluation.baselines import above_chance, blind_hits
+
+        items = pd.read_parquet(eval_suites)
+        set_first = items[(items["condition"] == "real") & (items["construction"] == "set_first")]
+        if set_first.empty:
+            return dg.AssetCheckResult(passed=True, metadata={"suites": "no set-first items to check"})
+        sizes = set_first.groupby("suite").size()
+        # Below this many items no guesser can be shown above chance after the correction; say so, do not test.
+        small = sizes[sizes < MIN_ITEMS_TO_TEST]
+        testable = set_first[~set_first["suite"].isin(small.index)]
+        tested = above_chance(blind_hits(testable, taxonomy_graph, ddx_graph)) if len(testable) else None
+        leaking = tested[tested["above_chance"]] if tested is not None else pd.DataFrame()
+        best = (tested.sort_values("accuracy", ascending=False).groupby("suite", sort=False).head(1)
+                if tested is not None else pd.DataFrame())
+        return dg.AssetCheckResult(
+            passed=leaking.empty,
+            metadata={"best_guesser_per_suite": md(markdown_table(best.round(4))) if len(best) else "none tested",
+                      "above_chance": md(markdown_table(leaking.round(4))) if len(leaking) else "none",
+                      "too_few_items_to_test": ", ".join(f"{k} ({v})" for k, v in small.items()) or "none"})
+
+    def _omnimedvqa(unified_samples: pd.DataFrame) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+        """OmniMedVQA's dermatology questions when the profile lists it (an evaluation-only dataset)."""
+        if "omnimedvqa" not in settings.datasets:
+            return None, None
+        from skinr1_pipeline.data.holdout import evaluation_only
+        from skinr1_pipeline.data.loaders.omnimedvqa import load_questions
+
+        return load_questions(settings.dataset_root("omnimedvqa")), unified_samples[evaluation_only(unified_samples)]
 
     @dg.asset(group_name="evaluation", code_version="1", kinds={"pytorch"}, partitions_def=variants, pool=GPU_POOL)
     def variant_evaluations(context: dg.AssetExecutionContext, config: VariantEvalConfig, home: PipelineHome,
                             mlflow: MlflowTracking, compute: Compute, eval_suites: str, taxonomy_graph: Taxonomy, base_model: str,
                             sft_checkpoint: dict, grpo_checkpoint: dict, rl_only_checkpoint: dict) -> dict:
         """One model variant answers every suite item (greedy, fixed seed); answers scored per suite."""
-        from skinr1_pipeline.evaluation.comparison import variant_summary
+        from skinr1_pipeline.evaluation.comparison import image_use, variant_summary
         from skinr1_pipeline.evaluation.metrics import score_predictions
 
         variant = context.partition_key
@@ -137,8 +200,10 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
         scored = score_predictions(items, completions, taxonomy=taxonomy_graph)
         scored["completion"] = completions
         scored.to_parquet(out / "scored.parquet", index=False)
-        by_suite = {suite: frame.reset_index(drop=True) for suite, frame in scored.groupby("suite")}
+        real = scored[scored["condition"] == "real"]
+        by_suite = {suite: frame.reset_index(drop=True) for suite, frame in real.groupby("suite")}
         summary = variant_summary(by_suite)
+        uses_image = image_use(scored)
         breakdowns = _breakdowns(by_suite, calibration=config.calibration)
         for suite, extra in breakdowns.items():
             summary.setdefault(suite, {})["breakdowns"] = extra
@@ -150,7 +215,10 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
             mlf.log_metrics({f"{suite}_accuracy": s["accuracy"] for suite, s in summary.items()
                              if s.get("accuracy") == s.get("accuracy")})
             mlf.log_metric("items_per_second", len(items) / max(seconds, 1e-9))
+            mlf.log_metrics({f"{u['suite']}_real_minus_{c}": u[f"real_minus_{c}"] for u in uses_image
+                             for c in ("shuffled", "blank") if u.get(f"real_minus_{c}") == u.get(f"real_minus_{c}")})
             mlf.log_dict(summary, "summary.json")
+            mlf.log_dict({"image_use": uses_image}, "image_use.json")
         rows = [{"suite": s, "n": v["n"], "accuracy": v["accuracy"], "ci": f"[{v['ci_low']:.2f}, {v['ci_high']:.2f}]",
                  "format_ok": v.get("format_ok_rate"), "answer_likelihood": v.get("likelihood", {}).get("accuracy")}
                 for s, v in summary.items()]
@@ -158,66 +226,89 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
         metadata = {
             "variant": variant, "items": len(items), "seconds": round(seconds, 1), "adapter_served_as": served,
             "per_suite": md(markdown_table(pd.DataFrame(rows))),
+            "image_use": md(markdown_table(_image_use_rows(uses_image))),
             "in_domain_by_dataset": md(markdown_table(pd.DataFrame(in_domain.get("by_dataset", [])))),
             "in_domain_by_class": md(markdown_table(pd.DataFrame(in_domain.get("by_class", [])))),
             "in_domain_by_fitzpatrick": md(markdown_table(pd.DataFrame(in_domain.get("by_fitzpatrick", [])))),
             "ood_by_fitzpatrick": md(markdown_table(pd.DataFrame(breakdowns.get("ood", {}).get("by_fitzpatrick", [])))),
+            "hierarchical_by_level": md(markdown_table(pd.DataFrame(breakdowns.get("hierarchical", {})
+                                                                    .get("by_level", [])))),
             "calibration_ece": md(markdown_table(pd.DataFrame(
                 [{"suite": k, **v["ece"]} for k, v in breakdowns.items() if "ece" in v]))),
         }
         # A Pipes step hands back a MaterializeResult; its `value` still goes through the IO manager.
         return dg.MaterializeResult(metadata=metadata, value={"variant": variant, "summary": summary,
+                                                              "image_use": uses_image,
                                                               "scored_path": str(out / "scored.parquet")})
 
-    @dg.asset(group_name="evaluation", code_version="2", kinds={"pandas"})
+    @dg.asset(group_name="evaluation", code_version="3", kinds={"pandas"})
     def ablation_table(context: dg.AssetExecutionContext, home: PipelineHome, variant_evaluations: dict[str, dict],
-                       eval_suites: str, taxonomy_graph: Taxonomy) -> pd.DataFrame:
-        """The paper's ablation table: base vs SFT-only vs RL-only vs SFT+GRPO on every suite, with 95% CIs, and
-        each variant read against what image-blind guessing scores on the same items."""
-        from skinr1_pipeline.evaluation.baselines import blind_baselines
+                       eval_suites: str, taxonomy_graph: Taxonomy, ddx_graph: DDxGraph) -> pd.DataFrame:
+        """The paper's ablation table (base vs SFT-only vs RL-only vs SFT+GRPO on every suite, 95% intervals), read
+        against the best image-blind guesser and each variant's shuffled-image control, with the paper's claims
+        tested on paired items (exact McNemar, Holm-adjusted)."""
+        from skinr1_pipeline.evaluation.baselines import blind_baselines, blind_hits
         from skinr1_pipeline.evaluation.comparison import ablation_table as build_table
-        from skinr1_pipeline.evaluation.comparison import likelihood_table, paper_shape, versus_guessing
+        from skinr1_pipeline.evaluation.comparison import likelihood_table, paired_claims, paper_shape, versus_blind
 
+        out = home.dir("outputs", "evaluation")
         summaries = {v: e["summary"] for v, e in variant_evaluations.items()}
         table = build_table(summaries)
-        table.to_csv(home.path("outputs", "evaluation", "ablation_table.csv"))
+        table.to_csv(out / "ablation_table.csv")
         likelihood = likelihood_table(summaries)
-        likelihood.to_csv(home.path("outputs", "evaluation", "answer_likelihood_table.csv"))
-        baselines = blind_baselines(pd.read_parquet(eval_suites), taxonomy_graph)
-        baselines.to_csv(home.path("outputs", "evaluation", "image_blind_baselines.csv"), index=False)
-        verdicts = versus_guessing(summaries, baselines)
-        verdicts.to_csv(home.path("outputs", "evaluation", "versus_guessing.csv"))
-        shape = paper_shape(table)
+        likelihood.to_csv(out / "answer_likelihood_table.csv")
+        items = pd.read_parquet(eval_suites)
+        real_items = items[items["condition"] == "real"]
+        baselines = blind_baselines(real_items, taxonomy_graph, ddx_graph)
+        baselines.to_csv(out / "image_blind_baselines.csv", index=False)
+        scored = {v: pd.read_parquet(e["scored_path"]) for v, e in variant_evaluations.items()}
+        blind = versus_blind(scored, blind_hits(real_items, taxonomy_graph, ddx_graph))
+        blind.to_csv(out / "versus_blind.csv", index=False)
+        claims = paired_claims(scored)
+        claims.to_csv(out / "paired_claims.csv", index=False)
+        uses_image = pd.DataFrame([{"variant": v, **u} for v, e in variant_evaluations.items()
+                                   for u in e.get("image_use", [])])
+        uses_image.to_csv(out / "image_use.csv", index=False)
+        shape = paper_shape(claims)
         display = table[[c for c in table.columns if not c.endswith(("_acc", "_ci_low", "_ci_high", "_n", "_format_ok",
                                                                       "_credit"))]]
         context.add_output_metadata({"table": md(markdown_table(display.reset_index())),
                                      "answer_likelihood": md(markdown_table(likelihood.reset_index())),
                                      "image_blind_baselines": md(markdown_table(baselines.round(3))),
-                                     "versus_guessing": md(markdown_table(verdicts.reset_index())),
-                                     "paper_shape": md("```\n" + json.dumps(shape, indent=1, default=str)[:4000] + "\n```")})
+                                     "versus_blind": md(markdown_table(blind.round(3))),
+                                     "image_use": md(markdown_table(uses_image.round(3))),
+                                     "paired_claims": md(markdown_table(claims.round(4))),
+                                     "paper_shape": shape["verdict"]})
         return table
 
-    @dg.asset(group_name="evaluation", code_version="2", kinds={"mlflow", "html"})
+    @dg.asset(group_name="evaluation", code_version="3", kinds={"mlflow", "html"})
     def evaluation_reports(context: dg.AssetExecutionContext, config: RegistryConfig, home: PipelineHome,
                            mlflow: MlflowTracking, ablation_table: pd.DataFrame, variant_evaluations: dict[str, dict],
                            base_model: str, grpo_checkpoint: dict, eval_suites: str) -> dict:
         """A report a clinician-researcher reads (Markdown + self-contained HTML with figures), logged to MLflow;
-        the SFT+GRPO adapter logged as a pyfunc model and registered with alias `candidate`."""
-        from skinr1_pipeline.evaluation.comparison import paper_shape
+        the SFT+GRPO adapter logged as a pyfunc model and registered with alias `candidate`, tagged with whether it
+        beats the best image-blind guesser and its own shuffled-image control on the headline suite."""
+        from skinr1_pipeline.evaluation.comparison import paper_shape, promotion_evidence
         from skinr1_pipeline.evaluation.report import read_curves, write_report
 
-        scored = {v: {s: f.reset_index(drop=True) for s, f in pd.read_parquet(e["scored_path"]).groupby("suite")}
+        scored = {v: {s: f.reset_index(drop=True) for s, f in _real_rows(e["scored_path"]).groupby("suite")}
                   for v, e in variant_evaluations.items()}
         summaries = {v: e["summary"] for v, e in variant_evaluations.items()}
         run_ids = _training_run_ids(settings, context)
         curves = read_curves(settings.mlflow_tracking_uri, run_ids) if run_ids else None
-        flags = pd.read_parquet(home.path("outputs", "evaluation", "contamination_flags.parquet"))
-        baselines = pd.read_csv(home.path("outputs", "evaluation", "image_blind_baselines.csv"))  # ablation_table's
+        evaluation = home.dir("outputs", "evaluation")
+        flags = pd.read_parquet(evaluation / "contamination_flags.parquet")
+        # Written by ablation_table from the same variant evaluations.
+        baselines, blind, claims, uses_image = (_read_csv(evaluation / f"{name}.csv") for name in (
+            "image_blind_baselines", "versus_blind", "paired_claims", "image_use"))
         caveats = ["Demo profile: a ~1M-parameter Qwen2.5-VL with random initial weights trained for minutes on "
                    "generated images; the numbers show the pipeline works, not clinical performance."] if demo else []
-        files = write_report(home.dir("outputs", "evaluation", "report"), table=ablation_table, summaries=summaries,
-                             scored=scored, curves=curves, contamination=flags, caveats=caveats, baselines=baselines)
-        result: dict = {"report_html": str(files.html), "report_md": str(files.markdown), "registered_version": None}
+        files = write_report(evaluation / "report", table=ablation_table, summaries=summaries, scored=scored,
+                             curves=curves, contamination=flags, caveats=caveats, baselines=baselines,
+                             versus_blind=blind, claims=claims, image_use=uses_image)
+        evidence = promotion_evidence(blind, uses_image, variant="sft_grpo", suite=HEADLINE_SUITE)
+        result: dict = {"report_html": str(files.html), "report_md": str(files.markdown), "registered_version": None,
+                        "evidence": evidence}
         with mlflow.asset_run(context) as run:
             if run is not None:
                 import mlflow as mlf
@@ -225,20 +316,26 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
                 mlf.log_artifact(str(files.html), "report")
                 mlf.log_artifact(str(files.markdown), "report")
                 mlf.log_table(ablation_table.reset_index(), "ablation_table.json")
-                mlf.log_table(baselines, "image_blind_baselines.json")
-                in_domain = summaries.get("sft_grpo", {}).get("in_domain", {}).get("accuracy")
+                for name, frame in (("image_blind_baselines", baselines), ("versus_blind", blind),
+                                    ("paired_claims", claims), ("image_use", uses_image)):
+                    if len(frame):
+                        mlf.log_table(frame, f"{name}.json")
+                in_domain = summaries.get("sft_grpo", {}).get(HEADLINE_SUITE, {}).get("accuracy")
                 if config.register_candidate and in_domain is not None:
-                    result.update(_register(grpo_checkpoint["adapter_dir"], base_model, eval_suites, in_domain))
+                    result.update(_register(grpo_checkpoint["adapter_dir"], base_model, eval_suites,
+                                            {"in_domain_accuracy": in_domain, **evidence}))
         context.add_output_metadata({
             "report_html": dg.MetadataValue.path(str(files.html)),
             "report": md(files.markdown.read_text("utf-8")[:60000]),
-            "paper_shape": paper_shape(ablation_table).get("overall", ""),
+            "paper_shape": paper_shape(claims).get("verdict", "") if len(claims) else "not evaluated",
             "registered_version": str(result["registered_version"] or ""),
+            **{k: str(v) for k, v in evidence.items()},
         })
         return {**result, "min_delta": config.min_delta}
 
     @dg.asset_check(asset=evaluation_reports, blocking=True,
-                    description="Promote the candidate to `champion` only if it beats the current champion in-domain")
+                    description="Promote the candidate to `champion` only if it beats the best image-blind guesser and "
+                                "its own shuffled-image control in-domain, and the current champion")
     def champion_promotion(evaluation_reports: dict) -> dg.AssetCheckResult:
         version = evaluation_reports.get("registered_version")
         if not version:
@@ -248,7 +345,8 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
         from skinr1_pipeline.tracking.registry import decide_and_promote
 
         client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)
-        decision = decide_and_promote(client, REGISTERED_MODEL, version, min_delta=evaluation_reports["min_delta"])
+        decision = decide_and_promote(client, REGISTERED_MODEL, version, min_delta=evaluation_reports["min_delta"],
+                                      required_tags=tuple(evaluation_reports.get("evidence", {})))
         # Keeping the current champion is a correct outcome, not a failure: the check passes either way and says which.
         return dg.AssetCheckResult(passed=True, metadata={k: str(v) for k, v in decision.as_dict().items()})
 
@@ -260,7 +358,17 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
         description="Re-run evaluation weekly (enable in the UI); change the cron in defs/evaluation_assets.py.",
     )
     return ([rl_only_checkpoint, eval_suites, variant_evaluations, ablation_table, evaluation_reports],
-            [champion_promotion], [schedule])
+            [set_first_suites_resist_blind_guessing, champion_promotion], [schedule])
+
+
+def _image_use_rows(uses_image: list[dict]) -> pd.DataFrame:
+    """Real / shuffled / blank accuracy and real minus shuffled [95% CI] per suite, for asset metadata."""
+    return pd.DataFrame([{"suite": u["suite"], "n": u["n"], "real": round(u["real"], 3),
+                          "shuffled": round(u["shuffled"], 3), "blank": round(u["blank"], 3),
+                          "real - shuffled [95% CI]": f"{u['real_minus_shuffled']:+.3f} "
+                                                      f"[{u['shuffled_ci_low']:+.3f}, {u['shuffled_ci_high']:+.3f}]",
+                          "McNemar p": round(u["shuffled_mcnemar_p"], 4), "verdict": u["verdict"]}
+                         for u in uses_image])
 
 
 def _breakdowns(by_suite: dict[str, pd.DataFrame], *, calibration: bool) -> dict[str, dict]:
@@ -272,6 +380,8 @@ def _breakdowns(by_suite: dict[str, pd.DataFrame], *, calibration: bool) -> dict
         entry = {"by_dataset": grouped_accuracy(frame, "source_dataset").to_dict("records"),
                  "by_class": grouped_accuracy(frame, "taxonomy_node").to_dict("records"),
                  "by_fitzpatrick": grouped_accuracy(frame, "fitzpatrick").to_dict("records")}
+        if "level" in frame and frame["level"].notna().any():
+            entry["by_level"] = grouped_accuracy(frame[frame["level"].notna()], "level").to_dict("records")
         mcq = frame[frame["option_logprobs"].map(lambda x: x is not None and len(x) > 0)] \
             if calibration and "option_logprobs" in frame else frame.iloc[:0]
         if len(mcq):
@@ -297,12 +407,26 @@ def _training_run_ids(settings: Settings, context: dg.AssetExecutionContext) -> 
     return out
 
 
-def _register(adapter_dir: str, base_model: str, eval_suites: str, in_domain: float) -> dict:
+def _real_rows(scored_path: str) -> pd.DataFrame:
+    """A variant's scored answers with their own images (image controls are read through `image_use`)."""
+    scored = pd.read_parquet(scored_path)
+    return scored[scored["condition"] == "real"] if "condition" in scored else scored
+
+
+def _read_csv(path) -> pd.DataFrame:
+    """A table ablation_table wrote; an empty table reads back as an empty frame."""
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+
+
+def _register(adapter_dir: str, base_model: str, eval_suites: str, tags: dict) -> dict:
     from skinr1_pipeline.tracking.pyfunc_model import log_skinr1_model
     from skinr1_pipeline.tracking.registry import register_candidate
 
     example = pd.read_parquet(eval_suites, columns=["image_path", "prompt"]).iloc[0]
     info = log_skinr1_model(base_model, adapter_dir, name="skinr1_grpo", input_example_image_path=example["image_path"],
                             input_example_prompt=example["prompt"], model_config={"max_new_tokens": 32})
-    version = register_candidate(info.model_uri, REGISTERED_MODEL, tags={"in_domain_accuracy": in_domain})
+    version = register_candidate(info.model_uri, REGISTERED_MODEL, tags=tags)
     return {"registered_version": version, "model_uri": info.model_uri}

@@ -8,7 +8,7 @@ import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import dagster as dg
 import pandas as pd
@@ -50,8 +50,12 @@ class SFTAssetConfig(dg.Config):
 
 
 class RLDataConfig(dg.Config):
+    construction: Literal["set_first", "paper"] = Field(
+        default="set_first", description="set_first: options fixed before the gold (no image-blind policy beats the "
+        "uniform one's accuracy), LCA partial credit; paper: the authors' gold-first items, for exact reproduction")
     n_options: int = 4
-    hard_negative_fraction: float = Field(default=0.0, description="share of distractors drawn from DDx neighbours")
+    hard_negative_fraction: float = Field(default=0.0, description="paper construction: share of distractors drawn "
+                                          "from DDx neighbours")
     seed: int = 42
 
 
@@ -87,6 +91,15 @@ def run_overrides(overrides_json: str, resume: bool) -> dict[str, Any]:
     return {**json.loads(overrides_json), **({"resume": True} if resume else {})}
 
 
+BLIND_REWARD_FILE = "blind_policy_reward.json"
+
+
+def _blind_reward_metrics(blind_reward: dict[str, Any]) -> dict[str, float]:
+    """`baselines.best_blind_policy_reward` as MLflow metrics (expected granularity reward per policy)."""
+    return {f"blind_reward_{k}": float(v) for k, v in blind_reward.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 def train_and_gate(context: dg.AssetExecutionContext, compute: Compute, mlflow: MlflowTracking, settings: Settings, *,
                    step: str, cfg: Any, out_dir: Path, artifact: str, gate: GateConfig | None
                    ) -> tuple[dict[str, Any], str, dict[str, Any] | None, str]:
@@ -116,6 +129,10 @@ def train_and_gate(context: dg.AssetExecutionContext, compute: Compute, mlflow: 
             if scores:
                 mlf.log_metrics({"heldout_parse_rate": scores["parse_rate"], "heldout_accuracy": scores["accuracy"],
                                  "heldout_answer_likelihood_accuracy": scores["answer_likelihood_accuracy"]})
+            blind_reward = Path(getattr(cfg, "items_path", "") or out_dir).with_name(BLIND_REWARD_FILE)
+            if step == "grpo" and blind_reward.is_file():
+                # Beside the reward curves: what a policy that never looks at the image would have been paid.
+                mlf.log_metrics(_blind_reward_metrics(json.loads(blind_reward.read_text())))
             mlf.log_artifacts(adapter_dir, artifact)
     return reported, adapter_dir, scores, run.info.run_id if run is not None else ""
 
@@ -193,26 +210,33 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
         })
         return str(out_dir)
 
-    @dg.asset(group_name="training", code_version="1", kinds={"parquet"})
+    @dg.asset(group_name="training", code_version="2", kinds={"parquet"})
     def rl_mcq_dataset(context: dg.AssetExecutionContext, config: RLDataConfig, home: PipelineHome,
                        mlflow: MlflowTracking, unified_samples: pd.DataFrame, taxonomy_graph: Taxonomy,
                        ddx_graph: DDxGraph) -> str:
-        """4-option multiple-choice items whose options come from each sample's own taxonomy path (scored by
-        depth) plus wrong labels from the same dataset; in-distribution samples only."""
-        from skinr1_pipeline.training.rl_data import build_mcq_items
+        """Multiple-choice GRPO items on in-distribution samples (set-first by default; the paper's construction on
+        request), with the granularity reward an image-blind policy would collect beside the uniform policy's."""
+        from skinr1_pipeline.evaluation.baselines import best_blind_policy_reward
+        from skinr1_pipeline.training.rl_data import build_rl_items
 
         samples = training_rows(unified_samples, settings.ood_modalities, settings.ood_sources)
-        build = build_mcq_items(samples, taxonomy_graph, ddx=ddx_graph, n_options=config.n_options,
-                                hard_negative_fraction=config.hard_negative_fraction, seed=config.seed)
+        build = build_rl_items(samples, taxonomy_graph, construction=config.construction, ddx=ddx_graph,
+                               n_options=config.n_options, hard_negative_fraction=config.hard_negative_fraction,
+                               seed=config.seed)
         items = build.items
         path = home.path("outputs", "rl_mcq", "items.parquet")
         items.to_parquet(path, index=False)
         build.dropped.to_parquet(path.with_name("dropped.parquet"), index=False)
+        blind_reward = best_blind_policy_reward(items[items["split"] == "train"], taxonomy_graph, ddx_graph)
+        path.with_name(BLIND_REWARD_FILE).write_text(json.dumps(blind_reward, indent=1, default=float))
         with mlflow.asset_run(context, params=config.model_dump()):
+            import mlflow as mlf
+
             from skinr1_pipeline.tracking.mlflow_runs import log_dataframe_input
 
             for split, frame in items.groupby("split"):
                 log_dataframe_input(frame, f"rl_mcq_{split}", str(path), "grpo" if split == "train" else split)
+            mlf.log_metrics(_blind_reward_metrics(blind_reward))
         per_split = items.groupby(["source_dataset", "split"]).size().rename("items").reset_index()
         example = items.iloc[0]
         context.add_output_metadata({
@@ -220,6 +244,8 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
             "items": len(items),
             "per_source_and_split": md(markdown_table(per_split)),
             "dropped_by_reason": md(counts_table({str(k): int(v) for k, v in build.drop_counts.items()}, "reason")),
+            "blind_policy_reward": md(counts_table({k: round(float(v), 4) for k, v in blind_reward.items()
+                                                    if isinstance(v, (int, float))}, "policy")),
             "example": md(f"```\n{example['prompt']}\n```\noptions scores: {list(example['option_scores'])}, "
                           f"bucket: {example['bucket']}"),
         })

@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from skinr1_pipeline.evaluation.metrics import accuracy, format_compliance, malignancy_metrics
+from skinr1_pipeline.evaluation.paired_tests import compare_paired, holm_adjust, paired_bootstrap
 from skinr1_pipeline.evaluation.suites import SUITES
 
 #: Row order of the ablation table (paper §10); variants outside it follow in the order given.
@@ -26,11 +27,12 @@ VARIANT_LABELS = {
     "sft_grpo": "SFT, then GRPO on the same adapter (Skin-R1)",
 }
 #: Suites whose partial credit differs from accuracy (hierarchical option scores, taxonomy LCA depth).
-CREDIT_SUITES = ("in_domain", "hierarchical", "open_ended")
+CREDIT_SUITES = ("in_domain", "hierarchical", "ddx", "ood", "open_ended", "in_domain_paper", "hierarchical_paper")
 MALIGNANCY_SUITE = "malignancy"
 #: The paper's ordering claims, as (better, worse): SFT+RL > SFT > base, RL-only < SFT+RL.
 PAPER_CLAIMS = (("sft_grpo", "sft"), ("sft", "base"), ("sft_grpo", "rl_only"))
 HOLDS, FAILS, WITHIN_CI, NOT_EVALUATED = "holds", "does not hold", "within CI", "not evaluated"
+NOT_SIGNIFICANT = "not significant"
 
 
 def _nan() -> float:
@@ -167,25 +169,112 @@ def table_suites(table: pd.DataFrame) -> list[str]:
     return list(table.attrs.get("suites") or [c for c in table.columns if f"{c}_acc" in table.columns])
 
 
-def _value(table: pd.DataFrame, variant: str, suite: str) -> tuple[float, float, float] | None:
-    if variant not in table.index or f"{suite}_acc" not in table.columns:
-        return None
-    acc, lo, hi = (float(table.at[variant, f"{suite}_{k}"]) for k in ("acc", "ci_low", "ci_high"))
-    return None if math.isnan(acc) else (acc, lo, hi)
+# ---- paired evidence: image use, variant claims, blind guessers -------------------------------------------------
+
+USES_IMAGE, NO_EVIDENCE = "uses the image", "no evidence it uses the image"
+SIGNIFICANT_AT = 0.05
 
 
-def compare(table: pd.DataFrame, better: str, worse: str, suite: str) -> dict[str, Any]:
-    """Is `better` > `worse` on `suite`? "within CI" when the two 95% intervals overlap (a conservative call)."""
-    a, b = _value(table, better, suite), _value(table, worse, suite)
-    claim = {"claim": f"{better} > {worse}", "suite": suite, "better": better, "worse": worse}
-    if a is None or b is None:
-        missing = [v for v, x in ((better, a), (worse, b)) if x is None]
-        return {**claim, "verdict": NOT_EVALUATED, "detail": f"no accuracy for {', '.join(missing)}"}
-    overlap = a[1] <= b[2] and b[1] <= a[2]
-    verdict = WITHIN_CI if overlap else (HOLDS if a[0] > b[0] else FAILS)
-    return {**claim, "verdict": verdict, "better_accuracy": a[0], "better_ci": [a[1], a[2]],
-            "worse_accuracy": b[0], "worse_ci": [b[1], b[2]], "difference": a[0] - b[0],
-            "detail": f"{better} {format_accuracy(*a)} vs {worse} {format_accuracy(*b)}"}
+def _real(scored: pd.DataFrame) -> pd.DataFrame:
+    return scored[scored["condition"] == "real"] if "condition" in scored else scored
+
+
+def image_use(scored: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0) -> list[dict[str, Any]]:
+    """Per suite with image controls: accuracy with the real, a shuffled and a blank image, and the paired
+    real-minus-control differences (McNemar p, clustered bootstrap interval). A variant "uses the image" on a
+    suite when real minus shuffled is positive with its whole 95% interval."""
+    if "condition" not in scored:
+        return []
+    real = scored[scored["condition"] == "real"].set_index("base_item_id")
+    rows = []
+    for suite, controls in scored[scored["condition"] != "real"].groupby("suite", sort=True):
+        mine = real[real["suite"] == suite]
+        row: dict[str, Any] = {"suite": suite, "n": len(mine), "real": float(mine["correct"].mean())}
+        for condition in ("shuffled", "blank"):
+            other = controls[controls["condition"] == condition].set_index("base_item_id")
+            common = mine.index.intersection(other.index)
+            result = compare_paired(mine.loc[common, "correct"].astype(float).to_numpy(),
+                                    other.loc[common, "correct"].astype(float).to_numpy(),
+                                    clusters=mine.loc[common, "sample_id"].tolist(), n_boot=n_boot, seed=seed)
+            row.update({condition: result["b_accuracy"], f"real_minus_{condition}": result["difference"],
+                        f"{condition}_ci_low": result["ci_low"], f"{condition}_ci_high": result["ci_high"],
+                        f"{condition}_mcnemar_p": result["mcnemar_p"], f"{condition}_n": result["n"]})
+        low = row.get("shuffled_ci_low", _nan())
+        row["verdict"] = USES_IMAGE if low == low and low > 0 else NO_EVIDENCE
+        rows.append(row)
+    return rows
+
+
+def paired_claims(scored_by_variant: Mapping[str, pd.DataFrame], *, suites: Sequence[str] | None = None,
+                  claims: Sequence[tuple[str, str]] = PAPER_CLAIMS, n_boot: int = 2000,
+                  seed: int = 0) -> pd.DataFrame:
+    """Each claim "better > worse" on each suite, tested on the items both variants answered (real images only):
+    exact McNemar, a bootstrap interval of the difference resampling images, and Holm-adjusted McNemar p across
+    every claim tested. A claim holds when the difference is positive and its adjusted p < 0.05."""
+    reals = {v: _real(f).set_index("item_id") for v, f in scored_by_variant.items()}
+    names = suites or [s for s in SUITES if any(s in set(f["suite"]) for f in reals.values())]
+    rows = []
+    for suite in names:
+        for better, worse in claims:
+            row: dict[str, Any] = {"claim": f"{better} > {worse}", "suite": suite, "better": better, "worse": worse}
+            if better not in reals or worse not in reals:
+                missing = [v for v in (better, worse) if v not in reals]
+                rows.append({**row, "verdict": NOT_EVALUATED, "detail": f"no answers for {', '.join(missing)}"})
+                continue
+            a, b = (reals[v][reals[v]["suite"] == suite] for v in (better, worse))
+            common = a.index.intersection(b.index)
+            if len(common) == 0:
+                rows.append({**row, "verdict": NOT_EVALUATED, "detail": "no item answered by both"})
+                continue
+            result = compare_paired(a.loc[common, "correct"].astype(float).to_numpy(),
+                                    b.loc[common, "correct"].astype(float).to_numpy(),
+                                    clusters=a.loc[common, "sample_id"].tolist(), n_boot=n_boot, seed=seed)
+            rows.append({**row, **result, "detail": f"{better} {result['a_accuracy']:.2f} vs {worse} "
+                         f"{result['b_accuracy']:.2f} on {result['n']} paired items"})
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return pd.DataFrame(columns=["claim", "suite", "better", "worse", "verdict", "detail"])
+    tested = frame["mcnemar_p"].notna() if "mcnemar_p" in frame else pd.Series(False, index=frame.index)
+    frame["holm_p"] = _nan()
+    if tested.any():
+        frame.loc[tested, "holm_p"] = holm_adjust(frame.loc[tested, "mcnemar_p"].tolist())
+    for i in frame.index[tested]:
+        diff, p = frame.at[i, "difference"], frame.at[i, "holm_p"]
+        frame.at[i, "verdict"] = (HOLDS if diff > 0 else FAILS) if p < SIGNIFICANT_AT else NOT_SIGNIFICANT
+    return frame
+
+
+def versus_blind(scored_by_variant: Mapping[str, pd.DataFrame], hits: pd.DataFrame, *, n_boot: int = 2000,
+                 seed: int = 0) -> pd.DataFrame:
+    """Each variant against each suite's best image-blind guesser, paired on the same items.
+
+    `hits` is `baselines.blind_hits`: per item each guesser's expected hit. The best guesser is the one with the
+    highest mean on the suite; the difference (variant minus guesser) gets a bootstrap interval resampling images.
+    "above guessing" needs the whole interval above 0, "below guessing" the whole interval below.
+    """
+    guessers = [c for c in hits.columns if c not in ("item_id", "suite", "sample_id")]
+    by_item = hits.set_index("item_id")
+    rows = []
+    for variant in variant_order(list(scored_by_variant)):
+        real = _real(scored_by_variant[variant])
+        for suite, frame in real.groupby("suite", sort=True):
+            mine = frame.set_index("item_id")
+            common = mine.index.intersection(by_item.index)
+            row: dict[str, Any] = {"variant": variant, "suite": suite, "n": len(common)}
+            means = {g: float(by_item.loc[common, g].mean()) for g in guessers if by_item.loc[common, g].notna().all()}
+            if not len(common) or not means:
+                rows.append({**row, "verdict": NOT_EVALUATED})
+                continue
+            best = max(means, key=means.get)
+            result = paired_bootstrap(mine.loc[common, "correct"].astype(float).to_numpy(),
+                                      by_item.loc[common, best].to_numpy(dtype=float),
+                                      clusters=mine.loc[common, "sample_id"].tolist(), n_boot=n_boot, seed=seed)
+            verdict = ABOVE_GUESSING if result["ci_low"] > 0 else BELOW_GUESSING if result["ci_high"] < 0 \
+                else WITHIN_CI
+            rows.append({**row, "accuracy": float(mine.loc[common, "correct"].mean()), "best_guesser": best,
+                         "best_blind": means[best], "difference": result["difference"], "ci_low": result["ci_low"],
+                         "ci_high": result["ci_high"], "p_value": result["p_value"], "verdict": verdict})
+    return pd.DataFrame(rows)
 
 
 def _overall(verdicts: Sequence[str]) -> str:
@@ -193,21 +282,34 @@ def _overall(verdicts: Sequence[str]) -> str:
         return NOT_EVALUATED
     if FAILS in verdicts:
         return FAILS
-    return HOLDS if all(v == HOLDS for v in verdicts) else WITHIN_CI
+    return HOLDS if all(v == HOLDS for v in verdicts) else NOT_SIGNIFICANT
 
 
-def paper_shape(table: pd.DataFrame, *, primary: str = "in_domain",
-                suites: Sequence[str] | None = None) -> dict[str, Any]:
-    """Check the paper's ablation direction (SFT+RL > SFT > base; RL-only < SFT+RL) on every suite.
+def paper_shape(claims: pd.DataFrame, *, primary: str = "in_domain") -> dict[str, Any]:
+    """The paper's ablation direction (SFT+RL > SFT > base; RL-only < SFT+RL) per suite, from `paired_claims`.
 
-    Per claim: "holds" (intervals apart, right direction), "does not hold" (apart, wrong direction), "within CI"
-    (intervals overlap: our data cannot tell) or "not evaluated" (a variant is missing). Overlapping percentile
-    intervals are not a significance test; they only keep us from claiming a shape the sample size cannot show.
+    Per suite "holds" when every claim holds, "does not hold" when one is significant the wrong way, "not
+    significant" when the paired tests cannot tell, "not evaluated" when a variant is missing.
     """
     per_suite = {}
-    for suite in suites or table_suites(table):
-        claims = [compare(table, better, worse, suite) for better, worse in PAPER_CLAIMS]
-        per_suite[suite] = {"verdict": _overall([c["verdict"] for c in claims]), "claims": claims}
-    primary_verdict = per_suite.get(primary, {}).get("verdict", NOT_EVALUATED)
-    return {"primary_suite": primary, "verdict": primary_verdict, "suites": per_suite,
-            "rule": "claim a > b holds when a's and b's 95% bootstrap intervals do not overlap and a > b"}
+    for suite, group in claims.groupby("suite", sort=False):
+        records = group.drop(columns="suite").to_dict("records")
+        per_suite[suite] = {"verdict": _overall([c["verdict"] for c in records]), "claims": records}
+    return {"primary_suite": primary, "verdict": per_suite.get(primary, {}).get("verdict", NOT_EVALUATED),
+            "suites": per_suite,
+            "rule": "a > b holds when a is right on more of the paired items and the exact McNemar test, "
+                    "Holm-adjusted over every claim, gives p < 0.05"}
+
+
+def promotion_evidence(blind: pd.DataFrame, uses_image: pd.DataFrame, *, variant: str,
+                       suite: str) -> dict[str, bool]:
+    """What a promotion gate must see before a model can become champion: above the best image-blind guesser and
+    above its own shuffled-image control on `suite`, each by its whole 95% interval (missing evidence is False)."""
+    def verdict(frame: pd.DataFrame, wanted: str) -> bool:
+        if frame.empty or not {"variant", "suite", "verdict"} <= set(frame.columns):
+            return False
+        rows = frame[(frame["variant"] == variant) & (frame["suite"] == suite)]
+        return bool(len(rows)) and bool((rows["verdict"] == wanted).all())
+
+    return {"beats_blind_guessers": verdict(blind, ABOVE_GUESSING),
+            "beats_shuffled_image": verdict(uses_image, USES_IMAGE)}

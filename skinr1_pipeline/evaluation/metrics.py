@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from skinr1_pipeline.evaluation.paired_tests import wilson_interval
 from skinr1_pipeline.knowledge.taxonomy import Taxonomy, normalize_label
 from skinr1_pipeline.modeling.prompt_format import STATUSES, parse_completion
 from skinr1_pipeline.training.rewards import completion_text
@@ -30,7 +31,8 @@ POSITIVE_BUCKETS = ("malignant", "precancerous_in_situ")
 OPTION_ERRORS = ("no_option", "option_not_offered", "ambiguous_option")
 NO_ANSWER = "<no answer>"
 _CARRIED = ("item_id", "suite", "sample_id", "source_dataset", "modality", "taxonomy_node", "taxonomy_depth",
-            "fitzpatrick", "bucket", "answer_index", "option_logprobs", "answer_logprobs")
+            "fitzpatrick", "bucket", "answer_index", "option_logprobs", "answer_logprobs", "level", "construction",
+            "condition", "base_item_id")
 _STATUS_CLAUSE_RE = re.compile(r"(?<![^\W_])status\s*[:=\-\u2013\u2014].*", re.IGNORECASE | re.DOTALL)
 
 
@@ -188,9 +190,13 @@ def bootstrap_ci(values: Sequence[float] | np.ndarray, *, n_boot: int = 2000, al
 
 def accuracy(correct: Sequence[bool] | pd.Series | np.ndarray, *, n_boot: int = 2000, alpha: float = 0.05,
              seed: int = 0) -> dict[str, float]:
-    """Accuracy with its bootstrap (1 - alpha) interval."""
+    """Accuracy with its (1 - alpha) interval: Wilson for 0/1 outcomes (a percentile bootstrap collapses to zero width
+    at 0 or 1), the seeded bootstrap for fractional scores."""
     x = np.asarray(correct, dtype=float)
-    lo, hi = bootstrap_ci(x, n_boot=n_boot, alpha=alpha, seed=seed)
+    if len(x) and np.isin(x, (0.0, 1.0)).all():
+        lo, hi = wilson_interval(int(x.sum()), len(x), alpha)
+    else:
+        lo, hi = bootstrap_ci(x, n_boot=n_boot, alpha=alpha, seed=seed)
     return {"n": int(len(x)), "accuracy": float(x.mean()) if len(x) else float("nan"), "ci_low": lo, "ci_high": hi}
 
 

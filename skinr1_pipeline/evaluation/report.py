@@ -34,20 +34,28 @@ from skinr1_pipeline.evaluation.comparison import (
     variant_order,
     versus_guessing,
 )
+from skinr1_pipeline.evaluation.suites import PAPER_SUFFIX
 from skinr1_pipeline.evaluation.metrics import NO_ANSWER, confusion_matrix, grouped_accuracy
 
 LOSS_KEYS = ("loss", "train_loss", "train/loss")
 REWARD_PREFIXES = ("rewards/", "reward")
 OOD_SUITES = ("ood", "ood_omnimedvqa")
 SUITE_DESCRIPTIONS = {
-    "in_domain": "4-option questions on in-distribution test images; gold = deepest correct option shown "
-                 "(an ancestor of the label counts as wrong).",
+    "in_domain": "set-first: 4 of the dataset's classes (none an ancestor of another) fixed before the gold is drawn "
+                 "uniformly among them, then an in-distribution test image of the gold; blind guessing scores 1/4.",
+    "hierarchical": "set-first at each taxonomy level with at least 4 classes (options all at that level); credit = "
+                    "depth of the lowest common ancestor with the gold over the gold's depth.",
+    "ddx": "set-first: a cluster of mutual look-alikes from the differential-diagnosis graph, then the gold.",
+    "ood": "set-first, as in_domain, on held-out sources / modalities (out of distribution).",
     "malignancy": "benign / malignant / precancerous in situ, 3 options.",
-    "hierarchical": "every node of the label's taxonomy path plus one distractor; gold = the finest node.",
-    "ddx": "the label against its look-alikes from the differential-diagnosis graph only.",
-    "ood": "4-option questions on held-out sources / modalities (out of distribution).",
     "open_ended": "free-text diagnosis mapped onto the taxonomy; credit = shared depth with the label.",
-    "ood_omnimedvqa": "OmniMedVQA skin questions with their own options (out of distribution).",
+    "ood_omnimedvqa": "OmniMedVQA skin questions with their own options (out of distribution, never trained on).",
+    "in_domain_paper": "paper-comparable (leaks): 1-3 nodes of the label's own path + same-dataset distractors; gold "
+                       "= the deepest path node offered.",
+    "hierarchical_paper": "paper-comparable (leaks): every node of the label's path plus one distractor; gold = the "
+                          "finest node (\"pick the deepest option\" answers it).",
+    "ddx_paper": "paper-comparable (leaks): the label against its DDx look-alikes (the most central option is gold).",
+    "ood_paper": "paper-comparable (leaks): as in_domain_paper on held-out sources / modalities.",
 }
 _PNG_META = {"Software": None}  # no version string in the PNG, so bytes depend on the data only
 _CSS = ("body{font-family:system-ui,Arial,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
@@ -296,7 +304,14 @@ def _contamination_rows(contamination: Any) -> list[list[Any]]:
     frame = getattr(contamination, "summary", contamination)
     if isinstance(frame, Mapping):
         return [[suite, "", count, "", "", ""] for suite, count in sorted(frame.items())]
-    cols = ("suite", "n_items", "contaminated", "by_hash", "by_sample_id", "fraction")
+    if "item_id" in frame and "contaminated" in frame:  # per-item flags: summarise per suite
+        frame = frame.groupby("suite", sort=True).agg(
+            n_items=("item_id", "size"), contaminated=("contaminated", "sum"), by_hash=("by_hash", "sum"),
+            by_sample_id=("by_sample_id", "sum"),
+            **({"by_near_duplicate": ("by_near_duplicate", "sum")} if "by_near_duplicate" in frame else {}),
+        ).reset_index()
+        frame["fraction"] = frame["contaminated"] / frame["n_items"]
+    cols = ("suite", "n_items", "contaminated", "by_hash", "by_sample_id", "by_near_duplicate", "fraction")
     return [[row.get(c, "") for c in cols] for row in frame.to_dict("records")]
 
 
@@ -313,7 +328,10 @@ def _evaluated_section(doc: _Doc, variants: list[str], summaries: Mapping[str, M
     doc.table(["suite", "items scored", "what it asks"], rows)
     doc.para("Every answer is read by the same strict parser that pays the training rewards: a completion that is "
              "not in the required `<thinking>`/`<diagnosis>` format, or that names no single offered option, counts "
-             "as wrong. Intervals are 95% percentile bootstrap intervals over items.", note=True)
+             "as wrong. Intervals of single accuracies are 95% Wilson intervals; differences between variants are "
+             "tested on paired items (exact McNemar, bootstrap intervals resampling images). Suites named "
+             "`<suite>_paper` keep the paper's item construction, whose option lists give the answer away to a "
+             "guesser that never sees the image; read them only beside their blind ceiling.", note=True)
 
 
 def _suite_details(doc: _Doc, variants: list[str], summaries: Mapping[str, Mapping[str, Any]],
@@ -348,20 +366,26 @@ def _likelihood_section(doc: _Doc, variants: list[str], summaries: Mapping[str, 
 
 
 def _guessing_section(doc: _Doc, summaries: Mapping[str, Mapping[str, Any]], baselines: pd.DataFrame | None,
-                      suites: list[str]) -> None:
+                      suites: list[str], blind: pd.DataFrame | None = None) -> None:
     doc.heading("Against image-blind guessing")
+    _paired_blind_table(doc, blind, suites)
     if baselines is None or baselines.empty:
         doc.para("No image-blind baselines were supplied; accuracies cannot be read against guessing.", note=True)
         return
-    doc.para("What a guesser that never looks at the image scores on the same items (expected accuracy): a uniformly "
-             "random option; the option that is gold most often in the suite (its frequencies come from the suite "
-             "itself, so it is optimistic); and, for multiple choice, the option with the most offered taxonomy "
-             "ancestors, which finds the gold answer whenever the label's path contributes an ancestor chain. A "
-             "variant is above guessing on a suite only when its 95% interval lies above the best of the three.")
-    rows = [[r.suite, r.n, r.uniform, r.answer_prior, r.taxonomy_structure, r.best, r.best_guesser]
-            for r in baselines.itertuples(index=False) if r.suite in suites]
-    doc.table(["suite", "n", "uniform", "answer prior", "taxonomy structure", "best guess", "best guesser"], rows)
+    doc.para("What a guesser that never looks at the image scores on the same items (expected accuracy; it sees only "
+             "the option texts, the public taxonomy and DDx graph): a uniformly random option; the option gold most "
+             "often in the other folds (cross-fitted); the option with the most offered taxonomy ancestors; the "
+             "deepest; the longest text; the most lexically central; the most DDx-central; and a cross-fitted model "
+             "on all of these. The paired table above is the verdict for generated answers; answer-likelihood "
+             "accuracy is read against the best guess by its 95% interval.")
+    columns = list(baselines.columns)
+    guessers = columns[columns.index("n") + 1:columns.index("best")]  # whichever guessers the table was built with
+    rows = [[r["suite"], r["n"], *(r[g] for g in guessers), r["best"], r["best_guesser"]]
+            for r in baselines.to_dict("records") if r["suite"] in suites]
+    doc.table(["suite", "n", *(g.replace("_", " ") for g in guessers), "best guess", "best guesser"], rows)
     for title, likelihood in (("Generated answer", False), ("Answer likelihood", True)):
+        if not likelihood and blind is not None and len(blind):
+            continue  # the paired table above replaces the interval-against-a-bar verdicts
         verdicts = versus_guessing(summaries, baselines, likelihood=likelihood)
         verdicts = verdicts[[c for c in verdicts.columns if c in suites and
                              (verdicts[c] != NOT_EVALUATED).any()]]
@@ -407,13 +431,69 @@ def _ood_section(doc: _Doc, table: pd.DataFrame, variants: list[str]) -> None:
     doc.table(["variant", "in_domain"] + [h for s in ood for h in (s, f"{s} minus in_domain")], rows)
 
 
-def _shape_section(doc: _Doc, table: pd.DataFrame) -> None:
-    shape = paper_shape(table)
+def _paired_blind_table(doc: _Doc, blind: pd.DataFrame | None, suites: list[str]) -> None:
+    if blind is None or blind.empty or "best_guesser" not in blind:
+        return
+    doc.para("Generated answers against the suite's best blind guesser on the same items (difference with a "
+             "bootstrap 95% interval resampling images; \"above guessing\" needs the whole interval above 0):")
+    shown = blind[blind["suite"].isin(suites) & blind["best_guesser"].notna()]
+    doc.table(["variant", "suite", "n", "accuracy", "best guesser", "its accuracy", "difference [95% CI]", "verdict"],
+              [[r["variant"], r["suite"], r["n"], r["accuracy"], r["best_guesser"], r["best_blind"],
+                f"{r['difference']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]", r["verdict"]]
+               for r in shown.to_dict("records")])
+
+
+def _p(value: Any) -> str:
+    """A p-value that stays readable when tiny (0.0000 would claim an impossible certainty)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return "n/a"
+    return "n/a" if math.isnan(v) else f"{v:.1e}" if v < 1e-3 else f"{v:.3f}"
+
+
+def _blind_ceiling(baselines: pd.DataFrame | None) -> dict[str, str]:
+    if baselines is None or baselines.empty or "best" not in baselines:
+        return {}
+    return {r["suite"]: f"{r['best']:.2f} ({r['best_guesser']})" for r in baselines.to_dict("records")}
+
+
+def _image_use_section(doc: _Doc, image_use: pd.DataFrame | None) -> None:
+    doc.heading("Does each variant read the image?")
+    if image_use is None or image_use.empty:
+        doc.para("No image controls were evaluated; whether a variant reads the image is unknown.", note=True)
+        return
+    doc.para("The same items answered again with the image replaced by another item's image of the suite "
+             "(shuffled) and by a blank grey image. A model that reads the lesion loses accuracy when the image no "
+             "longer belongs to the question; one that answers from the option list does not. \"uses the image\" "
+             "needs real minus shuffled above 0 with its whole 95% interval (bootstrap resampling images); McNemar p "
+             "is the exact paired test of the same difference.")
+    doc.table(["variant", "suite", "n", "real", "shuffled", "blank", "real - shuffled [95% CI]", "McNemar p",
+               "real - blank", "verdict"],
+              [[r["variant"], r["suite"], r["n"], r["real"], r["shuffled"], r["blank"],
+                f"{r['real_minus_shuffled']:+.3f} [{r['shuffled_ci_low']:+.3f}, {r['shuffled_ci_high']:+.3f}]",
+                _p(r["shuffled_mcnemar_p"]), f"{r['real_minus_blank']:+.3f}", r["verdict"]]
+               for r in image_use.to_dict("records")])
+
+
+def _shape_section(doc: _Doc, claims: pd.DataFrame | None) -> None:
     doc.heading("Does the paper's ablation shape hold?")
+    if claims is None or claims.empty:
+        doc.para("No paired comparison of the variants was supplied.", note=True)
+        return
+    shape = paper_shape(claims)
     doc.para(f"Paper claim: SFT+GRPO > SFT > base and RL-only < SFT+GRPO. On the primary suite "
-             f"({shape['primary_suite']}): {shape['verdict']}. Rule: {shape['rule']}.")
-    rows = [[suite, c["claim"], c["verdict"], c["detail"]]
-            for suite, block in shape["suites"].items() for c in block["claims"]]
+             f"({shape['primary_suite']}): {shape['verdict']}. Rule: {shape['rule']}. Claims on `_paper` suites can "
+             "be won by reading the option list; the set-first suites are the evidence.")
+    rows = []
+    for suite, block in shape["suites"].items():
+        for c in block["claims"]:
+            numbers = c.get("detail", "")
+            if isinstance(c.get("ci_low"), float) and c["ci_low"] == c["ci_low"]:
+                numbers += (f"; difference {c['difference']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}], "
+                            f"{c['a_only']} vs {c['b_only']} discordant, McNemar p {_p(c['mcnemar_p'])}, "
+                            f"Holm {_p(c['holm_p'])}")
+            rows.append([suite, c["claim"], c["verdict"], numbers])
     doc.table(["suite", "claim", "verdict", "numbers"], rows)
 
 
@@ -431,15 +511,16 @@ def _auto_caveats(table: pd.DataFrame, summaries: Mapping[str, Mapping[str, Any]
 def write_report(out_dir: str | Path, *, table: pd.DataFrame, summaries: Mapping[str, Mapping[str, Any]],
                  scored: Mapping[str, Mapping[str, pd.DataFrame]], curves: Curves | None = None,
                  contamination: Any = None, baselines: pd.DataFrame | None = None,
-                 title: str = "Skin-R1 evaluation report",
+                 versus_blind: pd.DataFrame | None = None, claims: pd.DataFrame | None = None,
+                 image_use: pd.DataFrame | None = None, title: str = "Skin-R1 evaluation report",
                  caveats: Sequence[str] = (), description: str | None = None, depth_suite: str = "in_domain",
                  confusion_suite: str = "in_domain", generated_at: str | None = None) -> ReportFiles:
     """Write report.md, report.html (self-contained) and figures/*.png under `out_dir`.
 
     `table` from `comparison.ablation_table`, `summaries` variant -> `variant_summary`, `scored` variant -> suite ->
     scored frame, `curves` from `read_curves`, `contamination` a `ContaminationReport` (or its summary frame, or
-    suite -> excluded count), `baselines` from `baselines.blind_baselines`, `caveats` free text (e.g. "tiny
-    random demo model: numbers are meaningless").
+    suite -> excluded count), `baselines` from `baselines.blind_baselines`, `versus_blind`, `claims` (paired_claims)
+    and `image_use` from `comparison`, `caveats` free text (e.g. "tiny random demo model: numbers are meaningless").
     """
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
@@ -452,11 +533,22 @@ def write_report(out_dir: str | Path, *, table: pd.DataFrame, summaries: Mapping
     _evaluated_section(doc, variants, summaries, suites, description)
 
     doc.heading("Ablation table")
-    doc.para("Accuracy [95% CI] per suite; rows follow the paper's ablation (base, SFT only, RL only, SFT+GRPO).")
-    doc.table(["variant", *suites], [[v, *[table.at[v, s] for s in suites]] for v in variants])
+    headline = [s for s in suites if not s.endswith(PAPER_SUFFIX)]
+    paper = [s for s in suites if s.endswith(PAPER_SUFFIX)]
+    doc.para("Accuracy [95% CI] per suite; rows follow the paper's ablation (base, SFT only, RL only, SFT+GRPO). "
+             "The multiple-choice suites here are set-first: no image-blind guesser beats chance on them.")
+    doc.table(["variant", *headline], [[v, *[table.at[v, s] for s in headline]] for v in variants])
+    if paper:
+        ceiling = _blind_ceiling(baselines)
+        doc.para("Paper-comparable suites (the authors' item construction), each beside the best image-blind "
+                 "guesser's accuracy on the same items: a number at or below that ceiling says nothing about the "
+                 "image.")
+        doc.table(["variant", *paper], [[v, *[table.at[v, s] for s in paper]] for v in variants]
+                  + [["best blind guesser", *[ceiling.get(s, "n/a") for s in paper]]])
     _likelihood_section(doc, variants, summaries)
-    _guessing_section(doc, {v: summaries[v] for v in variants}, baselines, suites)
-    _shape_section(doc, table)
+    _guessing_section(doc, {v: summaries[v] for v in variants}, baselines, suites, versus_blind)
+    _image_use_section(doc, image_use)
+    _shape_section(doc, claims)
     _malignancy_section(doc, variants, summaries)
     _ood_section(doc, table, variants)
     _suite_details(doc, variants, summaries, suites)
@@ -493,9 +585,10 @@ def write_report(out_dir: str | Path, *, table: pd.DataFrame, summaries: Mapping
     doc.heading("Contamination")
     rows = _contamination_rows(contamination)
     if rows:
-        doc.para("Evaluation items whose image (SHA-256) or sample id also occurs in training data were removed "
-                 "before scoring.")
-        doc.table(["suite", "items checked", "excluded", "by image hash", "by sample id", "fraction"], rows)
+        doc.para("Evaluation items whose image (SHA-256), a near-duplicate of it (perceptual hash within the "
+                 "calibrated distance) or whose sample id also occurs in training data were removed before scoring.")
+        doc.table(["suite", "items checked", "excluded", "by image hash", "by sample id", "by near-duplicate",
+                   "fraction"], rows)
     else:
         doc.para("No contamination check was supplied; overlap between training and evaluation data is unknown.",
                  note=True)

@@ -1,17 +1,22 @@
 """Evaluation suites built from unified samples (paper §7), one row per question, one schema for all suites.
 
-Suites (all on the test split by default):
-  * in_domain:    RL-style 4-option items (`training.rl_data`) on in-distribution samples; gold = deepest correct
-                  option shown, ancestors shown count as wrong (credit keeps the hierarchical partial score).
+Headline suites are set-first (`tasks.set_first`): the option set is fixed before the answer is known and the gold
+is drawn uniformly from it, so every image-blind guesser scores 1/n in expectation and only the image can lift a
+model above chance.
+  * in_domain:    the dataset's label classes as options (an antichain: exactly one is true), in-distribution images.
+  * hierarchical: options at one taxonomy level, asked at every level with enough classes (column `level`);
+                  credit = lowest-common-ancestor depth over the gold's depth (partial credit for a sibling).
+  * ddx:          clusters of mutual DDx look-alikes, then the gold.
+  * ood:          as in_domain, on held-out sources / modalities (demo: clinical photos while training is dermoscopic).
   * malignancy:   3-way benign / malignant / precancerous in situ, fixed order as in the authors' code.
-  * hierarchical: every non-root node of the sample's own path (needs >= 2) plus one distractor at the label's
-                  depth; gold = the label, credit = depth / label depth.
-  * ddx:          gold + DDx look-alikes (parent/child expansion) only; samples with fewer than
-                  `min_ddx_neighbours` look-alikes are skipped and counted (`too_few_ddx_neighbours`), never
-                  padded with random nodes.
-  * ood:          RL-style items on held-out sources / modalities (demo: clinical photos while training is
-                  dermoscopic); `omnimedvqa_suite` turns OmniMedVQA questions into the same schema.
   * open_ended:   free-text diagnosis; scored in `metrics` by mapping the answer onto the taxonomy.
+  * ood_omnimedvqa: OmniMedVQA's dermatology questions with their own options (reported per subset, never trained on).
+Paper-comparable suites (`<suite>_paper`) keep the authors' construction (gold-first; the gold is the deepest offered
+node of the label's path, DDx options are the gold's look-alikes), which leaks the answer to image-blind guessers;
+they are reported beside their blind ceiling, never as the headline.
+
+`image_controls` adds, for chosen suites, the same items with the image replaced by another item's (shuffled) and
+by a blank image, so a variant's "real minus shuffled" says whether it reads the image.
 
 Every suite requires a malignancy bucket, as the paper builds all suites from its RL test split. Samples that
 cannot become an item are returned in `SuiteBuild.dropped` with suite and reason.
@@ -21,11 +26,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from skinr1_pipeline.data.holdout import evaluation_only
 from skinr1_pipeline.knowledge.ddx import DDxGraph
 from skinr1_pipeline.knowledge.taxonomy import Taxonomy, normalize_label
 from skinr1_pipeline.modeling.prompt_format import (
@@ -35,7 +42,8 @@ from skinr1_pipeline.modeling.prompt_format import (
     build_mcq_prompt,
     build_open_prompt,
 )
-from skinr1_pipeline.training.rl_data import (
+from skinr1_pipeline.tasks.set_first import SetFirstConfig, build_set_first_items
+from skinr1_pipeline.tasks.mcq import (
     build_mcq_items,
     dataset_pools,
     drop_record,
@@ -46,11 +54,16 @@ from skinr1_pipeline.training.rl_data import (
     sample_rng,
 )
 
-SUITES = ("in_domain", "malignancy", "hierarchical", "ddx", "ood", "open_ended", "ood_omnimedvqa")
+HEADLINE_SUITES = ("in_domain", "hierarchical", "ddx", "ood")
+PAPER_SUFFIX = "_paper"
+PAPER_SUITES = tuple(f"{s}{PAPER_SUFFIX}" for s in HEADLINE_SUITES)
+SUITES = (*HEADLINE_SUITES, "malignancy", "open_ended", "ood_omnimedvqa", *PAPER_SUITES)
+#: Image conditions: the item's own image, another item's image of the same suite, a blank image.
+CONDITIONS = ("real", "shuffled", "blank")
 SUITE_COLUMNS = (
     "suite", "item_id", "sample_id", "image_path", "prompt", "options", "option_nodes", "option_scores",
     "option_buckets", "answer_index", "bucket", "taxonomy_node", "taxonomy_depth", "source_dataset", "modality",
-    "split", "fitzpatrick", "image_sha256",
+    "split", "fitzpatrick", "image_sha256", "level", "construction", "gold_class", "condition", "base_item_id",
 )  # fmt: skip
 DROP_COLUMNS = ("suite", "sample_id", "source_dataset", "split", "reason", "detail")
 #: Malignancy options in the authors' order (A benign, B malignant, C precancerous in situ).
@@ -60,6 +73,7 @@ MALIGNANCY_QUESTION = "Is the skin lesion in this image benign, malignant or pre
 HIERARCHICAL_QUESTION = ("Which of these diagnoses describes the skin lesion in this image? Several may be true at "
                          "different levels of detail.")
 DDX_QUESTION = "Which of these look-alike diagnoses is the skin lesion in this image?"
+LEVEL_QUESTION = "Which of these describes the skin lesion in this image?"
 
 
 @dataclass(frozen=True)
@@ -75,6 +89,13 @@ class SuiteConfig:
     ddx_restrict_to_labels: bool = False  # paper: only look-alikes that occur as labels in the eval split
     ask_status: bool = True  # keep the RL prompt's status request so eval prompts match training prompts
     seed: int = 42
+    closeness: float = 3.0  # set-first: how strongly options are drawn from the anchor's close relatives
+    items_per_pool: int = 0  # set-first: items per (dataset, level) pool; 0 = one per image in the pool
+    paper_suites: bool = True  # also build the paper-comparable (leaky) suites
+
+    def set_first(self, question: str) -> SetFirstConfig:
+        return SetFirstConfig(n_options=self.n_options, seed=self.seed, closeness=self.closeness,
+                              items_per_pool=self.items_per_pool, question=question, ask_status=self.ask_status)
 
 
 @dataclass
@@ -98,21 +119,40 @@ def ood_mask(samples: pd.DataFrame, config: SuiteConfig) -> pd.Series:
     return samples["source_dataset"].isin(config.holdout_sources) | samples["modality"].isin(config.holdout_modalities)
 
 
-def _eval_rows(samples: pd.DataFrame, config: SuiteConfig, *, ood: bool) -> pd.DataFrame:
+def _domain(samples: pd.DataFrame, config: SuiteConfig, *, ood: bool) -> pd.DataFrame:
+    """One domain's rows of every split; evaluation-only datasets (OmniMedVQA) have their own question suite."""
     mask = ood_mask(samples, config)
-    return samples[(mask if ood else ~mask) & samples["split"].isin(config.splits)]
+    return samples[(mask if ood else ~mask) & ~evaluation_only(samples)]
+
+
+def _eval_rows(samples: pd.DataFrame, config: SuiteConfig, *, ood: bool) -> pd.DataFrame:
+    domain = _domain(samples, config, ood=ood)
+    return domain[domain["split"].isin(config.splits)]
 
 
 def _frame(rows: list[dict[str, Any]], columns: Sequence[str] = SUITE_COLUMNS) -> pd.DataFrame:
     extra = [c for r in rows[:1] for c in r if c not in columns]
-    return pd.DataFrame(rows, columns=[*columns, *extra])
+    return _real(pd.DataFrame(rows, columns=[*columns, *extra]))
+
+
+def _real(frame: pd.DataFrame) -> pd.DataFrame:
+    """Mark items as shown with their own image (`image_controls` adds the other conditions); `gold_class` names
+    the right option's node (the label itself for open-ended items)."""
+    if "gold_class" not in frame or frame["gold_class"].isna().all():
+        frame["gold_class"] = [nodes[int(i)] if len(nodes) else node for nodes, i, node in
+                               zip(frame["option_nodes"], frame["answer_index"], frame["taxonomy_node"])]
+    frame["condition"] = "real"
+    frame["base_item_id"] = frame["item_id"]
+    return frame
 
 
 def _with_suite(frame: pd.DataFrame, suite: str) -> pd.DataFrame:
     out = frame.copy()
     out.insert(0, "suite", suite)
     out["item_id"] = suite + "/" + out["sample_id"].astype(str)
-    return out
+    out["level"] = None
+    out["construction"] = _construction(suite)
+    return _real(out)
 
 
 def _dropped(records: list[dict[str, Any]], suite: str) -> pd.DataFrame:
@@ -122,21 +162,56 @@ def _dropped(records: list[dict[str, Any]], suite: str) -> pd.DataFrame:
 def _rl_style(samples: pd.DataFrame, taxonomy: Taxonomy, config: SuiteConfig, suite: str,
               ood: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
     # Distractor pools come from every split of the same domain; items only from `config.splits`.
-    domain = samples[ood_mask(samples, config) == ood]
+    domain = _domain(samples, config, ood=ood)
     build = build_mcq_items(domain, taxonomy, n_options=config.n_options, seed=config.seed,
                             ask_status=config.ask_status, splits=config.splits, item_prefix=suite)
     items = _with_suite(build.items, suite)[list(SUITE_COLUMNS)]
     return items, _dropped(build.dropped.to_dict("records"), suite)
 
 
+def paper_in_domain_suite(samples: pd.DataFrame, taxonomy: Taxonomy,
+                          config: SuiteConfig = SuiteConfig()) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The authors' RL-style items on in-distribution test images (leaks: see module docstring)."""
+    return _rl_style(samples, taxonomy, config, "in_domain_paper", ood=False)
+
+
+def paper_ood_suite(samples: pd.DataFrame, taxonomy: Taxonomy,
+                    config: SuiteConfig = SuiteConfig()) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return _rl_style(samples, taxonomy, config, "ood_paper", ood=True)
+
+
+def _set_first(samples: pd.DataFrame, taxonomy: Taxonomy, config: SuiteConfig, suite: str, *, pool: str, ood: bool,
+               question: str, ddx: DDxGraph | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    build = build_set_first_items(_domain(samples, config, ood=ood), taxonomy, pool=pool,
+                                  config=config.set_first(question), splits=config.splits, ddx=ddx, item_prefix=suite)
+    items = build.items.copy()
+    items.insert(0, "suite", suite)
+    items = _real(items)
+    return items[list(SUITE_COLUMNS)], _dropped(build.dropped.to_dict("records"), suite)
+
+
 def in_domain_suite(samples: pd.DataFrame, taxonomy: Taxonomy,
                     config: SuiteConfig = SuiteConfig()) -> tuple[pd.DataFrame, pd.DataFrame]:
-    return _rl_style(samples, taxonomy, config, "in_domain", ood=False)
+    """Set-first items over each in-distribution dataset's label classes."""
+    return _set_first(samples, taxonomy, config, "in_domain", pool="label", ood=False, question=DEFAULT_MCQ_QUESTION)
 
 
 def ood_suite(samples: pd.DataFrame, taxonomy: Taxonomy,
               config: SuiteConfig = SuiteConfig()) -> tuple[pd.DataFrame, pd.DataFrame]:
-    return _rl_style(samples, taxonomy, config, "ood", ood=True)
+    """Set-first items over each held-out dataset's label classes."""
+    return _set_first(samples, taxonomy, config, "ood", pool="label", ood=True, question=DEFAULT_MCQ_QUESTION)
+
+
+def hierarchical_suite(samples: pd.DataFrame, taxonomy: Taxonomy,
+                       config: SuiteConfig = SuiteConfig()) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Set-first items at every taxonomy level where a dataset has enough classes (per-level accuracy)."""
+    return _set_first(samples, taxonomy, config, "hierarchical", pool="level", ood=False, question=LEVEL_QUESTION)
+
+
+def ddx_suite(samples: pd.DataFrame, taxonomy: Taxonomy, ddx: DDxGraph,
+              config: SuiteConfig = SuiteConfig()) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Set-first clusters of DDx look-alikes, then the gold."""
+    return _set_first(samples, taxonomy, config, "ddx", pool="ddx", ood=False, question=DDX_QUESTION, ddx=ddx)
 
 
 def _base(row: Any, taxonomy: Taxonomy, suite: str) -> dict[str, Any]:
@@ -146,7 +221,15 @@ def _base(row: Any, taxonomy: Taxonomy, suite: str) -> dict[str, Any]:
         "taxonomy_depth": taxonomy.depth(row.taxonomy_node), "source_dataset": row.source_dataset,
         "modality": row.modality, "split": getattr(row, "split", None),
         "fitzpatrick": getattr(row, "fitzpatrick", None), "image_sha256": getattr(row, "image_sha256", None),
+        "level": None, "construction": _construction(suite),
     }  # fmt: skip
+
+
+def _construction(suite: str) -> str:
+    """How a suite's options were chosen (the report groups suites by it)."""
+    if suite.endswith(PAPER_SUFFIX):
+        return "paper"
+    return {"malignancy": "fixed_options", "open_ended": "open", "ood_omnimedvqa": "benchmark"}.get(suite, "set_first")
 
 
 def malignancy_suite(samples: pd.DataFrame, taxonomy: Taxonomy,
@@ -172,9 +255,9 @@ def _mcq(row: Any, taxonomy: Taxonomy, suite: str, nodes: list[str], scores: lis
             ("prompt", "options", "option_nodes", "option_scores", "option_buckets", "answer_index")}}
 
 
-def hierarchical_suite(samples: pd.DataFrame, taxonomy: Taxonomy,
-                       config: SuiteConfig = SuiteConfig()) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Whole path + one same-depth distractor, preferring nodes the sample's dataset uses (else any taxonomy node at
+def paper_hierarchical_suite(samples: pd.DataFrame, taxonomy: Taxonomy,
+                             config: SuiteConfig = SuiteConfig()) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The earlier hierarchical suite (answered 1.0 by "pick the deepest option"): whole path + one same-depth distractor, preferring nodes the sample's dataset uses (else any taxonomy node at
     that depth; `distractor_source` records which)."""
     by_level: dict[int, set[str]] = {}
     for node in taxonomy:
@@ -196,14 +279,14 @@ def hierarchical_suite(samples: pd.DataFrame, taxonomy: Taxonomy,
         rng = sample_rng(config.seed, f"hierarchical-distractor/{row.sample_id}")
         distractor = sorted(candidates)[int(rng.integers(len(candidates)))]
         scores = [j / len(path) for j in range(1, len(path) + 1)] + [0.0]
-        item = _mcq(row, taxonomy, "hierarchical", [*path, distractor], scores, HIERARCHICAL_QUESTION, config)
+        item = _mcq(row, taxonomy, "hierarchical_paper", [*path, distractor], scores, HIERARCHICAL_QUESTION, config)
         items.append({**item, "distractor_source": source})
-    return _frame(items), _dropped(dropped, "hierarchical")
+    return _frame(items), _dropped(dropped, "hierarchical_paper")
 
 
-def ddx_suite(samples: pd.DataFrame, taxonomy: Taxonomy, ddx: DDxGraph,
-              config: SuiteConfig = SuiteConfig()) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Gold + look-alikes from the DDx graph only; too few look-alikes means the sample is skipped and counted."""
+def paper_ddx_suite(samples: pd.DataFrame, taxonomy: Taxonomy, ddx: DDxGraph,
+                    config: SuiteConfig = SuiteConfig()) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The paper's DDx items (answered 0.96 on the demo by DDx-graph centrality): gold + look-alikes only; too few look-alikes means the sample is skipped and counted."""
     rows = _eval_rows(samples, config, ood=False)
     labels = set(rows["taxonomy_node"].dropna())
     n_wanted = (MAX_OPTIONS - 1) if config.ddx_options is None else config.ddx_options - 1
@@ -222,8 +305,8 @@ def ddx_suite(samples: pd.DataFrame, taxonomy: Taxonomy, ddx: DDxGraph,
         ordered = sorted(look_alikes)
         n_pick = min(n_wanted, len(ordered))
         chosen = [ordered[i] for i in rng.choice(len(ordered), size=n_pick, replace=False)]
-        items.append(_mcq(row, taxonomy, "ddx", [node, *chosen], [1.0] + [0.0] * n_pick, DDX_QUESTION, config))
-    return _frame(items), _dropped(dropped, "ddx")
+        items.append(_mcq(row, taxonomy, "ddx_paper", [node, *chosen], [1.0] + [0.0] * n_pick, DDX_QUESTION, config))
+    return _frame(items), _dropped(dropped, "ddx_paper")
 
 
 def open_ended_suite(samples: pd.DataFrame, taxonomy: Taxonomy,
@@ -273,7 +356,7 @@ def omnimedvqa_suite(questions: pd.DataFrame, taxonomy: Taxonomy, *, records: pd
             "bucket": taxonomy[gold_node].bucket if gold_node else None, "taxonomy_node": gold_node,
             "taxonomy_depth": taxonomy.depth(gold_node) if gold_node else None, "source_dataset": source,
             "modality": q.modality, "split": "test", "fitzpatrick": np.nan,
-            "image_sha256": hashes.get(q.sample_id),
+            "image_sha256": hashes.get(q.sample_id), "level": None, "construction": "benchmark",
         })  # fmt: skip
     return _frame(items), _dropped(dropped, "ood_omnimedvqa")
 
@@ -283,15 +366,63 @@ def build_suites(samples: pd.DataFrame, taxonomy: Taxonomy, ddx: DDxGraph, confi
     """All suites in one frame (column `suite`), plus every skipped sample with its suite and reason."""
     parts = [
         in_domain_suite(samples, taxonomy, config),
-        malignancy_suite(samples, taxonomy, config),
         hierarchical_suite(samples, taxonomy, config),
         ddx_suite(samples, taxonomy, ddx, config),
         ood_suite(samples, taxonomy, config),
+        malignancy_suite(samples, taxonomy, config),
         open_ended_suite(samples, taxonomy, config),
     ]
     if omnimedvqa is not None:
         parts.append(omnimedvqa_suite(omnimedvqa, taxonomy, records=omnimedvqa_records, ask_status=config.ask_status))
-    items = pd.concat([p[0] for p in parts if len(p[0])], ignore_index=True) if any(len(p[0]) for p in parts) \
-        else pd.DataFrame(columns=list(SUITE_COLUMNS))
-    dropped = pd.concat([p[1] for p in parts], ignore_index=True)
+    if config.paper_suites:
+        parts += [
+            paper_in_domain_suite(samples, taxonomy, config),
+            paper_hierarchical_suite(samples, taxonomy, config),
+            paper_ddx_suite(samples, taxonomy, ddx, config),
+            paper_ood_suite(samples, taxonomy, config),
+        ]
+    built = [p[0] for p in parts if len(p[0])]
+    items = pd.concat(built, ignore_index=True) if built else pd.DataFrame(columns=list(SUITE_COLUMNS))
+    dropped = pd.concat([p[1] for p in parts if len(p[1])], ignore_index=True) if any(len(p[1]) for p in parts) \
+        else pd.DataFrame(columns=list(DROP_COLUMNS))
     return SuiteBuild(items, dropped)
+
+
+def image_controls(items: pd.DataFrame, *, suites: Sequence[str], blank_image: str, seed: int = 42) -> pd.DataFrame:
+    """The real items of `suites` again, shown with another item's image (shuffled) and with `blank_image`.
+
+    Why: accuracy alone cannot say whether a variant reads the image; the drop from real to shuffled can. Shuffling
+    is a seeded single cycle over each suite's items (no item keeps its own position); when a suite reuses an image,
+    an item may still draw its own picture by chance, which only makes the control conservative. Controls keep the
+    original `sample_id` (for clustered statistics) and point `base_item_id` at the real item they pair with.
+    """
+    unknown = sorted(set(suites) - set(items["suite"]))
+    real = items[(items["condition"] == "real") & items["suite"].isin(list(suites))]
+    out = []
+    for suite, group in real.groupby("suite", sort=True):
+        if len(group) < 2:
+            continue
+        order = sample_rng(seed, f"controls/{suite}").permutation(len(group))
+        donors = group["image_path"].to_numpy()[np.roll(order, 1)]
+        shuffled = group.iloc[order].copy()
+        shuffled["image_path"] = donors
+        blank = group.copy()
+        blank["image_path"] = blank_image
+        for condition, frame in (("shuffled", shuffled), ("blank", blank)):
+            frame["condition"] = condition
+            frame["item_id"] = frame["base_item_id"] + "#" + condition
+            frame["image_sha256"] = None
+            out.append(frame)
+    frame = pd.concat(out, ignore_index=True) if out else items.iloc[:0].copy()
+    frame.attrs["suites_without_items"] = unknown
+    return frame.sort_values("item_id", kind="mergesort").reset_index(drop=True)
+
+
+def write_blank_image(path: str | Path, size: tuple[int, int] = (224, 224)) -> Path:
+    """A uniform mid-grey RGB PNG: the 'no image' control (a model must still be given some picture)."""
+    from PIL import Image
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, (128, 128, 128)).save(out, format="PNG")
+    return out

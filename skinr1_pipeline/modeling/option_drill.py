@@ -37,7 +37,7 @@ from skinr1_pipeline.modeling.chat import assistant_message, build_messages, ren
 from skinr1_pipeline.modeling.prompt_format import (DEFAULT_MCQ_QUESTION, build_mcq_prompt, format_completion,
                                                     format_mcq_answer, parse_completion)
 from skinr1_pipeline.synthesis.trajectories import impression_line, option_scan_lines
-from skinr1_pipeline.training.rl_data import MAX_CORRECT, ineligible_distractors, option_path
+from skinr1_pipeline.tasks.mcq import MAX_CORRECT, ineligible_distractors, option_path
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class DrillItem:
 
 def drill_items(labels: Sequence[str], taxonomy: Taxonomy, n: int, seed: int, n_options: int = 4) -> list[DrillItem]:
     """`n` items: a label drawn from `labels`, 1..3 nodes of its path and distractors from the other labels' paths
-    (as `training.rl_data` builds them); the answer is the deepest offered node of the path."""
+    (as `tasks.mcq` builds them); the answer is the deepest offered node of the path."""
     nodes = sorted({x for x in labels if isinstance(x, str) and x in taxonomy and x != taxonomy.root})
     if not nodes:
         raise ValueError("the option drill needs at least one label that is a non-root taxonomy node")

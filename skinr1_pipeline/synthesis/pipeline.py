@@ -86,7 +86,7 @@ def synthesize(
     constructed with an explicit style) and LLM teachers are told to be brief. `verify_config` defaults to
     `VerifyConfig.for_style(style)` (same checks; compact only lowers min_chars). MCQ distractors come from the path
     nodes of every labelled sample of the dataset in `samples` (all splits: labels, not images), as in
-    `training.rl_data.build_mcq_items`. `progress(done, total)` is called after each generated batch.
+    `tasks.mcq.build_mcq_items`. `progress(done, total)` is called after each generated batch.
     """
     unknown = [t for t in types if t not in TYPES]
     if unknown:

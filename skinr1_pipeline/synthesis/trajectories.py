@@ -11,7 +11,7 @@ authors' code (types 1-5):
 * `contrast_switch` - start from that random diagnosis, then switch to the label (5).
 
 Every item is asked either as an open question or as a 4-option MCQ built like the GRPO items of
-`training.rl_data` (1-3 nodes of the label's own taxonomy path + distractors from the path nodes of the same dataset;
+`tasks.mcq` (1-3 nodes of the label's own taxonomy path + distractors from the path nodes of the same dataset;
 the answer is the best-scoring option, i.e. the most specific correct one), so SFT teaches both answer formats of
 `modeling.prompt_format` and, for MCQs, to pick an ancestor when the label itself is not offered.
 
@@ -42,7 +42,7 @@ from skinr1_pipeline.knowledge.knowledge_base import (
     value_kind,
 )
 from skinr1_pipeline.knowledge.taxonomy import Taxonomy
-from skinr1_pipeline.training.rl_data import (
+from skinr1_pipeline.tasks.mcq import (
     MAX_CORRECT,
     hierarchical_scores,
     ineligible_distractors,
@@ -250,7 +250,7 @@ def _question(sample: Mapping[str, Any], node: str, taxonomy: Taxonomy, ddx: DDx
               ) -> tuple[str, tuple[str, ...], tuple[str, ...], int | None, tuple[float, ...]]:
     """(form, options, option nodes, answer index, option scores).
 
-    MCQs follow `training.rl_data.build_mcq_items`: k ~ U{1..min(3, L)} nodes of the label's path below the root
+    MCQs follow `tasks.mcq.build_mcq_items`: k ~ U{1..min(3, L)} nodes of the label's path below the root
     (scored 0.75 * depth / deepest shown), distractors from the path nodes of the dataset's labels that are neither
     on the path nor below the label (scored 0); the answer is the best-scoring option. When the dataset pool is too
     small, DDx look-alikes and then knowledge-base diagnoses fill the remaining slots (RL drops such items instead).

@@ -8,7 +8,7 @@ Checks, in order (first failure wins):
 * `too_short` / `too_long`: completion length outside [min_chars, max_chars];
 * `unknown_diagnosis` / `ambiguous_diagnosis` / `wrong_diagnosis`: open answers must name (name or synonym) the label,
   a non-category ancestor of it, or - for a group label - one of its members; MCQ answers must pick such an option,
-  or - when the request carries `training.rl_data`-style option scores - exactly the best-scoring option (the most
+  or - when the request carries `tasks.mcq`-style option scores - exactly the best-scoring option (the most
   specific correct one, which may be any node of the label's path);
 * `wrong_status`: the status must equal the label's bucket (and be absent when the label has none);
 * feature rules, applied to *observation sentences*: sentences with no negation/hedging cue (no, not, without,

@@ -10,7 +10,7 @@ rollback is one alias move.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -93,11 +93,13 @@ def version_metric(client: MlflowClient, mv, metric: str) -> tuple[float | None,
 
 def promotion_decision(client: MlflowClient, name: str, candidate_version: str | int,
                        metric: str = DEFAULT_METRIC, *, min_delta: float = 0.0,
-                       higher_is_better: bool = True) -> Decision:
+                       higher_is_better: bool = True, required_tags: Sequence[str] = ()) -> Decision:
     """Promote when there is no champion, or the candidate beats it by more than `min_delta`; ties keep it.
 
     A candidate without the metric is never promoted; a champion without it is not replaced automatically either
-    (a person must decide), and the reason says so.
+    (a person must decide), and the reason says so. Every tag in `required_tags` must read "true" on the candidate
+    (e.g. evidence that it beats image-blind guessing and its shuffled-image control): a higher accuracy that an
+    option-list reader could also reach is no reason to promote.
     """
     candidate = client.get_model_version(name, str(candidate_version))
     cand_value, cand_source = version_metric(client, candidate, metric)
@@ -107,6 +109,11 @@ def promotion_decision(client: MlflowClient, name: str, candidate_version: str |
     if champion is not None and str(champion.version) == str(candidate.version):
         return Decision(False, "the candidate already is the champion", champion_version=str(champion.version),
                         champion_value=cand_value, **common)
+    unmet = [t for t in required_tags if str((candidate.tags or {}).get(t, "")).strip().lower() != "true"]
+    if unmet:
+        found = {t: (candidate.tags or {}).get(t, "missing") for t in unmet}
+        return Decision(False, f"candidate v{candidate.version} lacks required evidence: {found}",
+                        champion_version=str(champion.version) if champion else None, champion_value=None, **common)
     if cand_value is None:
         return Decision(False, f"candidate v{candidate.version} has no {metric}: {cand_source}",
                         champion_version=str(champion.version) if champion else None, champion_value=None, **common)
@@ -135,10 +142,10 @@ def promote(client: MlflowClient, name: str, version: str | int) -> None:
 
 def decide_and_promote(client: MlflowClient, name: str, candidate_version: str | int,
                        metric: str = DEFAULT_METRIC, *, min_delta: float = 0.0,
-                       higher_is_better: bool = True) -> Decision:
+                       higher_is_better: bool = True, required_tags: Sequence[str] = ()) -> Decision:
     """`promotion_decision`, then `promote` when it says so; the decision is written to the version's tags."""
     decision = promotion_decision(client, name, candidate_version, metric, min_delta=min_delta,
-                                  higher_is_better=higher_is_better)
+                                  higher_is_better=higher_is_better, required_tags=required_tags)
     client.set_model_version_tag(name, str(candidate_version), "promotion_decision",
                                  "promoted" if decision.promote else "kept champion")
     client.set_model_version_tag(name, str(candidate_version), "promotion_reason", decision.reason[:5000])

@@ -192,7 +192,7 @@ def load_items(path: str | Path, *, split: str | None = "train", limit: int | No
     items = pd.read_parquet(path)
     missing = [c for c in ITEM_REQUIRED_COLUMNS if c not in items.columns]
     if missing:
-        raise GRPOConfigError(f"{path} lacks item columns {missing}; expected rl_data.build_mcq_items output")
+        raise GRPOConfigError(f"{path} lacks item columns {missing}; expected training.rl_data.build_rl_items output")
     if split is not None and "split" in items.columns:
         items = items[items["split"] == split]
     if limit is not None:
