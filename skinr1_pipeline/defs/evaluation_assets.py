@@ -138,7 +138,8 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
         return str(path)
 
     @dg.asset_check(asset=eval_suites, blocking=True,
-                    additional_ins={"taxonomy_graph": dg.AssetIn("taxonomy_graph"), "ddx_graph": dg.AssetIn("ddx_graph")},
+                    additional_ins={"taxonomy_graph": dg.AssetIn("taxonomy_graph"),
+                                    "ddx_graph": dg.AssetIn("ddx_graph")},
                     description="No image-blind guesser beats chance on a set-first suite by more than its interval")
     def set_first_suites_resist_blind_guessing(eval_suites: str, taxonomy_graph: Taxonomy,
                                                ddx_graph: DDxGraph) -> dg.AssetCheckResult:

@@ -257,7 +257,8 @@ def _mcq(row: Any, taxonomy: Taxonomy, suite: str, nodes: list[str], scores: lis
 
 def paper_hierarchical_suite(samples: pd.DataFrame, taxonomy: Taxonomy,
                              config: SuiteConfig = SuiteConfig()) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The earlier hierarchical suite (answered 1.0 by "pick the deepest option"): whole path + one same-depth distractor, preferring nodes the sample's dataset uses (else any taxonomy node at
+    """The earlier hierarchical suite (answered 1.0 by "pick the deepest option"): whole path + one same-depth
+    distractor, preferring nodes the sample's dataset uses (else any taxonomy node at
     that depth; `distractor_source` records which)."""
     by_level: dict[int, set[str]] = {}
     for node in taxonomy:
@@ -286,7 +287,8 @@ def paper_hierarchical_suite(samples: pd.DataFrame, taxonomy: Taxonomy,
 
 def paper_ddx_suite(samples: pd.DataFrame, taxonomy: Taxonomy, ddx: DDxGraph,
                     config: SuiteConfig = SuiteConfig()) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The paper's DDx items (answered 0.96 on the demo by DDx-graph centrality): gold + look-alikes only; too few look-alikes means the sample is skipped and counted."""
+    """The paper's DDx items (answered 0.96 on the demo by DDx-graph centrality): gold + look-alikes only; too few
+    look-alikes means the sample is skipped and counted."""
     rows = _eval_rows(samples, config, ood=False)
     labels = set(rows["taxonomy_node"].dropna())
     n_wanted = (MAX_OPTIONS - 1) if config.ddx_options is None else config.ddx_options - 1
