@@ -248,7 +248,7 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
         """The paper's ablation table (base vs SFT-only vs RL-only vs SFT+GRPO on every suite, 95% intervals), read
         against the best image-blind guesser and each variant's shuffled-image control, with the paper's claims
         tested on paired items (exact McNemar, Holm-adjusted)."""
-        from skinr1_pipeline.evaluation.baselines import blind_baselines, blind_hits
+        from skinr1_pipeline.evaluation.baselines import blind_hits, summarize_hits
         from skinr1_pipeline.evaluation.comparison import ablation_table as build_table
         from skinr1_pipeline.evaluation.comparison import likelihood_table, paired_claims, paper_shape, versus_blind
 
@@ -260,10 +260,11 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
         likelihood.to_csv(out / "answer_likelihood_table.csv")
         items = pd.read_parquet(eval_suites)
         real_items = items[items["condition"] == "real"]
-        baselines = blind_baselines(real_items, taxonomy_graph, ddx_graph)
+        hits = blind_hits(real_items, taxonomy_graph, ddx_graph)
+        baselines = summarize_hits(hits)
         baselines.to_csv(out / "image_blind_baselines.csv", index=False)
         scored = {v: pd.read_parquet(e["scored_path"]) for v, e in variant_evaluations.items()}
-        blind = versus_blind(scored, blind_hits(real_items, taxonomy_graph, ddx_graph))
+        blind = versus_blind(scored, hits)
         blind.to_csv(out / "versus_blind.csv", index=False)
         claims = paired_claims(scored)
         claims.to_csv(out / "paired_claims.csv", index=False)

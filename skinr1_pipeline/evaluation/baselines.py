@@ -418,7 +418,12 @@ def blind_baselines(items: pd.DataFrame, taxonomy: Taxonomy, ddx: DDxGraph | Non
     """One row per suite (in `SUITES` order, then others): n, each guesser's expected accuracy, the best of them
     (the bar to clear), `chance` (mean 1/n; open-ended: `uniform`), `best_margin` = best - chance, and a 95% Wilson
     interval of the best guesser's accuracy on the summed expected hits."""
-    hits = blind_hits(items, taxonomy, ddx, seed=seed)
+    return summarize_hits(blind_hits(items, taxonomy, ddx, seed=seed))
+
+
+def summarize_hits(hits: pd.DataFrame) -> pd.DataFrame:
+    """`blind_baselines`' table from per-item hits already computed (so a caller that also needs the hits for paired
+    tests fits the cross-fitted guessers once)."""
     rows = []
     for suite, group in hits.groupby("suite", sort=False):
         scores = {g: float(group[g].mean()) for g in GUESSERS}
