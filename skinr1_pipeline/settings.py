@@ -30,6 +30,22 @@ class SettingsError(ValueError):
 
 
 COMPUTE_KINDS = ("local", "ray")
+TEACHER_GENERATORS = ("template", "vllm", "openai")
+
+
+@dataclass(frozen=True)
+class TeacherSettings:
+    """The `teacher:` section: what writes the SkinRationale rationales unless the asset config names another.
+
+    demo: the knowledge-grounded template (no model to run). gpu: an LLM teacher, as the authors used (their scripts
+    call gpt-4.1-mini through the OpenAI API): `vllm` runs `model_dir` offline (default: the profile's base model,
+    a local instruct VLM), `openai` calls an OpenAI-compatible endpoint (`base_url`, `api_model`).
+    """
+
+    generator: str = "template"
+    model_dir: str = ""
+    base_url: str = ""
+    api_model: str = ""
 
 
 @dataclass(frozen=True)
@@ -72,6 +88,7 @@ class Settings:
     ood_sources: tuple[str, ...] = ()
     # Where training, gate and evaluation steps run (`defs.compute`): local processes or a Ray cluster.
     compute: ComputeSettings = field(default_factory=lambda: ComputeSettings())
+    teacher: TeacherSettings = field(default_factory=lambda: TeacherSettings())
 
     @property
     def datasets(self) -> tuple[str, ...]:
@@ -133,7 +150,29 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         ood_modalities=_strings(file_config, "ood", "modalities", ("clinical",) if profile == "demo" else ()),
         ood_sources=_strings(file_config, "ood", "sources", ()),
         compute=_compute(file_config, home),
+        teacher=_teacher(profile, file_config),
     )
+
+
+def _teacher(profile: str, file_config: dict[str, Any]) -> TeacherSettings:
+    """The `teacher:` section over the profile's default (template on demo, the base model through vLLM on gpu)."""
+    raw = file_config.get("teacher") or {}
+    if not isinstance(raw, dict):
+        raise SettingsError(f"teacher must be a mapping, got {raw!r}")
+    known = set(TeacherSettings.__dataclass_fields__)
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise SettingsError(f"teacher.{unknown[0]} is not a teacher setting; allowed: {', '.join(sorted(known))}")
+    generator = _choice(raw.get("generator", "template" if profile == "demo" else "vllm"), "teacher.generator",
+                        TEACHER_GENERATORS)
+    model_dir = str(raw.get("model_dir") or (file_config.get("model_dir") if generator == "vllm" else "") or "")
+    teacher = TeacherSettings(generator=generator, model_dir=model_dir, base_url=str(raw.get("base_url") or ""),
+                              api_model=str(raw.get("api_model") or ""))
+    if generator == "vllm" and not teacher.model_dir:
+        raise SettingsError("teacher.generator=vllm needs teacher.model_dir (a local instruct model directory)")
+    if generator == "openai" and not (teacher.base_url and teacher.api_model):
+        raise SettingsError("teacher.generator=openai needs teacher.base_url and teacher.api_model")
+    return teacher
 
 
 def _compute(file_config: dict[str, Any], home: Path) -> ComputeSettings:

@@ -115,12 +115,37 @@ def test_gpu_settings_read_dataset_roots_and_default_tracking_store(tmp_path):
     ("model_dir: /m\ncompute:\n  gpus: 8\n", "compute.gpus"),
     ("model_dir: /m\ncompute:\n  processes: 4\n", "launcher=python"),
     ("model_dir: /m\nood:\n  modalities: clinical\n", "ood.modalities"),
+    ("model_dir: /m\nteacher:\n  generator: gpt\n", "teacher.generator"),
+    ("model_dir: /m\nteacher:\n  generator: openai\n", "teacher.base_url"),
+    ("model_dir: /m\nteacher:\n  temperature: 0\n", "teacher.temperature"),
 ])
 def test_gpu_settings_name_the_bad_field(tmp_path, body, field):
     config = tmp_path / "skinr1.yaml"
     config.write_text(body)
     with pytest.raises(SettingsError, match=field.replace(".", r"\.")):
         load_settings({"SKINR1_PROFILE": "gpu", "SKINR1_CONFIG": str(config), "SKINR1_HOME": str(tmp_path)})
+
+
+def test_teacher_follows_the_profile_unless_the_config_names_one(tmp_path):
+    """The authors' rationales come from an LLM teacher: gpu defaults to the base model through vLLM, demo to the
+    template; an OpenAI-compatible endpoint (e.g. a hosted model) is a config entry away."""
+    from skinr1_pipeline.defs.synthesis_assets import SynthesisConfig, teacher_choice
+
+    demo = load_settings({"SKINR1_HOME": str(tmp_path)}).teacher
+    assert (demo.generator, demo.model_dir) == ("template", "")
+    config = tmp_path / "skinr1.yaml"
+    config.write_text(f"model_dir: {tmp_path / 'qwen'}\n")
+    gpu = load_settings({"SKINR1_PROFILE": "gpu", "SKINR1_CONFIG": str(config), "SKINR1_HOME": str(tmp_path)}).teacher
+    assert (gpu.generator, gpu.model_dir) == ("vllm", str(tmp_path / "qwen"))
+    config.write_text(f"model_dir: {tmp_path / 'qwen'}\nteacher:\n  generator: openai\n"
+                      "  base_url: http://127.0.0.1:8000/v1\n  api_model: teacher-72b\n")
+    hosted = load_settings({"SKINR1_PROFILE": "gpu", "SKINR1_CONFIG": str(config), "SKINR1_HOME": str(tmp_path)})
+    assert (hosted.teacher.generator, hosted.teacher.api_model, hosted.teacher.model_dir) == ("openai", "teacher-72b", "")
+    # The asset config wins field by field; switching generator does not inherit the other generator's fields.
+    assert teacher_choice(SynthesisConfig(), gpu) == gpu
+    assert teacher_choice(SynthesisConfig(generator="template"), gpu).model_dir == ""
+    assert teacher_choice(SynthesisConfig(teacher_model_dir="/other"), gpu).model_dir == "/other"
+    assert teacher_choice(SynthesisConfig(api_model="small"), hosted.teacher).base_url == "http://127.0.0.1:8000/v1"
 
 
 def test_demo_settings_cover_three_real_formats(tmp_path):

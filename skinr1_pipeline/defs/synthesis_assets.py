@@ -17,7 +17,7 @@ from skinr1_pipeline.knowledge.ddx import DDxGraph
 from skinr1_pipeline.knowledge.knowledge_base import KnowledgeBase, load_knowledge_base
 from skinr1_pipeline.knowledge.taxonomy import Taxonomy
 from skinr1_pipeline.progress import LogProgress
-from skinr1_pipeline.settings import Settings
+from skinr1_pipeline.settings import Settings, TeacherSettings
 from skinr1_pipeline.synthesis.trajectories import TYPES
 
 
@@ -28,10 +28,14 @@ class KnowledgeConfig(dg.Config):
 class SynthesisConfig(dg.Config):
     # Literal fields are checked by Dagster before the run; the list fields by the validator below. Both name the
     # field and the allowed values.
-    generator: Literal["template", "vllm", "openai"] = Field(default="template", description="template | vllm | openai")
-    teacher_model_dir: str = Field(default="", description="vllm: local instruct model directory")
-    base_url: str = Field(default="", description="openai: e.g. http://127.0.0.1:8000/v1 (a `vllm serve` endpoint)")
-    api_model: str = Field(default="", description="openai: model name the endpoint serves")
+    generator: Literal["", "template", "vllm", "openai"] = Field(
+        default="", description="template | vllm | openai; '' = the profile's `teacher:` (template on demo, the "
+        "base model through vLLM on gpu)")
+    teacher_model_dir: str = Field(default="", description="vllm: local instruct model directory ('' = the "
+                                   "profile's teacher.model_dir)")
+    base_url: str = Field(default="", description="openai: e.g. http://127.0.0.1:8000/v1 (a `vllm serve` endpoint; "
+                          "'' = the profile's teacher.base_url)")
+    api_model: str = Field(default="", description="openai: model name the endpoint serves ('' = the profile's)")
     types: list[str] = Field(default=["hierarchy", "ddx", "ddx_switch", "contrast", "contrast_switch"])
     per_sample: int = 1
     mcq_fraction: float = 0.5
@@ -62,22 +66,33 @@ def _only(value: list[str], field: str, allowed: tuple[str, ...]) -> list[str]:
     return value
 
 
-def _generator(config: SynthesisConfig, progress_dir: Path):
-    if config.generator == "template":
+def teacher_choice(config: SynthesisConfig, teacher: TeacherSettings) -> TeacherSettings:
+    """The asset config's teacher fields over the profile's `teacher:` section (an empty field keeps the profile's)."""
+    generator = config.generator or teacher.generator
+    same = generator == teacher.generator
+    return TeacherSettings(generator=generator,
+                           model_dir=config.teacher_model_dir or (teacher.model_dir if same else ""),
+                           base_url=config.base_url or (teacher.base_url if same else ""),
+                           api_model=config.api_model or (teacher.api_model if same else ""))
+
+
+def _generator(teacher: TeacherSettings, seed: int, progress_dir: Path):
+    if teacher.generator == "template":
         from skinr1_pipeline.synthesis.generators import TemplateGenerator
 
-        return TemplateGenerator(seed=config.seed)
-    if config.generator == "vllm":
-        if not config.teacher_model_dir:
+        return TemplateGenerator(seed=seed)
+    if teacher.generator == "vllm":
+        if not teacher.model_dir:
             raise dg.Failure("synthesis generator=vllm needs teacher_model_dir (a local model directory)")
         from skinr1_pipeline.synthesis.vllm_generator import VllmGenerator
 
-        return VllmGenerator(config.teacher_model_dir)
-    if not (config.base_url and config.api_model):
+        return VllmGenerator(teacher.model_dir)
+    if not (teacher.base_url and teacher.api_model):
         raise dg.Failure("synthesis generator=openai needs base_url and api_model")
     from skinr1_pipeline.synthesis.http_generator import OpenAICompatibleGenerator
 
-    return OpenAICompatibleGenerator(config.base_url, config.api_model, progress_path=progress_dir / "http_progress.jsonl")
+    return OpenAICompatibleGenerator(teacher.base_url, teacher.api_model,
+                                     progress_path=progress_dir / "http_progress.jsonl")
 
 
 def _demo_features(settings: Settings) -> dict[str, dict] | None:
@@ -126,7 +141,8 @@ def build_synthesis_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition
 
             corpus = Corpus.from_dir(config.corpus_dir)
         samples = training_rows(unified_samples, settings.ood_modalities, settings.ood_sources)
-        generator = _generator(config, out_dir)
+        teacher = teacher_choice(config, settings.teacher)
+        generator = _generator(teacher, config.seed, out_dir)
         start = time.perf_counter()
         try:
             result = synthesize(
@@ -147,7 +163,8 @@ def build_synthesis_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition
         dataset_path = out_dir / "trajectories.parquet"
         Dataset.from_pandas(trajectories, preserve_index=False).to_parquet(str(dataset_path))
         rejections.to_parquet(out_dir / "rejections.parquet", index=False)
-        with mlflow.asset_run(context, params={**config.model_dump(), "samples": len(samples)}):
+        with mlflow.asset_run(context, params={**config.model_dump(), "samples": len(samples),
+                                               "teacher_generator": teacher.generator}):
             import mlflow as mlf
 
             from skinr1_pipeline.tracking.mlflow_runs import log_dataframe_input
@@ -174,7 +191,8 @@ def build_synthesis_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition
             "rejections_by_reason": md(markdown_table(reasons)),
             "skipped_not_applicable": md(counts_table(result.counts["skipped"], "reason")),
             "examples": md(rendered),
-            "generator": config.generator,
+            "generator": teacher.generator,
+            "teacher": teacher.model_dir or teacher.api_model or "knowledge-grounded template",
         })
         return str(dataset_path)
 
