@@ -88,11 +88,21 @@ def test_exact_intervals_keep_width_where_percentile_bootstrap_collapses():
     assert wilson_interval(10, 10)[0] < 0.75 and clopper_pearson_interval(10, 10)[0] < 0.7
 
 
-@pytest.mark.parametrize("successes, n", [(11, 10), (-1, 10), (1, -1), (2.5, 10)])
+@pytest.mark.parametrize("successes, n", [(11, 10), (-1, 10), (1, -1), (2.5, 10), (float("nan"), 10), (1, 2.5)])
 def test_interval_bad_counts_raise(successes, n):
-    for func in (wilson_interval, clopper_pearson_interval):
+    funcs = (clopper_pearson_interval,) if successes == 2.5 else (wilson_interval, clopper_pearson_interval)
+    for func in funcs:
         with pytest.raises(ValueError, match="successes|n must"):
             func(successes, n)
+
+
+def test_wilson_takes_expected_counts():
+    """A guesser that splits a tie between two options scores half a hit: the interval is defined for 2.5 of 10 and
+    lies between those of 2 and 3."""
+    lo, hi = wilson_interval(2.5, 10)
+    assert wilson_interval(2, 10)[0] < lo < wilson_interval(3, 10)[0]
+    assert wilson_interval(2, 10)[1] < hi < wilson_interval(3, 10)[1]
+    assert wilson_interval(2.0, 10) == wilson_interval(2, 10)
 
 
 def test_successes_above_n_names_the_problem():

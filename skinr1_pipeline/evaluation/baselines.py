@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from skinr1_pipeline.evaluation.paired_tests import wilson_interval
 from skinr1_pipeline.evaluation.suites import SUITES
 from skinr1_pipeline.knowledge.ddx import DDxGraph
 from skinr1_pipeline.knowledge.taxonomy import Taxonomy, normalize_label
@@ -62,17 +63,6 @@ def _top_mean(values: Sequence[float], payoff: Sequence[float]) -> float:
     """Expected `payoff` of picking uniformly among the maximal `values` (ties averaged)."""
     values = np.asarray(values, dtype=float)
     return float(np.asarray(payoff, dtype=float)[values == values.max()].mean())
-
-
-def _wilson(successes: float, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """95% Wilson score interval; unlike the percentile bootstrap it keeps a width at 0 and 1. Local rather than
-    `paired_tests.wilson_interval` because summed expected hits are fractional and that one takes whole counts."""
-    if n <= 0:
-        return float("nan"), float("nan")
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * math.sqrt(max(p * (1 - p) / n + z * z / (4 * n * n), 0.0))
-    return (0.0 if successes <= 0 else max(0.0, centre - half)), (1.0 if successes >= n else min(1.0, centre + half))
 
 
 def _check(items: pd.DataFrame, needed: Sequence[str] = _NEEDED) -> None:
@@ -430,7 +420,7 @@ def summarize_hits(hits: pd.DataFrame) -> pd.DataFrame:
         known = {g: v for g, v in scores.items() if not math.isnan(v)}
         best = max(known, key=known.get) if known else ""
         value = known.get(best, float("nan"))
-        low, high = _wilson(float(group[best].sum()), len(group)) if best else (float("nan"), float("nan"))
+        low, high = wilson_interval(float(group[best].sum()), len(group)) if best else (float("nan"), float("nan"))
         chance = scores["uniform"]
         rows.append({"suite": suite, "n": len(group), **scores, "best": value, "best_guesser": best,
                      "chance": chance, "best_margin": value - chance, "best_ci_low": low, "best_ci_high": high})
@@ -481,17 +471,8 @@ def above_chance(hits: pd.DataFrame, *, alpha: float = 0.05) -> pd.DataFrame:
     for suite, g, group in pairs:
         chance, n = float(group["uniform"].mean()), len(group)
         accuracy = float(group[g].mean())
-        low, _ = _wilson(float(group[g].sum()), n, z=_z(level))
+        low, _ = wilson_interval(float(group[g].sum()), n, alpha=level)
         rows.append({"suite": suite, "guesser": g, "n": n, "accuracy": accuracy, "chance": chance, "ci_low": low,
                      "alpha": level, "above_chance": low > chance})
     return pd.DataFrame(rows, columns=["suite", "guesser", "n", "accuracy", "chance", "ci_low", "alpha",
                                        "above_chance"])
-
-
-def _z(alpha: float) -> float:
-    """Two-sided normal quantile for `alpha`, by bisection on erfc (no scipy)."""
-    lo, hi = 0.0, 40.0
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if math.erfc(mid / math.sqrt(2)) > alpha else (lo, mid)
-    return (lo + hi) / 2

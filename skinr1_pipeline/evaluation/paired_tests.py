@@ -60,13 +60,22 @@ def _check_counts(successes: Any, n: Any) -> tuple[int, int]:
     return k, total
 
 
-def wilson_interval(successes: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
+def wilson_interval(successes: float, n: int, alpha: float = 0.05) -> tuple[float, float]:
     """Wilson score interval for a proportion; (nan, nan) when n == 0.
 
     Unlike the Wald interval it stays inside [0, 1] and keeps a non-zero width at 0/n and n/n. The bound at the
-    observed edge is exactly 0 (k = 0) or 1 (k = n).
+    observed edge is exactly 0 (k = 0) or 1 (k = n). `successes` may be fractional: an expected count, such as a
+    guesser's hits when it splits ties between options.
     """
-    k, total = _check_counts(successes, n)
+    total = _as_count(n, "n")
+    try:
+        k = float(successes)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"successes must be a number, got {successes!r}") from err
+    if total < 0:
+        raise ValueError(f"n must be >= 0, got {total}")
+    if not 0.0 <= k <= total:
+        raise ValueError(f"successes must be between 0 and n = {total}, got {successes!r}")
     _check_alpha(alpha)
     if total == 0:
         return _nan(), _nan()
