@@ -141,7 +141,7 @@ def test_sft_starts_from_trajectories_of_in_distribution_train_samples_only(demo
     assert set(samples.loc[items["sample_id"].unique(), "modality"]) == {"dermoscopic"}
 
 
-def test_evaluation_reports_every_variant_and_registers_a_candidate(demo_run):
+def test_evaluation_reports_every_variant_and_registers_a_candidate(demo_run, capsys):
     settings, _, _ = demo_run
     evaluation = settings.outputs_dir / "evaluation"
     table = pd.read_csv(evaluation / "ablation_table.csv", index_col=0)
@@ -171,6 +171,15 @@ def test_evaluation_reports_every_variant_and_registers_a_candidate(demo_run):
     assert set(blind["variant"]) == set(table.index) and "in_domain" in set(blind["suite"])
     claims = pd.read_csv(evaluation / "paired_claims.csv")
     assert {"sft_grpo > sft", "sft > base", "sft_grpo > rl_only"} <= set(claims["claim"])
+    from skinr1_pipeline.cli import _print_honesty_tables  # what `skinr1 demo` prints after the ablation table
+
+    capsys.readouterr()
+    _print_honesty_tables(evaluation)
+    printed = capsys.readouterr().out
+    assert "Best image-blind guesser" in printed
+    assert all(heading in printed for heading in ("minus the best blind guesser", "real vs shuffled vs blank",
+                                                       "The paper's claims"))
+    assert all(variant in printed for variant in table.index) and "sft_grpo > rl_only" in printed
     html = (evaluation / "report" / "report.html").read_text()
     assert "data:image/png;base64," in html and "sft_grpo" in html and "Answer likelihood" in html
     assert "Against image-blind guessing" in html and "Does each variant read the image?" in html
