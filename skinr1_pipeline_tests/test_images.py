@@ -344,7 +344,7 @@ def test_png_with_a_flipped_byte_is_corrupt(tmp_path: Path) -> None:
 def test_text_file_named_jpg_is_corrupt(tmp_path: Path) -> None:
     check = inspect_image(_write(tmp_path, "readme.jpg", b"404 Not Found\n<html>nothing here</html>\n"))
     assert check.reason == "corrupt"
-    assert "404 Not" in check.detail
+    assert "no known image signature" in check.detail and "404" not in check.detail  # never the file's bytes
     assert check.sha256 is not None
 
 
@@ -624,3 +624,12 @@ def test_index_image_files_returns_absolute_paths_for_a_relative_root(tmp_path: 
     image = _write(tmp_path, "data/sub/ISIC_1.jpg", b"x")
     monkeypatch.chdir(tmp_path)
     assert index_image_files("data") == {"isic_1": [image]}
+
+
+def test_rejection_detail_names_a_signature_never_the_file_bytes(tmp_path: Path) -> None:
+    """Quarantine details reach Parquet, Dagster metadata and logs: a mis-pointed path to a secrets file must not
+    copy its first bytes there."""
+    secret = inspect_image(_write(tmp_path, "passwd.jpg", b"root:x:0:0:root:/root:/bin/bash\n" * 4))
+    assert secret.reason == "corrupt" and "root" not in secret.detail and "no known image signature" in secret.detail
+    gif = inspect_image(_write(tmp_path, "broken.gif", b"GIF89a" + b"\x00garbage" * 50))
+    assert gif.reason == "corrupt" and "GIF signature (47 49 46 38)" in gif.detail and "garbage" not in gif.detail

@@ -233,6 +233,29 @@ def test_omnimedvqa_dermatology_diagnosis_items(tmp_path: Path) -> None:
     assert not any("Chest" in str(p) for p in loaded.metadata_files)
 
 
+def test_omnimedvqa_image_paths_stay_inside_the_dataset(tmp_path: Path) -> None:
+    """A question file must not make ingest read any file: '..' steps, absolute paths and symlinks that leave the
+    dataset folder are quarantined as outside_root (the files exist, so they would otherwise be indexed)."""
+    answer = ["Melanoma", "Melanocytic nevus", "Dermatofibroma", "Basal cell carcinoma"]
+    items = [fx.omni_item("escape", "ISIC2018", "Images/../../outside/x.jpg", "Melanoma", answer),
+             fx.omni_item("absolute", "ISIC2018", str(tmp_path / "outside" / "x.jpg"), "Melanoma", answer),
+             fx.omni_item("dotted", "ISIC2018", "./Images/ISIC2018/ok.jpg", "Melanoma", answer),
+             fx.omni_item("hidden", "ISIC2018", ".cache/h.jpg", "Melanoma", answer)]
+    inner = fx.build_omnimedvqa(tmp_path, {"Open-access/ISIC2018.json": items})
+    (inner / "Images" / "linked").symlink_to(tmp_path / "outside", target_is_directory=True)
+    linked = fx.omni_item("linked", "ISIC2018", "Images/linked/x.jpg", "Melanoma", answer)
+    (inner / "QA_information/Open-access/ISIC2018.json").write_text(json.dumps([*items, linked]), encoding="utf-8")
+    loaded = omnimedvqa.load(tmp_path)
+    q = loaded.quarantine.set_index("sample_id")
+    for qid in ("escape", "absolute", "linked"):
+        assert q.loc[f"omnimedvqa/{qid}", "reason"] == "outside_root", qid
+        assert "leads outside" in q.loc[f"omnimedvqa/{qid}", "detail"]
+    records = loaded.records.set_index("sample_id")
+    # './' is a prefix to drop, not a set of characters: '.cache/' keeps its dot.
+    assert records.loc["omnimedvqa/dotted", "image_path"] == str(inner.resolve() / "Images/ISIC2018/ok.jpg")
+    assert records.loc["omnimedvqa/hidden", "image_path"] == str(inner.resolve() / ".cache/h.jpg")
+
+
 def test_omnimedvqa_blank_question_id_is_missing_id_under_a_file_item_sample_id(tmp_path: Path) -> None:
     files = fx.default_omni_files()
     files["Open-access/ISIC2018.json"][0]["question_id"] = ""

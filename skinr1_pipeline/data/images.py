@@ -326,13 +326,19 @@ _MODE_NAMES = {
 }
 
 
+# Signatures of image formats, named in a quarantine detail instead of the file's own bytes.
+_SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG", "PNG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
+               (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"RIFF", "RIFF/WebP"))
+
+
 def _not_an_image(data: bytes, exc: BaseException) -> str:
-    head = data[:8]
-    printable = all(32 <= b < 127 or b in (9, 10, 13) for b in head)
-    shown = repr(head.decode("ascii")) if printable else head.hex(" ")
+    """Why bytes did not decode, naming the format signature found, never the bytes: a quarantine detail reaches
+    Parquet, Dagster metadata and logs, and the file may be anything (a mis-pointed path could be a secrets file)."""
+    found = next((f"a {name} signature ({magic.hex(' ')})" for magic, name in _SIGNATURES if data.startswith(magic)),
+                 "no known image signature")
     if isinstance(exc, UnidentifiedImageError):  # its message names a buffer object, not the file
-        return f"not a recognised image format (starts with {shown})"
-    return f"not a decodable image (starts with {shown}): {type(exc).__name__}: {exc}"
+        return f"not a recognised image format ({found})"
+    return f"not a decodable image ({found}): {type(exc).__name__}: {str(exc)[:200]}"
 
 
 def _eighth(size: tuple[int, int]) -> tuple[int, int]:

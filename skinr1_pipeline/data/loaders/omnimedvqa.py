@@ -146,9 +146,10 @@ def _build(
         notes.append(f"{loosened} answers matched an option only after ignoring case, spacing and a final full stop")
 
     qid = _text(table["question_id"])
-    rel = _text(table["image_path"]).str.replace("\\", "/", regex=False).str.lstrip("./")
-    image_path = rel.map(lambda r: str(base / r) if r else None)
-    exists = _existing(base, rel)
+    rel = _text(table["image_path"]).str.replace("\\", "/", regex=False).str.replace(r"^(?:\./)+", "", regex=True)
+    inside = _contained(base, rel)
+    image_path = rel.map(lambda r: str(base / r) if r else None).where(inside, None)
+    exists = _existing(base, rel.where(inside, ""))
 
     checks = RowChecks.for_rows(DATASET, qid, table["_file"], table["_row"], unit="item")
     sample_id = checks.sample_id
@@ -164,7 +165,9 @@ def _build(
     )
     checks.flag(qid == "", "missing_id", ": field 'question_id' is empty (expected a unique id)")
     checks.repeated_id("question_id", qid, unit="item")
-    checks.flag(~exists, "missing_file", ": image_path '" + rel + "' not found below " + str(base))
+    checks.flag((rel != "") & ~inside, "outside_root",
+                ": image_path '" + rel.str.slice(0, 200) + "' leads outside " + str(base) + " (expected a path below it)")
+    checks.flag(~exists, "missing_file", ": image_path '" + rel.str.slice(0, 200) + "' not found below " + str(base))
 
     good = checks.good
     modality = table["_modality"]
@@ -225,6 +228,20 @@ def _gold_letters(options: pd.DataFrame, gt: pd.Series) -> tuple[pd.Series, pd.S
 
 def _loose(text: str) -> str:
     return " ".join(text.casefold().split()).rstrip(".")
+
+
+def _contained(base: Path, rel: pd.Series) -> pd.Series:
+    """Which relative paths stay below `base`: no absolute path, no '..' step, and no symlink on the way that leaves
+    it (resolved, then checked). A question file is data from elsewhere; it must not make ingest read any file."""
+    root = base.resolve()
+
+    def inside(r: str) -> bool:
+        if not r or r.startswith("/") or ".." in r.split("/"):
+            return False
+        target = Path(os.path.realpath(base / r))
+        return target == root or root in target.parents
+
+    return rel.map(inside).astype(bool)
 
 
 def _existing(base: Path, rel: pd.Series) -> pd.Series:
