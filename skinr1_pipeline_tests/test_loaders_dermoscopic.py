@@ -575,3 +575,16 @@ def test_row_checks_keep_earlier_reasons_and_fill_absent_record_fields() -> None
     quarantine = checks.quarantine(pd.Series(["p0", "p1", "p2", "p3"], index=native.index))
     assert quarantine.index.tolist() == [0, 1] and quarantine["image_path"].tolist() == ["p2", "p3"]
 
+
+
+@pytest.mark.parametrize("edit, line", [(lambda rows: [rows[0] + ",extra", *rows[1:]], 2),   # pandas: silent shift
+                                        (lambda rows: [rows[0], rows[1].rsplit(",", 2)[0], *rows[2:]], 3)])
+def test_ragged_metadata_row_is_an_error_naming_file_and_line(tmp_path: Path, edit, line) -> None:
+    """A stray delimiter in the first data row made pandas take column 1 as the index: every column shifted, every
+    image 'missing', no error. Long and short rows are now refused with the file and line."""
+    root = fx.build_ham(tmp_path)
+    metadata = root / "HAM10000_metadata.csv"
+    header, *rows = metadata.read_text().splitlines()
+    metadata.write_text("\n".join([header, *edit(rows)]) + "\n")
+    with pytest.raises(DatasetFormatError, match=rf"HAM10000_metadata\.csv line {line} has \d+ fields, the header has"):
+        ham10000.load(root)

@@ -88,6 +88,7 @@ def read_table(
     if not head.strip():
         raise DatasetFormatError(f"{what}: {path} is empty (expected a header row)")
     sep = "\t" if head.count("\t") > head.count(",") else ","
+    _check_row_lengths(path, sep, what)
     try:
         frame = pd.read_csv(
             path, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8-sig", quoting=csv.QUOTE_MINIMAL
@@ -114,6 +115,26 @@ def read_table(
     if require_rows and frame.empty:
         raise DatasetFormatError(f"{what}: {path} has a header but no data rows")
     return frame.apply(lambda col: col.str.strip())
+
+
+def _check_row_lengths(path: Path, sep: str, what: str) -> None:
+    """Every data row must have as many fields as the header. Why: pandas silently takes the first column as the
+    index when the first data row has one field too many, shifting every column by one (all images then go
+    missing, with no error); a short row would be padded with empty fields."""
+    with path.open("r", encoding="utf-8-sig", newline="") as fh:
+        rows = csv.reader(fh, delimiter=sep)
+        try:
+            header = next(rows, [])
+            for row in rows:
+                if row and len(row) != len(header):
+                    shown = sep.join(row)
+                    shown = shown if len(shown) <= 120 else shown[:120] + "..."
+                    raise DatasetFormatError(
+                        f"{what}: {path} line {rows.line_num} has {len(row)} fields, the header has {len(header)} "
+                        f"(a stray or missing delimiter?): {shown!r}")
+        except csv.Error as exc:
+            raise DatasetFormatError(f"{what}: {path} line {rows.line_num} is not a readable table row: "
+                                     f"{str(exc)[:200]}") from exc
 
 
 class ImageLocator:
