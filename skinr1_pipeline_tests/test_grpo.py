@@ -35,7 +35,7 @@ from skinr1_pipeline_tests.tiny_models import write_mcq_items
 REPO_ROOT = Path(__file__).resolve().parents[1]
 def _correct_completion(options, scores, bucket) -> str:
     best = int(np.argmax(scores))
-    return pf.format_completion("features fit", pf.format_mcq_answer(list(options), best, bucket))
+    return pf.format_completion("features fit the chosen option", pf.format_mcq_answer(list(options), best, bucket))
 
 
 def probe_reward(completions, **kwargs):

@@ -27,6 +27,7 @@ from skinr1_pipeline.training.rewards import (
     completion_text,
     format_reward,
     granularity_reward,
+    MIN_THINKING_WORD_CHARS,
     make_reward_functions,
     malignancy_reward,
 )
@@ -104,6 +105,65 @@ def test_two_statuses_earn_no_malignancy_reward():
     text = format_completion(THINK, "D. melanoma in situ; status: malignant; status: benign")
     assert malignancy_reward([text], **row_kwargs(1)) == [0.0]
     assert format_reward([text], **row_kwargs(1)) == [1.0]
+
+
+@pytest.mark.parametrize("diagnosis", [
+    "D. melanoma in situ; possibly benign; status: malignant",  # a hedge before the clause
+    "D. melanoma in situ; status: malignant\nif regressing then benign",  # a hedge after it, on the next line
+    "D. melanoma in situ, not malignant; status: malignant",  # the clause's own status negated elsewhere
+])
+def test_status_word_contradicting_the_clause_earns_no_malignancy_reward(diagnosis):
+    text = format_completion(THINK, diagnosis)
+    assert malignancy_reward([text], **row_kwargs(1)) == [0.0]
+    assert format_reward([text], **row_kwargs(1)) == [1.0]
+
+
+def test_hedged_status_earns_nothing_for_either_bucket():
+    opts, scores = ["benign melanocytic lesion", "melanoma"], [0.25, 0.75]
+    for diagnosis in ("B. melanoma; possibly malignant; status: benign",
+                      "B. melanoma; status: benign\nif atypical then malignant"):
+        text = format_completion(THINK, diagnosis)
+        for bucket in ("benign", "malignant"):
+            assert malignancy_reward([text], **row_kwargs(1, opts, scores, bucket)) == [0.0]
+
+
+def test_option_text_is_never_read_as_a_status():
+    opts, scores = ["benign melanocytic lesion", "melanoma"], [0.25, 0.75]
+    text = format_completion(THINK, "A. benign melanocytic lesion")
+    assert malignancy_reward([text], **row_kwargs(1, opts, scores, "benign")) == [0.0]
+    assert format_reward([text], **row_kwargs(1, opts, scores, "benign")) == [1.0]
+    # With an explicit clause the option's own status-like words neither pay nor void it.
+    stated = format_completion(THINK, "A. benign melanocytic lesion; status: benign")
+    assert malignancy_reward([stated], **row_kwargs(1, opts, scores, "benign")) == [0.25]
+    chosen_text = format_completion(THINK, "B. malignant; status: malignant")
+    assert malignancy_reward([chosen_text], **row_kwargs(1, ["benign", "malignant"], [0.0, 0.75])) == [0.25]
+
+
+@pytest.mark.parametrize("thinking", [".", "\u200b", "... !!! ???", "_" * 40, "ok \u200b\u200b ok."])
+def test_contentless_thinking_earns_nothing(thinking):
+    text = format_completion(thinking, format_mcq_answer(OPTS, 3, "malignant"))
+    assert run_all([text], **row_kwargs(1)) == {f.__name__: [0.0] for f in ALL}
+    extras = {}
+    format_reward([text], log_extra=extras.__setitem__, **row_kwargs(1))
+    assert extras == {"parse_error": ["thin_thinking"]}
+
+
+def test_thinking_threshold_is_configurable_and_counts_only_letters_and_digits():
+    text = format_completion("a.b.c", format_mcq_answer(OPTS, 3, "malignant"))
+    assert format_reward([text], min_thinking_word_chars=3, **row_kwargs(1)) == [1.0]
+    assert format_reward([text], min_thinking_word_chars=4, **row_kwargs(1)) == [0.0]
+    assert granularity_reward([text], min_thinking_word_chars=3, **row_kwargs(1)) == [0.75]
+    assert 10 <= MIN_THINKING_WORD_CHARS <= 40
+
+
+def test_legitimate_completion_still_earns_full_credit():
+    text = format_completion("Irregular pigment network with regression; melanoma in situ is the deepest fit.",
+                             "D. melanoma in situ; status: malignant")
+    got = run_all([text], **row_kwargs(1))
+    assert got == {"format_reward": [1.0], "granularity_reward": [0.75], "malignancy_reward": [0.25],
+                   "accuracy_reward": [1.0]}
+    open_text = format_completion(THINK, "basal cell carcinoma; status: malignant")
+    assert malignancy_reward([open_text], bucket=["malignant"]) == [0.25]
 
 
 def test_correct_status_cannot_pay_for_an_ambiguous_option():

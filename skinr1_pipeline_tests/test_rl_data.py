@@ -153,7 +153,8 @@ def test_drops_are_counted_with_reasons():
 
 def test_rewards_give_full_credit_to_gold_completions():
     items = build_mcq_items(SAMPLES, TAX, ddx=DDX, hard_negative_fraction=0.3).items
-    completions = [format_completion("Features reviewed.", format_mcq_answer(r.options, r.answer_index, r.bucket))
+    thinking = "Features reviewed per option."  # enough word characters for the format reward's minimum
+    completions = [format_completion(thinking, format_mcq_answer(r.options, r.answer_index, r.bucket))
                    for r in items.itertuples()]
     cols = {c: items[c].tolist() for c in ("options", "option_scores", "bucket", "sample_id")}
     cols["prompts"] = items["prompt"].tolist()

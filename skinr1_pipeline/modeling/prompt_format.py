@@ -547,3 +547,43 @@ def prompt_options(prompt: Any) -> list[str] | None:
     if run:
         last = run
     return last
+
+
+def explicit_status(diagnosis: str | None, options: Sequence[str] | None = None) -> str | None:
+    """The status stated by the diagnosis's explicit "status:" clause(s), or None when it cannot be trusted.
+
+    Why stricter than `parse_completion`'s `status` (which evaluation reads): under RL (`training.rewards`) every
+    fallback is a hedge the policy can learn. So an option text is never read as a status, no clause means no
+    status, clauses must agree, and a status word anywhere else in the diagnosis (outside the chosen option's text)
+    that contradicts the clause voids it: "possibly malignant; status: benign", "status: benign\nif atypical then
+    malignant".
+    """
+    if not diagnosis:
+        return None
+    norm = unicodedata.normalize("NFKC", diagnosis)
+    clauses = list(_STATUS_CLAUSE_RE.finditer(norm))
+    if not clauses:
+        return None
+    statuses = set()
+    for clause in clauses:
+        label_end = _STATUS_LABEL_RE.match(norm, clause.start()).end()
+        found, status = _status_in(norm[label_end:clause.end()])
+        if not found or status is None:
+            return None
+        statuses.add(status)
+    if len(statuses) != 1:
+        return None
+    status = statuses.pop()
+    rest = list(norm)
+    for clause in clauses:
+        rest[clause.start():clause.end()] = " " * (clause.end() - clause.start())
+    if options:  # the option's own text ("benign keratosis") is not a status statement
+        _error, _index, spans = _choose_option(_without_status_words(norm), tuple(options))
+        for start, end in spans:
+            rest[start:end] = " " * (end - start)
+    for m in _STATUS_WORD_RE.finditer("".join(rest)):
+        word = m.group(2).lower()
+        bucket = "benign" if word == "benign" else "malignant" if word == "malignant" else "precancerous_in_situ"
+        if (bucket != status) != bool(m.group(1)):  # another status, or this one negated
+            return None
+    return status

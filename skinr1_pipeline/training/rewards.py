@@ -14,15 +14,29 @@ options written in each prompt are that row's `options`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from skinr1_pipeline.modeling.prompt_format import STATUSES, ParsedCompletion, parse_completion, prompt_options
+from skinr1_pipeline.modeling.prompt_format import (
+    STATUSES,
+    ParsedCompletion,
+    explicit_status,
+    parse_completion,
+    prompt_options,
+)
 
 FORMAT_REWARD = 1.0
 MALIGNANCY_REWARD = 0.25
 ACCURACY_REWARD = 1.0
+#: Fewest letters/digits a thinking block needs to count as reasoning. Why: a "." or a lone zero-width space parses,
+#: and would otherwise collect the full format reward without any reasoning. Far below any real rationale (the
+#: demo's compact template rationales have hundreds).
+MIN_THINKING_WORD_CHARS = 20
+_WORD_CHAR_RE = re.compile(r"[^\W_]")  # letters and digits; punctuation, "_" and invisible characters do not count
 
 _ROW_COLUMNS = ("options", "option_scores", "bucket", "sample_id")
 
@@ -111,19 +125,34 @@ def _is_finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def _parse_all(completions: Sequence[Any], cols: dict[str, list]) -> list[ParsedCompletion]:
+def thinking_word_chars(thinking: str | None) -> int:
+    """Letters and digits in a thinking block (NFKC-normalized), the measure `MIN_THINKING_WORD_CHARS` applies to."""
+    return len(_WORD_CHAR_RE.findall(unicodedata.normalize("NFKC", thinking or "")))
+
+
+def _parse_all(completions: Sequence[Any], cols: dict[str, list],
+               min_thinking_word_chars: int = MIN_THINKING_WORD_CHARS) -> list[ParsedCompletion]:
+    """Parse every row; a parse whose thinking is too thin becomes a failure ("thin_thinking") for every reward."""
     options = cols.get("options", [None] * len(completions))
-    return [parse_completion(completion_text(c), opts or None) for c, opts in zip(completions, options)]
+    out = []
+    for c, opts in zip(completions, options):
+        p = parse_completion(completion_text(c), opts or None)
+        if p.ok and thinking_word_chars(p.thinking) < min_thinking_word_chars:
+            p = dataclasses.replace(p, ok=False, error="thin_thinking", option_index=None)
+        out.append(p)
+    return out
 
 
-def format_reward(completions: Sequence[Any], **kwargs: Any) -> list[float]:
-    """FORMAT_REWARD when the completion parses (for MCQ rows: names exactly one offered option), else 0.
+def format_reward(completions: Sequence[Any], *, min_thinking_word_chars: int = MIN_THINKING_WORD_CHARS,
+                  **kwargs: Any) -> list[float]:
+    """FORMAT_REWARD when the completion parses (for MCQ rows: names exactly one offered option) and its thinking
+    has at least `min_thinking_word_chars` letters/digits, else 0 (the other rewards apply the same gate).
 
     When TRL passes `log_metric` / `log_extra`, also logs the parse-failure rate and each row's error code, so
     reward hacking and format collapse show up in the run's metrics rather than only in the reward mean.
     """
     cols = _columns(completions, kwargs, ())
-    parsed = _parse_all(completions, cols)
+    parsed = _parse_all(completions, cols, min_thinking_word_chars)
     if callable(kwargs.get("log_metric")) and parsed:
         kwargs["log_metric"]("format/parse_failure_rate", sum(not p.ok for p in parsed) / len(parsed))
     if callable(kwargs.get("log_extra")):
@@ -131,13 +160,14 @@ def format_reward(completions: Sequence[Any], **kwargs: Any) -> list[float]:
     return [FORMAT_REWARD if p.ok else 0.0 for p in parsed]
 
 
-def granularity_reward(completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
+def granularity_reward(completions: Sequence[Any], *, min_thinking_word_chars: int = MIN_THINKING_WORD_CHARS,
+                       **kwargs: Any) -> list[float | None]:
     """The chosen option's hierarchical score from `option_scores`; 0 when unparseable or ambiguous.
 
     None (TRL: "does not apply") for rows without options, i.e. open-ended items.
     """
     cols = _columns(completions, kwargs, ("options", "option_scores"))
-    parsed = _parse_all(completions, cols)
+    parsed = _parse_all(completions, cols, min_thinking_word_chars)
     out: list[float | None] = []
     for p, opts, scores in zip(parsed, cols["options"], cols["option_scores"]):
         if not opts:
@@ -147,13 +177,14 @@ def granularity_reward(completions: Sequence[Any], **kwargs: Any) -> list[float 
     return out
 
 
-def accuracy_reward(completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
+def accuracy_reward(completions: Sequence[Any], *, min_thinking_word_chars: int = MIN_THINKING_WORD_CHARS,
+                    **kwargs: Any) -> list[float | None]:
     """ACCURACY_REWARD when the chosen option carries the row's maximal (positive) score: flat, no hierarchy.
 
     This is the authors' `--native_reward` ablation (credit only for the deepest correct option shown).
     """
     cols = _columns(completions, kwargs, ("options", "option_scores"))
-    parsed = _parse_all(completions, cols)
+    parsed = _parse_all(completions, cols, min_thinking_word_chars)
     out: list[float | None] = []
     for p, opts, scores in zip(parsed, cols["options"], cols["option_scores"]):
         if not opts:
@@ -165,20 +196,22 @@ def accuracy_reward(completions: Sequence[Any], **kwargs: Any) -> list[float | N
     return out
 
 
-def malignancy_reward(completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
-    """MALIGNANCY_REWARD when the parse succeeds and its one stated status equals the row's `bucket`, else 0.
+def malignancy_reward(completions: Sequence[Any], *, min_thinking_word_chars: int = MIN_THINKING_WORD_CHARS,
+                      **kwargs: Any) -> list[float | None]:
+    """MALIGNANCY_REWARD when the parse succeeds and `explicit_status` equals the row's `bucket`, else 0.
 
     An answer that fails to parse earns nothing here either, so a correct status cannot pay for an ambiguous
-    option. None for rows whose bucket is unknown.
+    option; nor does an option text, a missing status clause or a hedged one. None for rows whose bucket is unknown.
     """
     cols = _columns(completions, kwargs, ("bucket",))
-    parsed = _parse_all(completions, cols)
+    parsed = _parse_all(completions, cols, min_thinking_word_chars)
     out: list[float | None] = []
-    for p, bucket in zip(parsed, cols["bucket"]):
+    options = cols.get("options", [None] * len(parsed))
+    for p, bucket, opts in zip(parsed, cols["bucket"], options):
         if bucket is None:
             out.append(None)
         else:
-            out.append(MALIGNANCY_REWARD if p.ok and p.status == bucket else 0.0)
+            out.append(MALIGNANCY_REWARD if p.ok and explicit_status(p.diagnosis, opts) == bucket else 0.0)
     return out
 
 
