@@ -202,14 +202,19 @@ _STATUS_LABEL_RE = re.compile(r"(?<![^\W_])status\s*+[:=\-\u2013\u2014]", re.IGN
 _STATUS_CLAUSE_RE = re.compile(_STATUS_LABEL_RE.pattern + r"[^;\n]*", re.IGNORECASE)
 
 
+def _status_bucket(word: str) -> str:
+    """The status a word matched by `_STATUS_WORD_RE` (group 2) names; every pre-cancerous spelling is one bucket."""
+    word = word.lower()
+    return word if word in ("benign", "malignant") else "precancerous_in_situ"
+
+
 def _status_in(text: str) -> tuple[bool, str | None]:
     """(found any status word, the single distinct status or None). A negated word makes the answer unreadable."""
     found = set()
     for m in _STATUS_WORD_RE.finditer(text):
         if m.group(1):
             return True, None
-        word = m.group(2).lower()
-        found.add("benign" if word == "benign" else "malignant" if word == "malignant" else "precancerous_in_situ")
+        found.add(_status_bucket(m.group(2)))
     if not found:
         return False, None
     return True, (found.pop() if len(found) == 1 else None)
@@ -582,8 +587,6 @@ def explicit_status(diagnosis: str | None, options: Sequence[str] | None = None)
         for start, end in spans:
             rest[start:end] = " " * (end - start)
     for m in _STATUS_WORD_RE.finditer("".join(rest)):
-        word = m.group(2).lower()
-        bucket = "benign" if word == "benign" else "malignant" if word == "malignant" else "precancerous_in_situ"
-        if (bucket != status) != bool(m.group(1)):  # another status, or this one negated
+        if (_status_bucket(m.group(2)) != status) != bool(m.group(1)):  # another status, or this one negated
             return None
     return status
