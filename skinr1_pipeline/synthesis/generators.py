@@ -18,7 +18,9 @@ from skinr1_pipeline.synthesis.trajectories import STYLES, TYPES, GenerationRequ
 
 @runtime_checkable
 class Generator(Protocol):
-    """Backend contract: one completion text per request, same order. Failures become "" (rejected as bad_format)."""
+    """Backend contract: one completion text per request, same order. A failed request returns ""; a generator
+    that knows why exposes `failed_requests` (see `pipeline.synthesize`), so transport failures are counted apart
+    from verifier rejections."""
 
     name: str
 

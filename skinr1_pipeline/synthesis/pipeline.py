@@ -2,6 +2,12 @@
 
 Determinism: each (sample, type, k) gets its own RNG seeded from (seed, sample_id, type, k), so output does not
 depend on row order, batch size or which other samples are present; the generator receives per-request seeds too.
+
+Generation failures are not verifier rejections: a generator may expose `failed_requests` (request_id -> an object
+with `kind`, `detail`, `text`, as `OpenAICompatibleGenerator` does) for requests it could not answer. Those skip the
+verifier, are counted in `counts["transport_failures"]` by kind (not in `rejected`/`rejections`), and appear in the
+rejections frame with reason `transport:<kind>`, or `truncated` for a completion cut at max_tokens (partial text kept
+in the row), so a dead server never reads as a teacher that writes `bad_format`.
 """
 
 from __future__ import annotations
@@ -122,13 +128,22 @@ def synthesize(
                     continue
                 requests.append((req, row))
     texts: list[str] = []
+    failures: dict[str, Any] = {}
     for start in range(0, len(requests), batch_size):
         batch = [r for r, _ in requests[start:start + batch_size]]
         texts += generator.generate(batch)
+        failures.update(getattr(generator, "failed_requests", None) or {})
         if progress is not None:  # generation is the slow part with an LLM teacher; verification is not
             progress(len(texts), len(requests))
     verifier = Verifier(taxonomy, ddx, knowledge, verify_config)
-    verdicts: list[Verdict] = [verifier.check(text, req) for (req, _), text in zip(requests, texts)]
+    verdicts: list[Verdict] = []
+    for i, ((req, _), text) in enumerate(zip(requests, texts)):
+        failure = failures.get(req.request_id)
+        if failure is None:
+            verdicts.append(verifier.check(text, req))
+        else:
+            verdicts.append(Verdict(False, failure_reason(failure.kind), failure.detail))
+            texts[i] = failure.text or ""
     passed = [i for i, v in enumerate(verdicts) if v.ok]
     dedup_items = []
     for i in passed:
@@ -138,7 +153,20 @@ def synthesize(
         dedup_items.append((f"{group}::{req.trajectory_type}", req.request_id, thinking))
     for i, v in zip(passed, verifier.dedup(dedup_items)):
         verdicts[i] = v
-    return _result(requests, texts, verdicts, skips, generator.name)
+    result = _result(requests, texts, verdicts, skips, generator.name)
+    stats = getattr(generator, "stats", None)
+    if stats:
+        result.counts["generator_stats"] = {str(k): int(v) for k, v in sorted(stats.items())}
+    return result
+
+
+def failure_reason(kind: str) -> str:
+    """Rejection reason of a request the generator could not answer (never one of the verifier's reasons)."""
+    return "truncated" if kind == "truncated" else f"transport:{kind}"
+
+
+def _is_generation_failure(reason: str) -> bool:
+    return reason == "truncated" or reason.startswith("transport:")
 
 
 def _result(requests, texts, verdicts, skips, generator_name) -> SynthesisResult:
@@ -158,17 +186,22 @@ def _result(requests, texts, verdicts, skips, generator_name) -> SynthesisResult
                              "reason": verdict.reason, "detail": verdict.detail, "text": text})
     traj = pd.DataFrame(kept, columns=list(TRAJECTORY_COLUMNS))
     rej = pd.DataFrame(rejected, columns=list(REJECTION_COLUMNS))
+    failed = rej["reason"].map(_is_generation_failure).astype(bool)
+    verified, transport = rej[~failed], rej[failed]
+    kinds = transport["reason"].str.removeprefix("transport:")
     counts = {
         "requests": len(requests),
         "accepted": len(traj),
-        "rejected": len(rej),
+        "rejected": len(verified),  # by the verifier; generation failures are counted apart
+        "transport_failed": len(transport),
         "skipped": dict(sorted(skips.items())),
         "per_type": {t: {"accepted": int((traj["trajectory_type"] == t).sum()),
-                         "rejected": int((rej["trajectory_type"] == t).sum())}
+                         "rejected": int((verified["trajectory_type"] == t).sum())}
                      for t in sorted({r.trajectory_type for r, _ in requests})},
         "per_class": {str(k): int(v) for k, v in traj["taxonomy_node"].value_counts().sort_index().items()},
         "per_question_form": {str(k): int(v) for k, v in traj["question_form"].value_counts().sort_index().items()},
-        "rejections": {str(k): int(v) for k, v in rej["reason"].value_counts().sort_index().items()},
+        "rejections": {str(k): int(v) for k, v in verified["reason"].value_counts().sort_index().items()},
+        "transport_failures": {str(k): int(v) for k, v in kinds.value_counts().sort_index().items()},
     }
     return SynthesisResult(traj, rej, counts)
 
