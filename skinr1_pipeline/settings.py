@@ -17,6 +17,8 @@ from typing import Any
 import yaml
 
 from skinr1_pipeline.data.loaders import SUPPORTED_DATASETS
+from skinr1_pipeline.data.messages import capped
+from skinr1_pipeline.data.schema import MODALITIES
 from skinr1_pipeline.runtime.launch import LAUNCHERS
 
 PROFILES = ("demo", "gpu")
@@ -30,6 +32,14 @@ class SettingsError(ValueError):
 
 
 COMPUTE_KINDS = ("local", "ray")
+# Every key a config file may hold. Anything else is a typo or a setting this version lacks, and is refused by name
+# rather than ignored (a silently ignored `split_seed` once left every split on the default seed).
+# `launcher`/`accelerate_args` are the spelling from before `compute:`, still read as local compute.
+FILE_KEYS = ("datasets", "model_dir", "label_map_dir", "mlflow_tracking_uri", "mlflow_experiment", "demo_seed",
+             "demo_images_per_class", "split_seed", "ood", "compute", "teacher", "launcher", "accelerate_args")
+# Keys only one profile reads: the demo generates its own dataset folders; the gpu profile generates no data.
+PROFILE_KEYS = {"datasets": "gpu", "demo_seed": "demo", "demo_images_per_class": "demo"}
+OOD_KEYS = ("modalities", "sources")
 TEACHER_GENERATORS = ("template", "vllm", "openai")
 
 
@@ -125,13 +135,9 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         file_config = _read_config(Path(config_path))
     elif profile == "gpu":
         raise SettingsError("SKINR1_PROFILE=gpu needs SKINR1_CONFIG: a YAML file naming dataset folders and the model")
-    roots = {}
-    for name, root in (file_config.get("datasets") or {}).items():
-        if name not in SUPPORTED_DATASETS:
-            raise SettingsError(
-                f"{config_path}: datasets.{name} is not a supported dataset; allowed: {', '.join(SUPPORTED_DATASETS)}"
-            )
-        roots[name] = Path(root).expanduser()
+    source = f"SKINR1_CONFIG={config_path}: " if config_path else ""
+    _check_file(file_config, profile, source)
+    roots = {name: Path(root).expanduser() for name, root in (file_config.get("datasets") or {}).items()}
     tracking = env.get("MLFLOW_TRACKING_URI") or file_config.get("mlflow_tracking_uri") or ""
     if not tracking:
         tracking = f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
@@ -140,15 +146,18 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         profile=profile,
         home=home,
         dataset_roots=roots,
-        demo_seed=_int(env, "SKINR1_DEMO_SEED", file_config.get("demo_seed", 0)),
-        demo_images_per_class=_int(env, "SKINR1_DEMO_IMAGES_PER_CLASS", file_config.get("demo_images_per_class", 24)),
-        split_seed=int(file_config.get("split_seed", 42)),
+        demo_seed=_int(env, "SKINR1_DEMO_SEED", file_config, "demo_seed", 0, minimum=0, source=source),
+        demo_images_per_class=_int(env, "SKINR1_DEMO_IMAGES_PER_CLASS", file_config, "demo_images_per_class", 24,
+                                   minimum=1, source=source),
+        split_seed=_whole(file_config.get("split_seed", 42), f"{source}split_seed", minimum=0),
         mlflow_tracking_uri=tracking,
-        mlflow_experiment=env.get("MLFLOW_EXPERIMENT_NAME") or file_config.get("mlflow_experiment", "skinr1-pipeline"),
+        mlflow_experiment=(env.get("MLFLOW_EXPERIMENT_NAME") or file_config.get("mlflow_experiment")
+                           or "skinr1-pipeline"),
         label_map_dir=Path(label_map_dir).expanduser() if label_map_dir else None,
         base_model_dir=_model_dir(profile, file_config, config_path),
-        ood_modalities=_strings(file_config, "ood", "modalities", ("clinical",) if profile == "demo" else ()),
-        ood_sources=_strings(file_config, "ood", "sources", ()),
+        ood_modalities=_strings(file_config, "modalities", ("clinical",) if profile == "demo" else (), MODALITIES,
+                                source),
+        ood_sources=_strings(file_config, "sources", (), SUPPORTED_DATASETS, source),
         compute=_compute(file_config, home),
         teacher=_teacher(profile, file_config),
     )
@@ -191,20 +200,24 @@ def _compute(file_config: dict[str, Any], home: Path) -> ComputeSettings:
     kind = _choice(raw.get("kind", "local"), "compute.kind", COMPUTE_KINDS)
     launcher = _choice(raw.get("launcher", "python"), "launcher", LAUNCHERS)
     env = raw.get("env") or {}
-    if not isinstance(env, dict):
-        raise SettingsError(f"compute.env must be a mapping of variable names to values, got {env!r}")
-    try:
-        compute = ComputeSettings(
-            kind=kind, launcher=launcher, processes=int(raw.get("processes", 1)),
-            launcher_args=tuple(str(a) for a in raw.get("launcher_args") or ()),
-            address=str(raw.get("address", "")), workers=int(raw.get("workers", 1)),
-            cpus_per_worker=float(raw.get("cpus_per_worker", 1.0)), gpus_per_worker=float(raw.get("gpus_per_worker", 0)),
-            storage_path=str(raw.get("storage_path") or home / "ray_results"),
-            env=tuple((str(k), str(v)) for k, v in sorted(env.items())))
-    except (TypeError, ValueError) as exc:
-        raise SettingsError(f"compute: {exc}") from None
-    if compute.processes < 1 or compute.workers < 1:
-        raise SettingsError("compute.processes and compute.workers must be >= 1")
+    scalar = (str, int, float)
+    if not isinstance(env, dict) or not all(isinstance(v, scalar) and not isinstance(v, bool) for v in env.values()):
+        raise SettingsError("compute.env must be a mapping of variable names to strings or numbers (quote true/false),"
+                            f" got {capped(repr(env))}")
+    args = raw.get("launcher_args") or ()
+    if not isinstance(args, (list, tuple)) or not all(isinstance(a, scalar) for a in args):
+        raise SettingsError(f"compute.launcher_args must be a list of arguments, got {capped(repr(args))}")
+    for key in ("address", "storage_path"):
+        if not isinstance(raw.get(key) or "", str):
+            raise SettingsError(f"compute.{key} must be a string, got {capped(repr(raw[key]))}")
+    compute = ComputeSettings(
+        kind=kind, launcher=launcher, processes=_whole(raw.get("processes", 1), "compute.processes", minimum=1),
+        launcher_args=tuple(str(a) for a in args), address=raw.get("address") or "",
+        workers=_whole(raw.get("workers", 1), "compute.workers", minimum=1),
+        cpus_per_worker=_number(raw.get("cpus_per_worker", 1.0), "compute.cpus_per_worker", minimum=0),
+        gpus_per_worker=_number(raw.get("gpus_per_worker", 0), "compute.gpus_per_worker", minimum=0),
+        storage_path=raw.get("storage_path") or str(home / "ray_results"),
+        env=tuple((str(k), str(v)) for k, v in sorted(env.items(), key=lambda kv: str(kv[0]))))
     if launcher == "python" and compute.processes > 1:
         raise SettingsError("launcher=python runs one process; set launcher to torchrun or accelerate for "
                             f"compute.processes={compute.processes}")
@@ -223,11 +236,53 @@ def _model_dir(profile: str, file_config: dict[str, Any], config_path: str | Non
     return Path(raw).expanduser()
 
 
-def _strings(file_config: dict[str, Any], section: str, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
-    value = (file_config.get(section) or {}).get(key, default)
-    if isinstance(value, str) or not all(isinstance(v, str) for v in value):
-        raise SettingsError(f"{section}.{key} must be a list of strings, got {value!r}")
+def _strings(file_config: dict[str, Any], key: str, default: tuple[str, ...], allowed: tuple[str, ...],
+             source: str) -> tuple[str, ...]:
+    """`ood.<key>`: a list drawn from `allowed`; a misspelt entry would hold nothing out, so it is refused."""
+    value = (file_config.get("ood") or {}).get(key, default)
+    value = () if value is None else value
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise SettingsError(f"{source}ood.{key} must be a list of strings, got {capped(repr(value))}")
+    unknown = [v for v in value if v not in allowed]
+    if unknown:
+        raise SettingsError(f"{source}ood.{key}: {capped(repr(unknown[0]))} is not allowed; "
+                            f"allowed: {', '.join(allowed)}")
     return tuple(value)
+
+
+def _check_file(file_config: dict[str, Any], profile: str, source: str) -> None:
+    """Refuse, by name, every key the pipeline would not read: unknown top-level keys, unknown keys of each section,
+    keys the active profile ignores, and path/URI keys that are not strings (the types of the rest are checked
+    where they are read). Why: a misspelt or ignored key otherwise runs the pipeline on defaults, silently."""
+    _known_keys(file_config, FILE_KEYS, "", "a setting", source)
+    for key, only in PROFILE_KEYS.items():
+        if key in file_config and profile != only:
+            raise SettingsError(f"{source}{key} is read on the {only} profile only and this is "
+                                f"SKINR1_PROFILE={profile}; remove it or run with SKINR1_PROFILE={only}")
+    sections = {"datasets": (SUPPORTED_DATASETS, "a supported dataset"), "ood": (OOD_KEYS, "an ood setting"),
+                "compute": (tuple(ComputeSettings.__dataclass_fields__), "a compute setting"),
+                "teacher": (tuple(TeacherSettings.__dataclass_fields__), "a teacher setting")}
+    for section, (allowed, what) in sections.items():
+        raw = file_config.get(section)
+        if raw is None:
+            continue
+        if not isinstance(raw, dict):
+            raise SettingsError(f"{source}{section} must be a mapping, got {capped(repr(raw))}")
+        _known_keys(raw, allowed, f"{section}.", what, source)
+    texts = [(k, file_config.get(k)) for k in ("model_dir", "label_map_dir", "mlflow_tracking_uri",
+                                                "mlflow_experiment")]
+    texts += [(f"datasets.{k}", v) for k, v in (file_config.get("datasets") or {}).items()]
+    for key, value in texts:
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise SettingsError(f"{source}{key} must be a non-empty string (a path, URI or name), "
+                                f"got {capped(repr(value))}")
+
+
+def _known_keys(raw: dict[Any, Any], allowed: tuple[str, ...], prefix: str, what: str, source: str) -> None:
+    unknown = [k for k in raw if k not in allowed]
+    if unknown:
+        raise SettingsError(f"{source}{prefix}{capped(unknown[0])} is not {what}; "
+                            f"allowed: {', '.join(sorted(allowed))}")
 
 
 def _choice(value: Any, key: str, allowed: tuple[str, ...]) -> str:
@@ -248,9 +303,32 @@ def _read_config(path: Path) -> dict[str, Any]:
     return data
 
 
-def _int(env: dict[str, str], key: str, default: Any) -> int:
-    raw = env.get(key, default)
+def _int(env: dict[str, str], env_key: str, file_config: dict[str, Any], key: str, default: int, *, minimum: int,
+         source: str) -> int:
+    """An integer setting: the environment variable if set, else the config file's key, else `default`."""
+    if env_key in env:
+        return _whole(env[env_key], env_key, minimum=minimum)
+    return _whole(file_config.get(key, default), f"{source}{key}", minimum=minimum)
+
+
+def _whole(value: Any, key: str, *, minimum: int) -> int:
+    """`value` as an integer >= `minimum`. Bools and fractions are refused rather than truncated (int(2.7) is 2)."""
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise SettingsError(f"{key}={capped(repr(value))} must be an integer >= {minimum}")
+    return value
+
+
+def _number(value: Any, key: str, *, minimum: float) -> float:
+    """`value` as a float >= `minimum`; bools and non-numbers are refused by name instead of raising TypeError."""
     try:
-        return int(raw)
+        number = float(value) if not isinstance(value, bool) else None
     except (TypeError, ValueError):
-        raise SettingsError(f"{key}={raw!r} must be an integer") from None
+        number = None
+    if number is None or not number >= minimum:
+        raise SettingsError(f"{key}={capped(repr(value))} must be a number >= {minimum}")
+    return number

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from skinr1_pipeline.data.messages import capped_list
+
 # Columns a loader fills. The label-mapping and image-integrity stages add MAPPED_COLUMNS and IMAGE_COLUMNS.
 RECORD_COLUMNS: tuple[str, ...] = (
     "sample_id",  # unique across datasets: "<source>/<dataset-native id>"
@@ -70,7 +72,8 @@ class LoadedDataset:
         dupes = self.records["sample_id"][self.records["sample_id"].duplicated()]
         if len(dupes):
             raise DatasetFormatError(
-                f"{self.name}: duplicate sample ids {sorted(set(dupes))[:10]} (each image must appear once)"
+                f"{self.name}: {dupes.nunique()} duplicate sample ids, e.g. "
+                f"{capped_list(sorted(set(dupes)), items=10)} (each image must appear once)"
             )
 
     def class_counts(self) -> dict[str, int]:

@@ -17,6 +17,7 @@ from typing import Any, Iterable
 import pandas as pd
 import yaml
 
+from skinr1_pipeline.data.messages import capped, capped_list
 from skinr1_pipeline.knowledge.taxonomy import Taxonomy, normalize_label
 
 PACKAGED_DIR = "data/label_maps"
@@ -29,16 +30,28 @@ class LabelMapError(ValueError):
 
 
 class UnmappedLabelsError(ValueError):
-    """Some rows carry labels the dataset's map does not know; `.unmapped` lists each (label, file) with its count."""
+    """Some rows carry labels the dataset's map does not know; `.unmapped` lists each (label, file) with its count.
 
-    def __init__(self, dataset: str, unmapped: list[dict[str, Any]]) -> None:
+    The message quotes each label capped (`capped`: a 20 MB label must not become a 20 MB log line) and points at
+    the first row of each, in the label field, so the user can find it; `.unmapped` keeps the full labels.
+    """
+
+    def __init__(
+        self, dataset: str, unmapped: list[dict[str, Any]], *, field: str = "", first_rows: list[Any] | None = None
+    ) -> None:
         self.dataset = dataset
         self.unmapped = unmapped
         rows = sum(int(u["count"]) for u in unmapped)
-        lines = [f"  - {u['label']!r}: {u['count']} row(s) in {u['file']}" for u in unmapped]
+        firsts = first_rows or [None] * len(unmapped)
+        lines = [
+            f"  - {capped(u['label'])!r}: {u['count']} row(s) in {u['file']}" + (f" (first: row {r})" if r else "")
+            for u, r in zip(unmapped, firsts)
+        ]
         super().__init__(
-            f"{dataset}: {len(unmapped)} unmapped label(s) on {rows} row(s); add them to the dataset's label map "
-            f"(or an override file in the label-map directory):\n" + "\n".join(lines)
+            f"{dataset}: {len(unmapped)} unmapped label(s) on {rows} row(s)"
+            + (f" (field: {capped(field)})" if field else "")
+            + "; add them to the dataset's label map (or an override file in the label-map directory):\n"
+            + "\n".join(lines)
         )
 
 
@@ -101,7 +114,9 @@ class LabelMap:
 
         missing_mask = keys.map(lambda k: resolved[k] is None)
         if bool(missing_mask.any()):
-            raise UnmappedLabelsError(self.dataset, self._unmapped(keys[missing_mask], files[missing_mask]))
+            rows = records.get("metadata_row", pd.Series(None, index=records.index))
+            unmapped, first_rows = self._unmapped(keys[missing_mask], files[missing_mask], rows[missing_mask])
+            raise UnmappedLabelsError(self.dataset, unmapped, field=self.label_field, first_rows=first_rows)
 
         paths = {node: taxonomy.path(node) for node, _ in set(v for v in resolved.values() if v)}
         out = records.copy()
@@ -112,14 +127,17 @@ class LabelMap:
         out["bucket"] = nodes.map(lambda n: taxonomy[n].bucket).astype("object")
         return out, self._report(keys, resolved, nodes)
 
-    def _unmapped(self, keys: pd.Series, files: pd.Series) -> list[dict[str, Any]]:
+    def _unmapped(self, keys: pd.Series, files: pd.Series, rows: pd.Series) -> tuple[list[dict[str, Any]], list[Any]]:
+        """Each unmapped (label, file) with its count, and the first row it is on (None where rows are unknown)."""
         shown = keys.map(lambda k: k.split("|", 1)[0] if self.refine else k)  # a refining map fails on its folder
-        table = pd.DataFrame({"label": shown, "file": files.map(_display)})
-        counts = table.groupby(["label", "file"], sort=True, dropna=False).size()
-        return [
+        table = pd.DataFrame({"label": shown, "file": files.map(_display), "row": pd.to_numeric(rows, errors="coerce")})
+        groups = table.groupby(["label", "file"], sort=True, dropna=False)["row"]
+        counts, first = groups.size(), groups.min()
+        unmapped = [
             {"dataset": self.dataset, "label": label, "count": int(n), "file": file}
             for (label, file), n in counts.items()
         ]
+        return unmapped, [None if pd.isna(first[key]) else int(first[key]) for key in counts.index]
 
     def _report(self, keys: pd.Series, resolved: dict[str, tuple[str, bool] | None], nodes: pd.Series) -> dict[str, Any]:
         per_label = {
@@ -185,14 +203,15 @@ def _parse(source: str, text: str, problems: list[str]) -> dict[str, Any] | None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        problems.append(f"{source}: not valid YAML: {exc}")
+        problems.append(f"{source}: not valid YAML: {capped(exc, 500)}")
         return None
     if not isinstance(data, dict):
         problems.append(f"{source}: expected a mapping with 'dataset', 'label_field' and 'labels'")
         return None
     unknown = set(data) - _FILE_KEYS
     if unknown:
-        problems.append(f"{source}: unknown keys {sorted(unknown)}; allowed {sorted(_FILE_KEYS)}")
+        shown = capped_list(sorted(map(str, unknown)))
+        problems.append(f"{source}: unknown keys {shown}; allowed {sorted(_FILE_KEYS)}")
     if not isinstance(data.get("dataset"), str) or not data["dataset"].strip():
         problems.append(f"{source}: 'dataset' must be a non-empty string")
         return None
@@ -213,13 +232,14 @@ def _normalised(entries: dict[Any, Any], source: str, key: str, problems: list[s
     for raw, node in entries.items():
         norm = normalize_label(str(raw))
         if not norm:
-            problems.append(f"{source}: {key} has an empty label {raw!r}")
+            problems.append(f"{source}: {key} has an empty label {capped(raw)!r}")
             continue
         if not isinstance(node, str):
-            problems.append(f"{source}: {key}[{raw!r}] must name one taxonomy node id, got {node!r}")
+            problems.append(f"{source}: {key}[{capped(raw)!r}] must name one taxonomy node id, got {capped(node)!r}")
             continue
         if norm in out and out[norm] != node:
-            problems.append(f"{source}: {key} {raw!r} and {raw_of[norm]!r} are the same label but map to {node} and {out[norm]}")
+            problems.append(f"{source}: {key} {capped(raw)!r} and {capped(raw_of[norm])!r} are the same label but map "
+                            f"to {capped(node)} and {capped(out[norm])}")
             continue
         out[norm], raw_of[norm] = node, raw
         sources[(key, norm)] = (source, raw)
@@ -234,7 +254,7 @@ def _merge_doc(docs: dict, doc: dict | None, source: str, *, override: bool, pro
         docs[key] = doc
         return
     if not override:
-        problems.append(f"{source}: dataset {key!r} is already defined by another packaged file")
+        problems.append(f"{source}: dataset {capped(key)!r} is already defined by another packaged file")
         return
     base = docs[key]
     for name in ("labels", "fine_labels", "refine_within", "_sources"):
@@ -250,9 +270,9 @@ def _build(key: str, docs: dict, taxonomy: Taxonomy, problems: list[str], seen: 
     sources: dict = {}
     for parent in _as_list(doc.get("extends")):
         if parent == key or parent in seen:
-            problems.append(f"dataset {key!r}: 'extends' forms a cycle through {parent!r}")
+            problems.append(f"dataset {capped(key)!r}: 'extends' forms a cycle through {capped(parent)!r}")
         elif parent not in docs:
-            problems.append(f"dataset {key!r}: 'extends' names unknown dataset {parent!r}")
+            problems.append(f"dataset {capped(key)!r}: 'extends' names unknown dataset {capped(parent)!r}")
         else:
             labels.update(_build(parent, docs, taxonomy, problems, (*seen, key)).labels)
     labels.update(doc.get("labels") or {})
@@ -261,18 +281,20 @@ def _build(key: str, docs: dict, taxonomy: Taxonomy, problems: list[str], seen: 
         for norm, node in mapping.items():
             if node not in taxonomy:
                 file, raw = sources.get((name, norm), ("<unknown file>", norm))
-                problems.append(f"{file}: {name} {raw!r} -> {node!r} is not a taxonomy node id")
+                problems.append(f"{file}: {name} {capped(raw)!r} -> {capped(node)!r} is not a taxonomy node id")
     refine_within: dict[str, tuple[str, ...]] = {}
     for folder, ids in (doc.get("refine_within") or {}).items():
         ids = _as_list(ids)
         for node in ids:
             if node not in taxonomy:
-                problems.append(f"dataset {key!r}: refine_within[{folder!r}] -> {node!r} is not a taxonomy node id")
+                problems.append(f"dataset {capped(key)!r}: refine_within[{capped(folder)!r}] -> {capped(node)!r} "
+                                "is not a taxonomy node id")
         if folder not in labels:
-            problems.append(f"dataset {key!r}: refine_within names folder {folder!r} that is not in 'labels'")
+            problems.append(f"dataset {capped(key)!r}: refine_within names folder {capped(folder)!r} that is not in "
+                            "'labels'")
         refine_within[folder] = tuple(ids)
     if not labels:
-        problems.append(f"dataset {key!r}: no labels")
+        problems.append(f"dataset {capped(key)!r}: no labels")
     return LabelMap(
         dataset=key,
         label_field=str(doc.get("label_field") or "label"),
