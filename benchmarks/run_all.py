@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "generation": ("bench_generation.py", ["--prompts", "256", "--max-tokens", "128"],
                    ["--prompts", "64", "--max-tokens", "64"]),
     "evaluation": ("bench_eval.py", ["--items", "256"], ["--items", "64"]),
+    "image_memory": ("image_check_memory.py", [], []),
 }
 
 

@@ -262,6 +262,8 @@ def test_an_unexpected_dhash_error_is_unhashable_and_the_batch_goes_on(tmp_path:
 
     monkeypatch.setattr(images, "_hash_decoded", lambda im, pixels: None)  # every hash from the bytes
     monkeypatch.setattr(images, "dhash_bytes", failing)
+    # The check runs in a worker; only a forked one inherits the patches (other tests may leave threads alive).
+    monkeypatch.setattr(images, "_pool_context", lambda: multiprocessing.get_context("fork"))
     frame = inspect_images([*paths, unlucky], workers=1)
     row = frame.iloc[-1]
     assert (row["ok"], row["reason"], row["image_dhash"]) == (False, "unhashable", None)
@@ -403,6 +405,43 @@ def test_bomb_limit_is_configurable(good_jpeg: Path) -> None:
     assert _reason(good_jpeg, max_pixels=192 * 144) is None
 
 
+def test_file_over_the_byte_limit_is_too_large_and_never_read(tmp_path: Path, good_jpeg: Path, monkeypatch) -> None:
+    """A 200 MB `.jpg` used to be read whole (+205 MB RSS): os.stat now refuses it before any read."""
+    import skinr1_pipeline.data.images as images
+
+    padded = tmp_path / "padded.jpg"
+    with padded.open("wb") as fh:  # a valid JPEG padded (sparsely) past the default limit
+        fh.write(good_jpeg.read_bytes())
+        fh.truncate(images.DEFAULT_MAX_BYTES + 1)
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the file was opened although os.stat showed it is over the limit")
+
+    monkeypatch.setattr(images, "open", no_reading, raising=False)
+    check = inspect_image(padded)
+    assert (check.ok, check.reason, check.sha256) == (False, "too_large", None)
+    assert f"{images.DEFAULT_MAX_BYTES + 1:,} bytes" in check.detail and f"{images.DEFAULT_MAX_BYTES:,}" in check.detail
+    monkeypatch.undo()
+    size = good_jpeg.stat().st_size
+    assert _reason(good_jpeg, max_bytes=size - 1) == "too_large"
+    assert _reason(good_jpeg, max_bytes=size) is None
+    assert "too_large" in REASONS
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_a_named_pipe_is_unreadable_without_blocking(tmp_path: Path) -> None:
+    import threading
+
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    verdict: list = []
+    worker = threading.Thread(target=lambda: verdict.append(inspect_image(fifo)), daemon=True)
+    worker.start()
+    worker.join(10)  # opening a FIFO for reading blocks until a writer appears: that must never happen
+    assert verdict, "inspect_image blocked on a named pipe"
+    assert verdict[0].reason == "unreadable" and "not a regular file" in verdict[0].detail
+
+
 def test_tiny_image_is_too_small(tmp_path: Path) -> None:
     path = _write(tmp_path, "tiny.png", _encode(_picture(8, 8), "PNG"))
     assert _reason(path) == "too_small"
@@ -497,7 +536,7 @@ def _zoo(tmp_path: Path) -> tuple[list[Path], dict[str, str | None]]:
     return [Path(p) for p in paths], paths
 
 
-def test_inspect_images_mixed_batch_in_process(tmp_path: Path) -> None:
+def test_inspect_images_mixed_batch_one_worker(tmp_path: Path) -> None:
     paths, expected = _zoo(tmp_path)
     seen: list[tuple[int, int]] = []
     frame = inspect_images(paths, workers=1, progress=lambda done, total: seen.append((done, total)))
@@ -557,6 +596,34 @@ def test_a_file_that_kills_its_worker_is_quarantined_and_the_batch_goes_on(tmp_p
     assert others["reason"].tolist() == list(expected.values()) * 10
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="relies on fork carrying the patch into workers")
+def test_a_small_batch_is_checked_in_a_worker_so_a_crash_costs_one_row(tmp_path: Path, monkeypatch) -> None:
+    """Below 64 files the checks ran in the calling process (the Dagster step): a decoder crash or the OOM killer
+    took the step down. Now even one file is checked in a worker, and a worker that dies is one quarantine row."""
+    import skinr1_pipeline.data.images as images
+
+    good = _write(tmp_path, "good.jpg", _encode(_picture(), "JPEG"))
+    killer = _write(tmp_path, "killer.jpg", _encode(_picture(seed=1), "JPEG"))
+    caller = os.getpid()
+    real = images.inspect_image
+
+    def crashing(path, **kwargs):
+        if os.getpid() == caller:
+            raise AssertionError("an image check ran in the calling process")
+        if os.fspath(path).endswith("killer.jpg"):
+            os._exit(3)  # what a segfaulting decoder or the OOM killer looks like from the pool
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(images, "inspect_image", crashing)
+    monkeypatch.setattr(images, "_pool_context", lambda: multiprocessing.get_context("fork"))
+    seen: list[tuple[int, int]] = []
+    frame = inspect_images([good, killer, good], workers=1, progress=lambda d, t: seen.append((d, t)))
+    assert frame["reason"].tolist() == [None, "corrupt", None]
+    assert "killed the worker" in frame.loc[1, "detail"]
+    assert frame.loc[1, "image_sha256"] == hashlib.sha256(killer.read_bytes()).hexdigest()  # streamed
+    assert seen[-1] == (3, 3)
+
+
 def test_pool_without_fork_when_threads_are_running(tmp_path: Path) -> None:
     # With other threads alive the pool must not fork (a child could inherit a held lock).
     import threading
@@ -614,6 +681,40 @@ def test_index_image_files_extension_filter_and_symlink_loop(tmp_path: Path) -> 
     os.symlink(root, root / "x" / "loop")  # a mirror that links back to its own root
     assert set(index_image_files(root, extensions=("png",))) == {"two"}
     assert set(index_image_files(root)) == {"one", "two"}
+
+
+def test_index_image_files_never_indexes_symlinks_leading_out_of_the_root(tmp_path: Path) -> None:
+    """File and directory symlinks whose target leaves the dataset root were followed and indexed; now each is
+    reported in `outside` (link, real target) and never indexed or entered."""
+    secret = _write(tmp_path, "elsewhere/ISIC_9.jpg", b"x")
+    _write(tmp_path, "elsewhere/deep/ISIC_8.jpg", b"x")
+    root = tmp_path / "mirror"
+    kept = _write(root, "part_1/ISIC_1.jpg", b"x")
+    os.symlink(secret, root / "part_1" / "ISIC_2.jpg")  # file link out
+    os.symlink(tmp_path / "elsewhere" / "deep", root / "part_2")  # directory link out
+    os.symlink(kept, root / "ISIC_3.jpg")  # file link within the root: fine
+    os.symlink(root / "part_1", root / "alias")  # directory link within the root: entered once, same files
+    os.symlink(tmp_path / "nowhere.jpg", root / "ISIC_4.jpg")  # dangling, pointing out
+
+    outside: list[tuple[Path, Path]] = []
+    index = index_image_files(root, outside=outside)
+    assert set(index) == {"isic_1", "isic_3"}
+    assert all(str(p.resolve()).startswith(str(root.resolve())) for ps in index.values() for p in ps)
+    assert sorted(outside) == sorted([
+        (root / "part_1" / "ISIC_2.jpg", secret.resolve()),
+        (root / "part_2", (tmp_path / "elsewhere" / "deep").resolve()),
+        (root / "ISIC_4.jpg", (tmp_path / "nowhere.jpg").resolve()),
+    ])
+    assert index_image_files(root) == index  # the collector is optional; containment is not
+
+
+def test_index_image_files_under_a_symlinked_root_keeps_its_files(tmp_path: Path) -> None:
+    real = tmp_path / "disk" / "ham"
+    image = _write(real, "ISIC_1.jpg", b"x")
+    os.symlink(real, tmp_path / "ham")  # the dataset folder itself is a link (a mounted disk, say)
+    outside: list = []
+    assert index_image_files(tmp_path / "ham", outside=outside) == {"isic_1": [tmp_path / "ham" / image.name]}
+    assert outside == []
 
 
 def test_index_image_files_on_missing_root_is_empty(tmp_path: Path) -> None:

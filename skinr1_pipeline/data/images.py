@@ -5,11 +5,15 @@ Public dermatology mirrors ship the odd zero-byte download, half-written JPEG, C
 file. Every check here returns a verdict (an `ImageCheck`, or one frame row) with an exact reason code
 instead of raising, so ingest can quarantine one file and keep the other ten thousand.
 
-Reason codes: missing_file, zero_bytes, truncated, corrupt, unsupported_mode, decompression_bomb,
-too_small, unreadable, unhashable. "truncated" means the file stops before its format's end marker (a cut download,
+Reason codes: missing_file, zero_bytes, too_large, truncated, corrupt, unsupported_mode, decompression_bomb,
+too_small, unreadable, unhashable. "too_large" means more bytes on disk than `max_bytes` (judged by
+os.stat, before anything is read); "truncated" means the file stops before its format's end marker (a cut download,
 or one padded out with zeros); "corrupt" means it is complete but its content is not a consistent image;
 "unhashable" means it passed every check but its dHash could not be computed (e.g. more pixels than
-`PIL.Image.MAX_IMAGE_PIXELS` when `max_pixels` is set above it), and the detail names the file.
+`PIL.Image.MAX_IMAGE_PIXELS` when `max_pixels` is set above it), and the detail names the file. Loaders add
+"outside_root" for a symlink whose target leaves the dataset folder: `index_image_files` never indexes one.
+The byte and pixel limits are those of `image_open.open_rgb`, which every later stage opens images with, so a
+file ingest accepts always opens there.
 
 Every accepted file also gets `image_dhash` (16 hex chars, `perceptual_hash.dhash_bytes` of its bytes), so
 cross-dataset dedup and the train/eval contamination check can catch resized or re-saved copies that SHA-256
@@ -18,7 +22,10 @@ the DCT scale dHash asks for, and fully decoded PNGs (and other formats) are has
 exactly the `dhash_bytes` value (draft only changes JPEGs), which the tests pin.
 
 Where the time goes (2-core machine, 600x450 JPEGs of ~40 KB; benchmarks/bench_ingest.py):
-  * each file is read once and hashed from memory (read + sha256 ~0.07 ms);
+  * each file is read once and hashed from memory (read + sha256 ~0.07 ms), after os.stat showed it is at most
+    `max_bytes` (the read is capped there too, should it grow meanwhile); the bytes are needed in memory for the
+    structure checks anyway, so hashing the blob costs no extra memory, whereas chunks joined for those checks
+    would cost a second copy. Where the bytes are not needed (a file that killed its worker) the hash streams;
   * headers are parsed lazily by PIL (size and mode, no pixels), so the bomb, size and mode verdicts
     cost no decode and the bomb check happens before anything is decompressed;
   * JPEG structure (marker segments, end-of-image marker, stray markers in the coded data) and PNG
@@ -34,7 +41,10 @@ Where the time goes (2-core machine, 600x450 JPEGs of ~40 KB; benchmarks/bench_i
     +0.17 ms per JPEG whatever its size (reduced decode), +0.3 ms per 290x290 PNG and +8 ms per 1600x1200
     PNG (PNGs are hashed at full resolution; the inflate, ~34 ms there, still dominates). Hashing the bytes
     separately would instead cost a second decode, ~2x the check for JPEGs and PNGs alike;
-  * a process pool fed chunks of a few hundred paths, so IPC is paid per chunk, not per file.
+  * a process pool fed chunks of a few hundred paths, so IPC is paid per chunk, not per file. Always a pool,
+    even for one file: a decoder crash or the OOM killer then costs a quarantine row, not the calling process
+    (a Dagster step). A forked pool costs ~5 ms over checking 5 files in-process (~10 ms); with forkserver or
+    spawn (chosen while other threads run) ~0.5 s per call, mostly importing this module in the worker.
 
 Pillow silences libjpeg's "Corrupt JPEG data" warnings: a JPEG whose coded bytes were damaged mid-file
 decodes "fine" there. For single-scan JPEGs (what cameras and PIL write) we therefore check that the
@@ -51,6 +61,7 @@ import io
 import multiprocessing
 import os
 import re
+import stat
 import sys
 import threading
 import warnings
@@ -64,6 +75,13 @@ from typing import TYPE_CHECKING
 
 from PIL import Image, UnidentifiedImageError
 
+from skinr1_pipeline.data.image_open import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    refused_by_pillow,
+    too_many_bytes,
+    too_many_pixels,
+)
 # DRAFT_SIZE is the JPEG draft request `dhash_bytes` makes: the check decodes at that scale so its decode can be
 # hashed (the tests pin that the two stay equal).
 from skinr1_pipeline.data.perceptual_hash import (
@@ -77,13 +95,13 @@ from skinr1_pipeline.data.perceptual_hash import (
 if TYPE_CHECKING:  # pandas is imported lazily: pool workers never need it
     import pandas as pd
 
-DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_MIN_SIDE = 16
 ACCEPTED_MODES: tuple[str, ...] = ("RGB", "RGBA", "L", "LA")
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 REASONS: tuple[str, ...] = (
     "missing_file",
     "zero_bytes",
+    "too_large",
     "truncated",
     "corrupt",
     "unsupported_mode",
@@ -104,9 +122,7 @@ FRAME_COLUMNS: tuple[str, ...] = (
     "image_format",
     "image_mode",
 )
-# Below this many paths starting a process pool costs more than it saves.
-IN_PROCESS_BELOW = 64
-
+_HASH_CHUNK = 1 << 20
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Inside entropy-coded JPEG data 0xFF is always followed by 0x00 (stuffing), 0xD0-0xD7 (restart) or
@@ -125,8 +141,9 @@ _SPARE_BYTES = 32
 @dataclass(frozen=True)
 class ImageCheck:
     """The verdict on one file. Header facts (size, format, mode) are filled whenever they could be read,
-    also for rejected files; sha256 is None only when the bytes could not be read. dhash (16 hex chars, see
-    `perceptual_hash.dhash_hex`) is set for accepted files only, and None when hashing was turned off."""
+    also for rejected files; sha256 is None only when the bytes were not read (missing, unreadable, too large).
+    dhash (16 hex chars, see `perceptual_hash.dhash_hex`) is set for accepted files only, and None when hashing
+    was turned off."""
 
     image_path: str
     ok: bool
@@ -161,18 +178,21 @@ def inspect_image(
     min_side: int = DEFAULT_MIN_SIDE,
     decode: bool = True,
     perceptual_hash: bool = True,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> ImageCheck:
     """Read, hash and validate one image file; never raises for a bad file.
 
-    `max_pixels` is judged from the header, before anything is decoded. `decode=False` skips the JPEG
-    entropy decode and the PNG inflate (structure, CRCs, header, size and mode are still checked), though
-    the dHash of an accepted file still decodes it. `perceptual_hash=False` leaves `dhash` None. A file whose
-    dHash fails after every check passed is rejected as "unhashable", never raised.
+    `max_bytes` is judged from os.stat, before anything is read (a bigger file is "too_large", with no sha256);
+    `max_pixels` from the header, before anything is decoded. `decode=False` skips the JPEG entropy decode and the
+    PNG inflate (structure, CRCs, header, size and mode are still checked), though the dHash of an accepted file
+    still decodes it. `perceptual_hash=False` leaves `dhash` None. A file whose dHash fails after every check
+    passed is rejected as "unhashable", never raised.
     """
     spath = os.fspath(path)
     try:
-        with open(spath, "rb") as fh:
-            data = fh.read()
+        data = _read_bounded(spath, max_bytes)
+    except _Reject as rej:
+        return _verdict(spath, rej.reason, rej.detail)
     except FileNotFoundError:
         return _verdict(spath, "missing_file", "no file at this path")
     except PermissionError as exc:
@@ -204,6 +224,39 @@ def inspect_image(
                 spath, "unhashable", f"cannot hash image {spath!r}: unexpected {type(exc).__name__}: {exc}", sha, header
             )
     return ImageCheck(spath, True, None, "", sha, *header, image_dhash)
+
+
+def _read_bounded(path: str, max_bytes: int) -> bytes:
+    """The file's bytes, refused (`_Reject` too_large / unreadable) before reading when os.stat says it is over
+    `max_bytes` or not a regular file (a FIFO would block, a device never end); the read is capped too."""
+    st = os.stat(path)
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise _Reject("unreadable", "not a regular file (a FIFO, socket or device)")
+    detail = too_many_bytes(st.st_size, max_bytes)
+    if detail:
+        raise _Reject("too_large", detail)
+    with open(path, "rb") as fh:
+        data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:  # it grew after the stat
+        raise _Reject("too_large", f"file grew past the limit of {max_bytes:,} bytes while being read")
+    return data
+
+
+def _file_sha256(path: str, max_bytes: int) -> str | None:
+    """SHA-256 of a file streamed in chunks (bounded memory); None when unreadable, not regular or over the limit."""
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
+            return None
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            while chunk := fh.read(_HASH_CHUNK):
+                digest.update(chunk)
+        return digest.hexdigest()
+    except OSError:
+        return None
 
 
 def _verdict(
@@ -249,7 +302,7 @@ def _check_bytes(
         try:
             im = Image.open(source)
         except Image.DecompressionBombError as exc:
-            raise _Reject("decompression_bomb", f"Pillow refused the header: {exc}") from None
+            raise _Reject("decompression_bomb", refused_by_pillow(exc, max_pixels)) from None
         except (UnidentifiedImageError, SyntaxError, ValueError, EOFError, OSError, IndexError) as exc:
             if structural is not None:
                 raise structural from None
@@ -258,11 +311,9 @@ def _check_bytes(
     with im:
         width, height = im.size
         header[:] = [width, height, im.format, im.mode]
-        if width * height > max_pixels:
-            raise _Reject(
-                "decompression_bomb",
-                f"header claims {width}x{height} = {width * height:,} pixels, above the limit of {max_pixels:,}",
-            )
+        bomb = too_many_pixels(width, height, max_pixels)
+        if bomb:
+            raise _Reject("decompression_bomb", bomb)
         if structural is not None:
             raise structural
         if width < min_side or height < min_side:
@@ -505,11 +556,17 @@ def _png_structure(data: bytes) -> None:
 
 
 def _inspect_chunk(
-    paths: Sequence[str], max_pixels: int, min_side: int, decode: bool, perceptual_hash: bool = True
+    paths: Sequence[str],
+    max_pixels: int,
+    min_side: int,
+    decode: bool,
+    perceptual_hash: bool = True,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> list[tuple]:
     rows = []  # tuples pickle back from a worker faster than dataclasses
     for p in paths:
-        c = inspect_image(p, max_pixels=max_pixels, min_side=min_side, decode=decode, perceptual_hash=perceptual_hash)
+        c = inspect_image(p, max_pixels=max_pixels, min_side=min_side, decode=decode, perceptual_hash=perceptual_hash,
+                          max_bytes=max_bytes)
         rows.append(
             (c.image_path, c.ok, c.reason, c.detail, c.sha256, c.dhash, c.width, c.height, c.format, c.mode)
         )
@@ -525,13 +582,23 @@ def _pool_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
+def _worker_init() -> None:
+    """Offer the worker to the OOM killer first: should a decode exhaust memory, the kernel kills the worker (one
+    quarantine row) rather than the step that started it. Raising one's own score needs no privilege."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as fh:
+            fh.write("1000")
+    except OSError:  # not Linux, or /proc not mounted: the pool still isolates crashes
+        pass
+
+
 def _run_pool(
     chunks: Sequence[Sequence[str]], n_workers: int, args: tuple, finished: Callable[[int], None] | None = None
 ) -> list[list[tuple] | None]:
     """Run chunks in a fresh pool; a chunk whose result never came (the pool broke) stays None."""
     results: list[list[tuple] | None] = [None] * len(chunks)
     try:
-        with ProcessPoolExecutor(max_workers=n_workers, mp_context=_pool_context()) as pool:
+        with ProcessPoolExecutor(max_workers=n_workers, mp_context=_pool_context(), initializer=_worker_init) as pool:
             futures = {pool.submit(_inspect_chunk, chunk, *args): i for i, chunk in enumerate(chunks)}
             for future in as_completed(futures):
                 i = futures[future]
@@ -549,21 +616,17 @@ def _rerun_isolated(chunk: Sequence[str], args: tuple) -> list[tuple]:
     (again,) = _run_pool([chunk], 1, args)
     if again is not None:
         return again
+    max_bytes = args[4]
     rows: list[tuple] = []
     for path in chunk:
         (one,) = _run_pool([[path]], 1, args)
-        rows.extend(one if one is not None else [_crash_row(path)])
+        rows.extend(one if one is not None else [_crash_row(path, max_bytes)])
     return rows
 
 
-def _crash_row(path: str) -> tuple:
-    try:
-        with open(path, "rb") as fh:
-            sha: str | None = hashlib.sha256(fh.read()).hexdigest()
-    except OSError:
-        sha = None
+def _crash_row(path: str, max_bytes: int = DEFAULT_MAX_BYTES) -> tuple:
     detail = "checking this file killed the worker process (decoder crash or out of memory)"
-    return (path, False, "corrupt", detail, sha, None, None, None, None, None)
+    return (path, False, "corrupt", detail, _file_sha256(path, max_bytes), None, None, None, None, None)
 
 
 def inspect_images(
@@ -576,14 +639,16 @@ def inspect_images(
     min_side: int = DEFAULT_MIN_SIDE,
     decode: bool = True,
     perceptual_hash: bool = True,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> pd.DataFrame:
     """`inspect_image` over many paths in a chunked process pool: one row per path, in input order
     (columns FRAME_COLUMNS), never raising for a bad file.
 
-    workers=None uses os.cpu_count(); workers=1, or fewer than IN_PROCESS_BELOW paths, runs in this
-    process. `progress(done, total)` is called here after each chunk. A file that kills its worker
-    process is isolated by re-running its chunk and comes back as "corrupt"; the batch carries on.
-    `image_dhash` is filled for accepted files (None elsewhere, or everywhere with perceptual_hash=False).
+    workers=None uses os.cpu_count() worker processes (never more than there are chunks). Checks never run in
+    this process, whatever the batch size: a file that kills its worker (a decoder crash, or the OOM killer) is
+    isolated by re-running its chunk and comes back as "corrupt", and the caller carries on. `progress(done,
+    total)` is called here after each chunk. `image_dhash` is filled for accepted files (None elsewhere, or
+    everywhere with perceptual_hash=False).
     """
     import pandas as pd
 
@@ -594,14 +659,9 @@ def inspect_images(
     n_workers = (os.cpu_count() or 1) if workers is None else max(1, int(workers))
     n_workers = min(n_workers, len(chunks))
 
-    args = (max_pixels, min_side, decode, perceptual_hash)
+    args = (max_pixels, min_side, decode, perceptual_hash, max_bytes)
     rows: list[tuple] = []
-    if n_workers <= 1 or total < IN_PROCESS_BELOW:
-        for chunk in chunks:
-            rows.extend(_inspect_chunk(chunk, *args))
-            if progress is not None:
-                progress(len(rows), total)
-    else:
+    if chunks:
         done = 0
 
         def finished(i: int) -> None:
@@ -636,19 +696,38 @@ def inspect_images(
 def index_image_files(
     root: str | os.PathLike[str],
     extensions: Iterable[str] = IMAGE_EXTENSIONS,
+    *,
+    outside: list[tuple[Path, Path]] | None = None,
 ) -> dict[str, list[Path]]:
     """Map lower-cased file stem -> every image path under `root` (sorted), so a loader finds
     `<image_id>.jpg` however a mirror nests it. A stem seen twice keeps both; the caller reports ambiguity.
 
-    Paths are absolute (root made absolute; symlinks kept as the mirror laid them out). An explicit
-    os.scandir walk (file types come from the directory listing, no stat per file) is 2-3x faster than
-    Path.rglob plus is_file(). Directory symlinks are followed once each (loops cut by inode); macOS resource forks
-    (`._*` files, `__MACOSX/`) and unreadable directories are skipped.
+    Paths are absolute (root made absolute; symlinks kept as the mirror laid them out), and every one lies under
+    the root once symlinks are resolved: a file or directory symlink whose target leaves the root's real location
+    is never indexed (nor entered); each is appended to `outside` as (link, resolved target), so the caller can
+    count and report it rather than drop it unseen. Why: a dataset folder is data from elsewhere, and a link in it
+    must not make ingest read (and publish hashes or errors about) files outside it.
+
+    An explicit os.scandir walk (file types come from the directory listing, no stat per file) is 2-3x faster than
+    Path.rglob plus is_file(); only symlinks are resolved. Directory symlinks inside the root are followed once
+    each (loops cut by inode); macOS resource forks (`._*` files, `__MACOSX/`) and unreadable directories are
+    skipped.
     """
     wanted = {(e if e.startswith(".") else "." + e).lower() for e in extensions}
     found: dict[str, list[str]] = {}
     seen_dirs: set[tuple[int, int]] = set()
-    stack = [os.path.abspath(os.fspath(root))]
+    top = os.path.abspath(os.fspath(root))
+    real_root = os.path.realpath(top)
+
+    def escapes(link: str) -> bool:
+        target = os.path.realpath(link)
+        if target == real_root or target.startswith(real_root.rstrip(os.sep) + os.sep):
+            return False
+        if outside is not None:
+            outside.append((Path(link), Path(target)))
+        return True
+
+    stack = [top]
     while stack:
         directory = stack.pop()
         try:
@@ -661,7 +740,7 @@ def index_image_files(
                     name = entry.name
                     try:
                         if entry.is_dir():
-                            if name != "__MACOSX":
+                            if name != "__MACOSX" and not (entry.is_symlink() and escapes(entry.path)):
                                 stack.append(entry.path)
                             continue
                     except OSError:
@@ -669,7 +748,7 @@ def index_image_files(
                     if name.startswith("._"):
                         continue
                     stem, ext = os.path.splitext(name)
-                    if ext.lower() in wanted:
+                    if ext.lower() in wanted and not (entry.is_symlink() and escapes(entry.path)):
                         found.setdefault(stem.lower(), []).append(entry.path)
         except OSError:
             continue

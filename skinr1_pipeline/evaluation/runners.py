@@ -31,6 +31,7 @@ from typing import Any, Callable, Protocol, Sequence
 import pandas as pd
 from PIL import Image
 
+from skinr1_pipeline.data.image_open import open_rgb
 from skinr1_pipeline.modeling.chat import build_messages, render_prompt
 from skinr1_pipeline.modeling.prompt_format import DIAG_OPEN, SYSTEM_PROMPT, format_mcq_answer
 from skinr1_pipeline.modeling.vllm_engine import EngineOptions, VllmEngine
@@ -51,11 +52,11 @@ def _has_image(path: Any) -> bool:
 
 
 def load_image(path: Any) -> Image.Image | None:
-    """The item's image as RGB, or None for a text-only item (missing/NaN path)."""
+    """The item's image as RGB, or None for a text-only item (missing/NaN path). Over the data layer's byte or
+    pixel limit it raises `ImageLimitError` naming the file, before decoding (`open_rgb`)."""
     if not _has_image(path):
         return None
-    with Image.open(Path(str(path))) as img:
-        return img.convert("RGB")
+    return open_rgb(Path(str(path)))
 
 
 def answer_prefix(completion: str) -> str:

@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 
 from PIL import Image
 
+from skinr1_pipeline.data.image_open import open_rgb
 from skinr1_pipeline.modeling.vllm_engine import EngineOptions, VllmEngine
 from skinr1_pipeline.synthesis.generators import request_seed
 from skinr1_pipeline.synthesis.trajectories import GenerationRequest
@@ -26,10 +27,11 @@ def _image_part(part: Any) -> bool:
 
 
 def _open_image(value: Any) -> Image.Image:
+    """A PIL image as given, or a path opened within the data layer's limits (`open_rgb`): an image over them fails
+    its request only (counted as prepare:ImageLimitError), before any decode."""
     if isinstance(value, Image.Image):
         return value
-    with Image.open(Path(str(value))) as img:
-        return img.convert("RGB")
+    return open_rgb(Path(str(value)))
 
 
 def split_images(request: GenerationRequest, *, use_images: bool = True) -> tuple[list[dict[str, Any]], list[Any]]:

@@ -29,6 +29,7 @@ from PIL import Image
 import mlflow
 from mlflow.pyfunc import PythonModel
 
+from skinr1_pipeline.data.image_open import DEFAULT_MAX_BYTES, ImageLimitError, open_rgb, too_many_bytes
 from skinr1_pipeline.modeling.prompt_format import (
     DEFAULT_MCQ_QUESTION,
     build_mcq_prompt,
@@ -48,38 +49,46 @@ _MAX_PATH_CHARS = 4096
 
 
 def decode_image(value: Any) -> Image.Image:
-    """An RGB image from a file path, raw bytes, or a base64 PNG/JPEG string (a `data:` URI prefix is allowed)."""
+    """An RGB image from a file path, raw bytes, or a base64 PNG/JPEG string (a `data:` URI prefix is allowed).
+
+    Served input is untrusted: it is opened with the data layer's `open_rgb`, so a file or payload over its byte
+    limit is refused before it is read or base64-decoded, and a header over its pixel limit before decoding; every
+    refusal is a ValueError whose message says which limit.
+    """
+    source: bytes | str
     if isinstance(value, (bytes, bytearray)):
-        data = bytes(value)
+        source, name = bytes(value), "image bytes"
     elif isinstance(value, str):
         text = value.strip()
         if len(text) < _MAX_PATH_CHARS and Path(text).is_file():
-            data = Path(text).read_bytes()
+            source, name = text, text
         else:
             if text.startswith("data:"):
                 text = text.partition(",")[2]
+            too_big = too_many_bytes(len(text) * 3 // 4, DEFAULT_MAX_BYTES)  # the decoded size, before decoding
+            if too_big:
+                raise ValueError(f"base64 image: {too_big}")
             try:
-                data = base64.b64decode(text, validate=True)
+                source, name = base64.b64decode(text, validate=True), "base64 image"
             except (binascii.Error, ValueError) as exc:
                 raise ValueError("image must be an existing file path or a base64-encoded PNG/JPEG") from exc
     else:
         raise ValueError(f"image must be a path or base64 string, got {type(value).__name__}")
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            return im.convert("RGB")
+        return open_rgb(source, name=name)
+    except ImageLimitError:  # already names the source, its size and the limit
+        raise
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad bytes
         raise ValueError(f"image could not be decoded: {exc}") from exc
 
 
 def encode_image(path: str | Path, *, max_side: int | None = None) -> str:
     """Base64 PNG of an image file, optionally shrunk so its longer side is at most `max_side`."""
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        if max_side:
-            im.thumbnail((max_side, max_side))
-        buf = io.BytesIO()
-        im.save(buf, format="PNG")
+    im = open_rgb(path)
+    if max_side:
+        im.thumbnail((max_side, max_side))
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 

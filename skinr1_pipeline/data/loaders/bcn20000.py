@@ -27,6 +27,7 @@ from skinr1_pipeline.data.loaders.common import (
     strip_extension,
     undocumented_label_notes,
 )
+from skinr1_pipeline.data.messages import capped, capped_each
 from skinr1_pipeline.data.schema import LoadedDataset
 
 DATASET = "bcn20000"
@@ -57,11 +58,12 @@ def load(root: Path) -> LoadedDataset:
     locator = ImageLocator(root)
     name = table["bcn_filename"]
     found = locator.find_each(name)
-    notes += locator.ambiguity_notes("file names")
+    notes += locator.ambiguity_notes("file names") + locator.outside_notes()
 
     checks = RowChecks.for_rows(DATASET, strip_extension(name), path.name, rows)
     checks.empty_label(table["diagnosis"], "diagnosis", f"expected one of {', '.join(LABELS)}")
-    checks.image_ids(name, "bcn_filename", found, ": no image named '" + name + "' below the dataset folder")
+    not_found = ": no image named '" + capped_each(name) + "' below the dataset folder"
+    checks.image_ids(name, "bcn_filename", found, not_found, locator=locator)
 
     good = checks.good
     split, split_notes = _official_split(table["split"][good])
@@ -95,7 +97,7 @@ def _official_split(values: pd.Series) -> tuple[pd.Series, list[str]]:
         notes.append(f"{blank} rows with an empty 'split' value have no official split")
     unknown = values[(values != "") & split.isna()]
     if len(unknown):
-        shown = ", ".join(f"{v!r}: {n}" for v, n in sorted(Counter(unknown).items())[:10])
+        shown = ", ".join(f"{capped(v)!r}: {n}" for v, n in sorted(Counter(unknown).items())[:10])
         notes.append(
             f"{len(unknown)} rows have a 'split' value that is not train/val/validation/test ({shown}); "
             "their official split is left empty"

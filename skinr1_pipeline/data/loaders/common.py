@@ -18,6 +18,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import pandas as pd
 
 from skinr1_pipeline.data.images import index_image_files
+from skinr1_pipeline.data.messages import capped, capped_each, capped_list
 from skinr1_pipeline.data.schema import QUARANTINE_COLUMNS, RECORD_COLUMNS, DatasetFormatError
 
 METADATA_SUFFIXES = ("", ".csv", ".tab", ".tsv", ".txt")
@@ -94,7 +95,7 @@ def read_table(
             path, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8-sig", quoting=csv.QUOTE_MINIMAL
         )
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise DatasetFormatError(f"{what}: {path} is not a readable table: {exc}") from exc
+        raise DatasetFormatError(f"{what}: {path} is not a readable table: {capped(exc, 200)}") from exc
     frame.columns = [str(c).strip() for c in frame.columns]
     if aliases:
         lower = {c.lower(): c for c in frame.columns}
@@ -110,7 +111,7 @@ def read_table(
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise DatasetFormatError(
-            f"{what}: {path} lacks required column(s) {missing}; found columns {list(frame.columns)}"
+            f"{what}: {path} lacks required column(s) {missing}; found columns {capped_list(frame.columns)}"
         )
     if require_rows and frame.empty:
         raise DatasetFormatError(f"{what}: {path} has a header but no data rows")
@@ -127,31 +128,64 @@ def _check_row_lengths(path: Path, sep: str, what: str) -> None:
             header = next(rows, [])
             for row in rows:
                 if row and len(row) != len(header):
-                    shown = sep.join(row)
-                    shown = shown if len(shown) <= 120 else shown[:120] + "..."
                     raise DatasetFormatError(
                         f"{what}: {path} line {rows.line_num} has {len(row)} fields, the header has {len(header)} "
-                        f"(a stray or missing delimiter?): {shown!r}")
+                        f"(a stray or missing delimiter?): {capped(sep.join(row), 120)!r}")
         except csv.Error as exc:
+            cell = _oversized_cell(path, sep) if "field limit" in str(exc) else ""
             raise DatasetFormatError(f"{what}: {path} line {rows.line_num} is not a readable table row: "
-                                     f"{str(exc)[:200]}") from exc
+                                     f"{capped(exc, 200)}{cell}") from exc
+
+
+def _oversized_cell(path: Path, sep: str) -> str:
+    """'; data row N, field F holds '<start>... (N chars)'' for the first cell over the csv module's field limit.
+
+    Why: csv.Error names only the line, and a user looking for one bad cell in a wide table needs its column too;
+    pandas' parser has no field limit, so it can find the cell (only on this error path, so the cost is paid once).
+    """
+    limit = csv.field_size_limit()
+    try:
+        frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError):
+        return ""
+    long_names = [c for c in frame.columns if len(str(c)) > limit]
+    if long_names:
+        return f"; the header has a column name {capped(long_names[0])!r}"
+    over = frame.apply(lambda column: column.str.len() > limit)
+    if over.empty or not over.to_numpy().any():
+        return ""
+    row = int(over.any(axis=1).to_numpy().argmax())
+    column = int(over.iloc[row].to_numpy().argmax())
+    return f"; data row {row + 1}, field {capped(frame.columns[column])!r} holds {capped(frame.iat[row, column])!r}"
 
 
 class ImageLocator:
-    """Finds an image file by its id anywhere below a root, whatever folder nesting a mirror uses."""
+    """Finds an image file by its id anywhere below a root, whatever folder nesting a mirror uses.
+
+    Only files whose resolved location lies under the root are found: a symlink leading out of it is never
+    indexed (see `index_image_files`). Such links are kept in `outside` (link, resolved target): `find` returns
+    None for an id whose only files are such links, `escaped` names the link, so the row can be quarantined as
+    outside_root (`RowChecks.image_ids(..., locator=)`), and `outside_notes` counts them all. A directory link
+    out is not entered (it may lead anywhere, / included), so ids behind it stay missing_file; the note names it.
+    """
 
     def __init__(self, root: Path, extensions: Sequence[str] | None = None) -> None:
         self.root = Path(root)
-        self._index = index_image_files(self.root) if extensions is None else index_image_files(self.root, extensions)
+        self.outside: list[tuple[Path, Path]] = []
+        kwargs = {} if extensions is None else {"extensions": extensions}
+        self._index = index_image_files(self.root, outside=self.outside, **kwargs)
+        self._outside_by_stem: dict[str, list[tuple[Path, Path]]] = {}
+        for link, target in self.outside:
+            self._outside_by_stem.setdefault(link.stem.lower(), []).append((link, target))
         self.ambiguous: dict[str, list[Path]] = {}
 
     def find(self, image_id: str) -> Path | None:
-        """Path for an id given with or without its extension; None if absent.
+        """Path for an id given with or without its extension; None if absent (or only linked from outside).
 
         Several files with one stem (mirrors that ship a folder twice) resolve to the first in sorted order and
         are remembered in `ambiguous` so the loader can report them.
         """
-        stem = Path(str(image_id)).stem if Path(str(image_id)).suffix else str(image_id)
+        stem = _stem(image_id)
         paths = self._index.get(stem.lower())
         if not paths:
             return None
@@ -164,6 +198,16 @@ class ImageLocator:
         """`find` per row; a blank id finds nothing rather than matching a file with an empty stem."""
         return image_ids.map(lambda i: self.find(i) if i else None)
 
+    def escaped(self, image_ids: pd.Series) -> pd.Series:
+        """Per row, "<link> -> <target>" when the id's only files are symlinks leading out of the root, else None."""
+
+        def link(image_id: Any) -> str | None:
+            key = _stem(image_id).lower() if image_id else ""
+            links = self._outside_by_stem.get(key) if key and key not in self._index else None
+            return _link_text(*min(links)) if links else None
+
+        return image_ids.map(link)
+
     def ambiguity_notes(self, noun: str, *, example: bool = False) -> list[str]:
         """A note when some ids matched several files, so a user can see that a mirror doubled a folder."""
         if not self.ambiguous:
@@ -171,8 +215,42 @@ class ImageLocator:
         shown = f" (e.g. {[str(p) for p in next(iter(self.ambiguous.values()))]})" if example else ""
         return [f"{len(self.ambiguous)} {noun} match several files{shown}; the first in sorted order was used"]
 
+    def outside_notes(self) -> list[str]:
+        """A note counting the symlinks below the root that lead out of it (none of them indexed)."""
+        if not self.outside:
+            return []
+        return [f"{len(self.outside)} symlinks below {self.root} lead outside it and were not indexed "
+                f"(outside_root), e.g. {_link_text(*self.outside[0])}"]
+
     def __len__(self) -> int:
         return sum(len(v) for v in self._index.values())
+
+
+def _stem(image_id: Any) -> str:
+    """The index key of an id given with or without its extension (also a relative path: its file's stem)."""
+    return Path(str(image_id)).stem if Path(str(image_id)).suffix else str(image_id)
+
+
+def _link_text(link: Path, target: Path) -> str:
+    """A link below the root (a location: kept whole) and where it leads (its target is the link's content: capped)."""
+    return f"{link} -> {capped(target, 200)}"
+
+
+def escapes_root(paths: pd.Series, root: Path) -> pd.Series:
+    """Which paths (None/'' = no) resolve, symlinks followed, to a location outside `root`'s real location.
+
+    For loaders that list files themselves instead of through `ImageLocator`.
+    """
+    real_root = os.path.realpath(root)
+    prefix = real_root.rstrip(os.sep) + os.sep
+
+    def outside(path: Any) -> bool:
+        if not isinstance(path, (str, Path)) or not str(path):
+            return False
+        target = os.path.realpath(path)
+        return target != real_root and not target.startswith(prefix)
+
+    return paths.map(outside).astype(bool)
 
 
 def path_strings(found: pd.Series) -> pd.Series:
@@ -266,13 +344,40 @@ class RowChecks:
 
     def repeated_id(self, field: str, values: pd.Series, unit: str = "row") -> None:
         repeated = self.sample_id.duplicated()
-        self.flag(repeated, "duplicate_id", f": {field} '" + values + f"' repeats an earlier {unit}")
+        self.flag(repeated, "duplicate_id", f": {field} '" + capped_each(values) + f"' repeats an earlier {unit}")
 
-    def image_ids(self, ids: pd.Series, field: str, found: pd.Series, not_found: str | pd.Series) -> None:
-        """The checks of every image-keyed table, in precedence order: blank id, repeated id, no such file."""
+    def image_ids(
+        self,
+        ids: pd.Series,
+        field: str,
+        found: pd.Series,
+        not_found: str | pd.Series,
+        *,
+        locator: ImageLocator | None = None,
+    ) -> None:
+        """The checks of every image-keyed table, in precedence order: blank id, repeated id, a file only linked
+        from outside the dataset folder (with the `locator` that found them), no such file."""
         self.empty_image_id(ids, field)
         self.repeated_id(field, ids)
+        if locator is not None:
+            self.outside_links(found.isna(), locator.escaped(ids), field, ids)
         self.flag(found.isna(), "missing_file", not_found)
+
+    def outside_links(self, mask: pd.Series, links: pd.Series, field: str | pd.Series, ids: pd.Series) -> None:
+        """outside_root for rows in `mask` whose `links` text ("<link> -> <target>") is set: the only file for the
+        id is a symlink that leaves the dataset folder, which is never read."""
+        text = ": " + field + " '" + capped_each(ids.astype(str)) + "' matches only a symlink leading outside " \
+            "the dataset folder (" + links.fillna("") + "); not read"
+        self.flag(mask & links.notna(), "outside_root", text)
+
+    def contained(self, paths: pd.Series, root: Path, what: str = "image") -> None:
+        """outside_root for rows whose path resolves (symlinks followed) outside `root`: for loaders that list
+        files themselves, so a link out of the dataset folder is quarantined, never read."""
+        outside = escapes_root(paths, root)
+        if outside.any():
+            targets = paths.where(outside, "").map(lambda p: capped(os.path.realpath(p), 200) if p else "")
+            self.flag(outside, "outside_root",
+                      f": {what} is a symlink leading to '" + targets + f"', outside {root} (expected a file below it)")
 
     def records(self, image_path: pd.Series, fields: Mapping[str, Any]) -> pd.DataFrame:
         """RECORD_COLUMNS of the rows that passed every check; a field the dataset lacks is None."""
@@ -311,7 +416,7 @@ def undocumented_label_notes(labels: pd.Series, documented: Sequence[str], field
     unusual = sorted(set(labels) - set(documented))
     if not unusual:
         return []
-    return [f"{field} values outside the documented codes kept for label mapping to judge: {unusual}"]
+    return [f"{field} values outside the documented codes kept for label mapping to judge: {capped_list(unusual)}"]
 
 
 def parse_age(value: Any) -> float | None:

@@ -24,6 +24,7 @@ from skinr1_pipeline.data.loaders.common import (
     read_table,
     stamp_origin,
 )
+from skinr1_pipeline.data.messages import capped_each
 from skinr1_pipeline.data.schema import LoadedDataset
 
 DATASET = "derm12345"
@@ -41,14 +42,16 @@ def load(root: Path) -> LoadedDataset:
 
     locator = ImageLocator(root)
     found = locator.find_each(table["image_id"])
-    notes += locator.ambiguity_notes("image ids")
+    notes += locator.ambiguity_notes("image ids") + locator.outside_notes()
 
     image_id, label = table["image_id"], table["label"]
     checks = RowChecks.for_rows(DATASET, image_id, table["_file"], table["_row"])
     checks.empty_label(label, "label", "expected a DERM12345 code such as 'bcc'")
     expected = label + "/" + image_id + ".jpg"
-    not_found = ": no image named '" + image_id + ".*' below the dataset folder (expected <part>/" + expected + ")"
-    checks.image_ids(image_id, "image_id", found, not_found)
+    shown_id = capped_each(image_id)
+    not_found = (": no image named '" + shown_id + ".*' below the dataset folder (expected <part>/"
+                 + capped_each(label) + "/" + shown_id + ".jpg)")
+    checks.image_ids(image_id, "image_id", found, not_found, locator=locator)
 
     split, split_notes = _official_split(table)
     notes.extend(split_notes)

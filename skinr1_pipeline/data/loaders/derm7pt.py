@@ -28,6 +28,7 @@ from skinr1_pipeline.data.loaders.common import (
     read_table,
     row_numbers,
 )
+from skinr1_pipeline.data.messages import capped, capped_each, capped_list
 from skinr1_pipeline.data.schema import DatasetFormatError, LoadedDataset
 
 DATASET = "derm7pt"
@@ -45,7 +46,7 @@ def load(root: Path) -> LoadedDataset:
     if not views:
         raise DatasetFormatError(
             f"{WHAT}: {meta_path} lacks both image columns ['clinic', 'derm'] (at least one is required); "
-            f"found columns {list(table.columns)}"
+            f"found columns {capped_list(table.columns)}"
         )
     rows = row_numbers(table)
     notes = [f"{len(table)} cases in {meta_path.name} with image column(s) {views}"]
@@ -71,6 +72,7 @@ def load(root: Path) -> LoadedDataset:
     found, unresolved = _resolve(samples["_image"], images_dir, locator)
     if unresolved:
         notes.append(f"{unresolved} image paths match several files by name but none by folder; the first was used")
+    notes += locator.outside_notes()
 
     case_key = DATASET + "/case" + samples["_case"]
     sample_id = case_key + "/" + samples["_view"]
@@ -78,7 +80,9 @@ def load(root: Path) -> LoadedDataset:
     checks.empty_label(samples["diagnosis"], "diagnosis", "expected a Derm7pt diagnosis such as 'clark nevus'")
     checks.empty_image_id(samples["_image"], samples["_view"])
     checks.repeated_id("case", samples["_case"])
-    checks.flag(found.isna(), "missing_file", ": no image '" + samples["_image"] + f"' below {images_dir}")
+    escaped = locator.escaped(samples["_image"].str.replace("\\", "/", regex=False))
+    checks.outside_links(found.isna(), escaped, samples["_view"], samples["_image"])
+    checks.flag(found.isna(), "missing_file", ": no image '" + capped_each(samples["_image"]) + f"' below {images_dir}")
 
     image_path = path_strings(found)
     records = checks.records(
@@ -152,7 +156,8 @@ def _read_positions(path: Path, n_rows: int) -> list[int]:
     if len(bad):
         row = int(bad.index[0]) + 1
         raise DatasetFormatError(
-            f"{WHAT}: {path} row {row} column 'indexes' holds {bad.iloc[0]!r}; expected a whole-number row position"
+            f"{WHAT}: {path} row {row} column 'indexes' holds {capped(bad.iloc[0])!r}; "
+            "expected a whole-number row position"
         )
     positions = numbers.astype(int)
     outside = positions[(positions < 0) | (positions >= n_rows)]
@@ -166,9 +171,12 @@ def _read_positions(path: Path, n_rows: int) -> list[int]:
 
 
 def _images_dir(root: Path, meta_path: Path) -> Path:
-    """`images/` beside the `meta/` folder (the official layout) or beside meta.csv, else the root itself."""
+    """`images/` beside the `meta/` folder (the official layout) or beside meta.csv, else the root itself.
+
+    Resolved before the check: an `images` link out of the dataset folder is not taken as the image folder (the
+    locator over the root then reports the link as outside_root)."""
     for candidate in (meta_path.parent.parent / "images", meta_path.parent / "images", root / "images"):
-        if candidate.is_relative_to(root) and candidate.is_dir():
+        if candidate.resolve().is_relative_to(root) and candidate.is_dir():
             return candidate
     return root
 

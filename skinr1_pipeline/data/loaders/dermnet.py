@@ -23,6 +23,7 @@ DATASET = "dermnet"
 WHAT = "DermNet"
 SPLITS = {"train": "train", "test": "test", "valid": "valid", "val": "valid", "validation": "valid"}  # fmt: skip
 IMAGE_SUFFIXES = frozenset(e.lower() for e in IMAGE_EXTENSIONS)  # the same set the ImageLocator indexes
+LINKED_FOLDERS = "<folder symlink>"  # _walk counts these apart from non-image files
 STEM_PATTERN = r"^(?P<fine>.*[^-\s].*?)-(?P<index>\d+)$"
 
 
@@ -31,6 +32,9 @@ def load(root: Path) -> LoadedDataset:
     base = _find_base(root)
     files, other = _walk(base)
     notes = [f"{len(files)} image files below {base}"]
+    linked = other.pop(LINKED_FOLDERS, 0)
+    if linked:
+        notes.append(f"{linked} folder symlink(s) not followed (images behind them are not read)")
     if other.pop("__MACOSX/", 0):
         notes.append("__MACOSX/ folders (zip debris) skipped")
     if other:
@@ -52,6 +56,7 @@ def load(root: Path) -> LoadedDataset:
     sample_id = DATASET + "/" + table["rel"]
 
     checks = RowChecks(DATASET, sample_id, table["rel"])
+    checks.contained(table["path"], root, "file")  # a symlink out of the dataset folder is never read
     outside = ": not inside train/ or test/, so neither split nor category is known"
     checks.flag(table["split"].isna(), "bad_label", outside)
     checks.flag(
@@ -113,6 +118,8 @@ def _walk(base: Path) -> tuple[list[str], Counter]:
     other: Counter = Counter()
     for dirpath, dirnames, filenames in os.walk(base):
         other["__MACOSX/"] += dirnames.count("__MACOSX")
+        # os.walk lists a folder symlink but does not enter it (it could lead anywhere): counted, not silent.
+        other[LINKED_FOLDERS] += sum(os.path.islink(os.path.join(dirpath, d)) for d in dirnames)
         dirnames[:] = sorted(d for d in dirnames if d != "__MACOSX")
         rel_dir = Path(dirpath).relative_to(base).as_posix()
         prefix = "" if rel_dir == "." else rel_dir + "/"

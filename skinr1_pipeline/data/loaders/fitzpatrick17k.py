@@ -24,6 +24,7 @@ from skinr1_pipeline.data.loaders.common import (
     read_table,
     row_numbers,
 )
+from skinr1_pipeline.data.messages import capped_each
 from skinr1_pipeline.data.schema import LoadedDataset
 
 DATASET = "fitzpatrick17k"
@@ -50,7 +51,7 @@ def load(root: Path) -> LoadedDataset:
     via_url = int((by_hash.isna() & by_url.notna()).sum())
     if via_url:
         notes.append(f"{via_url} images found by url_alphanum instead of md5hash")
-    notes += locator.ambiguity_notes("ids")
+    notes += locator.ambiguity_notes("ids") + locator.outside_notes()
 
     md5, qc, label = table["md5hash"], table["qc"], table["label"]
     native_id = md5.where(md5 != "", table["url_alphanum"])
@@ -60,11 +61,14 @@ def load(root: Path) -> LoadedDataset:
     checks.flag(
         qc.str.startswith(WRONG_LABEL_QC),
         "bad_label",
-        ": field 'qc' is '" + qc + "'; expert quality control says label '" + label + "' is wrong",
+        ": field 'qc' is '" + capped_each(qc) + "'; expert quality control says label '" + capped_each(label)
+        + "' is wrong",
     )
-    repeated = ": md5hash '" + md5 + "' repeats an earlier row (each image must appear once)"
+    repeated = ": md5hash '" + capped_each(md5) + "' repeats an earlier row (each image must appear once)"
     checks.flag(sample_id.duplicated(), "duplicate_id", repeated)
-    missing = ": no image named '" + md5 + ".*' or by its url_alphanum below the dataset folder"
+    missing = ": no image named '" + capped_each(md5) + ".*' or by its url_alphanum below the dataset folder"
+    escaped = locator.escaped(table["md5hash"]).fillna(locator.escaped(table["url_alphanum"]))
+    checks.outside_links(found.isna(), escaped, "md5hash", md5)
     checks.flag(found.isna(), "missing_file", missing)
 
     image_path = path_strings(found)

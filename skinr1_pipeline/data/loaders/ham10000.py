@@ -29,6 +29,7 @@ from skinr1_pipeline.data.loaders.common import (
     undocumented_label_notes,
 )
 from skinr1_pipeline.data.loaders.isic2019 import decode_one_hot
+from skinr1_pipeline.data.messages import capped_each, capped_list
 from skinr1_pipeline.data.schema import DatasetFormatError, LoadedDataset
 
 DATASET = "ham10000"
@@ -64,14 +65,15 @@ def load(root: Path) -> LoadedDataset:
 
     locator = ImageLocator(root)
     found = locator.find_each(table["image_id"])
-    notes += locator.ambiguity_notes("image ids", example=True)
+    notes += locator.ambiguity_notes("image ids", example=True) + locator.outside_notes()
 
     image_id = table["image_id"]
     checks = RowChecks.for_rows(
         DATASET, image_id, table["_file"], table["_row"], reason=table["_reason"], detail=table["_detail"]
     )
     checks.empty_label(table["dx"], "dx", f"expected one of {', '.join(DX_CODES)}")
-    checks.image_ids(image_id, "image_id", found, ": no image named '" + image_id + "'.* below the dataset folder")
+    not_found = ": no image named '" + capped_each(image_id) + "'.* below the dataset folder"
+    checks.image_ids(image_id, "image_id", found, not_found, locator=locator)
 
     notes += undocumented_label_notes(table.loc[checks.good, "dx"], DX_CODES, "dx")
     image_path = path_strings(found)
@@ -128,5 +130,5 @@ def _read_ground_truth(path: Path, split: str) -> tuple[pd.DataFrame, str]:
         return table.loc[:, list(KEEP)], "one-hot"
     raise DatasetFormatError(
         f"{WHAT}: {path} lacks the columns of both ground-truth layouts: metadata-style needs image_id, dx; "
-        f"one-hot needs image, {', '.join(ONE_HOT)}; found columns {header}"
+        f"one-hot needs image, {', '.join(ONE_HOT)}; found columns {capped_list(header)}"
     )

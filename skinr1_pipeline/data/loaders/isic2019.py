@@ -28,6 +28,7 @@ from skinr1_pipeline.data.loaders.common import (
     read_table,
     stamp_origin,
 )
+from skinr1_pipeline.data.messages import capped, capped_each
 from skinr1_pipeline.data.schema import LoadedDataset
 
 DATASET = "isic2019"
@@ -70,7 +71,7 @@ def decode_one_hot(
     bad_cell = invalid.any(axis=1) & reason.isna()
     if bad_cell.any():
         column = invalid[bad_cell].idxmax(axis=1)
-        shown = [f"{where[i]}: column {c} holds {cells.at[i, c]!r} ({expected})" for i, c in column.items()]
+        shown = [f"{where[i]}: column {c} holds {capped(cells.at[i, c])!r} ({expected})" for i, c in column.items()]
         reason[bad_cell] = "bad_label"
         detail[bad_cell] = shown
     for mask, text in ((n_ones == 0, "no class column is 1"), (n_ones > 1, "several class columns are 1")):
@@ -103,13 +104,14 @@ def load(root: Path) -> LoadedDataset:
 
     locator = ImageLocator(root)
     found = locator.find_each(table["image"])
-    notes += locator.ambiguity_notes("image ids")
+    notes += locator.ambiguity_notes("image ids") + locator.outside_notes()
 
     image = table["image"]
     checks = RowChecks.for_rows(
         DATASET, image, table["_file"], table["_row"], reason=table["_reason"], detail=table["_detail"]
     )
-    checks.image_ids(image, "image", found, ": no image named '" + image + ".*' below the dataset folder")
+    checks.image_ids(image, "image", found, ": no image named '" + capped_each(image) + ".*' below the dataset folder",
+                     locator=locator)
 
     image_path = path_strings(found)
     records = checks.records(

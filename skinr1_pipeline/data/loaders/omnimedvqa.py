@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from skinr1_pipeline.data.loaders.common import RowChecks, outcome_notes, stamp_origin
+from skinr1_pipeline.data.messages import capped, capped_each, capped_list
 from skinr1_pipeline.data.schema import DatasetFormatError, LoadedDataset
 
 DATASET = "omnimedvqa"
@@ -102,7 +103,7 @@ def _items(path: Path) -> list[dict[str, Any]]:
         missing = [f for f in REQUIRED_FIELDS if f not in item]
         if missing:
             raise DatasetFormatError(
-                f"{WHAT}: {path} item {n} lacks required field(s) {missing}; found fields {sorted(item)}"
+                f"{WHAT}: {path} item {n} lacks required field(s) {missing}; found fields {capped_list(sorted(item))}"
             )
     return data
 
@@ -124,7 +125,8 @@ def _read(root: Path) -> tuple[LoadedDataset, pd.DataFrame]:
     if skipped:
         notes.append(
             f"{sum(skipped.values())} non-diagnosis items skipped: "
-            + ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items()))
+            + ", ".join(f"{capped(k)}: {v}" for k, v in sorted(skipped.items())[:30])
+            + (f", and {len(skipped) - 30} more question types" if len(skipped) > 30 else "")
         )
     table = pd.concat(frames, ignore_index=True)
     return _build(root, base, table, files, notes)
@@ -155,12 +157,13 @@ def _build(
     sample_id = checks.sample_id
     checks.empty_label(gt, "gt_answer", "expected the text of one option")
     listed = pd.Series(
-        [" | ".join(f"{x}: {v}" for x, v in zip(LETTERS, row) if v) for row in options.to_numpy()], index=table.index
+        [" | ".join(f"{x}: {capped(v)}" for x, v in zip(LETTERS, row) if v) for row in options.to_numpy()],
+        index=table.index,
     )
     checks.flag(
         n_match != 1,
         "bad_label",
-        ": field 'gt_answer' '" + gt + "' matches " + n_match.astype(str)
+        ": field 'gt_answer' '" + capped_each(gt) + "' matches " + n_match.astype(str)
         + " of the options (expected exactly one of " + listed + ")",
     )
     checks.flag(qid == "", "missing_id", ": field 'question_id' is empty (expected a unique id)")

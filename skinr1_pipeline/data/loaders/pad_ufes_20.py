@@ -26,6 +26,7 @@ from skinr1_pipeline.data.loaders.common import (
     strip_extension,
     undocumented_label_notes,
 )
+from skinr1_pipeline.data.messages import capped_each
 from skinr1_pipeline.data.schema import LoadedDataset
 
 DATASET = "pad_ufes_20"
@@ -46,11 +47,12 @@ def load(root: Path) -> LoadedDataset:
     locator = ImageLocator(root)
     name = table["img_id"]
     found = locator.find_each(name)
-    notes += locator.ambiguity_notes("img_ids")
+    notes += locator.ambiguity_notes("img_ids") + locator.outside_notes()
 
     checks = RowChecks.for_rows(DATASET, strip_extension(name), path.name, rows)
     checks.empty_label(table["diagnostic"], "diagnostic", f"expected one of {', '.join(LABELS)}")
-    checks.image_ids(name, "img_id", found, ": no image named '" + name + "' below the dataset folder")
+    checks.image_ids(name, "img_id", found, ": no image named '" + capped_each(name) + "' below the dataset folder",
+                     locator=locator)
 
     notes += undocumented_label_notes(table.loc[checks.good, "diagnostic"], LABELS, "diagnostic")
     image_path = path_strings(found)
