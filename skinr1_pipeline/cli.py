@@ -44,10 +44,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         verdict = "passed" if evaluation.passed else "FAILED" if evaluation.severity == dg.AssetCheckSeverity.ERROR \
             else "warning (see the check's metadata)"
         print(f"  check {evaluation.asset_key.to_user_string()}:{evaluation.check_name} -> {verdict}")
-    report = settings.outputs_dir / "evaluation" / "report" / "report.html"
-    table = settings.outputs_dir / "evaluation" / "ablation_table.csv"
-    likelihood = settings.outputs_dir / "evaluation" / "answer_likelihood_table.csv"
-    if table.exists():
+    from skinr1_pipeline.storage.run_folders import latest_complete
+
+    # Each asset writes its own run folder; `latest_complete` is the newest one a run finished.
+    reports, tables = (latest_complete(settings.outputs_dir / name)
+                       for name in ("evaluation_reports", "ablation_table"))
+    report = reports / "report" / "report.html" if reports else None
+    table = tables / "ablation_table.csv" if tables else None
+    likelihood = tables / "answer_likelihood_table.csv" if tables else None
+    if table is not None and table.exists():
         import pandas as pd
 
         shown = pd.read_csv(table, index_col=0)
@@ -57,9 +62,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print("\nAnswer-likelihood accuracy [95% CI] (the offered answer the model finds most probable after its "
                   "reasoning):")
             print(pd.read_csv(likelihood, index_col=0).to_string())
-        _print_honesty_tables(settings.outputs_dir / "evaluation")
+        _print_honesty_tables(tables)
     print("\nWhere to look:")
-    if report.exists():
+    if report is not None and report.exists():
         print(f"  evaluation report:        {report}")
     print(f"  asset outputs (Parquet):  {settings.outputs_dir}")
     print(f"  Dagster UI:               make ui   (DAGSTER_HOME={os.environ['DAGSTER_HOME']} dagster dev -w workspace.yaml)")
@@ -163,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = sub.add_parser("bench", help="run every benchmark and write the Markdown table of ratios "
                                          "(benchmarks/RESULTS.md)")
     bench.add_argument("--quick", action="store_true", help="smaller workloads")
-    bench.add_argument("--only", nargs="+", choices=["ingest", "generation", "evaluation"])
+    bench.add_argument("--only", nargs="+", choices=["ingest", "generation", "evaluation", "image_memory"])
     bench.add_argument("--out", help="Markdown file to write (default: benchmarks/RESULTS.md)")
     bench.set_defaults(func=cmd_bench)
     args = parser.parse_args(argv)

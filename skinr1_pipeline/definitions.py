@@ -13,6 +13,7 @@ from skinr1_pipeline.defs.knowledge_assets import (
     taxonomy_invariants,
 )
 from skinr1_pipeline.defs.compute import Compute, compute_resource
+from skinr1_pipeline.defs.io_manager import AtomicFilesystemIOManager
 from skinr1_pipeline.defs.resources import MlflowTracking, PipelineHome
 from skinr1_pipeline.defs.sensors import build_dataset_change_sensor
 from skinr1_pipeline.defs.synthesis_assets import build_synthesis_assets
@@ -46,7 +47,7 @@ def build_definitions(settings: Settings, *, compute: Compute | None = None) -> 
         resources={
             "home": PipelineHome(home=str(settings.home)),
             "mlflow": MlflowTracking(tracking_uri=settings.mlflow_tracking_uri, experiment_name=settings.mlflow_experiment),
-            "io_manager": dg.FilesystemIOManager(base_dir=str(settings.home / "dagster_storage")),
+            "io_manager": AtomicFilesystemIOManager(base_dir=str(settings.home / "dagster_storage")),
             "compute": compute or compute_resource(settings),
         },
     )

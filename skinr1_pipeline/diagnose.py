@@ -8,6 +8,10 @@ look-alike, and an operator reading one answer needs to see which do-not-miss ne
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,8 +19,11 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from skinr1_pipeline.settings import Settings
+from skinr1_pipeline.storage.run_folders import LATEST_LINK
 
 REGISTERED_MODEL = "skinr1-grpo"
+# Written last into a registry cache folder: its presence, not MLmodel's, says the download finished.
+CACHE_COMPLETE = ".skinr1-download-complete"
 REGISTRY_ALIASES = ("champion", "candidate", "previous_champion")
 TRAINED_STAGES = ("grpo", "sft")  # newest first: the default model is the furthest-trained adapter on disk
 
@@ -70,7 +77,7 @@ def _is_adapter_dir(path: Path) -> bool:
 
 
 def default_base_dir(settings: Settings) -> Path:
-    return Path(settings.base_model_dir) if settings.base_model_dir else settings.home / "models" / "base"
+    return Path(settings.base_model_dir) if settings.base_model_dir else settings.home / "models" / "base" / LATEST_LINK
 
 
 def resolve_model(spec: str | None, settings: Settings, *, base_dir: str | Path | None = None) -> ModelSource:
@@ -78,7 +85,7 @@ def resolve_model(spec: str | None, settings: Settings, *, base_dir: str | Path 
     (`champion`, `candidate`, `previous_champion`) or a `models:/name@alias` / `models:/name/version` URI."""
     base = Path(base_dir) if base_dir else default_base_dir(settings)
     if spec is None:
-        tried = [settings.home / "models" / stage / "adapter" for stage in TRAINED_STAGES]
+        tried = [settings.home / "models" / stage / LATEST_LINK / "adapter" for stage in TRAINED_STAGES]
         for stage, adapter in zip(TRAINED_STAGES, tried):
             if _is_adapter_dir(adapter):
                 return _with_base(ModelSource(base, adapter, f"{stage} adapter {adapter}"))
@@ -104,32 +111,83 @@ def _with_base(source: ModelSource) -> ModelSource:
 
 def _from_registry(uri: str, settings: Settings) -> ModelSource:
     """Download the registered pyfunc once per version; it carries both the base model and the adapter."""
-    import os
-
     import mlflow
-    import yaml
     from mlflow.exceptions import MlflowException
-
-    from skinr1_pipeline.tracking.pyfunc_model import ARTIFACT_ADAPTER, ARTIFACT_BASE
 
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         info = mlflow.models.get_model_info(uri)
-        cache = settings.home / "registry_cache" / info.model_uuid
-        if not (cache / "MLmodel").is_file():
-            cache.mkdir(parents=True, exist_ok=True)
-            mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(cache))
+        cache = cached_download(settings.home / "registry_cache" / info.model_uuid,
+                                lambda dst: mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
     except MlflowException as exc:
         raise DiagnoseError(f"--model {uri}: not found in the registry at {settings.mlflow_tracking_uri}: "
                             f"{exc.message.splitlines()[0]}") from exc
-    artifacts = yaml.safe_load((cache / "MLmodel").read_text("utf-8"))["flavors"]["python_function"].get("artifacts", {})
+    return model_source(cache, uri, f"{uri} (registry: {info.model_uuid})")
+
+
+def cached_download(cache: Path, download: Callable[[Path], object]) -> Path:
+    """`cache`, filled by `download(folder)` unless an earlier download finished there.
+
+    Why a marker and a rename: MLmodel is among the first files a download writes, so its presence says nothing
+    about the multi-GB weights after it. The download goes to a fresh temporary folder beside the cache, the marker
+    is written into it last, and only then is it renamed into place; a killed download leaves a temp folder (never
+    read) or an unmarked cache, which is downloaded again.
+    """
+    if (cache / CACHE_COMPLETE).is_file():
+        return cache
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{cache.name}.", suffix=".partial", dir=cache.parent))
+    try:
+        download(staging)
+        (staging / CACHE_COMPLETE).write_text("complete\n", "utf-8")
+        if (cache / CACHE_COMPLETE).is_file():  # another process finished the same download meanwhile
+            shutil.rmtree(staging, ignore_errors=True)
+            return cache
+        if cache.exists():  # an unmarked, i.e. interrupted, earlier download
+            shutil.rmtree(cache)
+        os.replace(staging, cache)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return cache
+
+
+def model_source(model_dir: Path, uri: str, label: str) -> ModelSource:
+    """Base model and adapter of a downloaded Skin-R1 pyfunc, each path from its MLmodel kept inside `model_dir`.
+
+    MLmodel is data from the registry: an artifact path with '..' or an absolute one would point the model loader
+    at files outside the download, so each is resolved and must stay below the folder.
+    """
+    import yaml
+
+    from skinr1_pipeline.tracking.pyfunc_model import ARTIFACT_ADAPTER, ARTIFACT_BASE
+
+    mlmodel = model_dir / "MLmodel"
+    try:
+        flavors = yaml.safe_load(mlmodel.read_text("utf-8"))["flavors"]
+        artifacts = flavors["python_function"].get("artifacts") or {}
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError) as exc:
+        raise DiagnoseError(f"--model {uri}: {mlmodel} is not a readable pyfunc MLmodel: "
+                            f"{type(exc).__name__}: {str(exc)[:200]}") from exc
     missing = [key for key in (ARTIFACT_BASE, ARTIFACT_ADAPTER) if key not in artifacts]
     if missing:
         raise DiagnoseError(f"--model {uri}: the registered model has no {missing} artifact(s); expected a "
                             "Skin-R1 pyfunc logged by evaluation_reports")
-    return ModelSource(cache / artifacts[ARTIFACT_BASE]["path"], cache / artifacts[ARTIFACT_ADAPTER]["path"],
-                       f"{uri} (registry: {info.model_uuid})")
+    return ModelSource(_contained(model_dir, artifacts[ARTIFACT_BASE], uri, ARTIFACT_BASE),
+                       _contained(model_dir, artifacts[ARTIFACT_ADAPTER], uri, ARTIFACT_ADAPTER), label)
+
+
+def _contained(model_dir: Path, artifact: Any, uri: str, key: str) -> Path:
+    relative = artifact.get("path") if isinstance(artifact, dict) else None
+    if not isinstance(relative, str) or not relative.strip():
+        raise DiagnoseError(f"--model {uri}: MLmodel artifact {key!r} has no path")
+    root = model_dir.resolve()
+    target = (model_dir / relative).resolve()
+    if target != root and root not in target.parents:
+        raise DiagnoseError(f"--model {uri}: MLmodel artifact {key!r} path {relative[:200]!r} leads outside the "
+                            f"downloaded model folder {model_dir} (to {str(target)[:200]}); refusing to load it")
+    return target
 
 
 def _max_pixels(base_dir: Path) -> int | None:
@@ -143,6 +201,9 @@ def _max_pixels(base_dir: Path) -> int | None:
 
 
 def open_image(path: str | Path, max_pixels: int | None) -> Image.Image:
+    """The image at `max_pixels` (the model's size; None keeps it), refused with a DiagnoseError naming the file,
+    its size and the limit when it is over the data layer's byte or pixel limits (`open_rgb`, before decoding)."""
+    from skinr1_pipeline.data.image_open import ImageLimitError
     from skinr1_pipeline.training.sft import load_image
 
     image_path = Path(path)
@@ -150,6 +211,8 @@ def open_image(path: str | Path, max_pixels: int | None) -> Image.Image:
         raise DiagnoseError(f"{image_path}: no such image file")
     try:
         return load_image(image_path, max_pixels)
+    except ImageLimitError as exc:
+        raise DiagnoseError(f"{exc.source}: image refused: {exc.detail}") from exc
     except (UnidentifiedImageError, OSError) as exc:
         raise DiagnoseError(f"{image_path}: not a readable image (expected JPEG/PNG/...): {exc}") from exc
 

@@ -152,7 +152,7 @@ def train_with(upstream, compute, keys=TRAINED):
 
 def sft_epoch(settings) -> tuple[float, float]:
     """(epochs the SFT run reports, epochs one process would have covered): DDP over N ranks covers N times more."""
-    result = json.loads((settings.home / "models" / "sft" / "sft_result.json").read_text())
+    result = json.loads((settings.home / "models" / "sft" / "latest" / "sft_result.json").read_text())
     run = result["config"]
     rows = min(len(pd.read_parquet(run["train_path"])), run["max_train_samples"])
     return result["result"]["metrics"]["epoch"], run["max_steps"] * run["per_device_train_batch_size"] / rows
@@ -195,7 +195,7 @@ def test_sft_on_a_local_ray_cluster_with_two_workers(upstream, ray_head, tmp_pat
     assert sft["ray_train_workers"].value == 2 and sft["processes"].value == 2 and sft["heldout_n"].value == 2
     epoch, one_process = sft_epoch(settings)
     assert epoch == pytest.approx(2 * one_process)
-    config = yaml.safe_load((settings.home / "models" / "sft" / "run_config.yaml").read_text())
+    config = yaml.safe_load((settings.home / "models" / "sft" / "latest" / "run_config.yaml").read_text())
     assert config["report_to"] == ["mlflow"]
 
 

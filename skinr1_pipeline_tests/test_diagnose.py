@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import mlflow
@@ -18,6 +19,7 @@ from skinr1_pipeline.knowledge.knowledge_base import load_knowledge_base
 from skinr1_pipeline.knowledge.taxonomy import Taxonomy
 from skinr1_pipeline.modeling.prompt_format import format_completion
 from skinr1_pipeline.settings import load_settings
+from skinr1_pipeline.storage.run_folders import mark_complete, open_run_folder
 from skinr1_pipeline_tests.tiny_models import tiny_base_and_adapter
 
 
@@ -66,9 +68,10 @@ def test_model_resolution_names_what_is_missing(tmp_path: Path) -> None:
         resolve_model(None, settings)
     with pytest.raises(DiagnoseError, match="not a model directory"):
         resolve_model(str(tmp_path / "nowhere"), settings)
-    adapter = tmp_path / "models" / "sft" / "adapter"
-    adapter.mkdir(parents=True)
-    (adapter / "adapter_config.json").write_text("{}")
+    run = open_run_folder(tmp_path / "models" / "sft", "run-1")
+    (run / "adapter").mkdir()
+    (run / "adapter" / "adapter_config.json").write_text("{}")
+    mark_complete(run, "run-1")
     with pytest.raises(DiagnoseError, match="base model .* has no config.json"):
         resolve_model(None, settings)
     (tmp_path / "full").mkdir()
@@ -79,9 +82,12 @@ def test_model_resolution_names_what_is_missing(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory) -> Path:
-    """A pipeline home holding a tiny base model and an SFT adapter where the pipeline would leave them."""
+    """A pipeline home holding a tiny base model and an SFT adapter where the pipeline would leave them (sealed run
+    folders, `latest` naming each)."""
     root = tmp_path_factory.mktemp("home")
-    tiny_base_and_adapter(root / "models" / "base", root / "models" / "sft" / "adapter")
+    base, sft = open_run_folder(root / "models" / "base", "run-1"), open_run_folder(root / "models" / "sft", "run-1")
+    tiny_base_and_adapter(base, sft / "adapter")
+    mark_complete(base, "run-1"), mark_complete(sft, "run-1")
     Image.new("RGB", (300, 200), (150, 90, 70)).save(root / "lesion.jpg")
     return root
 
@@ -106,7 +112,7 @@ def _run(argv: list[str], capsys) -> tuple[int, str, str]:
 def test_cli_diagnoses_with_the_home_adapter_and_the_registered_model(home_env: Path, capsys) -> None:
     image = str(home_env / "lesion.jpg")
     code, out, _ = _run(["diagnose", image, "--max-new-tokens", "8"], capsys)
-    assert f"sft adapter {home_env / 'models' / 'sft' / 'adapter'}" in out
+    assert f"sft adapter {home_env / 'models' / 'sft' / 'latest' / 'adapter'}" in out
     # Random weights: the answer is noise, and the command says so instead of inventing a diagnosis.
     assert code == 1 and ("NOT PARSEABLE" in out or "no single taxonomy node" in out)
     code, out, _ = _run(["diagnose", image, "--max-new-tokens", "8", "--json"], capsys)
@@ -119,7 +125,8 @@ def test_cli_diagnoses_with_the_home_adapter_and_the_registered_model(home_env: 
     settings = load_settings()
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     with mlflow.start_run():
-        info = log_skinr1_model(home_env / "models" / "base", home_env / "models" / "sft" / "adapter", name="m",
+        info = log_skinr1_model(home_env / "models" / "base" / "latest", home_env / "models" / "sft" / "latest" /
+                                "adapter", name="m",
                                 input_example_image_path=image, model_config={"max_new_tokens": 4, "device": "cpu"})
     register_candidate(info.model_uri, "skinr1-grpo")
     code, out, _ = _run(["diagnose", image, "--max-new-tokens", "8", "--json", "--model", "candidate"], capsys)
@@ -138,3 +145,111 @@ def test_cli_rejects_bad_images(home_env: Path, capsys) -> None:
     text.write_text("not an image")
     code, _, err = _run(["diagnose", str(text)], capsys)
     assert code == 2 and "notes.jpg: not a readable image" in err
+
+
+def _header_only_png(path: Path, width: int, height: int) -> Path:
+    """A PNG claiming `width`x`height` and carrying no pixels (valid CRCs): decoding it fails, refusing it is cheap."""
+    import struct
+    import zlib
+
+    def chunk(ctype: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + ctype + payload + struct.pack(">I", zlib.crc32(ctype + payload))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("width,height", [(8_000, 7_000), (20_000, 20_000)])
+def test_cli_refuses_a_decompression_bomb_naming_file_pixels_and_limit(home_env: Path, capsys, width, height) -> None:
+    """20000x20000 used to escape as an uncaught DecompressionBombError (Pillow's own limit), 8000x7000 to be
+    decoded; both are now refused from the header with the file, its pixels and the limit."""
+    bomb = _header_only_png(home_env / f"bomb_{width}.png", width, height)
+    code, _, err = _run(["diagnose", str(bomb)], capsys)
+    assert code == 2 and str(bomb) in err
+    assert f"{width * height:,} pixels" in err and "limit of 50,000,000" in err  # the data layer's default
+
+
+# ----------------------------------------------------------------------------------- registry downloads
+
+
+def _write_mlmodel(folder: Path, base: str, adapter: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "MLmodel").write_text(
+        "flavors:\n  python_function:\n    artifacts:\n"
+        f"      base_model: {{path: '{base}'}}\n      adapter: {{path: '{adapter}'}}\n", "utf-8")
+
+
+def _complete_download(folder: Path) -> None:
+    _write_mlmodel(folder, "artifacts/base", "artifacts/adapter")
+    for name in ("base", "adapter"):
+        (folder / "artifacts" / name).mkdir(parents=True)
+        (folder / "artifacts" / name / "weights.bin").write_bytes(b"w")
+
+
+@pytest.fixture()
+def fake_registry(tmp_path: Path, monkeypatch):
+    """The MLflow calls `_from_registry` makes, faked: each download runs the test's writer into the given folder."""
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    from types import SimpleNamespace
+
+    state = {"writer": _complete_download, "calls": []}
+    monkeypatch.setattr(mlflow.models, "get_model_info", lambda uri: SimpleNamespace(model_uuid="uuid-1"))
+
+    def download(artifact_uri: str, dst_path: str) -> str:
+        state["calls"].append(dst_path)
+        state["writer"](Path(dst_path))
+        return dst_path
+
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", download)
+    yield state, load_settings({"SKINR1_HOME": str(tmp_path / "home")})
+    mlflow.set_tracking_uri(saved)
+
+
+@pytest.mark.parametrize("bad", ["../../../victim", "artifacts/../../../victim", "ABSOLUTE", "artifacts/link"])
+def test_registry_artifact_path_leaving_the_download_is_refused(fake_registry, tmp_path: Path, bad: str) -> None:
+    state, settings = fake_registry
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "config.json").write_text("{}")
+    path = str(victim) if bad == "ABSOLUTE" else bad
+
+    def crafted(folder: Path) -> None:
+        _complete_download(folder)
+        os.symlink(victim, folder / "artifacts" / "link")
+        _write_mlmodel(folder, path, "artifacts/adapter")
+
+    state["writer"] = crafted
+    with pytest.raises(DiagnoseError, match="'base_model' path .* leads outside the downloaded model folder"):
+        resolve_model("models:/skinr1-grpo@champion", settings)
+
+
+def test_registry_artifacts_inside_the_download_resolve(fake_registry) -> None:
+    state, settings = fake_registry
+    source = resolve_model("champion", settings)
+    cache = (settings.home / "registry_cache" / "uuid-1").resolve()
+    assert source.base_dir == cache / "artifacts" / "base" and source.adapter_dir == cache / "artifacts" / "adapter"
+    assert (source.base_dir / "weights.bin").is_file()
+
+
+def test_registry_cache_counts_only_a_finished_download(fake_registry) -> None:
+    """A cache folder used to count as complete once MLmodel existed, the first file a download writes."""
+    state, settings = fake_registry
+    cache = settings.home / "registry_cache" / "uuid-1"
+    _write_mlmodel(cache, "artifacts/base", "artifacts/adapter")  # what a killed download left: no weights
+    source = resolve_model("champion", settings)
+    assert len(state["calls"]) == 1 and (source.base_dir / "weights.bin").is_file()
+    resolve_model("champion", settings)
+    assert len(state["calls"]) == 1  # finished (marked) downloads are reused
+
+    def killed(folder: Path) -> None:
+        _write_mlmodel(folder, "artifacts/base", "artifacts/adapter")
+        raise KeyboardInterrupt  # the user stops it half-way
+
+    shutil.rmtree(cache)
+    state["writer"] = killed
+    with pytest.raises(KeyboardInterrupt):
+        resolve_model("champion", settings)
+    assert not cache.exists() and list(cache.parent.iterdir()) == []  # nothing that could pass for a download
+    state["writer"] = _complete_download
+    assert (resolve_model("champion", settings).base_dir / "weights.bin").is_file()

@@ -12,6 +12,7 @@ import pytest
 from skinr1_pipeline.definitions import build_definitions
 from skinr1_pipeline.runner import materialize_all
 from skinr1_pipeline.settings import load_settings
+from skinr1_pipeline.storage.run_folders import latest_complete
 
 
 # The whole graph at toy scale: every stage runs for real (synthesis, tokenizer + tiny model, LoRA SFT, GRPO,
@@ -31,6 +32,13 @@ RUN_CONFIG = {"ops": {
     "eval_suites": {"config": {"per_suite_limit": 3}},
     "variant_evaluations": {"config": {"max_new_tokens": 24, "runner": "hf"}},  # vLLM: test_vllm_engine.py
 }}
+
+
+def latest(settings, *parts: str):
+    """The newest complete run folder an asset (partition) wrote under the outputs."""
+    folder = latest_complete(settings.outputs_dir.joinpath(*parts))
+    assert folder is not None, parts
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +82,7 @@ def test_broken_demo_files_are_quarantined_with_their_reasons(demo_run):
 
     manifest = json.loads((settings.demo_dir / "demo_manifest.json").read_text())
     quarantine = pd.concat(
-        pd.read_parquet(settings.outputs_dir / "raw_datasets" / d / "quarantine.parquet") for d in settings.datasets
+        pd.read_parquet(latest(settings, "raw_datasets", d) / "quarantine.parquet") for d in settings.datasets
     )
     found = {(str(p).split("/")[-1], r) for p, r in zip(quarantine["image_path"], quarantine["reason"])}
     for broken in manifest["broken"]:
@@ -84,7 +92,7 @@ def test_broken_demo_files_are_quarantined_with_their_reasons(demo_run):
 
 def test_unified_samples_cover_demo_domains_and_splits(demo_run):
     settings, _, _ = demo_run
-    samples = pd.read_parquet(settings.outputs_dir / "unified_samples.parquet")
+    samples = pd.read_parquet(latest(settings, "unified_samples") / "unified_samples.parquet")
     assert set(samples["source_dataset"]) == set(settings.datasets)
     assert set(samples["modality"]) == {"dermoscopic", "clinical"}
     assert set(samples["split"]) == {"train", "valid", "test"}
@@ -117,8 +125,8 @@ def test_training_stages_leave_adapters_metrics_and_completions(demo_run):
     settings, _, outcome = demo_run
     models = settings.home / "models"
     for stage in ("sft", "grpo", "rl_only"):
-        assert (models / stage / "adapter" / "adapter_model.safetensors").is_file(), stage
-    assert list((models / "grpo" / "completions").glob("step_*.parquet"))
+        assert (models / stage / "latest" / "adapter" / "adapter_model.safetensors").is_file(), stage
+    assert list((models / "grpo" / "latest" / "completions").glob("step_*.parquet"))
     client = mlflow.MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
     experiment = client.get_experiment_by_name(settings.mlflow_experiment)
     runs = {r.data.tags.get("dagster.asset_key"): r for r in client.search_runs([experiment.experiment_id], max_results=500)}
@@ -133,21 +141,21 @@ def test_training_stages_leave_adapters_metrics_and_completions(demo_run):
 
 def test_sft_starts_from_trajectories_of_in_distribution_train_samples_only(demo_run):
     settings, _, _ = demo_run
-    samples = pd.read_parquet(settings.outputs_dir / "unified_samples.parquet").set_index("sample_id")
-    trajectories = pd.read_parquet(settings.outputs_dir / "skin_rationale" / "trajectories.parquet")
+    samples = pd.read_parquet(latest(settings, "unified_samples") / "unified_samples.parquet").set_index("sample_id")
+    trajectories = pd.read_parquet(latest(settings, "skin_rationale_trajectories") / "trajectories.parquet")
     used = samples.loc[trajectories["sample_id"].unique()]
     assert set(used["split"]) == {"train"} and set(used["modality"]) == {"dermoscopic"}
-    items = pd.read_parquet(settings.outputs_dir / "rl_mcq" / "items.parquet")
+    items = pd.read_parquet(latest(settings, "rl_mcq_dataset") / "items.parquet")
     assert set(samples.loc[items["sample_id"].unique(), "modality"]) == {"dermoscopic"}
 
 
 def test_evaluation_reports_every_variant_and_registers_a_candidate(demo_run, capsys):
     settings, _, _ = demo_run
-    evaluation = settings.outputs_dir / "evaluation"
+    evaluation = latest(settings, "ablation_table")
     table = pd.read_csv(evaluation / "ablation_table.csv", index_col=0)
     assert list(table.index) == ["base", "sft", "rl_only", "sft_grpo"]
     for variant in table.index:
-        scored = pd.read_parquet(evaluation / variant / "scored.parquet")
+        scored = pd.read_parquet(latest(settings, "variant_evaluations", variant) / "scored.parquet")
         assert {"in_domain", "malignancy", "hierarchical", "ood"} <= set(scored["suite"])
         in_domain = scored[scored["suite"] == "in_domain"]
         assert in_domain["option_logprobs"].map(len).eq(4).all()  # one log-prob per option, for calibration
@@ -156,7 +164,7 @@ def test_evaluation_reports_every_variant_and_registers_a_candidate(demo_run, ca
     assert list(likelihood.index) == list(table.index) and "in_domain" in likelihood.columns
     assert "open_ended" not in likelihood.columns  # nothing to choose from, nothing to score
     baselines = pd.read_csv(evaluation / "image_blind_baselines.csv", index_col="suite")
-    items = pd.read_parquet(evaluation / "suite_items.parquet")
+    items = pd.read_parquet(latest(settings, "eval_suites") / "suite_items.parquet")
     real = items[items["condition"] == "real"]
     assert baselines["n"].to_dict() == real.groupby("suite").size().to_dict()
     assert (baselines["best"] >= baselines["uniform"]).all() and baselines.loc["in_domain", "uniform"] == 0.25
@@ -180,7 +188,7 @@ def test_evaluation_reports_every_variant_and_registers_a_candidate(demo_run, ca
     assert all(heading in printed for heading in ("minus the best blind guesser", "real vs shuffled vs blank",
                                                        "The paper's claims"))
     assert all(variant in printed for variant in table.index) and "sft_grpo > rl_only" in printed
-    html = (evaluation / "report" / "report.html").read_text()
+    html = (latest(settings, "evaluation_reports") / "report" / "report.html").read_text()
     assert "data:image/png;base64," in html and "sft_grpo" in html and "Answer likelihood" in html
     assert "Against image-blind guessing" in html and "Does each variant read the image?" in html
     client = mlflow.MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
@@ -189,3 +197,48 @@ def test_evaluation_reports_every_variant_and_registers_a_candidate(demo_run, ca
     # First candidate, no champion yet: promoted only with the evidence that it reads the image.
     expected = "promoted" if all(evidence.values()) else "kept champion"
     assert candidate.tags["promotion_decision"] == expected, candidate.tags
+
+
+CONCURRENT_RUN = """
+import sys
+import dagster as dg
+from skinr1_pipeline.definitions import build_definitions
+from skinr1_pipeline.runner import materialize_all
+from skinr1_pipeline.settings import load_settings
+
+defs = build_definitions(load_settings())
+selection = dg.AssetSelection.keys("rl_mcq_dataset", "eval_suites")
+config = {"ops": {"rl_mcq_dataset": {"config": {"seed": int(sys.argv[1])}},
+                  "eval_suites": {"config": {"per_suite_limit": 3, "seed": int(sys.argv[1])}}}}
+with dg.DagsterInstance.get() as instance:
+    outcome = materialize_all(defs, instance, run_config=config, selection=selection)
+sys.exit(0 if outcome.success else 1)
+"""
+
+
+def test_two_concurrent_runs_of_the_same_assets_both_finish_in_their_own_folders(demo_run, tmp_path):
+    """Last in this module: it adds run folders. Both runs share one Dagster instance, as under `dagster dev`."""
+    import os
+    import subprocess
+    import sys
+
+    from skinr1_pipeline.storage.run_folders import is_complete, run_folders
+
+    settings, _, _ = demo_run
+    before = {name: set(run_folders(settings.outputs_dir / name)) for name in ("rl_mcq_dataset", "eval_suites")}
+    env = {**os.environ, "SKINR1_HOME": str(settings.home), "DAGSTER_HOME": str(tmp_path)}
+    env.pop("SKINR1_CONFIG", None)
+    runs = [subprocess.Popen([sys.executable, "-c", CONCURRENT_RUN, str(seed)], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True) for seed in (1, 2)]
+    logs = [run.communicate(timeout=600)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], "\n".join(log[-3000:] for log in logs)
+    for name, file in (("rl_mcq_dataset", "items.parquet"), ("eval_suites", "suite_items.parquet")):
+        folders = set(run_folders(settings.outputs_dir / name))
+        new = folders - before[name]
+        assert len(new) == 2 and before[name] <= folders, name  # one folder per run; the earlier one untouched
+        for folder in folders:
+            assert is_complete(folder) and len(pd.read_parquet(folder / file)), folder
+        assert latest(settings, name) in new
+    items = {seed: pd.read_parquet(f / "items.parquet") for seed, f in enumerate(
+        sorted(set(run_folders(settings.outputs_dir / "rl_mcq_dataset")) - before["rl_mcq_dataset"]))}
+    assert not items[0]["prompt"].equals(items[1]["prompt"])  # each run wrote its own seed's items

@@ -185,3 +185,38 @@ def test_main_cli_subprocess(workspace, tmp_path) -> None:
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["steps"] == 1
     assert Path(result["adapter_dir"], "adapter_model.safetensors").is_file()
+
+
+def test_training_killed_mid_run_resumes_from_its_last_complete_checkpoint(workspace, tmp_path) -> None:
+    """SIGKILL the training entry point once it has saved a checkpoint, then resume: the newest checkpoint with
+    trainer state is the one used, and training continues after its step instead of starting over."""
+    import signal
+    import time
+
+    from skinr1_pipeline.training.config import newest_checkpoint
+
+    out = tmp_path / "killed"
+    cfg = {"model_dir": str(workspace["model"]), "train_path": str(workspace["train"]), "output_dir": str(out),
+           "lora_r": 4, "lora_alpha": 8, "max_steps": 400, "save_steps": 1, "save_total_limit": 3,
+           "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1, "max_pixels": 56 * 56 * 4,
+           "use_cpu": True, "report_to": [], "logging_steps": 1}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_PIPES_CONTEXT"}
+    proc = subprocess.Popen([sys.executable, "-m", "skinr1_pipeline.training.sft", "--config", str(path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 300
+    while newest_checkpoint(out) is None or int(newest_checkpoint(out).name.split("-")[1]) < 2:
+        assert proc.poll() is None, "training ended before it could be killed"
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    done = newest_checkpoint(out)
+    assert done is not None and (done / "trainer_state.json").is_file()
+    step = int(done.name.split("-")[1])
+    seen: list[int] = []
+    resumed = run_sft(_cfg(workspace, out, max_steps=step + 2, save_steps=1, resume=True),
+                      progress=lambda logs: "loss" in logs and seen.append(logs["step"]))
+    assert resumed.resumed_from == str(done) and resumed.steps == step + 2
+    assert seen == [step + 1, step + 2]

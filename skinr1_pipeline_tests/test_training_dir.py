@@ -1,29 +1,70 @@
-"""Re-materializing a training asset starts a new run; the earlier one is kept once, and resume keeps it in place."""
+"""A training materialization writes its own run folder; `resume` continues the newest one holding a checkpoint;
+bad overrides fail before any folder exists."""
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
+from types import SimpleNamespace
 
 import dagster as dg
+import pytest
 
 from skinr1_pipeline.defs.resources import PipelineHome
-from skinr1_pipeline.defs.training_assets import training_dir
+from skinr1_pipeline.defs.training_assets import run_overrides, training_dir
+from skinr1_pipeline.training.grpo import GRPORunConfig
+from skinr1_pipeline.training.sft import SFTRunConfig
 
 
-def test_new_materialization_moves_the_earlier_run_aside(tmp_path: Path) -> None:
+def _run(instance: dg.DagsterInstance, run_id: str) -> SimpleNamespace:
+    """What `training_dir` and `PipelineHome` read from an asset context, for a chosen run id."""
+    return SimpleNamespace(run=SimpleNamespace(run_id=run_id), has_partition_key=False, instance=instance,
+                           log=logging.getLogger("test"))
+
+
+def test_each_materialization_gets_its_own_folder_and_resume_continues_the_killed_one(tmp_path: Path) -> None:
     home = PipelineHome(home=str(tmp_path))
-    context = dg.build_asset_context()
-    first = training_dir(context, home, "sft", resume=False)
-    assert first == tmp_path / "models" / "sft" and first.is_dir() and not any(first.iterdir())
-    (first / "checkpoint-5").mkdir()
-    second = training_dir(context, home, "sft", resume=False)
-    assert second == first and not any(second.iterdir())
-    assert (tmp_path / "models" / "sft.previous" / "checkpoint-5").is_dir()
+    with dg.instance_for_test() as instance:
+        first = training_dir(_run(instance, "run-a"), home, "sft",
+                             resume=False)
+        assert first == tmp_path / "models" / "sft" / "run-a"
+        (first / "checkpoint-5").mkdir()
+        (first / "checkpoint-5" / "trainer_state.json").write_text("{}")
+        home.seal(_run(instance, "run-a"), first)
 
-    (second / "checkpoint-7").mkdir()
-    kept = training_dir(context, home, "sft", resume=True)  # after a kill: continue where it stopped
-    assert (kept / "checkpoint-7").is_dir()
-    assert (tmp_path / "models" / "sft.previous" / "checkpoint-5").is_dir()
+        second = training_dir(_run(instance, "run-b"), home, "sft",
+                              resume=False)
+        assert second == tmp_path / "models" / "sft" / "run-b" and (first / "checkpoint-5").is_dir()
+        (second / "checkpoint-7").mkdir()
+        (second / "checkpoint-7" / "trainer_state.json").write_text("{}")  # then run-b is killed
 
-    training_dir(context, home, "sft", resume=False)  # only the latest earlier run is kept
-    assert [p.name for p in (tmp_path / "models" / "sft.previous").iterdir()] == ["checkpoint-7"]
+        resumed = training_dir(_run(instance, "run-c"), home, "sft",
+                               resume=True)
+        assert resumed == second  # continue where the killed run stopped, not a fresh folder
+        assert (tmp_path / "models" / "sft" / "latest").resolve() == first  # the last good one is still named
+
+
+def test_resume_without_any_checkpoint_starts_a_new_run(tmp_path: Path) -> None:
+    home = PipelineHome(home=str(tmp_path))
+    with dg.instance_for_test() as instance:
+        folder = training_dir(_run(instance, "run-z"), home, "grpo",
+                              resume=True)
+    assert folder == tmp_path / "models" / "grpo" / "run-z" and folder.is_dir()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ("{max_steps: 3}", "not valid JSON"),
+    ("[1, 2]", "must be a JSON object"),
+    (json.dumps({"max_stepz": 3}), "unknown SFTRunConfig keys"),
+    (json.dumps({"max_steps": "many"}), "max_steps"),
+    (json.dumps({"output_dir": "/elsewhere"}), "set from the asset's inputs"),
+])
+def test_bad_overrides_fail_by_name_before_any_folder_moves(overrides: str, message: str) -> None:
+    with pytest.raises(dg.Failure, match=message):
+        run_overrides(overrides, False, SFTRunConfig)
+
+
+def test_good_overrides_pass_and_resume_is_added() -> None:
+    assert run_overrides(json.dumps({"max_steps": 2, "learning_rate": 1}), True, GRPORunConfig) == \
+        {"max_steps": 2, "learning_rate": 1, "resume": True}

@@ -15,12 +15,13 @@ from skinr1_pipeline.knowledge.label_maps import LabelMap
 from skinr1_pipeline.knowledge.taxonomy import Taxonomy
 from skinr1_pipeline.progress import LogProgress
 from skinr1_pipeline.settings import Settings
+from skinr1_pipeline.storage.atomic import write_parquet
 from skinr1_pipeline.tracking.mlflow_runs import log_dataframe_input
 
 
 class DemoDataConfig(dg.Config):
-    seed: int = 0
-    images_per_class: int = 24
+    seed: int | None = None  # None: the settings' demo_seed (SKINR1_DEMO_SEED or the config file)
+    images_per_class: int | None = None  # None: the settings' demo_images_per_class
     include_broken_files: bool = True
 
 
@@ -29,7 +30,7 @@ class IngestConfig(dg.Config):
 
 
 class SplitConfig(dg.Config):
-    seed: int = 42
+    seed: int | None = None  # None: the settings' split_seed (the config file's split_seed, default 42)
     train: float = 0.6
     valid: float = 0.2
     test: float = 0.2
@@ -51,8 +52,9 @@ def build_data_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition], li
             start = time.perf_counter()
             manifest = generate_demo_data(
                 home.path("demo_sources", mkdir=True),
-                seed=config.seed,
-                n_per_class=config.images_per_class,
+                seed=settings.demo_seed if config.seed is None else config.seed,
+                n_per_class=(settings.demo_images_per_class if config.images_per_class is None
+                             else config.images_per_class),
                 include_broken=config.include_broken_files,
             ).to_dict()
             rows = [{"dataset": d, "label": label, "images": n} for d, counts in manifest["class_counts"].items() for label, n in counts.items()]
@@ -98,9 +100,10 @@ def build_data_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition], li
             progress=LogProgress(f"{dataset} image checks", context.log.info, unit="img"),
         )
         seconds = time.perf_counter() - start
-        export = home.path("outputs", "raw_datasets", dataset, "samples.parquet")
-        _export(result.samples, export)
-        _export(result.quarantine, export.with_name("quarantine.parquet"))
+        folder = home.run_dir(context, "outputs", "raw_datasets")
+        export = write_parquet(result.samples, folder / "samples.parquet")
+        write_parquet(result.quarantine, folder / "quarantine.parquet")
+        home.seal(context, folder)
         with mlflow.asset_run(context, params={"dataset": dataset, "root": str(root)}):
             import mlflow as mlf
 
@@ -147,11 +150,14 @@ def build_data_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition], li
         frames = [raw_datasets[name].samples for name in sorted(raw_datasets)]
         combined = pd.concat([f.astype(object) for f in frames], ignore_index=True).infer_objects()
         dedup = deduplicate(combined, taxonomy_graph, dataset_priority=list(settings.datasets))
-        policy = SplitPolicy(seed=config.seed, ratios=(config.train, config.valid, config.test), valid_from_train=config.valid_from_train)
+        seed = settings.split_seed if config.seed is None else config.seed
+        policy = SplitPolicy(seed=seed, ratios=(config.train, config.valid, config.test),
+                             valid_from_train=config.valid_from_train)
         samples = assign_splits(dedup.samples, policy)
-        export = home.path("outputs", "unified_samples.parquet")
-        _export(samples, export)
-        _export(dedup.duplicates, export.with_name("duplicates.parquet"))
+        folder = home.run_dir(context, "outputs", "unified_samples")
+        export = write_parquet(samples, folder / "unified_samples.parquet")
+        write_parquet(dedup.duplicates, folder / "duplicates.parquet")
+        home.seal(context, folder)
         with mlflow.asset_run(context, params={"split_seed": policy.seed, "ratios": list(policy.ratios)}):
             import mlflow as mlf
 
@@ -211,9 +217,3 @@ def build_data_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition], li
 
     assets += [raw_datasets, unified_samples]
     return assets, [no_split_leakage, splits_populated, near_duplicates_across_splits], partitions
-
-
-def _export(frame: pd.DataFrame, path) -> None:
-    """Write a Parquet copy for people and other tools; Dagster's own storage keeps the typed object."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_parquet(path, index=False)

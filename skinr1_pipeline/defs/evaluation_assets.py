@@ -2,28 +2,30 @@
 report, and the registry gate that promotes the GRPO adapter only when it beats the current champion."""
 
 from dataclasses import asdict
+from pathlib import Path
 from typing import Literal
 
 import dagster as dg
 import pandas as pd
-import yaml
 from pydantic import Field
 
 from skinr1_pipeline.defs.compute import Compute, ComputeStep
 from skinr1_pipeline.defs.metadata import markdown_table, md, raw_value
 from skinr1_pipeline.defs.resources import MlflowTracking, PipelineHome
-from skinr1_pipeline.defs.training_assets import GPU_POOL, grpo_config, train_and_gate, training_dir
+from skinr1_pipeline.defs.training_assets import GPU_POOL, grpo_config, run_overrides, train_and_gate, training_dir
 from skinr1_pipeline.evaluation.cli import AnswerConfig
 from skinr1_pipeline.evaluation.suites import SUITES
 from skinr1_pipeline.knowledge.ddx import DDxGraph
 from skinr1_pipeline.knowledge.taxonomy import Taxonomy
 from skinr1_pipeline.settings import Settings
+from skinr1_pipeline.storage.atomic import write_csv, write_parquet, write_yaml
 
 VARIANTS = ("base", "sft", "rl_only", "sft_grpo")
 ANSWERS_CLI = "skinr1_pipeline.evaluation.cli"
 REGISTERED_MODEL = "skinr1-grpo"
 HEADLINE_SUITE = "in_domain"  # the suite the champion gate reads
 MIN_ITEMS_TO_TEST = 20  # set-first suites smaller than this are listed by the blind-guessing check, not tested
+CONTAMINATION_FLAGS = "contamination_flags.parquet"  # beside eval_suites' items
 
 
 class SuitesConfig(dg.Config):
@@ -58,8 +60,8 @@ class VariantEvalConfig(dg.Config):
 
 class RLOnlyConfig(dg.Config):
     overrides: str = Field(default="{}", description="JSON object of GRPORunConfig fields over the profile preset")
-    resume: bool = Field(default=False, description="continue the checkpoints left in models/rl_only instead of a "
-                         "new run; false moves them to rl_only.previous")
+    resume: bool = Field(default=False, description="continue the newest run folder under models/rl_only that holds a "
+                         "checkpoint instead of starting a new run in a new folder")
 
 
 class RegistryConfig(dg.Config):
@@ -75,11 +77,15 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
     def rl_only_checkpoint(context: dg.AssetExecutionContext, config: RLOnlyConfig, home: PipelineHome,
                            mlflow: MlflowTracking, compute: Compute, base_model: str, rl_mcq_dataset: str) -> dict:
         """The RL-only ablation: GRPO from the base model with a fresh LoRA, no SFT."""
+        from skinr1_pipeline.training.grpo import GRPORunConfig
+
+        overrides = run_overrides(config.overrides, config.resume, GRPORunConfig)
         out_dir = training_dir(context, home, "rl_only", resume=config.resume)
-        cfg = grpo_config(demo, base_model, None, rl_mcq_dataset, out_dir, config.overrides, resume=config.resume)
+        cfg = grpo_config(demo, base_model, None, rl_mcq_dataset, out_dir, overrides)
         reported, adapter_dir, _, run_id = train_and_gate(
             context, compute, mlflow, settings, step="grpo", cfg=cfg, out_dir=out_dir, artifact="rl_only_adapter",
             gate=None)
+        home.seal(context, out_dir)
         return dg.MaterializeResult(
             metadata={k: v for k, v in reported.items() if k not in ("reward_history", "metrics")},
             value={"adapter_dir": adapter_dir, "run_id": run_id})
@@ -117,13 +123,13 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
         distance, calibration = calibrated_distance(config.near_duplicate_distance, train, seed=config.seed)
         report = check_contamination(items, trained_on, near_duplicate_distance=distance)
         clean = report.clean(items)
-        out = home.dir("outputs", "evaluation")
+        out = home.run_dir(context, "outputs", "eval_suites")
         controls = image_controls(clean, suites=config.control_suites, seed=config.seed,
                                   blank_image=str(write_blank_image(out / "blank_control.png")))
         answered = pd.concat([clean, controls], ignore_index=True) if len(controls) else clean
-        path = out / "suite_items.parquet"
-        answered.to_parquet(path, index=False)
-        report.flags.to_parquet(path.with_name("contamination_flags.parquet"), index=False)
+        path = write_parquet(answered, out / "suite_items.parquet")
+        write_parquet(report.flags, out / CONTAMINATION_FLAGS)
+        home.seal(context, out)
         per_suite = (answered.groupby(["suite", "construction", "condition"], dropna=False).size().rename("items")
                      .reset_index())
         context.add_output_metadata({
@@ -183,14 +189,13 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
         variant = context.partition_key
         adapter = {"base": None, "sft": sft_checkpoint["adapter_dir"], "rl_only": rl_only_checkpoint["adapter_dir"],
                    "sft_grpo": grpo_checkpoint["adapter_dir"]}[variant]
-        out = home.dir("outputs", "evaluation", variant)
+        out = home.run_dir(context, "outputs", "variant_evaluations")
         answers = AnswerConfig(
             items_path=eval_suites, model_dir=base_model, adapter_dir=adapter, output_path=str(out / "answers.parquet"),
             runner=config.runner, lora_mode=config.vllm_lora_mode, max_new_tokens=config.max_new_tokens,
             batch_size=config.batch_size, max_pixels=sft_checkpoint["max_pixels"], calibration=config.calibration,
             answer_likelihood=config.answer_likelihood, tensor_parallel_size=config.vllm_tensor_parallel_size)
-        config_path = out / "answers_config.yaml"
-        config_path.write_text(yaml.safe_dump(asdict(answers), sort_keys=False))
+        config_path = write_yaml(out / "answers_config.yaml", asdict(answers))
         # The model answers where it runs (compute); scoring needs no model and stays here.
         reported = compute.run(context, ComputeStep(module=ANSWERS_CLI, args=["--config", str(config_path)],
                                                     workdir=out))
@@ -200,7 +205,8 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
         seconds = float(raw_value(reported.get("generation_seconds")))
         scored = score_predictions(items, completions, taxonomy=taxonomy_graph)
         scored["completion"] = completions
-        scored.to_parquet(out / "scored.parquet", index=False)
+        write_parquet(scored, out / "scored.parquet")
+        home.seal(context, out)
         real = scored[scored["condition"] == "real"]
         by_suite = {suite: frame.reset_index(drop=True) for suite, frame in real.groupby("suite")}
         summary = variant_summary(by_suite)
@@ -244,7 +250,7 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
 
     @dg.asset(group_name="evaluation", code_version="3", kinds={"pandas"})
     def ablation_table(context: dg.AssetExecutionContext, home: PipelineHome, variant_evaluations: dict[str, dict],
-                       eval_suites: str, taxonomy_graph: Taxonomy, ddx_graph: DDxGraph) -> pd.DataFrame:
+                       eval_suites: str, taxonomy_graph: Taxonomy, ddx_graph: DDxGraph) -> dict:
         """The paper's ablation table (base vs SFT-only vs RL-only vs SFT+GRPO on every suite, 95% intervals), read
         against the best image-blind guesser and each variant's shuffled-image control, with the paper's claims
         tested on paired items (exact McNemar, Holm-adjusted)."""
@@ -252,25 +258,26 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
         from skinr1_pipeline.evaluation.comparison import ablation_table as build_table
         from skinr1_pipeline.evaluation.comparison import likelihood_table, paired_claims, paper_shape, versus_blind
 
-        out = home.dir("outputs", "evaluation")
+        out = home.run_dir(context, "outputs", "ablation_table")
         summaries = {v: e["summary"] for v, e in variant_evaluations.items()}
         table = build_table(summaries)
-        table.to_csv(out / "ablation_table.csv")
+        write_csv(table, out / "ablation_table.csv")
         likelihood = likelihood_table(summaries)
-        likelihood.to_csv(out / "answer_likelihood_table.csv")
+        write_csv(likelihood, out / "answer_likelihood_table.csv")
         items = pd.read_parquet(eval_suites)
         real_items = items[items["condition"] == "real"]
         hits = blind_hits(real_items, taxonomy_graph, ddx_graph)
         baselines = summarize_hits(hits)
-        baselines.to_csv(out / "image_blind_baselines.csv", index=False)
+        write_csv(baselines, out / "image_blind_baselines.csv", index=False)
         scored = {v: pd.read_parquet(e["scored_path"]) for v, e in variant_evaluations.items()}
         blind = versus_blind(scored, hits)
-        blind.to_csv(out / "versus_blind.csv", index=False)
+        write_csv(blind, out / "versus_blind.csv", index=False)
         claims = paired_claims(scored)
-        claims.to_csv(out / "paired_claims.csv", index=False)
+        write_csv(claims, out / "paired_claims.csv", index=False)
         uses_image = pd.DataFrame([{"variant": v, **u} for v, e in variant_evaluations.items()
                                    for u in e.get("image_use", [])])
-        uses_image.to_csv(out / "image_use.csv", index=False)
+        write_csv(uses_image, out / "image_use.csv", index=False)
+        home.seal(context, out)
         shape = paper_shape(claims)
         display = table[[c for c in table.columns if not c.endswith(("_acc", "_ci_low", "_ci_high", "_n", "_format_ok",
                                                                       "_credit"))]]
@@ -280,12 +287,14 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
                                      "versus_blind": md(markdown_table(blind.round(3))),
                                      "image_use": md(markdown_table(uses_image.round(3))),
                                      "paired_claims": md(markdown_table(claims.round(4))),
-                                     "paper_shape": shape["verdict"]})
-        return table
+                                     "paper_shape": shape["verdict"],
+                                     "folder": dg.MetadataValue.path(str(out))})
+        # The folder travels with the table: the report reads the side tables this run wrote, not a fixed path.
+        return {"table": table, "dir": str(out)}
 
     @dg.asset(group_name="evaluation", code_version="3", kinds={"mlflow", "html"})
     def evaluation_reports(context: dg.AssetExecutionContext, config: RegistryConfig, home: PipelineHome,
-                           mlflow: MlflowTracking, ablation_table: pd.DataFrame, variant_evaluations: dict[str, dict],
+                           mlflow: MlflowTracking, ablation_table: dict, variant_evaluations: dict[str, dict],
                            base_model: str, grpo_checkpoint: dict, eval_suites: str) -> dict:
         """A report a clinician-researcher reads (Markdown + self-contained HTML with figures), logged to MLflow;
         the SFT+GRPO adapter logged as a pyfunc model and registered with alias `candidate`, tagged with whether it
@@ -298,14 +307,15 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
         summaries = {v: e["summary"] for v, e in variant_evaluations.items()}
         run_ids = _training_run_ids(settings, context)
         curves = read_curves(settings.mlflow_tracking_uri, run_ids) if run_ids else None
-        evaluation = home.dir("outputs", "evaluation")
-        flags = pd.read_parquet(evaluation / "contamination_flags.parquet")
-        # Written by ablation_table from the same variant evaluations.
-        baselines, blind, claims, uses_image = (_read_csv(evaluation / f"{name}.csv") for name in (
+        flags = pd.read_parquet(Path(eval_suites).with_name(CONTAMINATION_FLAGS))
+        # Written by ablation_table from the same variant evaluations, in the folder its value names.
+        table, tables_dir = ablation_table["table"], Path(ablation_table["dir"])
+        baselines, blind, claims, uses_image = (_read_csv(tables_dir / f"{name}.csv") for name in (
             "image_blind_baselines", "versus_blind", "paired_claims", "image_use"))
+        out = home.run_dir(context, "outputs", "evaluation_reports")
         caveats = ["Demo profile: a ~1M-parameter Qwen2.5-VL with random initial weights trained for minutes on "
                    "generated images; the numbers show the pipeline works, not clinical performance."] if demo else []
-        files = write_report(evaluation / "report", table=ablation_table, summaries=summaries, scored=scored,
+        files = write_report(out / "report", table=table, summaries=summaries, scored=scored,
                              curves=curves, contamination=flags, caveats=caveats, baselines=baselines,
                              versus_blind=blind, claims=claims, image_use=uses_image)
         evidence = promotion_evidence(blind, uses_image, variant="sft_grpo", suite=HEADLINE_SUITE)
@@ -317,7 +327,7 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
 
                 mlf.log_artifact(str(files.html), "report")
                 mlf.log_artifact(str(files.markdown), "report")
-                mlf.log_table(ablation_table.reset_index(), "ablation_table.json")
+                mlf.log_table(table.reset_index(), "ablation_table.json")
                 for name, frame in (("image_blind_baselines", baselines), ("versus_blind", blind),
                                     ("paired_claims", claims), ("image_use", uses_image)):
                     if len(frame):
@@ -326,6 +336,7 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
                 if config.register_candidate and in_domain is not None:
                     result.update(_register(grpo_checkpoint["adapter_dir"], base_model, eval_suites,
                                             {"in_domain_accuracy": in_domain, **evidence}))
+        home.seal(context, out)
         context.add_output_metadata({
             "report_html": dg.MetadataValue.path(str(files.html)),
             "report": md(files.markdown.read_text("utf-8")[:60000]),

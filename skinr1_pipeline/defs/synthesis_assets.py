@@ -3,7 +3,7 @@
 import json
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import dagster as dg
 import pandas as pd
@@ -18,6 +18,7 @@ from skinr1_pipeline.knowledge.knowledge_base import KnowledgeBase, load_knowled
 from skinr1_pipeline.knowledge.taxonomy import Taxonomy
 from skinr1_pipeline.progress import LogProgress
 from skinr1_pipeline.settings import Settings, TeacherSettings
+from skinr1_pipeline.storage.atomic import write_parquet
 from skinr1_pipeline.synthesis.trajectories import TYPES
 
 
@@ -47,6 +48,33 @@ class SynthesisConfig(dg.Config):
     style: Literal["", "full", "compact"] = Field(
         default="", description="full | compact; '' = compact on the demo profile (short rationales a tiny model can "
         "learn in CPU minutes), full on gpu")
+    # openai teacher transport. The key is a StringSource: give it in run config as {"env": "SKINR1_TEACHER_API_KEY"}
+    # so Dagster reads the variable at run time and stores only its name; it never reaches MLflow or metadata.
+    api_key: str = Field(default="", repr=False, description="openai: bearer token; set it as "
+                         "{env: SKINR1_TEACHER_API_KEY} (a literal would be stored with the run's config). Refused "
+                         "over plain http unless base_url is loopback")
+    concurrency: int = Field(default=8, ge=1, le=256, description="openai: requests in flight")
+    timeout: float = Field(default=120.0, gt=0, description="openai: total seconds per HTTP attempt (connect to "
+                           "last body byte), not per socket read")
+    max_retries: int = Field(default=5, ge=0, le=20, description="openai: retries of a timeout, connection error, "
+                             "5xx or 429 (backoff with jitter)")
+    max_response_bytes: int = Field(default=8 * 2**20, ge=1024, description="openai: larger replies fail as "
+                                    "too_large")
+    max_consecutive_failures: int = Field(default=8, ge=1, description="openai: stop the run (TeacherUnavailable) "
+                                          "after this many requests in a row spent all retries")
+    extra_body: dict[str, Any] = Field(default_factory=dict, description="openai: merged into every request body, "
+                                       "e.g. {top_k: 20} or {chat_template_kwargs: {enable_thinking: false}} for "
+                                       "vLLM; may not set model, messages, stream or seed")
+
+    @field_validator("extra_body")
+    @classmethod
+    def _free_body_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from skinr1_pipeline.synthesis.http_generator import RESERVED_BODY_KEYS
+
+        taken = sorted(RESERVED_BODY_KEYS & set(value))
+        if taken:
+            raise ValueError(f"extra_body: {taken} not allowed (the generator sets them); any other key is sent")
+        return value
 
     @field_validator("types")
     @classmethod
@@ -76,11 +104,11 @@ def teacher_choice(config: SynthesisConfig, teacher: TeacherSettings) -> Teacher
                            api_model=config.api_model or (teacher.api_model if same else ""))
 
 
-def _generator(teacher: TeacherSettings, seed: int, progress_dir: Path):
+def _generator(teacher: TeacherSettings, config: SynthesisConfig, progress_dir: Path):
     if teacher.generator == "template":
         from skinr1_pipeline.synthesis.generators import TemplateGenerator
 
-        return TemplateGenerator(seed=seed)
+        return TemplateGenerator(seed=config.seed)
     if teacher.generator == "vllm":
         if not teacher.model_dir:
             raise dg.Failure("synthesis generator=vllm needs teacher_model_dir (a local model directory)")
@@ -91,8 +119,24 @@ def _generator(teacher: TeacherSettings, seed: int, progress_dir: Path):
         raise dg.Failure("synthesis generator=openai needs base_url and api_model")
     from skinr1_pipeline.synthesis.http_generator import OpenAICompatibleGenerator
 
-    return OpenAICompatibleGenerator(teacher.base_url, teacher.api_model,
-                                     progress_path=progress_dir / "http_progress.jsonl")
+    try:
+        return OpenAICompatibleGenerator(
+            teacher.base_url, teacher.api_model, api_key=config.api_key or None, timeout=config.timeout,
+            max_retries=config.max_retries, concurrency=config.concurrency, extra_body=config.extra_body,
+            max_response_bytes=config.max_response_bytes, max_consecutive_failures=config.max_consecutive_failures,
+            progress_path=progress_dir / "http_progress.jsonl")
+    except ValueError as exc:  # plain-http key, credentials in the URL, a bad URL: messages carry no secret
+        raise dg.Failure(f"synthesis generator=openai: {exc}") from None
+
+
+def config_params(config: SynthesisConfig) -> dict[str, Any]:
+    """The config as MLflow params: the key only as set/unset, base_url without credentials or query values."""
+    from skinr1_pipeline.synthesis.http_generator import redact_url
+
+    params = config.model_dump(exclude={"api_key"})
+    params["api_key_set"] = bool(config.api_key)
+    params["base_url"] = redact_url(config.base_url) if config.base_url else ""
+    return params
 
 
 def _demo_features(settings: Settings) -> dict[str, dict] | None:
@@ -131,10 +175,13 @@ def build_synthesis_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition
         """Verified `<thinking>`/`<diagnosis>` trajectories (a Hugging Face dataset on disk) for LoRA SFT."""
         from datasets import Dataset
 
+        from skinr1_pipeline.synthesis.http_generator import TeacherUnavailable, redact_url
         from skinr1_pipeline.synthesis.pipeline import synthesize
         from skinr1_pipeline.synthesis.trajectories import SamplingParams
 
-        out_dir = home.dir("outputs", "skin_rationale")
+        out_dir = home.run_dir(context, "outputs", "skin_rationale_trajectories")
+        # The teacher's resume cache outlives a run (a rerun after a crash must find it); it is keyed per request.
+        cache_dir = home.dir("outputs", "skin_rationale_trajectories", "teacher_cache")
         corpus = None
         if config.corpus_dir:
             from skinr1_pipeline.knowledge.corpus import Corpus
@@ -142,7 +189,7 @@ def build_synthesis_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition
             corpus = Corpus.from_dir(config.corpus_dir)
         samples = training_rows(unified_samples, settings.ood_modalities, settings.ood_sources)
         teacher = teacher_choice(config, settings.teacher)
-        generator = _generator(teacher, config.seed, out_dir)
+        generator = _generator(teacher, config, cache_dir)
         start = time.perf_counter()
         try:
             result = synthesize(
@@ -153,23 +200,30 @@ def build_synthesis_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition
                 style=config.style or ("compact" if settings.profile == "demo" else "full"),
                 progress=LogProgress("rationales generated", context.log.info, unit="traj"),
             )
+        except TeacherUnavailable as exc:  # circuit breaker: answers so far stay in the cache for the rerun
+            raise dg.Failure(description=str(exc), metadata={"consecutive_failures": exc.consecutive}) from None
         finally:
             if hasattr(generator, "close"):
                 generator.close()  # a vLLM engine holds memory and worker processes
         seconds = time.perf_counter() - start
         trajectories, rejections = result.trajectories, result.rejections
         if trajectories.empty:
-            raise dg.Failure(f"no trajectory passed verification; rejections: {result.counts['rejections']}")
+            raise dg.Failure(f"no trajectory passed verification; rejections: {result.counts['rejections']}; "
+                             f"generation failures: {result.counts['transport_failures']}")
         dataset_path = out_dir / "trajectories.parquet"
-        Dataset.from_pandas(trajectories, preserve_index=False).to_parquet(str(dataset_path))
-        rejections.to_parquet(out_dir / "rejections.parquet", index=False)
-        with mlflow.asset_run(context, params={**config.model_dump(), "samples": len(samples),
+        write_parquet(Dataset.from_pandas(trajectories, preserve_index=False), dataset_path)
+        write_parquet(rejections, out_dir / "rejections.parquet")
+        home.seal(context, out_dir)
+        counts = result.counts
+        with mlflow.asset_run(context, params={**config_params(config), "samples": len(samples),
                                                "teacher_generator": teacher.generator}):
             import mlflow as mlf
 
             from skinr1_pipeline.tracking.mlflow_runs import log_dataframe_input
 
-            mlf.log_metrics({"accepted": len(trajectories), "rejected": len(rejections), "seconds": seconds})
+            mlf.log_metrics({"accepted": len(trajectories), "rejected": counts["rejected"], "seconds": seconds,
+                             "transport_failed": counts["transport_failed"],
+                             **{f"transport_failures/{k}": v for k, v in counts["transport_failures"].items()}})
             log_dataframe_input(trajectories.drop(columns=["completion"]), "skin_rationale_trajectories", str(dataset_path), "sft")
             mlf.log_dict(result.counts, "synthesis_counts.json")
         per_type = pd.DataFrame(result.counts["per_type"]).T.reset_index(names="trajectory_type")
@@ -178,21 +232,24 @@ def build_synthesis_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition
             f"**{r.trajectory_type}** ({r.question_form}, {r.taxonomy_node})\n\n> {r.prompt.splitlines()[0]}\n\n```\n{r.completion}\n```"
             for r in examples.itertuples()
         )
-        reasons = rejections.groupby(["reason"]).size().rename("count").reset_index() if len(rejections) else pd.DataFrame()
         context.add_output_metadata({
             "dataset_path": dg.MetadataValue.path(str(dataset_path)),
             "accepted": len(trajectories),
-            "rejected": len(rejections),
-            "acceptance_rate": round(len(trajectories) / max(1, len(trajectories) + len(rejections)), 4),
+            "rejected": counts["rejected"],  # by the verifier
+            "transport_failed": counts["transport_failed"],  # no usable text from the generator (see the table)
+            "acceptance_rate": round(len(trajectories) / max(1, counts["requests"]), 4),
             "trajectories_per_second": round(result.counts["requests"] / max(seconds, 1e-9), 1),
             "per_type": md(markdown_table(per_type)),
             "per_class": md(counts_table(result.counts["per_class"], "taxonomy_node", "trajectories")),
             "per_question_form": md(counts_table(result.counts["per_question_form"], "form", "trajectories")),
-            "rejections_by_reason": md(markdown_table(reasons)),
+            "rejections_by_reason": md(counts_table(counts["rejections"], "reason")),
+            "transport_failures": md(counts_table(counts["transport_failures"], "kind")),
+            "generator_stats": md(counts_table(counts.get("generator_stats", {}), "event")),
             "skipped_not_applicable": md(counts_table(result.counts["skipped"], "reason")),
             "examples": md(rendered),
             "generator": teacher.generator,
             "teacher": teacher.model_dir or teacher.api_model or "knowledge-grounded template",
+            **({"teacher_endpoint": redact_url(teacher.base_url)} if teacher.generator == "openai" else {}),
         })
         return str(dataset_path)
 

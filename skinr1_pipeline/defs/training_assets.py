@@ -4,7 +4,6 @@ so the same entry points serve one CPU, eight GPUs and a cluster."""
 
 import json
 import math
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -12,7 +11,6 @@ from typing import Any, Literal
 
 import dagster as dg
 import pandas as pd
-import yaml
 from pydantic import Field
 
 from skinr1_pipeline.data.holdout import training_rows
@@ -22,6 +20,7 @@ from skinr1_pipeline.defs.resources import MlflowTracking, PipelineHome
 from skinr1_pipeline.knowledge.ddx import DDxGraph
 from skinr1_pipeline.knowledge.taxonomy import Taxonomy
 from skinr1_pipeline.settings import Settings
+from skinr1_pipeline.storage.atomic import write_json, write_parquet, write_yaml
 from skinr1_pipeline.training.cli import GateConfig
 
 GPU_POOL = "gpu"
@@ -45,8 +44,8 @@ class SFTAssetConfig(dg.Config):
                                    "brings; 0 = the trajectories alone")
     max_new_tokens: int = 512
     format_floor: float = Field(default=0.95, description="share of held-out generations that must parse")
-    resume: bool = Field(default=False, description="continue the checkpoints left in this asset's model folder (after "
-                         "a crash or kill) instead of starting a new run; false moves them to <folder>.previous")
+    resume: bool = Field(default=False, description="continue the newest run folder of this asset that holds a "
+                         "checkpoint (after a crash or kill) instead of starting a new run in a new folder")
 
 
 class RLDataConfig(dg.Config):
@@ -64,31 +63,50 @@ class GRPOAssetConfig(dg.Config):
     gate_items: int = 48
     max_new_tokens: int = 512
     accuracy_margin: float = Field(default=0.05, description="GRPO may trail SFT held-out accuracy by at most this")
-    resume: bool = Field(default=False, description="continue the checkpoints left in this asset's model folder (after "
-                         "a crash or kill) instead of starting a new run; false moves them to <folder>.previous")
+    resume: bool = Field(default=False, description="continue the newest run folder of this asset that holds a "
+                         "checkpoint (after a crash or kill) instead of starting a new run in a new folder")
 
 
 def training_dir(context: dg.AssetExecutionContext, home: PipelineHome, name: str, *, resume: bool) -> Path:
-    """The folder a training asset writes: a new materialization is a new run unless `resume` is set.
+    """The folder a training asset writes: this run's own `models/<name>/<run id>/`, or with `resume` the most
+    recent run folder holding a checkpoint (the killed run to continue).
 
     Why: the trainers resume from (SFT) or refuse (GRPO) checkpoints they find, which is right for a killed run but
-    wrong when the base model or data changed since; re-materializing must not continue a stale run. The previous
-    run is kept once as `<name>.previous`, never silently deleted.
+    wrong when the base model or data changed since; a new materialization never continues a stale run, and it
+    never touches the folder of the last good one (older folders go by `home.keep_runs`).
     """
-    out = home.path("models", name)
-    if not resume and out.is_dir() and any(out.iterdir()):
-        previous = out.with_name(f"{name}.previous")
-        if previous.exists():
-            shutil.rmtree(previous)
-        out.rename(previous)
-        context.log.info(f"{out} held an earlier run: moved to {previous} (resume=true continues it instead)")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    from skinr1_pipeline.storage.run_folders import newest_with
+    from skinr1_pipeline.training.config import newest_checkpoint
+
+    parent = home.run_parent(context, "models", name)
+    if resume:
+        found = newest_with(parent, lambda folder: newest_checkpoint(folder) is not None)
+        if found is not None:
+            context.log.info(f"resume=true: continuing the checkpoints in {found}")
+            return found
+        context.log.info(f"resume=true but no run folder under {parent} holds a checkpoint: starting a new run")
+    return home.run_dir(context, "models", name)
 
 
-def run_overrides(overrides_json: str, resume: bool) -> dict[str, Any]:
-    """The asset config's JSON overrides of the run config, plus `resume` when the asset asks to continue a run."""
-    return {**json.loads(overrides_json), **({"resume": True} if resume else {})}
+def run_overrides(overrides_json: str, resume: bool, run_config: type) -> dict[str, Any]:
+    """The asset config's JSON overrides of `run_config` (plus `resume` when the asset asks to continue a run),
+    checked for JSON, key and type before any folder is created, so a typo costs nothing."""
+    from skinr1_pipeline.training.config import ConfigError, check_overrides
+
+    try:
+        overrides = json.loads(overrides_json)
+    except json.JSONDecodeError as exc:
+        raise dg.Failure(f"config.overrides is not valid JSON ({exc}): {overrides_json[:200]!r}") from exc
+    if not isinstance(overrides, dict):
+        raise dg.Failure(f"config.overrides must be a JSON object of {run_config.__name__} fields, got "
+                         f"{type(overrides).__name__}")
+    overrides = {**overrides, **({"resume": True} if resume else {})}
+    try:
+        check_overrides(run_config, overrides, set_by_asset=("model_dir", "adapter_dir", "items_path", "train_path",
+                                                              "output_dir"))
+    except ConfigError as exc:
+        raise dg.Failure(f"config.overrides: {exc}") from exc
+    return overrides
 
 
 BLIND_REWARD_FILE = "blind_policy_reward.json"
@@ -109,12 +127,10 @@ def train_and_gate(context: dg.AssetExecutionContext, compute: Compute, mlflow: 
     from skinr1_pipeline.training.config import to_mapping
 
     cfg.report_to = ["mlflow"] if mlflow.enabled else []
-    config_path = out_dir / "run_config.yaml"
-    config_path.write_text(yaml.safe_dump(to_mapping(cfg), sort_keys=False))
+    config_path = write_yaml(out_dir / "run_config.yaml", to_mapping(cfg))
     args = [step, "--config", str(config_path)]
     if gate is not None:
-        gate_path = out_dir / "gate_config.yaml"
-        gate_path.write_text(yaml.safe_dump(asdict(gate), sort_keys=False))
+        gate_path = write_yaml(out_dir / "gate_config.yaml", asdict(gate))
         args += ["--gate", str(gate_path)]
     with mlflow.asset_run(context) as run:
         env = {} if run is None else {"MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
@@ -145,12 +161,11 @@ def heldout_gate(items_path: str, model_dir: str, limit: int, max_new_tokens: in
 
 
 def grpo_config(demo: bool, base_model: str, adapter_dir: str | None, items_path: str, out_dir: Path,
-                overrides_json: str, *, resume: bool = False):
-    """Demo preset or the paper defaults, plus the user's JSON overrides; `adapter_dir=None` is RL-only."""
+                overrides: dict[str, Any]):
+    """Demo preset or the paper defaults, plus the user's checked overrides; `adapter_dir=None` is RL-only."""
     from skinr1_pipeline.training.grpo import GRPORunConfig, demo_grpo_config
 
     common = dict(model_dir=base_model, adapter_dir=adapter_dir, items_path=items_path, output_dir=str(out_dir))
-    overrides = run_overrides(overrides_json, resume)
     return demo_grpo_config(**common, **overrides) if demo else GRPORunConfig(**common, **overrides)
 
 
@@ -176,7 +191,7 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
         corpus = [*default_corpus(), *trajectories["prompt"], *trajectories["completion"]]
         for node in taxonomy_graph:
             corpus.append(" ".join([node.name, *node.synonyms]))
-        out_dir = home.dir("models", "base")
+        out_dir = home.run_dir(context, "models", "base")
         start = time.perf_counter()
         build_tiny_model(out_dir, corpus, seed=settings.demo_seed)
         samples = training_rows(unified_samples, settings.ood_modalities, settings.ood_sources)
@@ -197,6 +212,7 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
             context.log.info(f"option drill: {drill['steps']} steps in {drill['seconds']} s, held-out letter "
                              f"accuracy {drill['held_out_accuracy']:.0%} on {drill['held_out_items']} fresh items")
         model_config = validate_model_dir(out_dir)
+        home.seal(context, out_dir)
         size = sum(p.stat().st_size for p in out_dir.rglob("*") if p.is_file())
         context.add_output_metadata({
             "model_dir": dg.MetadataValue.path(str(out_dir)), "model_type": model_config.get("model_type", ""),
@@ -224,11 +240,12 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
                                n_options=config.n_options, hard_negative_fraction=config.hard_negative_fraction,
                                seed=config.seed)
         items = build.items
-        path = home.path("outputs", "rl_mcq", "items.parquet")
-        items.to_parquet(path, index=False)
-        build.dropped.to_parquet(path.with_name("dropped.parquet"), index=False)
+        folder = home.run_dir(context, "outputs", "rl_mcq_dataset")
+        path = write_parquet(items, folder / "items.parquet")
+        write_parquet(build.dropped, folder / "dropped.parquet")
         blind_reward = best_blind_policy_reward(items[items["split"] == "train"], taxonomy_graph, ddx_graph)
-        path.with_name(BLIND_REWARD_FILE).write_text(json.dumps(blind_reward, indent=1, default=float))
+        write_json(folder / BLIND_REWARD_FILE, blind_reward, indent=1, default=float)
+        home.seal(context, folder)
         with mlflow.asset_run(context, params=config.model_dump()):
             import mlflow as mlf
 
@@ -260,8 +277,8 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
         with option-reading drill rows mixed in."""
         from skinr1_pipeline.training.sft import SFTRunConfig, demo_sft_config
 
+        overrides = run_overrides(config.overrides, config.resume, SFTRunConfig)
         out_dir = training_dir(context, home, "sft", resume=config.resume)
-        overrides = run_overrides(config.overrides, config.resume)
         train_path, mixed = skin_rationale_trajectories, {}
         if demo and config.option_drill_rows:
             from skinr1_pipeline.modeling.option_drill import mix_drill_rows
@@ -277,6 +294,7 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
         reported, adapter_dir, gate, _ = train_and_gate(
             context, compute, mlflow, settings, step="sft", cfg=cfg, out_dir=out_dir, artifact="sft_adapter",
             gate=heldout_gate(rl_mcq_dataset, base_model, config.gate_items, config.max_new_tokens, cfg.max_pixels))
+        home.seal(context, out_dir)
         losses = [float(p["loss"]) for p in raw_value(reported.get("train_loss")) or []]
         metadata = {
             **{k: v for k, v in reported.items() if k not in ("train_loss", "eval_loss", "metrics", "gate")},
@@ -310,13 +328,16 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
                         mlflow: MlflowTracking, compute: Compute,
                         base_model: str, sft_checkpoint: dict, rl_mcq_dataset: str) -> dict:
         """GRPO continuing the SFT LoRA adapter, rewarded by format + hierarchical granularity + malignancy."""
+        from skinr1_pipeline.training.grpo import GRPORunConfig
+
+        overrides = run_overrides(config.overrides, config.resume, GRPORunConfig)
         out_dir = training_dir(context, home, "grpo", resume=config.resume)
-        cfg = grpo_config(demo, base_model, sft_checkpoint["adapter_dir"], rl_mcq_dataset, out_dir, config.overrides,
-                          resume=config.resume)
+        cfg = grpo_config(demo, base_model, sft_checkpoint["adapter_dir"], rl_mcq_dataset, out_dir, overrides)
         reported, adapter_dir, gate, _ = train_and_gate(
             context, compute, mlflow, settings, step="grpo", cfg=cfg, out_dir=out_dir, artifact="grpo_adapter",
             gate=heldout_gate(rl_mcq_dataset, base_model, config.gate_items, config.max_new_tokens,
                               sft_checkpoint["max_pixels"]))
+        home.seal(context, out_dir)
         metadata = {
             **{k: v for k, v in reported.items() if k not in ("reward_history", "metrics", "gate")},
             "heldout_parse_rate": gate["parse_rate"], "heldout_accuracy": gate["accuracy"],

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from skinr1_pipeline.storage.atomic import write_parquet
+
 RUNNERS = ("hf", "vllm")
 
 
@@ -80,11 +82,7 @@ def answer(cfg: AnswerConfig, progress: Callable[[int, int], None] | None = None
     finally:
         if hasattr(runner, "engine"):
             runner.engine.close()
-    path = Path(cfg.output_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    out.to_parquet(partial, index=False)
-    os.replace(partial, path)
+    path = write_parquet(out, cfg.output_path)
     lora_mode = getattr(getattr(runner, "engine", None), "lora_mode", "hf")
     return {"answers_path": str(path), "items": len(items), "generation_seconds": round(seconds, 2),
             "runner": cfg.runner, "adapter_served_as": lora_mode}

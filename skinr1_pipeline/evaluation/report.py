@@ -36,6 +36,7 @@ from skinr1_pipeline.evaluation.comparison import (
 )
 from skinr1_pipeline.evaluation.suites import PAPER_SUFFIX
 from skinr1_pipeline.evaluation.metrics import NO_ANSWER, confusion_matrix, grouped_accuracy
+from skinr1_pipeline.storage.atomic import write_bytes, write_text
 
 LOSS_KEYS = ("loss", "train_loss", "train/loss")
 REWARD_PREFIXES = ("rewards/", "reward")
@@ -573,7 +574,7 @@ def write_report(out_dir: str | Path, *, table: pd.DataFrame, summaries: Mapping
             continue
         png = figure_png(fig)
         path = out / "figures" / f"{name}.png"
-        path.write_bytes(png)
+        write_bytes(path, png)
         figures[name] = path
         doc.image(f"figures/{name}.png", png, caption)
     if curves is None:
@@ -597,8 +598,7 @@ def write_report(out_dir: str | Path, *, table: pd.DataFrame, summaries: Mapping
     doc.bullets([*caveats, *_auto_caveats(table, summaries)] or ["none stated"])
 
     md_path, html_path = out / "report.md", out / "report.html"
-    md_path.write_text("\n".join(doc.md), encoding="utf-8")
-    html_path.write_text(
-        f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-        f"<style>{_CSS}</style></head><body>\n" + "\n".join(doc.html) + "\n</body></html>\n", encoding="utf-8")
+    write_text(md_path, "\n".join(doc.md))
+    write_text(html_path, f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}"
+               f"</title><style>{_CSS}</style></head><body>\n" + "\n".join(doc.html) + "\n</body></html>\n")
     return ReportFiles(md_path, html_path, figures)

@@ -424,7 +424,9 @@ def write_blank_image(path: str | Path, size: tuple[int, int] = (224, 224)) -> P
     """A uniform mid-grey RGB PNG: the 'no image' control (a model must still be given some picture)."""
     from PIL import Image
 
+    from skinr1_pipeline.storage.atomic import atomic_path
+
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, (128, 128, 128)).save(out, format="PNG")
+    with atomic_path(out) as tmp:
+        Image.new("RGB", size, (128, 128, 128)).save(tmp, format="PNG")
     return out

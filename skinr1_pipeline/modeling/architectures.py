@@ -9,7 +9,6 @@ and processor (the chat template and special tokens the pipeline relies on) and 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -17,6 +16,7 @@ from typing import Any, Iterable
 import torch
 
 from skinr1_pipeline.modeling.tiny_model import MANIFEST_NAME, SPECIAL_TOKENS, build_processor, default_corpus
+from skinr1_pipeline.storage.atomic import write_json
 
 QWEN2_5_VL_7B_TEXT: dict[str, Any] = dict(
     vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
@@ -120,5 +120,5 @@ def build_random_model(out_dir: str | Path, corpus: Iterable[str] = (), *, archi
     manifest = {"kind": "random_weights", "architecture": architecture, "dtype": str(dtype).removeprefix("torch."),
                 "parameters": sum(p.numel() for p in model.parameters()), "seed": seed,
                 "why": "speed and memory measurements: the shapes of the real model, random weights"}
-    (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_json(out / MANIFEST_NAME, manifest, sort_keys=True)
     return out

@@ -37,6 +37,7 @@ from skinr1_pipeline.modeling.chat import assistant_message, build_messages, ren
 from skinr1_pipeline.modeling.prompt_format import (DEFAULT_MCQ_QUESTION, build_mcq_prompt, format_completion,
                                                     format_mcq_answer, parse_completion)
 from skinr1_pipeline.synthesis.trajectories import impression_line, option_scan_lines
+from skinr1_pipeline.storage.atomic import write_parquet
 from skinr1_pipeline.tasks.mcq import MAX_CORRECT, ineligible_distractors, option_path
 
 
@@ -288,6 +289,5 @@ def mix_drill_rows(trajectories_path: str | Path, out_path: str | Path, train_sa
     paths = train_samples.groupby("taxonomy_node")["image_path"].agg(list).to_dict()
     rows = drill_rows(train_samples["taxonomy_node"], taxonomy, n, seed, paths) if n else trajectories.iloc[:0]
     mixed = pd.concat([trajectories, rows], ignore_index=True).sample(frac=1.0, random_state=seed)
-    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-    mixed.to_parquet(out_path, index=False)
+    write_parquet(mixed, out_path)
     return {"trajectories": len(trajectories), "drill_rows": len(rows)}

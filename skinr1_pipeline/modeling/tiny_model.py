@@ -10,11 +10,12 @@ saved with `save_pretrained` (safetensors) and loads through `model_factory` exa
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Iterable
 
 import torch
+
+from skinr1_pipeline.storage.atomic import write_json
 
 #: Qwen2.5-VL's special tokens; ids follow this order (0..n-1) in the tiny tokenizer.
 SPECIAL_TOKENS = (
@@ -222,5 +223,5 @@ def build_tiny_model(out_dir: Path, corpus: Iterable[str], *, seed: int = 0, voc
         "corpus_sha256": corpus_digest,
         "special_token_ids": {tok: tokenizer.convert_tokens_to_ids(tok) for tok in SPECIAL_TOKENS},
     }
-    (out_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_json(out_dir / MANIFEST_NAME, manifest, sort_keys=True)
     return out_dir

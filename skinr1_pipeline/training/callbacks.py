@@ -23,6 +23,7 @@ import torch
 from transformers import TrainerCallback
 
 from skinr1_pipeline.modeling.prompt_format import prompt_text
+from skinr1_pipeline.storage.atomic import write_parquet
 from skinr1_pipeline.training.rewards import completion_text
 
 logger = logging.getLogger(__name__)
@@ -142,7 +143,7 @@ class CompletionsTableCallback(TrainerCallback):
     def write(self, frame: pd.DataFrame, step: int) -> Path:
         self.dir.mkdir(parents=True, exist_ok=True)
         path = self.dir / f"step_{step:04d}.parquet"
-        frame.to_parquet(path, index=False)
+        write_parquet(frame, path)
         self.tables.append(path)
         _log_table_to_mlflow(frame, f"{COMPLETIONS_DIR}/step_{step:04d}.json")
         return path

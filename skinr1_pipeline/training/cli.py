@@ -27,6 +27,7 @@ from transformers import TrainerCallback
 from skinr1_pipeline.progress import LogProgress
 from skinr1_pipeline.runtime.distributed import current_rank
 from skinr1_pipeline.runtime.launch import FAILURE_DIR_ENV, failure_file
+from skinr1_pipeline.storage.atomic import write_text
 from skinr1_pipeline.training.config import from_mapping, json_default, load_mapping
 
 STEPS = ("sft", "grpo")
@@ -85,8 +86,7 @@ def record_failure(rank: int) -> Path | None:
     if not folder:
         return None
     path = failure_file(folder, rank)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(traceback.format_exc(), encoding="utf-8")
+    write_text(path, traceback.format_exc())
     return path
 
 

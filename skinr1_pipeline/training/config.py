@@ -134,6 +134,22 @@ def from_mapping(cls: type[T], data: Mapping[str, Any]) -> T:
     return cls(**kwargs)
 
 
+def check_overrides(cls: type, overrides: Mapping[str, Any], *, set_by_asset: Sequence[str] = ()) -> None:
+    """Reject override keys `cls` does not have, keys the caller sets itself, and values of the wrong type, before
+    anything runs (the full config is built later, over a profile preset)."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} keys {unknown}; known keys: {sorted(fields)}")
+    owned = sorted(set(overrides) & set(set_by_asset))
+    if owned:
+        raise ConfigError(f"{owned} are set from the asset's inputs and cannot be overridden")
+    hints = typing.get_type_hints(cls)
+    for key, value in overrides.items():
+        if not _matches(_coerce(value, hints[key]), hints[key]):
+            raise ConfigError(f"{cls.__name__}.{key} = {value!r} does not match type {hints[key]}")
+
+
 def json_default(value: Any) -> Any:
     """`json.dumps(default=...)` for run results: non-finite floats as null, numpy/torch scalars as numbers."""
     if isinstance(value, float) and not math.isfinite(value):

@@ -33,6 +33,7 @@ import torch
 
 from skinr1_pipeline.modeling.prompt_format import SYSTEM_PROMPT, prompt_options
 from skinr1_pipeline.runtime.distributed import current_rank
+from skinr1_pipeline.storage.atomic import write_json
 from skinr1_pipeline.training.config import json_default, newest_checkpoint, optimization_args
 from skinr1_pipeline.training.rewards import PAPER_REWARD_WEIGHTS, make_reward_functions
 
@@ -471,7 +472,7 @@ def run_grpo(cfg: GRPORunConfig, *, callbacks: Sequence[Any] = ()) -> GRPOResult
     output_dir.mkdir(parents=True, exist_ok=True)
     main_process = current_rank().is_main  # rank 0 of a multi-process job writes; the others hold the same weights
     if main_process:
-        (output_dir / PARAMS_FILE).write_text(json.dumps(params, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        write_json(output_dir / PARAMS_FILE, params, sort_keys=True)
 
     trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args, train_dataset=dataset,
                           processing_class=processor, peft_config=peft_config,
@@ -502,7 +503,7 @@ def run_grpo(cfg: GRPORunConfig, *, callbacks: Sequence[Any] = ()) -> GRPOResult
         params=params,
     )
     if main_process:
-        (output_dir / RESULT_FILE).write_text(json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8")
+        write_json(output_dir / RESULT_FILE, result.to_json())
     return result
 
 

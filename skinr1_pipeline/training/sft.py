@@ -17,7 +17,6 @@ under Dagster Pipes, or as one rank of a torchrun/accelerate/Ray Train job.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sys
@@ -31,10 +30,12 @@ import torch
 from PIL import Image
 from transformers import TrainerCallback
 
+from skinr1_pipeline.data.image_open import open_rgb
 from skinr1_pipeline.modeling.chat import assistant_message, build_messages
 from skinr1_pipeline.modeling.model_factory import load_model, load_processor, set_pixel_limits
 from skinr1_pipeline.modeling.prompt_format import SYSTEM_PROMPT
 from skinr1_pipeline.runtime.distributed import current_rank, training_device
+from skinr1_pipeline.storage.atomic import write_json
 from skinr1_pipeline.training.config import (from_mapping, load_mapping, parse_overrides, resolve_bf16,
                                              newest_checkpoint, optimization_args, resolve_use_cpu, to_mapping)
 
@@ -163,9 +164,12 @@ def resolve_image_path(image_path: str, base_dir: Path) -> Path:
 
 
 def load_image(path: Path, max_pixels: int | None) -> Image.Image:
-    """RGB image, downscaled (aspect kept) to at most `max_pixels` so the processor never sees huge inputs."""
-    with Image.open(path) as im:
-        img = im.convert("RGB")
+    """RGB image, downscaled (aspect kept) to at most `max_pixels` so the processor never sees huge inputs.
+
+    Opened with `open_rgb`: a file over the data layer's byte or pixel limit (what ingest quarantines) raises
+    `ImageLimitError` naming it, before any decode; `max_pixels` here is only the resize target.
+    """
+    img = open_rgb(path)
     if max_pixels and img.width * img.height > max_pixels:
         scale = math.sqrt(max_pixels / (img.width * img.height))
         img = img.resize((max(28, int(img.width * scale)), max(28, int(img.height * scale))), Image.BICUBIC)
@@ -345,7 +349,7 @@ def run_sft(cfg: SFTRunConfig, *, progress: Callable[[dict[str, Any]], None] | N
     )
     if trainer.args.should_save:
         payload = {"config": to_mapping(cfg), "result": result.to_dict()}
-        (out / RESULT_NAME).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        write_json(out / RESULT_NAME, payload)
     return result
 
 

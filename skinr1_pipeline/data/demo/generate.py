@@ -27,6 +27,7 @@ from PIL import Image
 from skinr1_pipeline.data.demo import writers
 from skinr1_pipeline.data.demo.render import LesionSpec, draw_lesion, sample_lesion
 from skinr1_pipeline.knowledge.lesion_features import DEMO_DIAGNOSES, LesionFeatureProfile, load_lesion_features
+from skinr1_pipeline.storage.atomic import write_bytes, write_json, write_text
 
 DATASET_DIRS: dict[str, str] = {"ham10000": "HAM10000", "pad_ufes_20": "PAD-UFES-20", "derm7pt": "derm7pt"}
 ISIC2018_TEST_KEY = "isic2018_task3_test"
@@ -189,13 +190,12 @@ def generate_demo_data(
             reason, detail = writers.BROKEN_WRITERS[job.broken](job.path, image)
             broken.append(BrokenFile(job.dataset, rel, reason, job.sample_id, job.raw_label, detail))
             continue
-        job.path.parent.mkdir(parents=True, exist_ok=True)
-        job.path.write_bytes(payload)
+        write_bytes(job.path, payload)  # a sensor or ingest reading the folder meanwhile never sees half an image
         features.append({"dataset": job.dataset, "path": job.path.relative_to(out_dir).as_posix(),
                          "sample_id": job.sample_id, "raw_label": job.raw_label, "diagnosis": job.diagnosis,
                          "features": feats})
     features_file = out_dir / FEATURES_NAME
-    features_file.write_text("".join(json.dumps(f, sort_keys=True) + "\n" for f in features), encoding="utf-8")
+    write_text(features_file, "".join(json.dumps(f, sort_keys=True) + "\n" for f in features))
     manifest = DemoManifest(
         seed=seed, out_dir=out_dir, roots=roots,
         class_counts={k: dict(sorted(v.items())) for k, v in plan.counts.items()},
@@ -204,7 +204,7 @@ def generate_demo_data(
         image_files=dict(Counter(job.dataset for job in plan.images)),
         broken=broken, n_per_class=n_per_class, image_size=size, features_file=features_file,
     )
-    (out_dir / MANIFEST_NAME).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n", encoding="utf-8")
+    write_json(out_dir / MANIFEST_NAME, manifest.to_dict())
     return manifest
 
 

@@ -15,6 +15,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
+from skinr1_pipeline.storage.atomic import atomic_path
+
 # Exact headers of the public files (column order matters to positional readers).
 HAM10000_COLUMNS: tuple[str, ...] = (
     "lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization", "dataset",
@@ -43,9 +45,8 @@ PNG_COMPRESS_LEVEL = 1  # PAD-UFES-20 ships PNGs; the fastest level keeps genera
 
 def write_csv(path: Path, columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> int:
     """Comma-separated, header first, '\\n' line ends, minimal quoting; returns the number of data rows."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     count = 0
-    with path.open("w", encoding="utf-8", newline="") as fh:
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
         writer.writerow(columns)
         for row in rows:
