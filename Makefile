@@ -41,7 +41,8 @@ demo: install  ## materialize the whole asset graph on the embedded demo, then p
 test: install  ## the test suite (CI runs this)
 	$(BIN)/python -m pytest -q
 
-ui: install  ## Dagster UI on http://127.0.0.1:3000
+ui: install  ## Dagster UI on http://127.0.0.1:3000 (the asset graph: /asset-groups), with the daemon and its sensors
+	@echo "asset graph: http://127.0.0.1:3000/asset-groups"
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 mlflow-ui: install  ## MLflow UI on http://127.0.0.1:5000 over the local tracking store

@@ -15,7 +15,7 @@ from skinr1_pipeline.defs.knowledge_assets import (
 from skinr1_pipeline.defs.compute import Compute, compute_resource
 from skinr1_pipeline.defs.io_manager import AtomicFilesystemIOManager
 from skinr1_pipeline.defs.resources import MlflowTracking, PipelineHome
-from skinr1_pipeline.defs.sensors import build_dataset_change_sensor
+from skinr1_pipeline.defs.automation import build_sensors, with_conditions
 from skinr1_pipeline.defs.synthesis_assets import build_synthesis_assets
 from skinr1_pipeline.defs.training_assets import build_training_assets
 from skinr1_pipeline.defs.evaluation_assets import build_evaluation_assets
@@ -28,8 +28,8 @@ def build_definitions(settings: Settings, *, compute: Compute | None = None) -> 
     synthesis_assets, synthesis_checks = build_synthesis_assets(settings)
     training_assets, training_checks = build_training_assets(settings)
     evaluation_assets, evaluation_checks, schedules = build_evaluation_assets(settings)
-    assets = [taxonomy_graph, ddx_graph, build_label_mapping_asset(settings), *data_assets, *synthesis_assets,
-              *training_assets, *evaluation_assets]
+    assets = with_conditions(settings, [taxonomy_graph, ddx_graph, build_label_mapping_asset(settings), *data_assets,
+                                        *synthesis_assets, *training_assets, *evaluation_assets])
     raw_key = dg.AssetKey("raw_datasets")
     ingest_job = dg.define_asset_job(
         "ingest_dataset",
@@ -43,7 +43,7 @@ def build_definitions(settings: Settings, *, compute: Compute | None = None) -> 
                       *evaluation_checks],
         schedules=schedules,
         jobs=[ingest_job],
-        sensors=[build_dataset_change_sensor(settings, raw_key)],
+        sensors=build_sensors(settings, assets, raw_key),
         resources={
             "home": PipelineHome(home=str(settings.home)),
             "mlflow": MlflowTracking(tracking_uri=settings.mlflow_tracking_uri, experiment_name=settings.mlflow_experiment),

@@ -92,7 +92,8 @@ def resolve_model(spec: str | None, settings: Settings, *, base_dir: str | Path 
         raise DiagnoseError(f"no trained adapter found (looked for {', '.join(map(str, tried))}); run `make demo` "
                             "first or pass --model DIR|champion|models:/name@alias")
     if spec in REGISTRY_ALIASES or spec.startswith("models:/"):
-        return _from_registry(spec if spec.startswith("models:/") else f"models:/{REGISTERED_MODEL}@{spec}", settings)
+        return _from_registry(spec if spec.startswith("models:/") else f"models:/{REGISTERED_MODEL}@{spec}", settings,
+                              base_dir)
     path = Path(spec).expanduser()
     if _is_adapter_dir(path):
         return _with_base(ModelSource(base, path, f"adapter {path}"))
@@ -109,8 +110,9 @@ def _with_base(source: ModelSource) -> ModelSource:
     return ModelSource(source.base_dir, source.adapter_dir, f"{source.label} on base {source.base_dir}")
 
 
-def _from_registry(uri: str, settings: Settings) -> ModelSource:
-    """Download the registered pyfunc once per version; it carries both the base model and the adapter."""
+def _from_registry(uri: str, settings: Settings, base_dir: str | Path | None = None) -> ModelSource:
+    """Download the registered pyfunc once per version; it carries the adapter and its base model (a copy, or a
+    reference resolved here; `base_dir` names a moved copy of a referenced base)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -123,7 +125,7 @@ def _from_registry(uri: str, settings: Settings) -> ModelSource:
     except MlflowException as exc:
         raise DiagnoseError(f"--model {uri}: not found in the registry at {settings.mlflow_tracking_uri}: "
                             f"{exc.message.splitlines()[0]}") from exc
-    return model_source(cache, uri, f"{uri} (registry: {info.model_uuid})")
+    return model_source(cache, uri, f"{uri} (registry: {info.model_uuid})", base_override=base_dir)
 
 
 def cached_download(cache: Path, download: Callable[[Path], object]) -> Path:
@@ -153,15 +155,16 @@ def cached_download(cache: Path, download: Callable[[Path], object]) -> Path:
     return cache
 
 
-def model_source(model_dir: Path, uri: str, label: str) -> ModelSource:
+def model_source(model_dir: Path, uri: str, label: str, *, base_override: str | Path | None = None) -> ModelSource:
     """Base model and adapter of a downloaded Skin-R1 pyfunc, each path from its MLmodel kept inside `model_dir`.
 
     MLmodel is data from the registry: an artifact path with '..' or an absolute one would point the model loader
-    at files outside the download, so each is resolved and must stay below the folder.
+    at files outside the download, so each is resolved and must stay below the folder. A referenced base lies
+    outside by design: its reference file must stay inside, and the folder it names must match its digest.
     """
     import yaml
 
-    from skinr1_pipeline.tracking.pyfunc_model import ARTIFACT_ADAPTER, ARTIFACT_BASE
+    from skinr1_pipeline.tracking.pyfunc_model import ARTIFACT_ADAPTER, ARTIFACT_BASE, ARTIFACT_BASE_REF
 
     mlmodel = model_dir / "MLmodel"
     try:
@@ -170,12 +173,25 @@ def model_source(model_dir: Path, uri: str, label: str) -> ModelSource:
     except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError) as exc:
         raise DiagnoseError(f"--model {uri}: {mlmodel} is not a readable pyfunc MLmodel: "
                             f"{type(exc).__name__}: {str(exc)[:200]}") from exc
-    missing = [key for key in (ARTIFACT_BASE, ARTIFACT_ADAPTER) if key not in artifacts]
+    base_key = ARTIFACT_BASE if ARTIFACT_BASE in artifacts else ARTIFACT_BASE_REF  # a copied or referenced base
+    missing = [key for key in (base_key, ARTIFACT_ADAPTER) if key not in artifacts]
     if missing:
         raise DiagnoseError(f"--model {uri}: the registered model has no {missing} artifact(s); expected a "
                             "Skin-R1 pyfunc logged by evaluation_reports")
-    return ModelSource(_contained(model_dir, artifacts[ARTIFACT_BASE], uri, ARTIFACT_BASE),
-                       _contained(model_dir, artifacts[ARTIFACT_ADAPTER], uri, ARTIFACT_ADAPTER), label)
+    base = _contained(model_dir, artifacts[base_key], uri, base_key)
+    if base_key == ARTIFACT_BASE_REF:
+        base = _referenced_base(base, uri, base_override)
+    return ModelSource(base, _contained(model_dir, artifacts[ARTIFACT_ADAPTER], uri, ARTIFACT_ADAPTER), label)
+
+
+def _referenced_base(reference_file: Path, uri: str, override: str | Path | None) -> Path:
+    """The base model folder a registered model's reference names, checked against the recorded digest."""
+    from skinr1_pipeline.tracking.pyfunc_model import BaseModelError, read_base_reference, resolve_base_model
+
+    try:
+        return resolve_base_model(read_base_reference(reference_file), override)
+    except BaseModelError as exc:
+        raise DiagnoseError(f"--model {uri}: {exc}") from exc
 
 
 def _contained(model_dir: Path, artifact: Any, uri: str, key: str) -> Path:

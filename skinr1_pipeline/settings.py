@@ -10,7 +10,7 @@ training script started with the same environment agree on every path.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +36,16 @@ COMPUTE_KINDS = ("local", "ray")
 # rather than ignored (a silently ignored `split_seed` once left every split on the default seed).
 # `launcher`/`accelerate_args` are the spelling from before `compute:`, still read as local compute.
 FILE_KEYS = ("datasets", "model_dir", "label_map_dir", "mlflow_tracking_uri", "mlflow_experiment", "demo_seed",
-             "demo_images_per_class", "split_seed", "ood", "compute", "teacher", "launcher", "accelerate_args")
-# Keys only one profile reads: the demo generates its own dataset folders; the gpu profile generates no data.
-PROFILE_KEYS = {"datasets": "gpu", "demo_seed": "demo", "demo_images_per_class": "demo"}
+             "demo_images_per_class", "split_seed", "ood", "compute", "teacher", "automation", "scale", "launcher",
+             "accelerate_args")
+# Keys only one profile reads: the demo generates its own dataset folders (and can shrink to toy scale); the gpu
+# profile generates no data.
+PROFILE_KEYS = {"datasets": "gpu", "demo_seed": "demo", "demo_images_per_class": "demo", "scale": "demo"}
 OOD_KEYS = ("modalities", "sources")
 TEACHER_GENERATORS = ("template", "vllm", "openai")
+# full: every stage at the profile's own size. toy: every stage at smoke-test size (`presets.TOY_ASSET_CONFIG`), for
+# tests that run the whole chain under a real daemon; the numbers mean nothing.
+SCALES = ("full", "toy")
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,26 @@ class TeacherSettings:
     model_dir: str = ""
     base_url: str = ""
     api_model: str = ""
+
+
+@dataclass(frozen=True)
+class AutomationSettings:
+    """The `automation:` section: which stages Dagster re-runs by itself once their inputs change.
+
+    ingest: the dataset-folder sensor, the knowledge assets, `raw_datasets` and `unified_samples`. training: the
+    trajectories, RL items, base model, SFT, GRPO and RL-only. evaluation: suites, variant evaluations, ablation table
+    and report. A stage that is off is materialized by a person (in the UI), after which the automatic stages below
+    it follow. Defaults: everything on the demo (minutes of CPU); on gpu training waits for approval, because a run
+    costs GPU hours and a lab reviews new data before training on it, while ingest and evaluation are cheap.
+    """
+
+    ingest: bool = True
+    training: bool = True
+    evaluation: bool = True
+    interval_seconds: int = 30  # how often the dataset sensor and the automation sensor look
+
+
+AUTOMATION_STAGES = ("ingest", "training", "evaluation")
 
 
 @dataclass(frozen=True)
@@ -99,6 +124,8 @@ class Settings:
     # Where training, gate and evaluation steps run (`defs.compute`): local processes or a Ray cluster.
     compute: ComputeSettings = field(default_factory=lambda: ComputeSettings())
     teacher: TeacherSettings = field(default_factory=lambda: TeacherSettings())
+    automation: AutomationSettings = field(default_factory=lambda: AutomationSettings())
+    scale: str = "full"  # `SCALES`; toy shrinks every stage for the daemon test (demo profile only)
 
     @property
     def datasets(self) -> tuple[str, ...]:
@@ -160,7 +187,23 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         ood_sources=_strings(file_config, "sources", (), SUPPORTED_DATASETS, source),
         compute=_compute(file_config, home),
         teacher=_teacher(profile, file_config),
+        automation=_automation(profile, file_config, source),
+        scale=_choice(file_config.get("scale", "full"), f"{source}scale", SCALES),
     )
+
+
+def _automation(profile: str, file_config: dict[str, Any], source: str) -> AutomationSettings:
+    """The `automation:` section over the profile's default (all on for demo; training on approval for gpu)."""
+    default = AutomationSettings() if profile == "demo" else AutomationSettings(training=False)
+    raw = file_config.get("automation") or {}  # the mapping and its keys were checked by _check_file
+    values: dict[str, Any] = {}
+    for stage in AUTOMATION_STAGES:
+        if stage in raw and not isinstance(raw[stage], bool):
+            raise SettingsError(f"{source}automation.{stage} must be true or false, got {capped(repr(raw[stage]))}")
+        values[stage] = raw.get(stage, getattr(default, stage))
+    interval = _whole(raw.get("interval_seconds", default.interval_seconds), f"{source}automation.interval_seconds",
+                      minimum=1)
+    return replace(default, **values, interval_seconds=interval)
 
 
 def _teacher(profile: str, file_config: dict[str, Any]) -> TeacherSettings:
@@ -261,7 +304,8 @@ def _check_file(file_config: dict[str, Any], profile: str, source: str) -> None:
                                 f"SKINR1_PROFILE={profile}; remove it or run with SKINR1_PROFILE={only}")
     sections = {"datasets": (SUPPORTED_DATASETS, "a supported dataset"), "ood": (OOD_KEYS, "an ood setting"),
                 "compute": (tuple(ComputeSettings.__dataclass_fields__), "a compute setting"),
-                "teacher": (tuple(TeacherSettings.__dataclass_fields__), "a teacher setting")}
+                "teacher": (tuple(TeacherSettings.__dataclass_fields__), "a teacher setting"),
+                "automation": (tuple(AutomationSettings.__dataclass_fields__), "an automation setting")}
     for section, (allowed, what) in sections.items():
         raw = file_config.get(section)
         if raw is None:

@@ -273,3 +273,69 @@ def test_mlflow_ui_lists_parent_run_with_nested_stage_runs(mlflow_ui, ui_materia
     child = page.locator('[role="row"]').filter(has_text="taxonomy_graph")
     child.first.wait_for(timeout=60_000)
     page.screenshot(path=str(ARTIFACTS / "mlflow_nested_runs.png"))
+
+
+@pytest.fixture(scope="module")
+def lineage_report(workdir: Path, mlflow_ui) -> tuple[str, dict[str, str], dict[str, str]]:
+    """A report run and the chain of runs it descends from, in the store the UI serves, logged as the pipeline logs
+    them (nested runs with `skinr1.upstream.*` tags, dataset inputs with digests, and the report's own
+    `_log_lineage`); test_mlflow_lineage.py shows the pipeline writes exactly these. (experiment id, asset -> run
+    id, dataset -> digest)"""
+    import pandas as pd
+
+    from skinr1_pipeline.defs.evaluation_assets import _log_lineage
+    from skinr1_pipeline.tracking import mlflow_runs
+
+    uri = f"sqlite:///{workdir / '.skinr1' / 'mlflow' / 'mlflow.db'}"
+    experiment = "skinr1-lineage-view"
+    parent = mlflow_runs.ensure_parent_run(uri, experiment, "lineage-view", "lineage view")
+    runs: dict[str, str] = {}
+    digests: dict[str, str] = {}
+    chain = [("raw_datasets", "ham10000", {}, [("raw_ham10000", "ingest")]),
+             ("unified_samples", "", {"raw_datasets.ham10000": "raw_datasets"}, [("unified_train", "train")]),
+             ("skin_rationale_trajectories", "", {"unified_samples": "unified_samples"},
+              [("skin_rationale_trajectories", "sft")]),
+             ("sft_checkpoint", "", {"skin_rationale_trajectories": "skin_rationale_trajectories"},
+              [("skin_rationale_trajectories", "training")]),
+             ("grpo_checkpoint", "", {"sft_checkpoint": "sft_checkpoint"}, [("rl_mcq_train", "grpo")]),
+             ("variant_evaluations", "sft_grpo", {"grpo_checkpoint": "grpo_checkpoint"},
+              [("eval_suites", "evaluation")]),
+             ("evaluation_reports", "", {"variant_evaluations.sft_grpo": "variant_evaluations"},
+              [("eval_suites", "evaluation"), ("scored_sft_grpo", "scored")])]
+    for asset, partition, upstream, datasets in chain:
+        tags = {"dagster.asset_key": asset, "dagster.partition": partition,
+                **mlflow_runs.lineage_tags("0f1e2d3c4b5a6978", {k: runs[v] for k, v in upstream.items()}, {})}
+        name = f"{asset}[{partition}]" if partition else asset
+        with mlflow_runs.nested_run(uri, experiment, parent, name, tags=tags) as run:
+            for dataset, usage in datasets:
+                frame = pd.DataFrame({"sample_id": [f"{dataset}-{i}" for i in range(3)], "split": ["train"] * 3})
+                digests[dataset] = mlflow_runs.log_dataframe_input(frame, dataset, f"/data/{dataset}.parquet", usage)
+            if asset == "evaluation_reports":
+                _log_lineage(uri, run.info.run_id)
+            runs[asset] = run.info.run_id
+    mlflow_runs.finish_parent_run(uri, parent)
+    return run.info.experiment_id, runs, digests
+
+
+def test_mlflow_ui_report_run_shows_its_datasets_and_links_to_its_training_runs(mlflow_ui, lineage_report, page):
+    from playwright.sync_api import expect
+
+    experiment_id, runs, digests = lineage_report
+    page.set_viewport_size({"width": 1600, "height": 1600})  # datasets, tags and description on one screen
+    page.goto(f"{mlflow_ui}/#/experiments/{experiment_id}/runs/{runs['evaluation_reports']}")
+    page.get_by_text(f"eval_suites ({digests['eval_suites']})").first.wait_for(timeout=UI_TIMEOUT_MS)
+    more = page.get_by_text("Show more", exact=True)
+    if more.count():
+        more.first.click()
+    links = {name: page.get_by_role("link", name=name, exact=True).first for name in ("sft_checkpoint",
+                                                                                       "grpo_checkpoint")}
+    for name, link in links.items():
+        link.wait_for()
+        assert link.get_attribute("href").endswith(f"/runs/{runs[name]}"), name
+    page.screenshot(path=str(ARTIFACTS / "mlflow_report_lineage.png"), full_page=True)
+    with page.context.expect_page() as opened:  # the description's links open a new tab
+        links["sft_checkpoint"].click()  # what a person does: follow the chain to the run that trained the adapter
+    sft = opened.value
+    expect(sft).to_have_url(re.compile(rf".*/runs/{runs['sft_checkpoint']}$"))
+    sft.get_by_text(f"skin_rationale_trajectories ({digests['skin_rationale_trajectories']})").first.wait_for()
+    sft.screenshot(path=str(ARTIFACTS / "mlflow_sft_run_datasets.png"), full_page=True)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -15,10 +17,15 @@ mlflow = pytest.importorskip("mlflow")
 
 from skinr1_pipeline.modeling.prompt_format import build_mcq_prompt, build_open_prompt  # noqa: E402
 from skinr1_pipeline.tracking.pyfunc_model import (  # noqa: E402
+    BASE_DIR_CONFIG,
+    BASE_REF_FILE,
     OUTPUT_COLUMNS,
+    BaseModelError,
+    base_model_digest,
     completion_row,
     decode_image,
     log_skinr1_model,
+    read_base_reference,
 )
 from skinr1_pipeline_tests.tiny_models import tiny_base_and_adapter  # noqa: E402
 from skinr1_pipeline.tracking.registry import (  # noqa: E402
@@ -201,7 +208,8 @@ def test_pyfunc_log_load_predict_and_register(store, tiny_with_adapter) -> None:
 
     local = Path(mlflow.artifacts.download_artifacts(info.model_uri))
     assert len(list(local.glob("artifacts/*/adapter_config.json"))) == 1  # copied under the source dir's name
-    assert len(list(local.glob("artifacts/*/config.json"))) == 1
+    assert not list(local.rglob("config.json"))  # the base is referenced, not copied
+    assert read_base_reference(local / "artifacts" / BASE_REF_FILE)["path"] == str(base.resolve())
     assert not list(local.glob("code/**/__pycache__"))
     assert (local / "code" / "skinr1_pipeline" / "tracking" / "pyfunc_model.py").is_file()
     requirements = (local / "requirements.txt").read_text()
@@ -213,3 +221,80 @@ def test_pyfunc_log_load_predict_and_register(store, tiny_with_adapter) -> None:
     assert str(client.get_model_version_by_alias("skinr1-pyfunc", CANDIDATE).version) == version
     again = mlflow.pyfunc.load_model(f"models:/skinr1-pyfunc@{CANDIDATE}")
     assert len(again.predict(frame.iloc[:1])) == 1
+
+
+# ---- base model referenced, not copied ------------------------------------------------------------------------
+
+
+def test_base_digest_samples_large_files_and_ignores_markers(tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "qwen2_5_vl"}')
+    weights = model / "model.safetensors"
+    weights.write_bytes(bytes(8 << 20))  # 8 MiB: hashed from three 1 MiB samples, not read whole
+    first = base_model_digest(model)
+    assert first["files"] == 2 and first["bytes"] == (8 << 20) + len((model / "config.json").read_bytes())
+    (model / ".complete").write_text("run marker")  # run-folder markers are not part of the model
+    (model / "notes.md").write_text("a person's notes")
+    assert base_model_digest(model) == first
+    with weights.open("r+b") as fh:  # a retrained model: the middle of the weights changed
+        fh.seek(4 << 20)
+        fh.write(b"\x01")
+    assert base_model_digest(model)["digest"] != first["digest"]
+
+
+def test_registered_model_resolves_its_referenced_base_and_refuses_a_missing_or_different_one(
+        store, tmp_path: Path) -> None:
+    """Registration used to copy the whole base model into the artifacts (about 15 GB for the 7B model)."""
+    uri, exp, _ = store
+    base, adapter = tiny_base_and_adapter(tmp_path / "base", tmp_path / "adapter")
+    image = tmp_path / "lesion.png"
+    Image.new("RGB", (64, 48), (150, 90, 70)).save(image)
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(experiment_id=exp):
+        info = log_skinr1_model(base, adapter, name="referenced", input_example_image_path=image,
+                                model_config={"max_new_tokens": 2, "device": "cpu"})
+    local = Path(mlflow.artifacts.download_artifacts(info.model_uri))
+    stored = sum(p.stat().st_size for p in (local / "artifacts").rglob("*") if p.is_file())
+    adapter_bytes = sum(p.stat().st_size for p in adapter.rglob("*") if p.is_file())
+    assert stored < adapter_bytes + 4096 < base_model_digest(base)["bytes"]  # adapter + a small reference file
+    reference = info.metadata["skinr1_base_model"]
+    assert reference["digest"] == base_model_digest(base)["digest"] and reference["uri"] == base.resolve().as_uri()
+
+    copy = tmp_path / "moved_base"
+    shutil.copytree(base, copy)
+    shutil.move(str(base), str(tmp_path / "elsewhere"))  # the recorded base is gone
+    with pytest.raises(BaseModelError, match="missing: no config.json in .*base.*expected digest sha256:"):
+        mlflow.pyfunc.load_model(info.model_uri)
+    frame = pd.DataFrame({"image": [str(image)], "prompt": [build_open_prompt()]})
+    moved = mlflow.pyfunc.load_model(info.model_uri, model_config={BASE_DIR_CONFIG: str(copy)})
+    assert len(moved.predict(frame, params={"max_new_tokens": 2})) == 1  # an identical copy elsewhere serves
+
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "rope_theta": 1.0}))  # a different base
+    with pytest.raises(BaseModelError, match="not the one this adapter was trained on: digest sha256:"):
+        mlflow.pyfunc.load_model(info.model_uri, model_config={BASE_DIR_CONFIG: str(copy)})
+
+
+def test_diagnose_reads_the_reference_inside_the_download_and_checks_the_base(tmp_path: Path) -> None:
+    from skinr1_pipeline.diagnose import DiagnoseError, model_source
+
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text("{}")
+    download = tmp_path / "download"
+    (download / "artifacts" / "adapter").mkdir(parents=True)
+    reference = {"path": str(base), "digest": base_model_digest(base)["digest"]}
+    (download / "artifacts" / BASE_REF_FILE).write_text(json.dumps(reference))
+    (download / "MLmodel").write_text(
+        "flavors:\n  python_function:\n    artifacts:\n"
+        f"      base_model_ref: {{path: 'artifacts/{BASE_REF_FILE}'}}\n      adapter: {{path: 'artifacts/adapter'}}\n")
+    source = model_source(download, "models:/m@champion", "m")
+    assert source.base_dir == base and source.adapter_dir == (download / "artifacts" / "adapter").resolve()
+    (base / "config.json").write_text('{"changed": true}')
+    with pytest.raises(DiagnoseError, match="models:/m@champion: the base model at .* is not the one"):
+        model_source(download, "models:/m@champion", "m")
+    restored = tmp_path / "restored"
+    restored.mkdir()
+    (restored / "config.json").write_text("{}")
+    assert model_source(download, "u", "m", base_override=restored).base_dir == restored

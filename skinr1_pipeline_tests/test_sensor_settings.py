@@ -57,8 +57,10 @@ def test_sensor_requests_only_changed_partitions(tmp_path):
 
     defs = dg.Definitions(assets=[raw_datasets], sensors=[sensor])
 
+    instance = dg.DagsterInstance.ephemeral()
+
     def tick(cursor=None):
-        return sensor.evaluate_tick(dg.build_sensor_context(cursor=cursor, definitions=defs))
+        return sensor.evaluate_tick(dg.build_sensor_context(cursor=cursor, definitions=defs, instance=instance))
 
     first = tick()
     assert sorted(r.partition_key for r in first.run_requests) == ["ham10000", "pad_ufes_20"]
@@ -156,3 +158,34 @@ def test_demo_settings_cover_three_real_formats(tmp_path):
     assert settings.ood_modalities == ("clinical",) and settings.base_model_dir is None
     with pytest.raises(SettingsError, match="integer"):
         load_settings({"SKINR1_DEMO_SEED": "abc"})
+
+
+def test_sensor_first_look_skips_folders_ingested_since_they_last_changed(tmp_path):
+    """A fresh cursor (new instance, `make ui` after `make demo`) re-ingests only folders changed after their last
+    ingest, or ingested by another code version."""
+    roots = {"ham10000": tmp_path / "ham", "pad_ufes_20": tmp_path / "pad", "derm7pt": tmp_path / "d7"}
+    for root in roots.values():
+        write(root / "m.csv")
+    settings = Settings(profile="gpu", home=tmp_path / "home", dataset_roots=roots)
+
+    def definitions(code_version: str):
+        @dg.asset(partitions_def=dg.StaticPartitionsDefinition(list(roots)), code_version=code_version)
+        def raw_datasets() -> None: ...
+
+        sensor = build_dataset_change_sensor(settings, dg.AssetKey("raw_datasets"))
+        return dg.Definitions(assets=[raw_datasets], sensors=[sensor]), raw_datasets, sensor
+
+    defs, asset, sensor = definitions("v1")
+    with dg.instance_for_test() as instance:
+        for dataset in ("ham10000", "pad_ufes_20"):
+            assert dg.materialize([asset], instance=instance, partition_key=dataset).success
+        later = time.time() + 5
+        os.utime(roots["pad_ufes_20"] / "m.csv", (later, later))  # changed after its ingest
+        first = sensor.evaluate_tick(dg.build_sensor_context(definitions=defs, instance=instance))
+        assert sorted(r.partition_key for r in first.run_requests) == ["derm7pt", "pad_ufes_20"]
+        assert set(json.loads(first.cursor)) == set(roots)
+
+        defs, _, sensor = definitions("v2")  # new ingest code: every folder again
+        context = dg.build_sensor_context(cursor=first.cursor, definitions=defs, instance=instance)
+        again = sensor.evaluate_tick(context)
+        assert sorted(r.partition_key for r in again.run_requests) == sorted(roots)

@@ -80,6 +80,7 @@ split_seed: 7
 ood: {{modalities: [clinical], sources: [pad_ufes_20]}}
 compute: {{processes: 2, env: {{OMP_NUM_THREADS: 4}}}}
 teacher: {{generator: template}}
+automation: {{training: true, interval_seconds: 5}}
 launcher: torchrun
 accelerate_args: [--bf16]
 """)
@@ -90,12 +91,13 @@ accelerate_args: [--bf16]
     assert (gpu.ood_modalities, gpu.ood_sources, gpu.teacher.generator) == (("clinical",), ("pad_ufes_20",), "template")
     assert (gpu.compute.launcher, gpu.compute.processes, gpu.compute.launcher_args, gpu.compute.env) == (
         "torchrun", 2, ("--bf16",), (("OMP_NUM_THREADS", "4"),))
-    demo = settings_from(tmp_path, "demo_seed: 3\ndemo_images_per_class: 5\n", "demo")
-    assert (demo.demo_seed, demo.demo_images_per_class, demo.split_seed) == (3, 5, 42)
+    assert (gpu.automation.training, gpu.automation.evaluation, gpu.automation.interval_seconds) == (True, True, 5)
+    demo = settings_from(tmp_path, "demo_seed: 3\ndemo_images_per_class: 5\nscale: toy\n", "demo")
+    assert (demo.demo_seed, demo.demo_images_per_class, demo.split_seed, demo.scale) == (3, 5, 42, "toy")
     assert settings_from(tmp_path, "demo_seed: 3\n", "demo", SKINR1_DEMO_SEED="9").demo_seed == 9  # env wins
     assert set(FILE_KEYS) == {"datasets", "model_dir", "label_map_dir", "mlflow_tracking_uri", "mlflow_experiment",
-                              "split_seed", "ood", "compute", "teacher", "launcher", "accelerate_args", "demo_seed",
-                              "demo_images_per_class"}  # a new key needs a line above
+                              "split_seed", "ood", "compute", "teacher", "automation", "scale", "launcher",
+                              "accelerate_args", "demo_seed", "demo_images_per_class"}  # a new key needs a line above
 
 
 # ------------------------------------------------------------------------------- split_seed through the asset
@@ -156,13 +158,15 @@ def test_split_seed_in_the_config_file_decides_the_splits_unless_the_run_names_a
 
 def test_demo_seed_and_images_per_class_from_the_settings_reach_the_demo_data(tmp_path) -> None:
     from skinr1_pipeline.defs.data_assets import build_data_assets
-    from skinr1_pipeline.defs.resources import PipelineHome
+    from skinr1_pipeline.defs.resources import MlflowTracking, PipelineHome
 
     assets, _, _ = build_data_assets(settings_from(tmp_path, "demo_seed: 5\ndemo_images_per_class: 2\n", "demo"))
     demo = next(a for a in assets if a.key == dg.AssetKey("demo_source_data"))
+    untracked = MlflowTracking(tracking_uri="", enabled=False)
 
     def manifest(run_config: dict) -> dict:
-        result = dg.materialize([demo], resources={"home": PipelineHome(home=str(tmp_path / "home"))},
+        result = dg.materialize([demo], resources={"home": PipelineHome(home=str(tmp_path / "home")),
+                                                   "mlflow": untracked},
                                 run_config={"ops": {"demo_source_data": {"config": run_config}}})
         return result.output_for_node("demo_source_data")
 

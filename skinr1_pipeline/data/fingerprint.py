@@ -38,3 +38,21 @@ def folder_fingerprint(root: Path, *, deep: bool = False) -> str | None:
 def _file_digest(path: str) -> str:
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def newest_change(root: Path) -> float | None:
+    """The latest modification time (seconds) of any file or folder below `root` (a deletion touches its folder), or
+    None if `root` does not exist. Lets the change sensor tell, on its first look, whether a folder changed after
+    the last ingest of it, rather than re-ingesting every dataset once."""
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    newest = root.stat().st_mtime
+    stack = [root]
+    while stack:
+        with os.scandir(stack.pop()) as it:
+            for entry in it:
+                newest = max(newest, entry.stat(follow_symlinks=False).st_mtime)
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+    return newest

@@ -9,6 +9,7 @@ import pandas as pd
 from skinr1_pipeline.data.dedup import calibrated_distance, deduplicate, near_duplicates
 from skinr1_pipeline.data.ingest import IngestResult, ingest_dataset
 from skinr1_pipeline.data.splits import SplitPolicy, assign_splits, leakage_report
+from skinr1_pipeline.defs.code_versions import code_version_of
 from skinr1_pipeline.defs.metadata import markdown_table, md
 from skinr1_pipeline.defs.resources import MlflowTracking, PipelineHome
 from skinr1_pipeline.knowledge.label_maps import LabelMap
@@ -16,7 +17,7 @@ from skinr1_pipeline.knowledge.taxonomy import Taxonomy
 from skinr1_pipeline.progress import LogProgress
 from skinr1_pipeline.settings import Settings
 from skinr1_pipeline.storage.atomic import write_parquet
-from skinr1_pipeline.tracking.mlflow_runs import log_dataframe_input
+from skinr1_pipeline.tracking.mlflow_runs import frame_digest, log_dataframe_input
 
 
 class DemoDataConfig(dg.Config):
@@ -44,8 +45,9 @@ def build_data_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition], li
 
     if settings.profile == "demo":
 
-        @dg.asset(group_name="data", code_version="1", kinds={"python"})
-        def demo_source_data(context: dg.AssetExecutionContext, config: DemoDataConfig, home: PipelineHome) -> dict:
+        @dg.asset(group_name="data", code_version=code_version_of(__name__, "data.demo"), kinds={"python"})
+        def demo_source_data(context: dg.AssetExecutionContext, config: DemoDataConfig, home: PipelineHome,
+                             mlflow: MlflowTracking) -> dict:
             """Dermatology-like images written in the real HAM10000, PAD-UFES-20 and Derm7pt layouts."""
             from skinr1_pipeline.data.demo import generate_demo_data
 
@@ -58,6 +60,12 @@ def build_data_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition], li
                 include_broken=config.include_broken_files,
             ).to_dict()
             rows = [{"dataset": d, "label": label, "images": n} for d, counts in manifest["class_counts"].items() for label, n in counts.items()]
+            with mlflow.asset_run(context, params={"seed": manifest.get("seed", ""), "root": str(home.path(
+                    "demo_sources", mkdir=False))}) as run:
+                if run is not None:
+                    import mlflow as mlf
+
+                    mlf.log_metrics({"images": sum(r["images"] for r in rows), "broken": len(manifest["broken"])})
             context.add_output_metadata(
                 {
                     "seconds": round(time.perf_counter() - start, 2),
@@ -76,7 +84,7 @@ def build_data_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition], li
         group_name="data",
         partitions_def=partitions,
         deps=upstream_deps,
-        code_version="1",
+        code_version=code_version_of(__name__, "data.ingest", "data.loaders.*"),
         kinds={"pandas"},
         check_specs=[
             dg.AssetCheckSpec("every_label_mapped", asset="raw_datasets", description="Every raw label maps to a taxonomy node"),
@@ -104,11 +112,15 @@ def build_data_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition], li
         export = write_parquet(result.samples, folder / "samples.parquet")
         write_parquet(result.quarantine, folder / "quarantine.parquet")
         home.seal(context, folder)
-        with mlflow.asset_run(context, params={"dataset": dataset, "root": str(root)}):
-            import mlflow as mlf
+        # The content, not the folder's mtimes: a touched but unchanged dataset keeps its data version.
+        digest = frame_digest(result.samples)
+        with mlflow.asset_run(context, params={"dataset": dataset, "root": str(root)}) as run:
+            if run is not None:
+                import mlflow as mlf
 
-            mlf.log_metrics({"samples": len(result.samples), "quarantined": len(result.quarantine), "ingest_seconds": seconds})
-            log_dataframe_input(result.samples, name=f"raw_{dataset}", source=str(root), context="ingest")
+                mlf.log_metrics({"samples": len(result.samples), "quarantined": len(result.quarantine),
+                                 "ingest_seconds": seconds})
+                log_dataframe_input(result.samples, name=f"raw_{dataset}", source=str(root), context="ingest")
         for note in result.notes:
             context.log.info(f"{dataset}: {note}")
         counts = result.samples.groupby(["taxonomy_node", "raw_label"]).size().reset_index(name="images")
@@ -116,7 +128,9 @@ def build_data_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition], li
         rate = len(result.quarantine) / max(result.rows_seen, 1)
         yield dg.Output(
             result,
+            data_version=dg.DataVersion(digest),
             metadata={
+                "samples_digest": digest,
                 "samples": len(result.samples),
                 "quarantined": len(result.quarantine),
                 "images_per_second": round(result.rows_seen / max(seconds, 1e-9), 1),
@@ -137,7 +151,7 @@ def build_data_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition], li
             metadata={"rate": round(rate, 4), "by_reason": str(result.quarantine_counts())},
         )
 
-    @dg.asset(group_name="data", code_version="1", kinds={"pandas"}, automation_condition=dg.AutomationCondition.eager())
+    @dg.asset(group_name="data", code_version=code_version_of(__name__, "data.dedup", "data.splits"), kinds={"pandas"})
     def unified_samples(
         context: dg.AssetExecutionContext,
         config: SplitConfig,
@@ -145,7 +159,7 @@ def build_data_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition], li
         home: PipelineHome,
         taxonomy_graph: Taxonomy,
         raw_datasets: dict[str, IngestResult],
-    ) -> pd.DataFrame:
+    ) -> dg.Output[pd.DataFrame]:
         """All datasets in one schema: de-duplicated by image hash and split by patient/lesion without leakage."""
         frames = [raw_datasets[name].samples for name in sorted(raw_datasets)]
         combined = pd.concat([f.astype(object) for f in frames], ignore_index=True).infer_objects()
@@ -158,17 +172,22 @@ def build_data_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition], li
         export = write_parquet(samples, folder / "unified_samples.parquet")
         write_parquet(dedup.duplicates, folder / "duplicates.parquet")
         home.seal(context, folder)
-        with mlflow.asset_run(context, params={"split_seed": policy.seed, "ratios": list(policy.ratios)}):
-            import mlflow as mlf
+        # The pipeline's data version: every MLflow run downstream is tagged with it (`skinr1.lineage`).
+        digest = frame_digest(samples)
+        with mlflow.asset_run(context, params={"split_seed": policy.seed, "ratios": list(policy.ratios)},
+                              lineage=digest) as run:
+            if run is not None:
+                import mlflow as mlf
 
-            for split, part in samples.groupby("split"):
-                log_dataframe_input(part, name=f"unified_{split}", source=str(export), context=str(split))
-            mlf.log_metrics({"samples": len(samples), "duplicates_removed": len(dedup.duplicates)})
+                for split, part in samples.groupby("split"):
+                    log_dataframe_input(part, name=f"unified_{split}", source=str(export), context=str(split))
+                mlf.log_metrics({"samples": len(samples), "duplicates_removed": len(dedup.duplicates)})
         by_split = samples.pivot_table(index="taxonomy_node", columns="split", values="sample_id", aggfunc="count", fill_value=0).reset_index()
         by_level = samples.groupby(["taxonomy_depth", "split"]).size().unstack(fill_value=0).reset_index()
         by_source = samples.groupby(["source_dataset", "split"]).size().unstack(fill_value=0).reset_index()
         context.add_output_metadata(
             {
+                "samples_digest": digest,
                 "samples": len(samples),
                 "duplicates_removed": len(dedup.duplicates),
                 "per_class_and_split": md(markdown_table(by_split, max_rows=100)),
@@ -179,7 +198,7 @@ def build_data_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition], li
                 "export": dg.MetadataValue.path(str(export)),
             }
         )
-        return samples
+        return dg.Output(samples, data_version=dg.DataVersion(digest))
 
     @dg.asset_check(asset=unified_samples, blocking=True, description="No image hash, lesion or patient in two splits")
     def no_split_leakage(unified_samples: pd.DataFrame) -> dg.AssetCheckResult:

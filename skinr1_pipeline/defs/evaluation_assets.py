@@ -9,6 +9,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from skinr1_pipeline.defs.code_versions import code_version_of
 from skinr1_pipeline.defs.compute import Compute, ComputeStep
 from skinr1_pipeline.defs.metadata import markdown_table, md, raw_value
 from skinr1_pipeline.defs.resources import MlflowTracking, PipelineHome
@@ -19,13 +20,16 @@ from skinr1_pipeline.knowledge.ddx import DDxGraph
 from skinr1_pipeline.knowledge.taxonomy import Taxonomy
 from skinr1_pipeline.settings import Settings
 from skinr1_pipeline.storage.atomic import write_csv, write_parquet, write_yaml
+from skinr1_pipeline.tracking.mlflow_runs import EVALUATED_RUN_TAG
 
 VARIANTS = ("base", "sft", "rl_only", "sft_grpo")
+VARIANT_ASSETS = {"base": "", "sft": "sft_checkpoint", "rl_only": "rl_only_checkpoint", "sft_grpo": "grpo_checkpoint"}
 ANSWERS_CLI = "skinr1_pipeline.evaluation.cli"
 REGISTERED_MODEL = "skinr1-grpo"
 HEADLINE_SUITE = "in_domain"  # the suite the champion gate reads
 MIN_ITEMS_TO_TEST = 20  # set-first suites smaller than this are listed by the blind-guessing check, not tested
 CONTAMINATION_FLAGS = "contamination_flags.parquet"  # beside eval_suites' items
+WEEKLY_TAG = "skinr1/weekly_evaluation"  # the scheduled tick a weekly run belongs to
 
 
 class SuitesConfig(dg.Config):
@@ -73,7 +77,8 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
     demo = settings.profile == "demo"
     variants = dg.StaticPartitionsDefinition(list(VARIANTS))
 
-    @dg.asset(group_name="training", code_version="1", kinds={"pytorch", "mlflow"}, pool=GPU_POOL)
+    @dg.asset(group_name="training", kinds={"pytorch", "mlflow"}, pool=GPU_POOL,
+              code_version=code_version_of(__name__, "defs.training_assets", "training.cli"))
     def rl_only_checkpoint(context: dg.AssetExecutionContext, config: RLOnlyConfig, home: PipelineHome,
                            mlflow: MlflowTracking, compute: Compute, base_model: str, rl_mcq_dataset: str) -> dict:
         """The RL-only ablation: GRPO from the base model with a fresh LoRA, no SFT."""
@@ -84,16 +89,18 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
         cfg = grpo_config(demo, base_model, None, rl_mcq_dataset, out_dir, overrides)
         reported, adapter_dir, _, run_id = train_and_gate(
             context, compute, mlflow, settings, step="grpo", cfg=cfg, out_dir=out_dir, artifact="rl_only_adapter",
-            gate=None)
+            gate=None, inputs=[(rl_mcq_dataset, "rl_mcq_train", "grpo", "train")])
         home.seal(context, out_dir)
         return dg.MaterializeResult(
             metadata={k: v for k, v in reported.items() if k not in ("reward_history", "metrics")},
-            value={"adapter_dir": adapter_dir, "run_id": run_id})
+            value={"adapter_dir": adapter_dir, "mlflow_run_id": run_id})
 
-    @dg.asset(group_name="evaluation", code_version="2", kinds={"parquet"})
+    @dg.asset(group_name="evaluation", kinds={"parquet"}, code_version=code_version_of(
+        __name__, "evaluation.suites", "evaluation.contamination", "data.dedup", "data.holdout",
+        "data.loaders.omnimedvqa"))
     def eval_suites(context: dg.AssetExecutionContext, config: SuitesConfig, home: PipelineHome,
-                    unified_samples: pd.DataFrame, taxonomy_graph: Taxonomy, ddx_graph: DDxGraph,
-                    skin_rationale_trajectories: str, rl_mcq_dataset: str) -> str:
+                    mlflow: MlflowTracking, unified_samples: pd.DataFrame, taxonomy_graph: Taxonomy,
+                    ddx_graph: DDxGraph, skin_rationale_trajectories: str, rl_mcq_dataset: str) -> str:
         """Set-first headline suites (no image-blind guesser beats 1/n), the paper-comparable suites, OmniMedVQA's
         questions when configured, and image controls; items whose image (exact or a near-duplicate) or sample any
         training stage saw are flagged and excluded."""
@@ -130,6 +137,15 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
         path = write_parquet(answered, out / "suite_items.parquet")
         write_parquet(report.flags, out / CONTAMINATION_FLAGS)
         home.seal(context, out)
+        with mlflow.asset_run(context, params=config.model_dump()) as run:
+            if run is not None:
+                import mlflow as mlf
+
+                from skinr1_pipeline.tracking.mlflow_runs import log_parquet_input
+
+                mlf.log_metrics({"items": len(clean), "control_items": len(controls),
+                                 "contamination_flags": len(report.flags)})
+                log_parquet_input(path, "eval_suites", "evaluation")
         per_suite = (answered.groupby(["suite", "construction", "condition"], dropna=False).size().rename("items")
                      .reset_index())
         context.add_output_metadata({
@@ -178,7 +194,8 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
 
         return load_questions(settings.dataset_root("omnimedvqa")), unified_samples[evaluation_only(unified_samples)]
 
-    @dg.asset(group_name="evaluation", code_version="1", kinds={"pytorch"}, partitions_def=variants, pool=GPU_POOL)
+    @dg.asset(group_name="evaluation", kinds={"pytorch"}, partitions_def=variants, pool=GPU_POOL,
+              code_version=code_version_of(__name__, "evaluation.cli", "evaluation.comparison", "evaluation.metrics"))
     def variant_evaluations(context: dg.AssetExecutionContext, config: VariantEvalConfig, home: PipelineHome,
                             mlflow: MlflowTracking, compute: Compute, eval_suites: str, taxonomy_graph: Taxonomy, base_model: str,
                             sft_checkpoint: dict, grpo_checkpoint: dict, rl_only_checkpoint: dict) -> dict:
@@ -189,6 +206,12 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
         variant = context.partition_key
         adapter = {"base": None, "sft": sft_checkpoint["adapter_dir"], "rl_only": rl_only_checkpoint["adapter_dir"],
                    "sft_grpo": grpo_checkpoint["adapter_dir"]}[variant]
+        # The runs named by the values, not the latest of each asset: the adapter scored here is the one they trained.
+        training_runs = {"sft_checkpoint": sft_checkpoint.get("mlflow_run_id", ""),
+                         "rl_only_checkpoint": rl_only_checkpoint.get("mlflow_run_id", ""),
+                         "grpo_checkpoint": grpo_checkpoint.get("mlflow_run_id", "")}
+        adapter_asset = VARIANT_ASSETS[variant]
+        adapter_run = training_runs.get(adapter_asset, "")
         out = home.run_dir(context, "outputs", "variant_evaluations")
         answers = AnswerConfig(
             items_path=eval_suites, model_dir=base_model, adapter_dir=adapter, output_path=str(out / "answers.parquet"),
@@ -216,16 +239,23 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
             summary.setdefault(suite, {})["breakdowns"] = extra
         served = str(raw_value(reported.get("adapter_served_as")))
         with mlflow.asset_run(context, params={"variant": variant, "runner": config.runner,
-                                               "adapter_dir": adapter or "", "adapter_served_as": served}):
-            import mlflow as mlf
+                                               "adapter_dir": adapter or "", "adapter_served_as": served},
+                              upstream=training_runs,
+                              tags={EVALUATED_RUN_TAG: adapter_run} if adapter_run else None) as run:
+            if run is not None:
+                import mlflow as mlf
 
-            mlf.log_metrics({f"{suite}_accuracy": s["accuracy"] for suite, s in summary.items()
-                             if s.get("accuracy") == s.get("accuracy")})
-            mlf.log_metric("items_per_second", len(items) / max(seconds, 1e-9))
-            mlf.log_metrics({f"{u['suite']}_real_minus_{c}": u[f"real_minus_{c}"] for u in uses_image
-                             for c in ("shuffled", "blank") if u.get(f"real_minus_{c}") == u.get(f"real_minus_{c}")})
-            mlf.log_dict(summary, "summary.json")
-            mlf.log_dict({"image_use": uses_image}, "image_use.json")
+                from skinr1_pipeline.tracking.mlflow_runs import log_parquet_input
+
+                log_parquet_input(eval_suites, "eval_suites", "evaluation")
+                mlf.log_metrics({f"{suite}_accuracy": s["accuracy"] for suite, s in summary.items()
+                                 if s.get("accuracy") == s.get("accuracy")})
+                mlf.log_metric("items_per_second", len(items) / max(seconds, 1e-9))
+                mlf.log_metrics({f"{u['suite']}_real_minus_{c}": u[f"real_minus_{c}"] for u in uses_image
+                                 for c in ("shuffled", "blank")
+                                 if u.get(f"real_minus_{c}") == u.get(f"real_minus_{c}")})
+                mlf.log_dict(summary, "summary.json")
+                mlf.log_dict({"image_use": uses_image}, "image_use.json")
         rows = [{"suite": s, "n": v["n"], "accuracy": v["accuracy"], "ci": f"[{v['ci_low']:.2f}, {v['ci_high']:.2f}]",
                  "format_ok": v.get("format_ok_rate"), "answer_likelihood": v.get("likelihood", {}).get("accuracy")}
                 for s, v in summary.items()]
@@ -244,13 +274,16 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
                 [{"suite": k, **v["ece"]} for k, v in breakdowns.items() if "ece" in v]))),
         }
         # A Pipes step hands back a MaterializeResult; its `value` still goes through the IO manager.
-        return dg.MaterializeResult(metadata=metadata, value={"variant": variant, "summary": summary,
-                                                              "image_use": uses_image,
-                                                              "scored_path": str(out / "scored.parquet")})
+        return dg.MaterializeResult(metadata=metadata, value={
+            "variant": variant, "summary": summary, "image_use": uses_image, "scored_path": str(out / "scored.parquet"),
+            "mlflow_run_id": run.info.run_id if run is not None else "", "adapter_asset": adapter_asset,
+            "adapter_run_id": adapter_run})
 
-    @dg.asset(group_name="evaluation", code_version="3", kinds={"pandas"})
-    def ablation_table(context: dg.AssetExecutionContext, home: PipelineHome, variant_evaluations: dict[str, dict],
-                       eval_suites: str, taxonomy_graph: Taxonomy, ddx_graph: DDxGraph) -> dict:
+    @dg.asset(group_name="evaluation", kinds={"pandas"},
+              code_version=code_version_of(__name__, "evaluation.baselines", "evaluation.comparison"))
+    def ablation_table(context: dg.AssetExecutionContext, home: PipelineHome, mlflow: MlflowTracking,
+                       variant_evaluations: dict[str, dict], eval_suites: str, taxonomy_graph: Taxonomy,
+                       ddx_graph: DDxGraph) -> dict:
         """The paper's ablation table (base vs SFT-only vs RL-only vs SFT+GRPO on every suite, 95% intervals), read
         against the best image-blind guesser and each variant's shuffled-image control, with the paper's claims
         tested on paired items (exact McNemar, Holm-adjusted)."""
@@ -279,6 +312,14 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
         write_csv(uses_image, out / "image_use.csv", index=False)
         home.seal(context, out)
         shape = paper_shape(claims)
+        with mlflow.asset_run(context, upstream=_evaluation_runs(variant_evaluations)) as run:
+            if run is not None:
+                import mlflow as mlf
+
+                mlf.log_param("paper_shape", shape.get("verdict", ""))
+                mlf.log_table(table.reset_index(), "ablation_table.json")
+                for csv in sorted(out.glob("*.csv")):
+                    mlf.log_artifact(str(csv), "tables")
         display = table[[c for c in table.columns if not c.endswith(("_acc", "_ci_low", "_ci_high", "_n", "_format_ok",
                                                                       "_credit"))]]
         context.add_output_metadata({"table": md(markdown_table(display.reset_index())),
@@ -292,7 +333,8 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
         # The folder travels with the table: the report reads the side tables this run wrote, not a fixed path.
         return {"table": table, "dir": str(out)}
 
-    @dg.asset(group_name="evaluation", code_version="3", kinds={"mlflow", "html"})
+    @dg.asset(group_name="evaluation", kinds={"mlflow", "html"}, code_version=code_version_of(
+        __name__, "evaluation.comparison", "evaluation.report", "tracking.pyfunc_model", "tracking.registry"))
     def evaluation_reports(context: dg.AssetExecutionContext, config: RegistryConfig, home: PipelineHome,
                            mlflow: MlflowTracking, ablation_table: dict, variant_evaluations: dict[str, dict],
                            base_model: str, grpo_checkpoint: dict, eval_suites: str) -> dict:
@@ -305,8 +347,8 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
         scored = {v: {s: f.reset_index(drop=True) for s, f in _real_rows(e["scored_path"]).groupby("suite")}
                   for v, e in variant_evaluations.items()}
         summaries = {v: e["summary"] for v, e in variant_evaluations.items()}
-        run_ids = _training_run_ids(settings, context)
-        curves = read_curves(settings.mlflow_tracking_uri, run_ids) if run_ids else None
+        run_ids = _training_run_ids(variant_evaluations)
+        curves = read_curves(settings.mlflow_tracking_uri, run_ids) if run_ids and mlflow.enabled else None
         flags = pd.read_parquet(Path(eval_suites).with_name(CONTAMINATION_FLAGS))
         # Written by ablation_table from the same variant evaluations, in the folder its value names.
         table, tables_dir = ablation_table["table"], Path(ablation_table["dir"])
@@ -321,10 +363,20 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
         evidence = promotion_evidence(blind, uses_image, variant="sft_grpo", suite=HEADLINE_SUITE)
         result: dict = {"report_html": str(files.html), "report_md": str(files.markdown), "registered_version": None,
                         "evidence": evidence}
-        with mlflow.asset_run(context) as run:
+        lineage_rows = None
+        upstream = {**_evaluation_runs(variant_evaluations),
+                    "grpo_checkpoint": grpo_checkpoint.get("mlflow_run_id", "")}
+        with mlflow.asset_run(context, upstream=upstream) as run:
             if run is not None:
                 import mlflow as mlf
 
+                from skinr1_pipeline.tracking.mlflow_runs import log_parquet_input
+
+                log_parquet_input(eval_suites, "eval_suites", "evaluation")
+                for variant, evaluation in sorted(variant_evaluations.items()):
+                    log_parquet_input(evaluation["scored_path"], f"scored_{variant}", "scored")
+                lineage_rows = _log_lineage(settings.mlflow_tracking_uri, run.info.run_id)
+                mlf.set_tags({f"skinr1.curves_from.{label}": run_id for label, run_id in run_ids.items()})
                 mlf.log_artifact(str(files.html), "report")
                 mlf.log_artifact(str(files.markdown), "report")
                 mlf.log_table(table.reset_index(), "ablation_table.json")
@@ -334,14 +386,16 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
                         mlf.log_table(frame, f"{name}.json")
                 in_domain = summaries.get("sft_grpo", {}).get(HEADLINE_SUITE, {}).get("accuracy")
                 if config.register_candidate and in_domain is not None:
-                    result.update(_register(grpo_checkpoint["adapter_dir"], base_model, eval_suites,
-                                            {"in_domain_accuracy": in_domain, **evidence}))
+                    result.update(_register(grpo_checkpoint["adapter_dir"], base_model, eval_suites, {
+                        "in_domain_accuracy": in_domain, **evidence, "report_run": run.info.run_id,
+                        "training_run": grpo_checkpoint.get("mlflow_run_id", "")}))
         home.seal(context, out)
         context.add_output_metadata({
             "report_html": dg.MetadataValue.path(str(files.html)),
             "report": md(files.markdown.read_text("utf-8")[:60000]),
             "paper_shape": paper_shape(claims).get("verdict", "") if len(claims) else "not evaluated",
             "registered_version": str(result["registered_version"] or ""),
+            "lineage": md(markdown_table(lineage_rows)) if lineage_rows is not None else "MLflow tracking is off",
             **{k: str(v) for k, v in evidence.items()},
         })
         return {**result, "min_delta": config.min_delta}
@@ -363,15 +417,34 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
         # Keeping the current champion is a correct outcome, not a failure: the check passes either way and says which.
         return dg.AssetCheckResult(passed=True, metadata={k: str(v) for k, v in decision.as_dict().items()})
 
-    schedule = dg.ScheduleDefinition(
+    @dg.schedule(
         name="weekly_evaluation",
-        target=dg.AssetSelection.keys("eval_suites", "variant_evaluations", "ablation_table", "evaluation_reports"),
+        target=dg.AssetSelection.assets(variant_evaluations),
         cron_schedule="0 3 * * 1",
         default_status=dg.DefaultScheduleStatus.STOPPED,
-        description="Re-run evaluation weekly (enable in the UI); change the cron in defs/evaluation_assets.py.",
+        description="Re-scores every model variant weekly, one run per variant (enable in the UI; the cron is in "
+                    "defs/evaluation_assets.py). The ablation table and report follow through the evaluation "
+                    "stage's automation, or from the UI when that stage is off.",
     )
+    def weekly_evaluation(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
+        """One run request per variant partition: a run without a partition key cannot materialize a partitioned
+        asset, and one run per variant lets the `gpu` pool queue them one at a time."""
+        tick = context.scheduled_execution_time.strftime("%Y-%m-%dT%H:%M") if context.scheduled_execution_time \
+            else "manual"
+        return [dg.RunRequest(run_key=f"{tick}:{variant}", partition_key=variant,
+                              run_config=weekly_run_config(settings), tags={WEEKLY_TAG: tick})
+                for variant in variants.get_partition_keys()]
+
     return ([rl_only_checkpoint, eval_suites, variant_evaluations, ablation_table, evaluation_reports],
-            [set_first_suites_resist_blind_guessing, champion_promotion], [schedule])
+            [set_first_suites_resist_blind_guessing, champion_promotion], [weekly_evaluation])
+
+
+def weekly_run_config(settings: Settings) -> dict:
+    """The weekly runs' config: the settings' scale preset for `variant_evaluations` (nothing at full scale), as
+    for the runs the automation launches; a schedule's runs carry no config of their own."""
+    from skinr1_pipeline.presets import run_config_for
+
+    return run_config_for(settings.scale, ["variant_evaluations"])
 
 
 def _image_use_rows(uses_image: list[dict]) -> pd.DataFrame:
@@ -403,21 +476,46 @@ def _breakdowns(by_suite: dict[str, pd.DataFrame], *, calibration: bool) -> dict
     return out
 
 
-def _training_run_ids(settings: Settings, context: dg.AssetExecutionContext) -> dict[str, str]:
-    """The latest MLflow runs of the training assets, for loss and reward curves."""
-    from mlflow import MlflowClient
+def _training_run_ids(variant_evaluations: dict[str, dict]) -> dict[str, str]:
+    """The MLflow runs that trained the evaluated adapters, as the variant values name them (for loss and reward
+    curves): not the latest run of each asset, which a later or concurrent training may have replaced."""
+    return {e["adapter_asset"]: e["adapter_run_id"] for _, e in sorted(variant_evaluations.items())
+            if e.get("adapter_run_id")}
 
-    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
-    experiment = client.get_experiment_by_name(settings.mlflow_experiment)
-    if experiment is None:
-        return {}
-    out = {}
-    for key in ("sft_checkpoint", "grpo_checkpoint", "rl_only_checkpoint"):
-        runs = client.search_runs([experiment.experiment_id], f"tags.`dagster.asset_key` = '{key}'",
-                                  order_by=["attributes.start_time DESC"], max_results=1)
-        if runs:
-            out[key] = runs[0].info.run_id
-    return out
+
+def _evaluation_runs(variant_evaluations: dict[str, dict]) -> dict[str, str]:
+    """Input label -> MLflow run of each variant evaluation, as the values name them."""
+    from skinr1_pipeline.tracking.mlflow_runs import input_label
+
+    return {input_label("variant_evaluations", v): e.get("mlflow_run_id", "") for v, e in variant_evaluations.items()}
+
+
+# From the report back to the raw data, through the headline variant: evaluation -> GRPO -> SFT -> trajectories ->
+# samples -> every raw dataset (labels as in `skinr1.upstream.*` tags).
+REPORT_ROUTE = ("variant_evaluations.sft_grpo", "grpo_checkpoint", "sft_checkpoint", "skin_rationale_trajectories",
+                "unified_samples", "raw_datasets.*")
+
+
+def _log_lineage(tracking_uri: str, run_id: str) -> pd.DataFrame:
+    """On the report's (active) run: `lineage.json` (every run upstream of it), `skinr1.chain.*` tags and a
+    description linking the chain from the raw data to this report; returns the chain as rows (data first)."""
+    import mlflow as mlf
+
+    from skinr1_pipeline.tracking import mlflow_runs
+
+    nodes = mlflow_runs.collect_lineage(tracking_uri, run_id)
+    steps = mlflow_runs.follow(nodes, run_id, REPORT_ROUTE)
+    chain = [{"input": step["input"], "runs": [{"run_id": r, **{k: nodes.get(r, {}).get(k) for k in (
+        "asset", "partition", "orchestrator_run_id", "lineage", "datasets")}} for r in step["runs"]]}
+        for step in reversed(steps)]
+    mlf.log_dict({"report_run": run_id, "lineage": nodes.get(run_id, {}).get("lineage", ""), "route": REPORT_ROUTE,
+                  "chain": chain, "runs": nodes}, "lineage.json")
+    mlf.set_tags({**mlflow_runs.chain_tags(nodes, steps),
+                  mlflow_runs.NOTE_TAG: mlflow_runs.chain_markdown(nodes, steps, "Lineage of this report")})
+    return pd.DataFrame([{"stage": step["input"].removesuffix(".*"), "mlflow_run": r["run_id"],
+                          "partition": r["partition"] or "",
+                          "datasets": ", ".join(f"{d['name']}={d['digest']}" for d in r["datasets"] or [])}
+                         for step in chain for r in step["runs"]])
 
 
 def _real_rows(scored_path: str) -> pd.DataFrame:
@@ -441,5 +539,7 @@ def _register(adapter_dir: str, base_model: str, eval_suites: str, tags: dict) -
     example = pd.read_parquet(eval_suites, columns=["image_path", "prompt"]).iloc[0]
     info = log_skinr1_model(base_model, adapter_dir, name="skinr1_grpo", input_example_image_path=example["image_path"],
                             input_example_prompt=example["prompt"], model_config={"max_new_tokens": 32})
-    version = register_candidate(info.model_uri, REGISTERED_MODEL, tags=tags)
+    base = (info.metadata or {}).get("skinr1_base_model", {})  # referenced, not copied: say which base it needs
+    version = register_candidate(info.model_uri, REGISTERED_MODEL, tags={
+        **tags, "base_model_path": base.get("path", ""), "base_model_digest": base.get("digest", "")})
     return {"registered_version": version, "model_uri": info.model_uri}

@@ -11,6 +11,7 @@ from pydantic import Field, field_validator
 
 from skinr1_pipeline.data.holdout import training_rows
 from skinr1_pipeline.data.schema import SPLITS
+from skinr1_pipeline.defs.code_versions import code_version_of
 from skinr1_pipeline.defs.metadata import counts_table, markdown_table, md
 from skinr1_pipeline.defs.resources import MlflowTracking, PipelineHome
 from skinr1_pipeline.knowledge.ddx import DDxGraph
@@ -152,16 +153,25 @@ def _demo_features(settings: Settings) -> dict[str, dict] | None:
 
 
 def build_synthesis_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition], list[dg.AssetChecksDefinition]]:
-    @dg.asset(group_name="knowledge", code_version="1", kinds={"yaml"})
-    def knowledge_base(context: dg.AssetExecutionContext, config: KnowledgeConfig, taxonomy_graph: Taxonomy,
-                       ddx_graph: DDxGraph) -> KnowledgeBase:
+    @dg.asset(group_name="knowledge", kinds={"yaml"}, code_version=code_version_of(
+        __name__, "knowledge.knowledge_base", data=("knowledge/data/knowledge_base.yaml",)))
+    def knowledge_base(context: dg.AssetExecutionContext, config: KnowledgeConfig, mlflow: MlflowTracking,
+                       taxonomy_graph: Taxonomy, ddx_graph: DDxGraph) -> KnowledgeBase:
         """Disease knowledge (morphology, dermoscopy, sites, behaviour, DDx discriminators), schema-validated."""
         kb = load_knowledge_base(taxonomy_graph, ddx_graph, config.path or None)
         rows = [{"diagnosis": node, "source": kb.citation(node) or ""} for node in sorted(kb.entries)]
+        with mlflow.asset_run(context, params={"path": config.path or "packaged"}) as run:
+            if run is not None:
+                import mlflow as mlf
+
+                mlf.log_metric("entries", len(kb))
+                mlf.log_table(pd.DataFrame(rows), "knowledge_entries.json")
         context.add_output_metadata({"entries": len(kb), "entries_table": md(markdown_table(pd.DataFrame(rows), max_rows=100))})
         return kb
 
-    @dg.asset(group_name="synthesis", code_version="1", kinds={"parquet"})
+    @dg.asset(group_name="synthesis", kinds={"parquet"}, code_version=code_version_of(
+        __name__, "synthesis.pipeline", "synthesis.generators", "synthesis.vllm_generator", "synthesis.http_generator",
+        "data.holdout", "knowledge.corpus", data=("knowledge/data/lesion_features.yaml",)))
     def skin_rationale_trajectories(
         context: dg.AssetExecutionContext,
         config: SynthesisConfig,
@@ -216,16 +226,18 @@ def build_synthesis_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition
         home.seal(context, out_dir)
         counts = result.counts
         with mlflow.asset_run(context, params={**config_params(config), "samples": len(samples),
-                                               "teacher_generator": teacher.generator}):
-            import mlflow as mlf
+                                               "teacher_generator": teacher.generator}) as run:
+            if run is not None:
+                import mlflow as mlf
 
-            from skinr1_pipeline.tracking.mlflow_runs import log_dataframe_input
+                from skinr1_pipeline.tracking.mlflow_runs import log_parquet_input
 
-            mlf.log_metrics({"accepted": len(trajectories), "rejected": counts["rejected"], "seconds": seconds,
-                             "transport_failed": counts["transport_failed"],
-                             **{f"transport_failures/{k}": v for k, v in counts["transport_failures"].items()}})
-            log_dataframe_input(trajectories.drop(columns=["completion"]), "skin_rationale_trajectories", str(dataset_path), "sft")
-            mlf.log_dict(result.counts, "synthesis_counts.json")
+                mlf.log_metrics({"accepted": len(trajectories), "rejected": counts["rejected"], "seconds": seconds,
+                                 "transport_failed": counts["transport_failed"],
+                                 **{f"transport_failures/{k}": v for k, v in counts["transport_failures"].items()}})
+                # Read back from the file SFT reads, so both runs log one digest for it (completions included).
+                log_parquet_input(dataset_path, "skin_rationale_trajectories", "sft")
+                mlf.log_dict(result.counts, "synthesis_counts.json")
         per_type = pd.DataFrame(result.counts["per_type"]).T.reset_index(names="trajectory_type")
         examples = trajectories.groupby("trajectory_type").head(1)
         rendered = "\n\n".join(

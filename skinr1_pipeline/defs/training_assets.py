@@ -7,13 +7,14 @@ import math
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Mapping, Sequence
 
 import dagster as dg
 import pandas as pd
 from pydantic import Field
 
 from skinr1_pipeline.data.holdout import training_rows
+from skinr1_pipeline.defs.code_versions import code_version_of
 from skinr1_pipeline.defs.compute import TRAINING_CLI, Compute, ComputeStep
 from skinr1_pipeline.defs.metadata import counts_table, markdown_table, md, raw_value
 from skinr1_pipeline.defs.resources import MlflowTracking, PipelineHome
@@ -118,12 +119,34 @@ def _blind_reward_metrics(blind_reward: dict[str, Any]) -> dict[str, float]:
             if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+def _log_base_model(context: dg.AssetExecutionContext, mlflow: MlflowTracking, model_dir: str | Path,
+                    params: dict[str, Any], metrics: dict[str, float] | None = None) -> None:
+    """The base model's MLflow run, tagged with the digest a registered adapter's base reference is checked
+    against (`tracking.pyfunc_model.base_model_digest`)."""
+    from skinr1_pipeline.tracking.pyfunc_model import base_model_digest
+
+    fingerprint = base_model_digest(model_dir)
+    with mlflow.asset_run(context, params=params, tags={"skinr1.base_model_digest": fingerprint["digest"]}) as run:
+        if run is not None:
+            import mlflow as mlf
+
+            mlf.log_metrics({"bytes_on_disk": fingerprint["bytes"], "model_files": fingerprint["files"],
+                             **(metrics or {})})
+    context.add_output_metadata({"base_model_digest": fingerprint["digest"]})
+
+
 def train_and_gate(context: dg.AssetExecutionContext, compute: Compute, mlflow: MlflowTracking, settings: Settings, *,
-                   step: str, cfg: Any, out_dir: Path, artifact: str, gate: GateConfig | None
+                   step: str, cfg: Any, out_dir: Path, artifact: str, gate: GateConfig | None,
+                   inputs: Sequence[tuple[str, str, str, str | None]] = (), upstream: Mapping[str, str] | None = None,
                    ) -> tuple[dict[str, Any], str, dict[str, Any] | None, str]:
     """One training stage where the model is (`compute`): train into this asset's MLflow run, then, in the same job,
     score the adapter on the held-out slice (`gate`). Returns (reported metadata, adapter dir, gate scores, MLflow
-    run id)."""
+    run id).
+
+    `inputs`: (Parquet path, dataset name, context, split or None) logged as the run's dataset inputs before
+    training, so the run records what it was trained and gated on; `upstream` as in `MlflowTracking.asset_run`.
+    """
+    from skinr1_pipeline.tracking.mlflow_runs import log_parquet_input
     from skinr1_pipeline.training.config import to_mapping
 
     cfg.report_to = ["mlflow"] if mlflow.enabled else []
@@ -132,7 +155,10 @@ def train_and_gate(context: dg.AssetExecutionContext, compute: Compute, mlflow: 
     if gate is not None:
         gate_path = write_yaml(out_dir / "gate_config.yaml", asdict(gate))
         args += ["--gate", str(gate_path)]
-    with mlflow.asset_run(context) as run:
+    with mlflow.asset_run(context, upstream=upstream) as run:
+        if run is not None:
+            for path, name, usage, split in inputs:
+                log_parquet_input(path, name, usage, split=split)
         env = {} if run is None else {"MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
                                       "MLFLOW_RUN_ID": run.info.run_id, "MLFLOW_EXPERIMENT_ID": run.info.experiment_id}
         reported = compute.run(context, ComputeStep(module=TRAINING_CLI, args=args, workdir=out_dir, trainer=True,
@@ -172,9 +198,12 @@ def grpo_config(demo: bool, base_model: str, adapter_dir: str | None, items_path
 def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition], list[dg.AssetChecksDefinition]]:
     demo = settings.profile == "demo"
 
-    @dg.asset(group_name="training", code_version="1", kinds={"pytorch"})
+    @dg.asset(group_name="training", kinds={"pytorch"}, code_version=code_version_of(
+        __name__, "modeling.model_factory", "modeling.tiny_model", "modeling.demo_pretraining", "modeling.option_drill",
+        "data.holdout", "tracking.pyfunc_model"))
     def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, home: PipelineHome,
-                   taxonomy_graph: Taxonomy, unified_samples: pd.DataFrame, skin_rationale_trajectories: str) -> str:
+                   mlflow: MlflowTracking, taxonomy_graph: Taxonomy, unified_samples: pd.DataFrame,
+                   skin_rationale_trajectories: str) -> str:
         """The model every stage starts from: demo = a tiny Qwen2.5-VL with a tokenizer trained here on the
         taxonomy, knowledge and trajectory text, warmed up on train images, then drilled on reading multiple-choice
         options; gpu = the local Qwen2.5-VL-7B-Instruct directory."""
@@ -182,6 +211,7 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
 
         if not demo:
             model_config = validate_model_dir(settings.base_model_dir)
+            _log_base_model(context, mlflow, settings.base_model_dir, {"model_dir": str(settings.base_model_dir)})
             context.add_output_metadata({"model_dir": dg.MetadataValue.path(str(settings.base_model_dir)),
                                          "model_type": model_config.get("model_type", "")})
             return str(settings.base_model_dir)
@@ -213,6 +243,9 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
                              f"accuracy {drill['held_out_accuracy']:.0%} on {drill['held_out_items']} fresh items")
         model_config = validate_model_dir(out_dir)
         home.seal(context, out_dir)
+        _log_base_model(context, mlflow, out_dir, {**config.model_dump(), "model_dir": str(out_dir)}, {
+            "warmup_steps": warmup["steps"], "option_drill_steps": drill["steps"],
+            **({"option_drill_accuracy": drill["held_out_accuracy"]} if "held_out_accuracy" in drill else {})})
         size = sum(p.stat().st_size for p in out_dir.rglob("*") if p.is_file())
         context.add_output_metadata({
             "model_dir": dg.MetadataValue.path(str(out_dir)), "model_type": model_config.get("model_type", ""),
@@ -226,7 +259,8 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
         })
         return str(out_dir)
 
-    @dg.asset(group_name="training", code_version="2", kinds={"parquet"})
+    @dg.asset(group_name="training", kinds={"parquet"},
+              code_version=code_version_of(__name__, "training.rl_data", "evaluation.baselines", "data.holdout"))
     def rl_mcq_dataset(context: dg.AssetExecutionContext, config: RLDataConfig, home: PipelineHome,
                        mlflow: MlflowTracking, unified_samples: pd.DataFrame, taxonomy_graph: Taxonomy,
                        ddx_graph: DDxGraph) -> str:
@@ -246,14 +280,15 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
         blind_reward = best_blind_policy_reward(items[items["split"] == "train"], taxonomy_graph, ddx_graph)
         write_json(folder / BLIND_REWARD_FILE, blind_reward, indent=1, default=float)
         home.seal(context, folder)
-        with mlflow.asset_run(context, params=config.model_dump()):
-            import mlflow as mlf
+        with mlflow.asset_run(context, params=config.model_dump()) as run:
+            if run is not None:
+                import mlflow as mlf
 
-            from skinr1_pipeline.tracking.mlflow_runs import log_dataframe_input
+                from skinr1_pipeline.tracking.mlflow_runs import log_parquet_input
 
-            for split, frame in items.groupby("split"):
-                log_dataframe_input(frame, f"rl_mcq_{split}", str(path), "grpo" if split == "train" else split)
-            mlf.log_metrics(_blind_reward_metrics(blind_reward))
+                for split in sorted(items["split"].unique()):  # from the file, so GRPO logs the same digests
+                    log_parquet_input(path, f"rl_mcq_{split}", "grpo" if split == "train" else split, split=split)
+                mlf.log_metrics(_blind_reward_metrics(blind_reward))
         per_split = items.groupby(["source_dataset", "split"]).size().rename("items").reset_index()
         example = items.iloc[0]
         context.add_output_metadata({
@@ -268,7 +303,8 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
         })
         return str(path)
 
-    @dg.asset(group_name="training", code_version="1", kinds={"pytorch", "mlflow"}, pool=GPU_POOL)
+    @dg.asset(group_name="training", kinds={"pytorch", "mlflow"}, pool=GPU_POOL, code_version=code_version_of(
+        __name__, "training.cli", "modeling.option_drill", "data.holdout"))
     def sft_checkpoint(context: dg.AssetExecutionContext, config: SFTAssetConfig, home: PipelineHome,
                        mlflow: MlflowTracking, compute: Compute,
                        base_model: str, skin_rationale_trajectories: str, rl_mcq_dataset: str,
@@ -291,9 +327,13 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
         cfg = (demo_sft_config(base_model, train_path, out_dir, **overrides) if demo
                else SFTRunConfig(model_dir=base_model, train_path=skin_rationale_trajectories, output_dir=str(out_dir),
                                  **overrides))
-        reported, adapter_dir, gate, _ = train_and_gate(
+        inputs = [(skin_rationale_trajectories, "skin_rationale_trajectories", "training", None),
+                  *([(train_path, "sft_data", "training_mix", None)] if mixed else []),
+                  (rl_mcq_dataset, "rl_mcq_valid", "gate", "valid")]
+        reported, adapter_dir, gate, run_id = train_and_gate(
             context, compute, mlflow, settings, step="sft", cfg=cfg, out_dir=out_dir, artifact="sft_adapter",
-            gate=heldout_gate(rl_mcq_dataset, base_model, config.gate_items, config.max_new_tokens, cfg.max_pixels))
+            gate=heldout_gate(rl_mcq_dataset, base_model, config.gate_items, config.max_new_tokens, cfg.max_pixels),
+            inputs=inputs)
         home.seal(context, out_dir)
         losses = [float(p["loss"]) for p in raw_value(reported.get("train_loss")) or []]
         metadata = {
@@ -307,7 +347,7 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
         # A Pipes step must hand back a MaterializeResult; its `value` still goes through the IO manager.
         return dg.MaterializeResult(metadata=metadata, value={
             "adapter_dir": adapter_dir, "losses": losses, "gate": gate, "max_pixels": cfg.max_pixels,
-            "format_floor": config.format_floor})
+            "format_floor": config.format_floor, "mlflow_run_id": run_id})
 
     @dg.asset_check(asset=sft_checkpoint, blocking=True, description="Every logged SFT loss is finite")
     def sft_losses_finite(sft_checkpoint: dict) -> dg.AssetCheckResult:
@@ -323,7 +363,8 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
         return dg.AssetCheckResult(passed=rate >= floor, metadata={"parse_rate": rate, "n": sft_checkpoint["gate"]["n"],
                                                                     "floor": floor})
 
-    @dg.asset(group_name="training", code_version="1", kinds={"pytorch", "mlflow"}, pool=GPU_POOL)
+    @dg.asset(group_name="training", kinds={"pytorch", "mlflow"}, pool=GPU_POOL,
+              code_version=code_version_of(__name__, "training.cli"))
     def grpo_checkpoint(context: dg.AssetExecutionContext, config: GRPOAssetConfig, home: PipelineHome,
                         mlflow: MlflowTracking, compute: Compute,
                         base_model: str, sft_checkpoint: dict, rl_mcq_dataset: str) -> dict:
@@ -333,10 +374,14 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
         overrides = run_overrides(config.overrides, config.resume, GRPORunConfig)
         out_dir = training_dir(context, home, "grpo", resume=config.resume)
         cfg = grpo_config(demo, base_model, sft_checkpoint["adapter_dir"], rl_mcq_dataset, out_dir, overrides)
-        reported, adapter_dir, gate, _ = train_and_gate(
+        sft_run = sft_checkpoint.get("mlflow_run_id", "")  # values from before lineage lack it
+        reported, adapter_dir, gate, run_id = train_and_gate(
             context, compute, mlflow, settings, step="grpo", cfg=cfg, out_dir=out_dir, artifact="grpo_adapter",
             gate=heldout_gate(rl_mcq_dataset, base_model, config.gate_items, config.max_new_tokens,
-                              sft_checkpoint["max_pixels"]))
+                              sft_checkpoint["max_pixels"]),
+            inputs=[(rl_mcq_dataset, "rl_mcq_train", "grpo", "train"),
+                    (rl_mcq_dataset, "rl_mcq_valid", "gate", "valid")],
+            upstream={"sft_checkpoint": sft_run})
         home.seal(context, out_dir)
         metadata = {
             **{k: v for k, v in reported.items() if k not in ("reward_history", "metrics", "gate")},
@@ -346,7 +391,7 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
         }
         return dg.MaterializeResult(metadata=metadata, value={
             "adapter_dir": adapter_dir, "gate": gate, "sft_gate": sft_checkpoint["gate"],
-            "margin": config.accuracy_margin})
+            "margin": config.accuracy_margin, "mlflow_run_id": run_id, "sft_mlflow_run_id": sft_run})
 
     @dg.asset_check(asset=grpo_checkpoint, blocking=True,
                     description="GRPO keeps held-out in-domain accuracy within the margin of SFT's")

@@ -1,4 +1,11 @@
-"""Skin-R1 as an MLflow pyfunc model: base Qwen2.5-VL dir + LoRA adapter dir as artifacts, image + prompt in.
+"""Skin-R1 as an MLflow pyfunc model: the LoRA adapter dir plus a reference to its base Qwen2.5-VL dir as
+artifacts, image + prompt in.
+
+Why a reference and not a copy of the base: the base is the same for every candidate and is ~15 GB for the 7B model;
+copying it into each registration filled the artifact store. The reference (`base_model_ref.json`: path, file URI and
+a cheap digest, `base_model_digest`) is resolved when the model loads; a missing or different base is a
+`BaseModelError` naming both, and `model_config={"base_model_dir": ...}` points a loader at a moved copy (the digest
+is still checked). Models logged before this change carry the base as the `base_model` artifact and still load.
 
 Why a custom pyfunc: MLflow 3.17's transformers flavor has no image-text-to-text handling (anchors §D), so the
 adapter cannot be served through it. The wrapper loads the LoRA on the base without merging (the authors report
@@ -17,7 +24,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import io
+import json
+import tempfile
 import threading
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -41,11 +51,87 @@ from skinr1_pipeline.modeling.prompt_format import (
 
 INPUT_COLUMNS = ("image", "prompt")
 OUTPUT_COLUMNS = ("rationale", "diagnosis", "status", "option_letter", "format_ok", "parse_error", "completion")
-ARTIFACT_BASE, ARTIFACT_ADAPTER = "base_model", "adapter"
-DEFAULT_CONFIG = {"max_new_tokens": 512, "batch_size": 8, "dtype": "auto", "device": None, "max_pixels": None}
+ARTIFACT_BASE, ARTIFACT_ADAPTER = "base_model", "adapter"  # ARTIFACT_BASE: models logged with a copied base
+ARTIFACT_BASE_REF, BASE_REF_FILE = "base_model_ref", "base_model_ref.json"
+BASE_DIR_CONFIG = "base_model_dir"  # model_config key: load the referenced base from here instead
+BASE_FILE_SUFFIXES = (".json", ".safetensors", ".bin", ".model", ".txt", ".jinja", ".tiktoken", ".py")
+_SAMPLE_BYTES = 1 << 20
+# "" = the recorded base path; logged as a key so a loader may override it (MLflow ignores unknown keys at load).
+DEFAULT_CONFIG = {"max_new_tokens": 512, "batch_size": 8, "dtype": "auto", "device": None, "max_pixels": None,
+                  BASE_DIR_CONFIG: ""}
 PINNED_PACKAGES = ("mlflow", "torch", "torchvision", "transformers", "peft", "accelerate", "pillow", "pandas",
                    "numpy")
 _MAX_PATH_CHARS = 4096
+
+
+class BaseModelError(RuntimeError):
+    """The base model a registered adapter references is missing, unreadable or not the one it was trained on."""
+
+
+def _model_files(model_dir: Path) -> list[Path]:
+    """Files that define a Hugging Face model folder: weights, configs, tokenizer, processor, chat template (the
+    folder's top level; dotfiles such as run-folder markers excluded)."""
+    return sorted(p for p in model_dir.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.suffix in BASE_FILE_SUFFIXES)
+
+
+def base_model_digest(model_dir: str | Path) -> dict[str, Any]:
+    """A cheap fingerprint of a model folder: {"digest", "files", "bytes"}.
+
+    Hashes each model file's name and size, and its bytes when small; of a larger file only the first, middle and
+    last MiB (safetensors headers name every tensor's shape and offset, and any retraining changes the sampled
+    values). About 3 MiB read per weight shard instead of 15 GB: it tells a different or re-trained base apart, it is
+    not a defence against a deliberate edit of unsampled bytes.
+    """
+    folder = Path(model_dir)
+    digest, total, files = hashlib.sha256(), 0, _model_files(folder)
+    for path in files:
+        size = path.stat().st_size
+        total += size
+        digest.update(f"{path.name}\0{size}\0".encode())
+        with path.open("rb") as fh:
+            if size <= 3 * _SAMPLE_BYTES:
+                digest.update(fh.read())
+                continue
+            for offset in (0, (size - _SAMPLE_BYTES) // 2, size - _SAMPLE_BYTES):
+                fh.seek(offset)
+                digest.update(fh.read(_SAMPLE_BYTES))
+    return {"digest": f"sha256:{digest.hexdigest()}", "files": len(files), "bytes": total}
+
+
+def base_model_reference(model_dir: str | Path) -> dict[str, Any]:
+    """What a registered model records about its base instead of a copy: resolved path, file URI and digest."""
+    folder = Path(model_dir).resolve()  # not `latest`: that link moves to the next base model
+    config = json.loads((folder / "config.json").read_text("utf-8"))
+    return {"format": 1, "path": str(folder), "uri": folder.as_uri(), "model_type": config.get("model_type", ""),
+            **base_model_digest(folder)}
+
+
+def read_base_reference(path: str | Path) -> dict[str, Any]:
+    """A `base_model_ref.json`, checked for the keys `resolve_base_model` needs."""
+    try:
+        reference = json.loads(Path(path).read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BaseModelError(f"base model reference {path} is not readable JSON: {exc}") from exc
+    if not isinstance(reference, dict) or not all(isinstance(reference.get(k), str) for k in ("path", "digest")):
+        raise BaseModelError(f"base model reference {path} lacks a 'path' or 'digest' string")
+    return reference
+
+
+def resolve_base_model(reference: dict[str, Any], override: str | Path | None = None) -> Path:
+    """The base folder `reference` names (or `override`), after checking that its digest matches."""
+    folder = Path(override or reference["path"])
+    where = f"{folder}" + (f" (given instead of the recorded {reference['path']})" if override else "")
+    restore = (f"restore the base model there, or pass model_config={{'{BASE_DIR_CONFIG}': '<dir>'}} (diagnose: "
+               "--base) pointing at an identical copy")
+    if not (folder / "config.json").is_file():
+        raise BaseModelError(f"the base model this adapter was trained on is missing: no config.json in {where}; "
+                             f"expected digest {reference['digest']}; {restore}")
+    found = base_model_digest(folder)["digest"]
+    if found != reference["digest"]:
+        raise BaseModelError(f"the base model at {where} is not the one this adapter was trained on: digest "
+                             f"{found}, expected {reference['digest']}; {restore}")
+    return folder
 
 
 def decode_image(value: Any) -> Image.Image:
@@ -108,8 +194,9 @@ class SkinR1Model(PythonModel):
     """Greedy Skin-R1 inference; the model is loaded on the first `predict`, not at `load_model` time.
 
     Lazy loading keeps `mlflow.pyfunc.load_model` cheap (registry checks, signature inspection) and defers the
-    multi-GB weight load to the process that actually predicts. `model_config` keys: max_new_tokens, batch_size,
-    dtype, device, max_pixels; `params={"max_new_tokens": n}` overrides per call.
+    multi-GB weight load to the process that actually predicts (the base reference is checked at load time,
+    cheaply). `model_config` keys: max_new_tokens, batch_size, dtype, device, max_pixels, base_model_dir;
+    `params={"max_new_tokens": n}` overrides per call.
     """
 
     def __init__(self) -> None:
@@ -126,9 +213,13 @@ class SkinR1Model(PythonModel):
         self.__init__()
 
     def load_context(self, context) -> None:
-        self._base_dir = context.artifacts[ARTIFACT_BASE]
-        self._adapter_dir = context.artifacts[ARTIFACT_ADAPTER]
         self._config = {**DEFAULT_CONFIG, **dict(getattr(context, "model_config", None) or {})}
+        self._adapter_dir = context.artifacts[ARTIFACT_ADAPTER]
+        if ARTIFACT_BASE in context.artifacts:  # logged with a copy of the base
+            self._base_dir = context.artifacts[ARTIFACT_BASE]
+        else:  # checked now, so `load_model` fails with the reason instead of the first `predict`
+            reference = read_base_reference(context.artifacts[ARTIFACT_BASE_REF])
+            self._base_dir = str(resolve_base_model(reference, self._config.get(BASE_DIR_CONFIG)))
 
     def _ensure_loaded(self) -> None:
         with self._lock:
@@ -190,11 +281,13 @@ def log_skinr1_model(base_model_dir: str | Path, adapter_dir: str | Path, *, nam
                      input_example_image_path: str | Path, registered_model_name: str | None = None,
                      input_example_prompt: str | None = None, model_config: dict[str, Any] | None = None,
                      bundle_code: bool = True, tags: dict[str, str] | None = None):
-    """Log base model + adapter as a pyfunc with a signature and an input example; returns MLflow's ModelInfo.
+    """Log the adapter and a reference to its base model as a pyfunc with a signature and an input example;
+    returns MLflow's ModelInfo.
 
-    Both directories are validated first, so a wrong path fails here, not at serving time. Note that MLflow copies
-    the base model into the artifact store (~15 GB for the 7B model) and, to validate the input example, loads the
-    model and runs one prediction while logging; keep `max_new_tokens` in `model_config` modest.
+    Both directories are validated first, so a wrong path fails here, not at serving time. The base is referenced
+    (path + digest, also in the MLmodel metadata as `skinr1_base_model`), not copied: a loader needs the same base
+    at that path or a copy named by `model_config["base_model_dir"]`. To validate the input example MLflow loads
+    the model and runs one prediction while logging; keep `max_new_tokens` in `model_config` modest.
     """
     from mlflow.models import infer_signature
 
@@ -206,15 +299,20 @@ def log_skinr1_model(base_model_dir: str | Path, adapter_dir: str | Path, *, nam
     example_in, example_out = example_frames(input_example_image_path, input_example_prompt)
     signature = infer_signature(example_in, example_out, params={"max_new_tokens": int(config["max_new_tokens"])})
     package_dir = Path(__file__).resolve().parents[1]
-    return mlflow.pyfunc.log_model(
-        name=name,
-        python_model=SkinR1Model(),
-        artifacts={ARTIFACT_BASE: str(base_model_dir), ARTIFACT_ADAPTER: str(adapter_dir)},
-        signature=signature,
-        input_example=example_in,
-        pip_requirements=pinned_requirements(),
-        code_paths=[str(package_dir)] if bundle_code else None,
-        model_config={k: v for k, v in config.items() if v is not None},
-        registered_model_name=registered_model_name,
-        tags=tags,
-    )
+    reference = base_model_reference(base_model_dir)
+    with tempfile.TemporaryDirectory(prefix="skinr1-base-ref-") as scratch:
+        reference_path = Path(scratch) / BASE_REF_FILE
+        reference_path.write_text(json.dumps(reference, indent=1), "utf-8")
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=SkinR1Model(),
+            artifacts={ARTIFACT_BASE_REF: str(reference_path), ARTIFACT_ADAPTER: str(adapter_dir)},
+            signature=signature,
+            input_example=example_in,
+            pip_requirements=pinned_requirements(),
+            code_paths=[str(package_dir)] if bundle_code else None,
+            model_config={k: v for k, v in config.items() if v is not None},
+            metadata={"skinr1_base_model": reference},
+            registered_model_name=registered_model_name,
+            tags=tags,
+        )
