@@ -228,6 +228,9 @@ def test_two_concurrent_runs_of_the_same_assets_both_finish_in_their_own_folders
     before = {name: set(run_folders(settings.outputs_dir / name)) for name in ("rl_mcq_dataset", "eval_suites")}
     env = {**os.environ, "SKINR1_HOME": str(settings.home), "DAGSTER_HOME": str(tmp_path)}
     env.pop("SKINR1_CONFIG", None)
+    # Create the shared instance's tables first: two processes creating a fresh SQLite schema at once race.
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        assert instance.get_runs() == []
     runs = [subprocess.Popen([sys.executable, "-c", CONCURRENT_RUN, str(seed)], env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True) for seed in (1, 2)]
     logs = [run.communicate(timeout=600)[0] for run in runs]
