@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 export DAGSTER_HOME := $(CURDIR)
 
-.PHONY: demo test ui mlflow-ui bench install vllm-cpu check-gpu-resolve
+.PHONY: demo test test-fast lint ui mlflow-ui bench install vllm-cpu check-gpu-resolve
 
 # PROFILE=cpu (default: the demo, the tests, CPU stand-ins for vLLM and Ray) or PROFILE=gpu (a CUDA host: torch
 # 2.13.0 + vLLM 0.31 for colocated GRPO rollouts). Both add the Ray cluster extra. `requirements/README.md` says what
@@ -40,6 +40,13 @@ demo: install  ## materialize the whole asset graph on the embedded demo, then p
 
 test: install  ## the test suite (CI runs this)
 	$(BIN)/python -m pytest -q
+
+test-fast: install  ## the tests that take seconds: no slow, browser, vLLM or long-lived-process tests (under a minute)
+	$(BIN)/python -m pytest -q -m "not slow and not browser and not vllm and not daemon"
+
+lint: install  ## ruff: lint rules and formatting as configured in pyproject.toml (CI runs this before the tests)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 ui: install  ## Dagster UI on http://127.0.0.1:3000 (the asset graph: /asset-groups), with the daemon and its sensors
 	@echo "asset graph: http://127.0.0.1:3000/asset-groups"

@@ -24,7 +24,7 @@ from skinr1_pipeline.settings import Settings, load_settings
 
 def build_definitions(settings: Settings, *, compute: Compute | None = None) -> dg.Definitions:
     """The code location for `settings`; `compute` replaces the profile's compute resource (tests, notebooks)."""
-    data_assets, data_checks, partitions = build_data_assets(settings)
+    data_assets, data_checks, _ = build_data_assets(settings)
     synthesis_assets, synthesis_checks = build_synthesis_assets(settings)
     training_assets, training_checks = build_training_assets(settings)
     evaluation_assets, evaluation_checks, schedules = build_evaluation_assets(settings)
@@ -33,8 +33,7 @@ def build_definitions(settings: Settings, *, compute: Compute | None = None) -> 
     raw_key = dg.AssetKey("raw_datasets")
     ingest_job = dg.define_asset_job(
         "ingest_dataset",
-        selection=dg.AssetSelection.keys(raw_key),
-        partitions_def=partitions,
+        selection=dg.AssetSelection.assets(raw_key),
         description="Re-ingest one source dataset (partition); used by the folder-change sensor.",
     )
     return dg.Definitions(

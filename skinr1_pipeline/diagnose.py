@@ -18,10 +18,11 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from skinr1_pipeline.data.image_open import DEFAULT_MIN_MODEL_PIXELS
 from skinr1_pipeline.settings import Settings
-from skinr1_pipeline.storage.run_folders import LATEST_LINK
+from skinr1_pipeline.storage.run_folders import LATEST_LINK, latest_complete
+from skinr1_pipeline.tracking.registry import REGISTERED_MODEL
 
-REGISTERED_MODEL = "skinr1-grpo"
 # Written last into a registry cache folder: its presence, not MLmodel's, says the download finished.
 CACHE_COMPLETE = ".skinr1-download-complete"
 REGISTRY_ALIASES = ("champion", "candidate", "previous_champion")
@@ -76,8 +77,15 @@ def _is_adapter_dir(path: Path) -> bool:
     return (path / "adapter_config.json").is_file()
 
 
+def _newest_model_folder(settings: Settings, stage: str) -> Path:
+    """The stage's newest complete run folder (the one the pipeline hands downstream); where there is none, the
+    path of its `latest` link, for the error message to name."""
+    parent = settings.home / "models" / stage
+    return latest_complete(parent) or parent / LATEST_LINK
+
+
 def default_base_dir(settings: Settings) -> Path:
-    return Path(settings.base_model_dir) if settings.base_model_dir else settings.home / "models" / "base" / LATEST_LINK
+    return Path(settings.base_model_dir) if settings.base_model_dir else _newest_model_folder(settings, "base")
 
 
 def resolve_model(spec: str | None, settings: Settings, *, base_dir: str | Path | None = None) -> ModelSource:
@@ -85,7 +93,7 @@ def resolve_model(spec: str | None, settings: Settings, *, base_dir: str | Path 
     (`champion`, `candidate`, `previous_champion`) or a `models:/name@alias` / `models:/name/version` URI."""
     base = Path(base_dir) if base_dir else default_base_dir(settings)
     if spec is None:
-        tried = [settings.home / "models" / stage / LATEST_LINK / "adapter" for stage in TRAINED_STAGES]
+        tried = [_newest_model_folder(settings, stage) / "adapter" for stage in TRAINED_STAGES]
         for stage, adapter in zip(TRAINED_STAGES, tried):
             if _is_adapter_dir(adapter):
                 return _with_base(ModelSource(base, adapter, f"{stage} adapter {adapter}"))
@@ -216,17 +224,16 @@ def _max_pixels(base_dir: Path) -> int | None:
     return None
 
 
-def open_image(path: str | Path, max_pixels: int | None) -> Image.Image:
-    """The image at `max_pixels` (the model's size; None keeps it), refused with a DiagnoseError naming the file,
+def open_image(path: str | Path, max_pixels: int | None, min_pixels: int = DEFAULT_MIN_MODEL_PIXELS) -> Image.Image:
+    """The image as the model's processor takes it (`model_image`; max_pixels None keeps its size), refused with a DiagnoseError naming the file,
     its size and the limit when it is over the data layer's byte or pixel limits (`open_rgb`, before decoding)."""
-    from skinr1_pipeline.data.image_open import ImageLimitError
-    from skinr1_pipeline.training.sft import load_image
+    from skinr1_pipeline.data.image_open import ImageLimitError, model_image
 
     image_path = Path(path)
     if not image_path.is_file():
         raise DiagnoseError(f"{image_path}: no such image file")
     try:
-        return load_image(image_path, max_pixels)
+        return model_image(image_path, max_pixels=max_pixels, min_pixels=min_pixels)
     except ImageLimitError as exc:
         raise DiagnoseError(f"{exc.source}: image refused: {exc.detail}") from exc
     except (UnidentifiedImageError, OSError) as exc:
@@ -264,12 +271,12 @@ def diagnose(image_path: str | Path, source: ModelSource, *, max_new_tokens: int
     from skinr1_pipeline.knowledge.knowledge_base import load_knowledge_base
     from skinr1_pipeline.knowledge.taxonomy import Taxonomy
     from skinr1_pipeline.modeling.generation import generate
-    from skinr1_pipeline.modeling.model_factory import load_adapter_model, load_model, load_processor
+    from skinr1_pipeline.modeling.model_factory import load_adapter_model, load_model, load_processor, pixel_limits
     from skinr1_pipeline.modeling.prompt_format import DEFAULT_OPEN_QUESTION, build_open_prompt
 
-    max_pixels = _max_pixels(source.base_dir)
-    image = open_image(image_path, max_pixels)
-    processor = load_processor(source.base_dir, max_pixels=max_pixels)
+    processor = load_processor(source.base_dir, max_pixels=_max_pixels(source.base_dir))
+    min_pixels, max_pixels = pixel_limits(processor)
+    image = open_image(image_path, max_pixels, min_pixels)
     model = (load_adapter_model(source.base_dir, source.adapter_dir, trainable=False) if source.adapter_dir
              else load_model(source.base_dir))
     prompt = build_open_prompt(question or DEFAULT_OPEN_QUESTION)

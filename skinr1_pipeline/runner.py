@@ -86,7 +86,7 @@ def materialize_all(
     outcome = PipelineRun()
     start = time.perf_counter()
     for segment in plan_segments(defs, selection):
-        chosen = dg.AssetSelection.keys(*segment.keys)
+        chosen = dg.AssetSelection.assets(*segment.keys)
         keys = segment.partitions.get_partition_keys() if segment.partitions else [None]
         for partition_key in keys:
             label = f"{segment.label}[{partition_key}]" if partition_key else segment.label

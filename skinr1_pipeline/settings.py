@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from skinr1_pipeline.data.loaders import SUPPORTED_DATASETS
-from skinr1_pipeline.data.messages import capped
+from skinr1_pipeline.messages import capped
 from skinr1_pipeline.data.schema import MODALITIES
 from skinr1_pipeline.runtime.launch import LAUNCHERS
 

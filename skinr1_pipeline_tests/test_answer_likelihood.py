@@ -10,7 +10,6 @@ import pandas as pd
 from skinr1_pipeline.evaluation.comparison import likelihood_table, variant_summary
 from skinr1_pipeline.evaluation.metrics import likeliest, score_predictions
 from skinr1_pipeline.evaluation.runners import answer_continuations, continuation_lengths
-from skinr1_pipeline.knowledge.taxonomy import Taxonomy
 
 
 class _WordTokenizer:
@@ -63,10 +62,10 @@ def test_likely_correct_is_scored_beside_the_generated_answer():
     assert scored["correct"].tolist() == [False, False, False, True]  # the generated answer is scored as before
 
 
-def test_summary_and_table_report_likelihood_only_where_scored():
+def test_summary_and_table_report_likelihood_only_where_scored(tax):
     items = _items()
     lp = [[-9.0, -1.0, -5.0, -6.0]] * 3 + [[-1.0, -2.0, -3.0, -4.0], []]
-    scored = score_predictions(items.assign(answer_logprobs=lp), [""] * 5, taxonomy=Taxonomy.load())
+    scored = score_predictions(items.assign(answer_logprobs=lp), [""] * 5, taxonomy=tax)
     by_suite = {s: f.reset_index(drop=True) for s, f in scored.groupby("suite")}
     summary = variant_summary(by_suite, n_boot=200)
     assert summary["in_domain"]["likelihood"]["accuracy"] == 0.75

@@ -116,6 +116,7 @@ def test_each_asset_waits_for_the_last_of_its_inputs(tmp_path):
     assert {"sft_checkpoint", "base_model", "grpo_checkpoint"} <= gpu["variant_evaluations"]
 
 
+@pytest.mark.slow  # materializes Dagster assets four times
 def test_follows_inputs_reruns_on_new_data_not_on_a_rematerialization_with_the_same_data():
     """The touch case at condition level: upstream re-materialized with an unchanged data version requests
     nothing; a new data version requests the downstream asset once."""

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
@@ -31,6 +33,7 @@ def test_table_lists_ratios_targets_and_failures() -> None:
     assert '`{"items": 8}`' in table
 
 
+@pytest.mark.slow  # runs a benchmark in a subprocess
 def test_ingest_benchmark_writes_its_record(tmp_path: Path) -> None:
     out = tmp_path / "ingest.json"
     proc = subprocess.run([sys.executable, str(BENCH / "bench_ingest.py"), "--n", "60", "--skip-single", "--workers",

@@ -42,7 +42,8 @@ def _browser_missing() -> str | None:
 _missing = _browser_missing()
 if _missing and os.environ.get("SKINR1_REQUIRE_BROWSER") == "1":
     raise RuntimeError(f"SKINR1_REQUIRE_BROWSER=1 but {_missing}")
-pytestmark = pytest.mark.skipif(_missing is not None, reason=_missing or "")
+pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.daemon,
+              pytest.mark.skipif(_missing is not None, reason=_missing or "")]
 
 
 def _free_port() -> int:

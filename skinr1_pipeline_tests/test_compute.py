@@ -100,6 +100,7 @@ def test_settings_choose_the_compute_resource(tmp_path):
         load_settings({"SKINR1_PROFILE": "gpu", "SKINR1_CONFIG": str(config)})
 
 
+@pytest.mark.slow  # torchrun starts two worker processes, each importing torch
 def test_a_failing_rank_fails_the_step_with_its_own_message(tmp_path):
     @dg.asset
     def trained(context: dg.AssetExecutionContext, compute: LocalCompute):
@@ -128,7 +129,7 @@ def upstream(tmp_path_factory):
     settings = load_settings({"SKINR1_HOME": str(home)})
     with dg.instance_for_test() as instance:
         defs = build_definitions(settings)
-        needed = dg.AssetSelection.keys(*TRAINED).upstream() - dg.AssetSelection.keys(*TRAINED)
+        needed = dg.AssetSelection.assets(*TRAINED).upstream() - dg.AssetSelection.assets(*TRAINED)
         outcome = materialize_all(defs, instance, run_config=UPSTREAM_CONFIG, selection=needed, log=print)
         assert outcome.success
         yield settings, instance
@@ -140,7 +141,7 @@ def train_with(upstream, compute, keys=TRAINED):
 
     settings, instance = upstream
     defs = build_definitions(settings, compute=compute)
-    outcome = materialize_all(defs, instance, run_config=TRAINING_CONFIG, selection=dg.AssetSelection.keys(*keys),
+    outcome = materialize_all(defs, instance, run_config=TRAINING_CONFIG, selection=dg.AssetSelection.assets(*keys),
                               log=print)
     assert outcome.success, [e.message for r in outcome.results for e in r.all_events if e.is_failure]
     events = {}
@@ -158,6 +159,8 @@ def sft_epoch(settings) -> tuple[float, float]:
     return result["result"]["metrics"]["epoch"], run["max_steps"] * run["per_device_train_batch_size"] / rows
 
 
+@pytest.mark.slow
+@pytest.mark.vllm  # GRPO's rollouts are colocated vLLM here (the demo's use_vllm: auto)
 def test_two_processes_train_and_gate_and_materialize_once(upstream):
     settings, metadata = train_with(upstream, LocalCompute(launcher="torchrun", processes=2))
     for key in TRAINED:
@@ -187,6 +190,8 @@ def ray_head(tmp_path_factory):
                 os.environ[key] = value
 
 
+@pytest.mark.slow
+@pytest.mark.daemon  # a local Ray head
 def test_sft_on_a_local_ray_cluster_with_two_workers(upstream, ray_head, tmp_path):
     compute = RayCompute(address=ray_head["address"], workers=2, cpus_per_worker=1.0,
                          storage_path=str(tmp_path / "ray_results"))
@@ -199,6 +204,8 @@ def test_sft_on_a_local_ray_cluster_with_two_workers(upstream, ray_head, tmp_pat
     assert config["report_to"] == ["mlflow"]
 
 
+@pytest.mark.slow
+@pytest.mark.daemon  # a local Ray head
 def test_an_evaluation_runs_as_a_ray_job_and_hands_back_its_answers(ray_head, tmp_path):
     from skinr1_pipeline.evaluation.cli import AnswerConfig
     from skinr1_pipeline_tests.tiny_models import tiny_base_and_adapter, write_mcq_items

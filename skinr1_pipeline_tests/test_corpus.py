@@ -7,9 +7,6 @@ import importlib.util
 import pandas as pd
 
 from skinr1_pipeline.knowledge.corpus import BM25, Corpus, chunk_text, tokenize
-from skinr1_pipeline.knowledge.ddx import DDxGraph
-from skinr1_pipeline.knowledge.knowledge_base import load_knowledge_base
-from skinr1_pipeline.knowledge.taxonomy import Taxonomy
 from skinr1_pipeline.synthesis import TemplateGenerator, synthesize
 
 BOOK = """# Melanoma
@@ -63,8 +60,7 @@ def test_from_dir_reads_text_and_markdown_and_reports_skips(tmp_path):
     assert top[0].chunk_id == "sub/notes.txt#0"
 
 
-def test_passages_for_diagnosis_use_name_and_synonyms():
-    tax = Taxonomy.load()
+def test_passages_for_diagnosis_use_name_and_synonyms(tax):
     corpus = Corpus.from_texts({"book.md": BOOK}, max_chars=200)
     mel = corpus.passages_for("melanoma", tax)
     assert [p.chunk_id for p in mel] == ["book.md#0"]
@@ -73,10 +69,7 @@ def test_passages_for_diagnosis_use_name_and_synonyms():
     assert corpus.passages_for("psoriasis", tax) == []
 
 
-def test_synthesis_cites_chunk_ids_and_puts_passages_in_the_teacher_prompt():
-    tax = Taxonomy.load()
-    ddx = DDxGraph.load(tax)
-    kb = load_knowledge_base(tax, ddx)
+def test_synthesis_cites_chunk_ids_and_puts_passages_in_the_teacher_prompt(tax, ddx, kb):
     corpus = Corpus.from_texts({"book.md": BOOK}, max_chars=200)
     samples = pd.DataFrame([{"sample_id": "x/1", "source_dataset": "x", "image_path": "/img/1.jpg",
                              "taxonomy_node": "melanoma", "bucket": "malignant", "split": "train"}])

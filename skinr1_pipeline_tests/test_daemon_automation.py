@@ -23,6 +23,7 @@ from PIL import Image
 from skinr1_pipeline.presets import run_config_for
 from skinr1_pipeline.settings import load_settings
 
+pytestmark = [pytest.mark.slow, pytest.mark.daemon]
 REPO = Path(__file__).resolve().parent.parent
 TICK = 5  # seconds between sensor evaluations (automation.interval_seconds)
 SETTLE = 3 * TICK + 5  # long enough for both sensors to have looked twice after the last run ended
@@ -138,6 +139,35 @@ def chain_table(instance, after: float) -> str:
     return "\n".join(rows)
 
 
+def report_lineage_names_the_new_data(settings, instance, ingest, after: float) -> None:
+    """The report the edit produced descends, in MLflow, from the new HAM10000 ingest and the new samples digest."""
+    import json
+
+    from mlflow import MlflowClient
+
+    from skinr1_pipeline.tracking import mlflow_runs
+
+    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    reports = [r for r in client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string=f"tags.`{mlflow_runs.ASSET_TAG}` = 'evaluation_reports'", order_by=["start_time DESC"])
+        if r.info.start_time / 1000 >= after]
+    assert len(reports) == 1, [r.info.run_id for r in reports]
+    samples = materializations(instance, "unified_samples", after)[-1]
+    new_digest = samples.asset_materialization.tags["dagster/data_version"]
+    assert reports[0].data.tags[mlflow_runs.LINEAGE_TAG] == new_digest
+    lineage = json.loads(Path(client.download_artifacts(reports[0].info.run_id, "lineage.json")).read_text("utf-8"))
+    assert lineage["lineage"] == new_digest
+    chain = {step["input"]: step["runs"] for step in lineage["chain"]}
+    ham = [r for r in chain["raw_datasets.*"] if r["partition"] == "ham10000"]
+    assert [r["orchestrator_run_id"] for r in ham] == [ingest.run_id], chain["raw_datasets.*"]
+    [samples_run] = chain["unified_samples"]
+    assert samples_run["orchestrator_run_id"] == samples.run_id
+    label = mlflow_runs.input_label("raw_datasets", "ham10000")
+    ham_version = ingest.asset_materialization.tags["dagster/data_version"]
+    assert lineage["runs"][samples_run["run_id"]]["data_versions"][label] == ham_version
+
+
 def test_a_changed_file_reruns_its_partition_and_the_chain_once_and_a_touch_retrains_nothing(daemon):
     settings, defs, instance, process, root, started = daemon
 
@@ -167,6 +197,7 @@ def test_a_changed_file_reruns_its_partition_and_the_chain_once_and_a_touch_retr
         expected = VARIANTS if name == "variant_evaluations" else [""]
         assert sorted(r.partition_key or "" for r in got) == expected, (name, chain)
         last[name] = max(r.timestamp for r in got)
+    report_lineage_names_the_new_data(settings, instance, ingested[0], edited)
     graph = defs.resolve_asset_graph()
     for name in CHAIN:  # dependency order: no asset ran before the last materialization of any of its inputs
         first = min(r.timestamp for r in materializations(instance, name, edited))

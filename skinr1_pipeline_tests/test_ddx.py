@@ -11,16 +11,6 @@ from skinr1_pipeline.knowledge.ddx import DDxError, DDxGraph
 from skinr1_pipeline.knowledge.taxonomy import Taxonomy
 
 
-@pytest.fixture(scope="module")
-def tax() -> Taxonomy:
-    return Taxonomy.load()
-
-
-@pytest.fixture(scope="module")
-def ddx(tax: Taxonomy) -> DDxGraph:
-    return DDxGraph.load(tax)
-
-
 def small_tax() -> Taxonomy:
     return Taxonomy.from_dict(
         {

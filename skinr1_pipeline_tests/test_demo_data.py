@@ -33,7 +33,6 @@ from skinr1_pipeline.knowledge.lesion_features import (
     load_feature_glossary,
     load_lesion_features,
 )
-from skinr1_pipeline.knowledge.taxonomy import Taxonomy
 
 SMALL = (120, 90)
 
@@ -342,12 +341,11 @@ def test_clean_images_are_readable_rgb(demo):
                 assert image.mode == "RGB"
 
 
-def test_ingest_stores_a_dhash_for_every_clean_demo_image(demo):
-    taxonomy = Taxonomy.load()
-    label_maps = load_label_maps(taxonomy)
+def test_ingest_stores_a_dhash_for_every_clean_demo_image(demo, tax):
+    label_maps = load_label_maps(tax)
     frames = []
     for dataset, root in sorted(demo.roots.items()):
-        result = ingest_dataset(dataset, root, taxonomy, label_maps[dataset], workers=1)
+        result = ingest_dataset(dataset, root, tax, label_maps[dataset], workers=1)
         assert set(IMAGE_COLUMNS) <= set(result.samples.columns)
         assert result.samples["image_dhash"].map(lambda h: bool(re.fullmatch(r"[0-9a-f]{16}", h))).all()
         # Only the deliberately broken files are set aside; hashing adds no casualties.
@@ -358,7 +356,7 @@ def test_ingest_stores_a_dhash_for_every_clean_demo_image(demo):
     # and only dropped on request; the report runs on the ingested table as is.
     report = near_duplicates(samples, max_distance=0)
     assert (report["source_a"] != report["source_b"]).all()
-    assert deduplicate(samples, taxonomy).samples["sample_id"].is_unique
+    assert deduplicate(samples, tax).samples["sample_id"].is_unique
 
 
 def test_manifest_and_features_file(demo):
@@ -378,6 +376,7 @@ def _tree_bytes(root: Path) -> dict[str, bytes]:
             if p.is_file() and p.name != "demo_manifest.json"}
 
 
+@pytest.mark.slow  # renders the demo three times, once in worker processes
 def test_generation_is_deterministic_per_seed(tmp_path):
     a = generate_demo_data(tmp_path / "a", seed=7, n_per_class=2, image_size=(64, 48))
     b = generate_demo_data(tmp_path / "b", seed=7, n_per_class=2, image_size=(64, 48), workers=2)

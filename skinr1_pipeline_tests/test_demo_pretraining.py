@@ -9,30 +9,32 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from skinr1_pipeline.data.demo import generate_demo_data
-from skinr1_pipeline.knowledge.taxonomy import Taxonomy
-from skinr1_pipeline.modeling.demo_pretraining import CAPTION_PROMPT, augmented, caption_frame, warm_up
+from skinr1_pipeline.training.demo_pretraining import CAPTION_PROMPT, augmented, caption_frame, warm_up
 from skinr1_pipeline.modeling.model_factory import load_model, load_processor
-from skinr1_pipeline.modeling.option_drill import (drill_items, drill_rows, mix_drill_rows, status_drill_items,
+from skinr1_pipeline.training.option_drill import (drill_items, drill_rows, mix_drill_rows, status_drill_items,
                                                    train_option_drill, training_batch)
 from skinr1_pipeline.modeling.prompt_format import parse_completion
 from skinr1_pipeline.modeling.tiny_model import build_tiny_model, default_corpus
 from skinr1_pipeline.synthesis.pipeline import demo_samples
-from skinr1_pipeline.synthesis.trajectories import option_scan_lines
+from skinr1_pipeline.tasks.mcq import option_scan_lines
 from skinr1_pipeline.tasks.mcq import option_path
 
 
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def warmup_world(tmp_path_factory, tax):
+    """(taxonomy, demo samples, a tiny model folder); `warm_up` tests change the model folder in place."""
     root = tmp_path_factory.mktemp("warmup")
-    taxonomy = Taxonomy.load()
     generate_demo_data(root / "demo", seed=0, n_per_class=2, include_broken=False)
-    samples, _ = demo_samples(root / "demo", taxonomy)
+    samples, _ = demo_samples(root / "demo", tax)
     model_dir = build_tiny_model(root / "model", default_corpus(), seed=0)
-    return taxonomy, samples, model_dir
+    return tax, samples, model_dir
 
 
-def test_captions_come_from_train_images_only(world):
-    taxonomy, samples, _ = world
+def test_captions_come_from_train_images_only(warmup_world):
+    taxonomy, samples, _ = warmup_world
     captions = caption_frame(samples, taxonomy)
     train = samples[samples["split"] == "train"]
     assert list(captions["sample_id"]) == list(train["sample_id"])
@@ -42,8 +44,8 @@ def test_captions_come_from_train_images_only(world):
         caption_frame(samples[samples["split"] != "train"], taxonomy)
 
 
-def test_warm_up_merges_into_the_base_weights_in_place(world):
-    taxonomy, samples, model_dir = world
+def test_warm_up_merges_into_the_base_weights_in_place(warmup_world):
+    taxonomy, samples, model_dir = warmup_world
     before = load_file(next(model_dir.glob("*.safetensors")))
     report = warm_up(model_dir, samples, taxonomy, steps=2, views=2)
     after = load_file(next(model_dir.glob("*.safetensors")))
@@ -54,8 +56,8 @@ def test_warm_up_merges_into_the_base_weights_in_place(world):
     assert load_model(model_dir, device="cpu").config.model_type == "qwen2_5_vl"  # loads as a plain base model
 
 
-def test_augmented_views_keep_labels_and_transform_the_image(world, tmp_path):
-    taxonomy, samples, _ = world
+def test_augmented_views_keep_labels_and_transform_the_image(warmup_world, tmp_path):
+    taxonomy, samples, _ = warmup_world
     captions = caption_frame(samples, taxonomy).head(2)
     views = augmented(captions, tmp_path, 4, 112 * 112)
     assert len(views) == 8 and list(views["sample_id"]) == [s for s in captions["sample_id"] for _ in range(4)]
@@ -70,8 +72,8 @@ def test_augmented_views_keep_labels_and_transform_the_image(world, tmp_path):
 # --- option-reading drill (text only) -------------------------------------------------------------------------------
 
 
-def test_drill_items_follow_the_rl_item_rules(world):
-    taxonomy, samples, _ = world
+def test_drill_items_follow_the_rl_item_rules(warmup_world):
+    taxonomy, samples, _ = warmup_world
     labels = list(samples.loc[samples["split"] == "train", "taxonomy_node"])
     items = drill_items(labels, taxonomy, 200, seed=3)
     assert items == drill_items(labels, taxonomy, 200, seed=3) and items != drill_items(labels, taxonomy, 200, seed=4)
@@ -92,8 +94,8 @@ def test_drill_items_follow_the_rl_item_rules(world):
         drill_items(["melanoma"], taxonomy, 1, seed=0)  # one label: every pool node is on its own path
 
 
-def test_drill_batch_learns_only_the_target_tokens(world):
-    taxonomy, samples, model_dir = world
+def test_drill_batch_learns_only_the_target_tokens(warmup_world):
+    taxonomy, samples, model_dir = warmup_world
     processor = load_processor(model_dir, max_pixels=112 * 112)
     train = samples[samples["split"] == "train"]
     items = drill_items(list(train["taxonomy_node"]), taxonomy, 2, seed=0)
@@ -105,8 +107,8 @@ def test_drill_batch_learns_only_the_target_tokens(world):
         assert processor.tokenizer.decode(learned).strip() == (item.target + "<|im_end|>").strip()
 
 
-def test_option_drill_trains_the_language_model_only(world):
-    taxonomy, samples, model_dir = world
+def test_option_drill_trains_the_language_model_only(warmup_world):
+    taxonomy, samples, model_dir = warmup_world
     train = samples[samples["split"] == "train"]
     labels = list(train["taxonomy_node"])
     before = load_file(next(model_dir.glob("*.safetensors")))
@@ -124,8 +126,8 @@ def test_option_drill_trains_the_language_model_only(world):
         train_option_drill(model_dir, labels, taxonomy, steps=0)
 
 
-def test_drill_rows_show_a_train_image_of_their_label_and_parse(world):
-    taxonomy, samples, _ = world
+def test_drill_rows_show_a_train_image_of_their_label_and_parse(warmup_world):
+    taxonomy, samples, _ = warmup_world
     train = samples[samples["split"] == "train"]
     paths = train.groupby("taxonomy_node")["image_path"].agg(list).to_dict()
     labels = list(train["taxonomy_node"])
@@ -141,8 +143,8 @@ def test_drill_rows_show_a_train_image_of_their_label_and_parse(world):
         drill_rows(labels, taxonomy, 5, seed=1, image_paths=paths, status_share=1.5)
 
 
-def test_status_drill_answers_the_bucket_of_the_impression(world):
-    taxonomy, samples, _ = world
+def test_status_drill_answers_the_bucket_of_the_impression(warmup_world):
+    taxonomy, samples, _ = warmup_world
     labels = list(samples.loc[samples["split"] == "train", "taxonomy_node"])
     items = status_drill_items(labels, taxonomy, 60, seed=2)
     assert {taxonomy[i.label].bucket for i in items} >= {"benign", "malignant"}
@@ -156,8 +158,8 @@ def test_status_drill_answers_the_bucket_of_the_impression(world):
         status_drill_items([taxonomy.root], taxonomy, 1, seed=0)
 
 
-def test_mixed_sft_data_keeps_every_trajectory_and_refuses_held_out_samples(world, tmp_path):
-    taxonomy, samples, _ = world
+def test_mixed_sft_data_keeps_every_trajectory_and_refuses_held_out_samples(warmup_world, tmp_path):
+    taxonomy, samples, _ = warmup_world
     train = samples[samples["split"] == "train"]
     trajectories = pd.DataFrame({"sample_id": ["t1", "t2"], "image_path": ["images/a.png", "/abs/b.png"],
                                  "prompt": ["p1", "p2"], "completion": ["c1", "c2"], "extra": [1, 2]})

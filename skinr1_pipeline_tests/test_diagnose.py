@@ -14,20 +14,10 @@ from PIL import Image
 
 from skinr1_pipeline.cli import main
 from skinr1_pipeline.diagnose import DiagnoseError, explain, render, resolve_model
-from skinr1_pipeline.knowledge.ddx import DDxGraph
-from skinr1_pipeline.knowledge.knowledge_base import load_knowledge_base
-from skinr1_pipeline.knowledge.taxonomy import Taxonomy
 from skinr1_pipeline.modeling.prompt_format import format_completion
 from skinr1_pipeline.settings import load_settings
 from skinr1_pipeline.storage.run_folders import mark_complete, open_run_folder
 from skinr1_pipeline_tests.tiny_models import tiny_base_and_adapter
-
-
-@pytest.fixture(scope="module")
-def knowledge():
-    taxonomy = Taxonomy.load()
-    ddx = DDxGraph.load(taxonomy)
-    return taxonomy, ddx, load_knowledge_base(taxonomy, ddx)
 
 
 def _explain(completion: str, knowledge):
@@ -103,16 +93,33 @@ def home_env(home: Path, monkeypatch):
     mlflow.set_tracking_uri(saved)
 
 
+@pytest.mark.slow  # builds a tiny base model and adapter
+def test_the_home_adapter_is_the_newest_complete_run_folder_not_whatever_a_link_names(tmp_path: Path) -> None:
+    """Like the pipeline's own hand-over (`run_folders.latest_complete`): an unsealed newer folder (a killed run)
+    is passed over, and a missing `latest` link does not hide the sealed one."""
+    settings = load_settings({"SKINR1_HOME": str(tmp_path), "SKINR1_PROFILE": "demo"})
+    base, sft = open_run_folder(tmp_path / "models" / "base", "run-1"), open_run_folder(tmp_path / "models" / "sft",
+                                                                                          "run-1")
+    tiny_base_and_adapter(base, sft / "adapter")
+    mark_complete(base, "run-1"), mark_complete(sft, "run-1")
+    killed = open_run_folder(tmp_path / "models" / "sft", "run-2")
+    shutil.copytree(sft / "adapter", killed / "adapter")
+    (tmp_path / "models" / "sft" / "latest").unlink()
+    source = resolve_model(None, settings)
+    assert (source.base_dir, source.adapter_dir) == (base, sft / "adapter")
+
+
 def _run(argv: list[str], capsys) -> tuple[int, str, str]:
     code = main(argv)
     out = capsys.readouterr()
     return code, out.out, out.err
 
 
+@pytest.mark.slow  # generates with a tiny model through the CLI, twice
 def test_cli_diagnoses_with_the_home_adapter_and_the_registered_model(home_env: Path, capsys) -> None:
     image = str(home_env / "lesion.jpg")
     code, out, _ = _run(["diagnose", image, "--max-new-tokens", "8"], capsys)
-    assert f"sft adapter {home_env / 'models' / 'sft' / 'latest' / 'adapter'}" in out
+    assert f"sft adapter {home_env / 'models' / 'sft' / 'run-1' / 'adapter'}" in out
     # Random weights: the answer is noise, and the command says so instead of inventing a diagnosis.
     assert code == 1 and ("NOT PARSEABLE" in out or "no single taxonomy node" in out)
     code, out, _ = _run(["diagnose", image, "--max-new-tokens", "8", "--json"], capsys)

@@ -219,6 +219,7 @@ def mlflow_runs(tmp_path_factory) -> tuple[str, dict[str, str]]:
     return uri, {"sft": sft, "grpo": grpo, "ghost": "0" * 32}
 
 
+@pytest.mark.slow  # real MLflow runs
 def test_read_curves_from_real_runs(mlflow_runs) -> None:
     uri, runs = mlflow_runs
     curves = read_curves(uri, runs)
@@ -251,6 +252,7 @@ def _write(out: Path, summaries: dict, curves: Curves | None) -> object:
                         generated_at="2025-01-01 00:00 UTC")
 
 
+@pytest.mark.slow  # real MLflow runs, figures
 def test_write_report_files_html_self_contained_and_deterministic(tmp_path: Path, summaries: dict,
                                                                   mlflow_runs) -> None:
     uri, runs = mlflow_runs

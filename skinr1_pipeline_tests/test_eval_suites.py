@@ -11,9 +11,9 @@ import pytest
 from skinr1_pipeline.data.loaders.omnimedvqa import load_questions
 from skinr1_pipeline.evaluation.contamination import check_contamination
 from skinr1_pipeline.evaluation.metrics import score_predictions
+from skinr1_pipeline.tasks.mcq import MALIGNANCY_OPTIONS
 from skinr1_pipeline.evaluation.suites import (
     HEADLINE_SUITES,
-    MALIGNANCY_OPTIONS,
     PAPER_SUITES,
     SUITE_COLUMNS,
     SuiteConfig,

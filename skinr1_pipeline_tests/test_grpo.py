@@ -25,13 +25,15 @@ from transformers import TrainerCallback
 from skinr1_pipeline.modeling import prompt_format as pf
 from skinr1_pipeline.training import rewards
 from skinr1_pipeline.training.callbacks import RewardRecorder
+from skinr1_pipeline.training.config import ADAPTER_DIR
 from skinr1_pipeline.training.grpo import (
-    ADAPTER_SUBDIR, PARAMS_FILE, GRPOConfigError, GRPORunConfig, adapter_state, demo_grpo_config, items_to_dataset,
+    PARAMS_FILE, GRPOConfigError, GRPORunConfig, adapter_state, demo_grpo_config, items_to_dataset,
     load_config, run_grpo,
 )
 
 from skinr1_pipeline_tests.tiny_models import write_mcq_items
 
+pytestmark = pytest.mark.slow
 REPO_ROOT = Path(__file__).resolve().parents[1]
 def _correct_completion(options, scores, bucket) -> str:
     best = int(np.argmax(scores))
@@ -148,7 +150,7 @@ def test_grpo_end_to_end(sft_run, items_path):
     params = json.loads((Path(cfg.output_dir) / PARAMS_FILE).read_text())
     assert params["loss_type"] == "grpo" and params["beta"] == 0.04 and params["num_generations"] == 2
     assert params["reference"] == "base + SFT adapter, frozen copy"
-    assert Path(result.adapter_dir) == Path(cfg.output_dir) / ADAPTER_SUBDIR
+    assert Path(result.adapter_dir) == Path(cfg.output_dir) / ADAPTER_DIR
     assert not (Path(result.adapter_dir) / "ref").exists()  # only the policy adapter is the stage's output
     assert (Path(result.adapter_dir) / "tokenizer.json").is_file()  # the processor travels with the adapter
 

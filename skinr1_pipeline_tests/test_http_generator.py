@@ -152,8 +152,14 @@ def _serving():
     srv = FakeServer()
     srv.thread.start()
     yield srv
-    srv.httpd.shutdown()
-    srv.httpd.server_close()
+
+    def stop() -> None:
+        srv.httpd.shutdown()
+        srv.httpd.server_close()
+
+    # In the background: shutdown() waits for serve_forever's next poll (0.5 s), which every test would pay. The
+    # server listens on a port of its own, so the next test does not wait for it.
+    threading.Thread(target=stop, daemon=True).start()
 
 
 @pytest.fixture
@@ -478,15 +484,12 @@ def test_extra_body_is_merged_but_may_not_replace_what_the_generator_owns(server
 
 
 @pytest.fixture(scope="module")
-def synthesis_world(tmp_path_factory):
+def synthesis_world(tmp_path_factory, tax, ddx, kb):
     """A demo home (one image per class), the knowledge world, and what a verifiable teacher answers per request id:
     the template's own text, which passes verification, so any loss is the transport's."""
     from skinr1_pipeline.data.demo.generate import generate_demo_data
     from skinr1_pipeline.data.holdout import training_rows
     from skinr1_pipeline.defs.synthesis_assets import _demo_features
-    from skinr1_pipeline.knowledge.ddx import DDxGraph
-    from skinr1_pipeline.knowledge.knowledge_base import load_knowledge_base
-    from skinr1_pipeline.knowledge.taxonomy import Taxonomy
     from skinr1_pipeline.settings import load_settings
     from skinr1_pipeline.synthesis.generators import CallableGenerator, TemplateGenerator
     from skinr1_pipeline.synthesis.pipeline import demo_samples, synthesize
@@ -494,9 +497,6 @@ def synthesis_world(tmp_path_factory):
     home = tmp_path_factory.mktemp("synthesis_home")
     settings = load_settings({"SKINR1_HOME": str(home)})
     generate_demo_data(settings.demo_dir, seed=0, n_per_class=1, image_size=(96, 72), include_broken=False)
-    tax = Taxonomy.load()
-    ddx = DDxGraph.load(tax)
-    kb = load_knowledge_base(tax, ddx)
     samples = demo_samples(settings.demo_dir, tax)[0]
     texts: dict[str, str] = {}
 
@@ -579,13 +579,14 @@ def _materialize(w: dict, config: dict, *, mlflow_enabled: bool):
     settings = w["settings"]
     trajectories = build_synthesis_assets(settings)[0][1]
     return dg.materialize(
-        [trajectories, *(dg.SourceAsset(key) for key in upstream)],
+        [trajectories, *(dg.AssetSpec(key) for key in upstream)],
         resources={"home": PipelineHome(home=str(settings.home)), "io_manager": Upstream(),
                    "mlflow": MlflowTracking(tracking_uri=settings.mlflow_tracking_uri, enabled=mlflow_enabled,
                                             experiment_name=settings.mlflow_experiment)},
         run_config={"ops": {"skin_rationale_trajectories": {"config": config}}}, raise_on_error=False)
 
 
+@pytest.mark.slow  # materializes the synthesis asset with MLflow on
 def test_asset_takes_the_key_from_an_env_var_and_never_logs_it(server, synthesis_world, monkeypatch):
     import mlflow
 

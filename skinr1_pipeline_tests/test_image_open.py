@@ -17,6 +17,9 @@ from skinr1_pipeline.data.image_open import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_PIXELS,
     ImageLimitError,
+    fit_for_model,
+    model_image,
+    model_size,
     open_rgb,
 )
 
@@ -92,20 +95,29 @@ def test_non_files_are_os_errors(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------ every caller
 
 
-def test_training_loader_is_bound(tmp_path: Path, small: Path) -> None:
-    from skinr1_pipeline.training.sft import load_image
+def test_training_loader_is_bound_and_gives_the_processors_size(tmp_path: Path, small: Path) -> None:
+    import pandas as pd
+
+    from skinr1_pipeline.training.sft import load_trajectory_dataset
+
+    def dataset(image: Path):
+        rows = pd.DataFrame({"sample_id": ["s1"], "image_path": [str(image)], "prompt": ["Which lesion?"],
+                             "completion": ["<thinking>x</thinking><diagnosis>nevus</diagnosis>"]})
+        rows.to_parquet(tmp_path / "t.parquet")
+        return load_trajectory_dataset(tmp_path / "t.parquet", max_pixels=112 * 112, system=None)
 
     with pytest.raises(ImageLimitError, match="8000x7000"):
-        load_image(_header_only_png(tmp_path / "bomb.png", 8_000, 7_000), 448 * 448)
-    assert load_image(small, None).size == (30, 20) and load_image(small, 100).size == (28, 28)  # resizing as before
+        dataset(_header_only_png(tmp_path / "bomb.png", 8_000, 7_000))[0]
+    assert dataset(small)[0]["images"][0].size == (84, 56)
 
 
 def test_evaluation_loader_is_bound(tmp_path: Path, small: Path) -> None:
     from skinr1_pipeline.evaluation.runners import load_image
 
     with pytest.raises(ImageLimitError, match="8000x7000"):
-        load_image(str(_header_only_png(tmp_path / "bomb.png", 8_000, 7_000)))
-    assert load_image(str(small)).mode == "RGB" and load_image(None) is None
+        load_image(str(_header_only_png(tmp_path / "bomb.png", 8_000, 7_000)), (3136, 12544))
+    assert load_image(str(small), (3136, 12544)).size == (84, 56) and load_image(None, (3136, 12544)) is None
+    assert load_image(str(small), (3136, None)).size == (30, 20)  # no bound given: the processor's saved one applies
 
 
 def test_vllm_generator_opener_is_bound(tmp_path: Path, small: Path) -> None:
@@ -134,3 +146,46 @@ def test_served_images_are_bound(tmp_path: Path, monkeypatch) -> None:
     Image.new("RGB", (64, 64)).save(buf, format="PNG")
     with pytest.raises(ValueError, match="base64 image: file is .* bytes.*above the limit of 100 bytes"):
         decode_image(base64.b64encode(buf.getvalue() * 2).decode())
+
+
+# --- one resize rule: the processor's grid -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("max_pixels,min_pixels", [(112 * 112, 56 * 56), (448 * 448, 56 * 56), (12_845_056, 3136),
+                                                   (224 * 224, 200 * 200)])
+def test_model_size_is_the_qwen_processors_own_target_size(max_pixels: int, min_pixels: int) -> None:
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    sides = [1, 13, 27, 28, 29, 41, 42, 55, 56, 100, 111, 112, 113, 224, 300, 449, 450, 600, 1023, 3000, 5000]
+    for width in sides:
+        for height in sides:
+            if max(width, height) > 200 * min(width, height):
+                with pytest.raises(ValueError, match="aspect ratio"):
+                    model_size(width, height, max_pixels=max_pixels, min_pixels=min_pixels)
+                continue
+            h, w = smart_resize(height, width, factor=28, min_pixels=min_pixels, max_pixels=max_pixels)
+            assert model_size(width, height, max_pixels=max_pixels, min_pixels=min_pixels) == (w, h), (width, height)
+
+
+def test_an_image_fitted_for_the_model_passes_the_processor_unchanged_and_as_the_processor_would_resize_it() -> None:
+    """Training, gate, evaluation, diagnose and serving hand the processor `model_image`'s output; GRPO hands it the
+    original. Both must give the model the same pixels (up to one level of rounding)."""
+    import numpy as np
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
+
+    processor = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112)
+    original = Image.fromarray(np.random.default_rng(0).integers(0, 256, (450, 600, 3), dtype=np.uint8))
+    fitted = fit_for_model(original, max_pixels=112 * 112, min_pixels=56 * 56)
+    assert fitted.size == (112, 84)
+    assert fit_for_model(fitted, max_pixels=112 * 112, min_pixels=56 * 56) is fitted  # no second resize
+    by_processor = processor(images=[original], return_tensors="pt")
+    from_fitted = processor(images=[fitted], return_tensors="pt")
+    assert by_processor["image_grid_thw"].tolist() == from_fitted["image_grid_thw"].tolist()
+    one_level = 1 / 255 / min(processor.image_std)
+    assert float((by_processor["pixel_values"] - from_fitted["pixel_values"]).abs().max()) <= one_level * 1.01
+    assert fit_for_model(original, max_pixels=None) is original
+
+
+def test_model_image_is_bounded_like_open_rgb(tmp_path: Path, small: Path) -> None:
+    with pytest.raises(ImageLimitError):
+        model_image(_header_only_png(tmp_path / "bomb.png", 8_000, 7_000), max_pixels=112 * 112)
+    assert model_image(small, max_pixels=112 * 112).size == (84, 56)  # 30x20 grows to the 56x56 minimum area

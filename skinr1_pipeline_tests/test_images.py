@@ -465,8 +465,8 @@ def test_permission_denied_is_unreadable(good_jpeg: Path) -> None:
 
 
 def test_os_errors_while_reading_are_unreadable(good_jpeg: Path, monkeypatch) -> None:
-    # Runs as root too (where chmod 000 cannot deny a read): the OS error is simulated at open().
-    import skinr1_pipeline.data.images as images
+    # Runs as root too (where chmod 000 cannot deny a read): the OS error is simulated at the opener's open().
+    import skinr1_pipeline.data.image_open as images
 
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")

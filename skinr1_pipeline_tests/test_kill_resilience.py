@@ -18,6 +18,9 @@ from skinr1_pipeline.storage.run_folders import is_complete, latest_complete, ru
 from skinr1_pipeline_tests.kill_target import materialize
 
 
+pytestmark = pytest.mark.slow
+
+
 def _temp_files(folder: Path, name: str) -> list[Path]:
     """Temp files of an atomic write of `name` under `folder` (a writer is in the middle of it)."""
     return list(folder.rglob(f".{name}.*{TEMP_SUFFIX}")) if folder.exists() else []

@@ -7,7 +7,6 @@ import copy
 import pytest
 import yaml
 
-from skinr1_pipeline.knowledge.ddx import DDxGraph
 from skinr1_pipeline.knowledge.knowledge_base import (
     DEFAULT_PATH,
     VOCABULARY,
@@ -15,32 +14,21 @@ from skinr1_pipeline.knowledge.knowledge_base import (
     fast_normalize,
     find_feature_mentions,
     knowledge_base_from_dict,
-    load_knowledge_base,
     mention_finder,
 )
 from skinr1_pipeline.knowledge.label_maps import load_label_maps
 from skinr1_pipeline.knowledge.lesion_features import DEMO_DIAGNOSES, load_lesion_features
-from skinr1_pipeline.knowledge.taxonomy import Taxonomy
 
 
 @pytest.fixture(scope="module")
-def tax() -> Taxonomy:
-    return Taxonomy.load()
-
-
-@pytest.fixture(scope="module")
-def ddx(tax) -> DDxGraph:
-    return DDxGraph.load(tax)
-
-
-@pytest.fixture(scope="module")
-def kb(tax, ddx):
-    return load_knowledge_base(tax, ddx)
+def parsed_file() -> dict:
+    return yaml.safe_load(DEFAULT_PATH.read_text())
 
 
 @pytest.fixture()
-def raw() -> dict:
-    return yaml.safe_load(DEFAULT_PATH.read_text())
+def raw(parsed_file) -> dict:
+    """A fresh copy of the packaged file for each test to break (parsed once: the YAML takes ~0.4 s to parse)."""
+    return copy.deepcopy(parsed_file)
 
 
 def _error(raw, tax, ddx) -> str:

@@ -20,7 +20,7 @@ from skinr1_pipeline.knowledge.coverage import (
     uncovered_classes,
 )
 from skinr1_pipeline.knowledge.ddx import DDxGraph
-from skinr1_pipeline.knowledge.knowledge_base import knowledge_base_from_dict, load_knowledge_base
+from skinr1_pipeline.knowledge.knowledge_base import knowledge_base_from_dict
 from skinr1_pipeline.knowledge.label_maps import LabelMap, load_label_maps
 from skinr1_pipeline.knowledge.taxonomy import Taxonomy
 
@@ -48,16 +48,6 @@ ANCESTOR_COVERED = {
 
 
 # ---------------------------------------------------------------------------------------------- packaged knowledge
-@pytest.fixture(scope="module")
-def tax() -> Taxonomy:
-    return Taxonomy.load()
-
-
-@pytest.fixture(scope="module")
-def kb(tax):
-    return load_knowledge_base(tax, DDxGraph.load(tax))
-
-
 @pytest.fixture(scope="module")
 def maps(tax):
     return load_label_maps(tax)

@@ -41,11 +41,6 @@ SEB_FOLDER = "Seborrheic Keratoses and other Benign Tumors"
 
 
 @pytest.fixture(scope="module")
-def tax() -> Taxonomy:
-    return Taxonomy.load()
-
-
-@pytest.fixture(scope="module")
 def maps(tax: Taxonomy) -> dict[str, LabelMap]:
     return load_label_maps(tax)
 

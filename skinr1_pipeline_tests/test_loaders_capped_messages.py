@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 
 from skinr1_pipeline.data.loaders import ham10000, omnimedvqa
-from skinr1_pipeline.data.messages import capped, capped_list
+from skinr1_pipeline.messages import capped, capped_list
 from skinr1_pipeline.data.schema import DatasetFormatError
 from skinr1_pipeline.knowledge.label_maps import LabelMapError, UnmappedLabelsError, load_label_maps
-from skinr1_pipeline.knowledge.taxonomy import Taxonomy
 from skinr1_pipeline_tests import loader_fixtures_a as fx
 from skinr1_pipeline_tests import loader_fixtures_b as fxb
 
@@ -50,14 +49,13 @@ def test_a_20_mb_label_fails_with_a_short_message_naming_file_row_and_field(tmp_
     assert f"({HUGE} chars)" in message
 
 
-def test_a_long_unmapped_label_is_reported_short_with_file_row_and_field(tmp_path: Path) -> None:
+def test_a_long_unmapped_label_is_reported_short_with_file_row_and_field(tmp_path: Path, tax) -> None:
     root = ham_with(tmp_path, 5, dx="q" * LONG)
     loaded = ham10000.load(root)
     assert all(len(note) < SHORT for note in loaded.notes)
     assert any(f"({LONG} chars)" in note for note in loaded.notes)  # the undocumented-code note, capped
-    taxonomy = Taxonomy.load()
     with pytest.raises(UnmappedLabelsError) as err:
-        load_label_maps(taxonomy)["ham10000"].map_frame(loaded.records, taxonomy)
+        load_label_maps(tax)["ham10000"].map_frame(loaded.records, tax)
     message = str(err.value)
     assert len(message) < SHORT
     assert "HAM10000_metadata.csv (first: row 5)" in message and "(field: dx)" in message
@@ -100,11 +98,11 @@ def test_a_20_mb_answer_in_a_question_file_is_capped_in_its_quarantine_detail(tm
     assert f"({LONG} chars)" in detail  # the listed options are capped too
 
 
-def test_label_map_override_problems_cap_the_labels_they_quote(tmp_path: Path) -> None:
+def test_label_map_override_problems_cap_the_labels_they_quote(tmp_path: Path, tax) -> None:
     # An explicit key ('? '): YAML refuses implicit keys over 1024 characters.
     (tmp_path / "ham.yaml").write_text(f"dataset: ham10000\nlabels:\n  ? {'z' * LONG}\n  : no_such_node\n")
     with pytest.raises(LabelMapError) as err:
-        load_label_maps(Taxonomy.load(), tmp_path)
+        load_label_maps(tax, tmp_path)
     message = str(err.value)
     assert len(message) < SHORT and "ham.yaml" in message and "'no_such_node' is not a taxonomy node id" in message
 

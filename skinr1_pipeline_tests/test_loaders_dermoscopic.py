@@ -200,6 +200,7 @@ def test_ham_ground_truth_in_neither_layout(tmp_path: Path) -> None:
         ham10000.load(tmp_path)
 
 
+@pytest.mark.slow  # writes 10,015 image files
 def test_ham_full_size_loads_completely(tmp_path: Path) -> None:
     """10,015 rows (the real size) split over both image parts: every row resolves, none is quarantined.
     Load time is measured by benchmarks/bench_ingest.py, not asserted here."""

@@ -19,10 +19,8 @@ from skinr1_pipeline.evaluation.metrics import (
     score_predictions,
     summarize,
 )
-from skinr1_pipeline.knowledge.taxonomy import Taxonomy
 from skinr1_pipeline.modeling.prompt_format import build_mcq_prompt, build_open_prompt, format_completion
 
-TAX = Taxonomy.load()
 OPTIONS = ["neoplasm of the skin", "melanoma", "melanocytic nevus", "malignant neoplasm"]
 NODES = ["neoplastic", "melanoma", "melanocytic_nevus", "malignant_neoplasm"]
 
@@ -66,7 +64,7 @@ def test_mcq_scoring_cases():
         score_predictions(items, completions[:2])
 
 
-def test_open_ended_scoring_by_lca_depth():
+def test_open_ended_scoring_by_lca_depth(tax):
     items = pd.DataFrame([{**mcq_item(f"o{k}"), "suite": "open_ended", "prompt": build_open_prompt(), "options": [],
                            "option_nodes": [], "option_scores": [], "option_buckets": [], "answer_index": -1}
                           for k in range(6)])
@@ -78,7 +76,7 @@ def test_open_ended_scoring_by_lca_depth():
         "melanoma or melanocytic nevus",  # hedged between two nodes
         "a strange spot",  # unmapped
     )]
-    s = score_predictions(items, completions, taxonomy=TAX)
+    s = score_predictions(items, completions, taxonomy=tax)
     assert s["chosen_node"].tolist() == ["melanoma", "melanoma_in_situ", "malignant_neoplasm", "melanocytic_nevus",
                                          None, None]
     assert s["correct"].tolist() == [True, True, False, False, False, False]
@@ -89,8 +87,8 @@ def test_open_ended_scoring_by_lca_depth():
         score_predictions(items, completions)
 
 
-def test_answer_mapper_prefers_the_longest_name():
-    mapper = AnswerMapper(TAX)
+def test_answer_mapper_prefers_the_longest_name(tax):
+    mapper = AnswerMapper(tax)
     assert mapper("This is a melanoma in situ.") == "melanoma_in_situ"
     assert mapper("Basal-cell carcinoma") == "basal_cell_carcinoma"
     assert mapper("") is None

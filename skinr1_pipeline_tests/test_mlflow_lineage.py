@@ -16,11 +16,14 @@ import mlflow
 import pandas as pd
 import pytest
 
-from skinr1_pipeline.defs.evaluation_assets import REGISTERED_MODEL
+from skinr1_pipeline.tracking.registry import REGISTERED_MODEL
 from skinr1_pipeline.settings import Settings, load_settings
 from skinr1_pipeline.tracking.mlflow_runs import EVALUATED_RUN_TAG, LINEAGE_TAG, NOTE_TAG, frame_digest
 from skinr1_pipeline.tracking.pyfunc_model import base_model_digest
 from skinr1_pipeline_tests.toy_chain import materialize_chain
+
+
+pytestmark = pytest.mark.slow
 
 
 @dataclass
@@ -80,8 +83,8 @@ def pipeline(tmp_path_factory):
     settings = load_settings({"SKINR1_HOME": str(tmp_path_factory.mktemp("lineage_home"))})
     with dg.instance_for_test() as instance:
         defs, first = materialize_chain(settings, instance)
-        materialize_chain(settings, instance, dg.AssetSelection.keys("sft_checkpoint"))
-        materialize_chain(settings, instance, dg.AssetSelection.keys("evaluation_reports"))
+        materialize_chain(settings, instance, dg.AssetSelection.assets("sft_checkpoint"))
+        materialize_chain(settings, instance, dg.AssetSelection.assets("evaluation_reports"))
         yield Pipeline(settings, defs, instance, first)
 
 
@@ -103,7 +106,7 @@ def test_runs_of_one_pipeline_share_the_samples_digest_across_dagster_runs(pipel
     record = pipeline.instance.fetch_materializations(dg.AssetKey("unified_samples"), limit=1).records[0]
     assert record.asset_materialization.tags["dagster/data_version"] == digest  # Dagster's data version, too
     graph = pipeline.defs.resolve_asset_graph()
-    downstream = {k.to_user_string() for k in dg.AssetSelection.keys("unified_samples").downstream().resolve(graph)}
+    downstream = {k.to_user_string() for k in dg.AssetSelection.assets("unified_samples").downstream().resolve(graph)}
     for run in pipeline.runs():
         expected = digest if run.data.tags["dagster.asset_key"] in downstream else None
         assert run.data.tags.get(LINEAGE_TAG) == expected, run.data.tags["dagster.asset_key"]

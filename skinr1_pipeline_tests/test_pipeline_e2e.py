@@ -12,26 +12,23 @@ import pytest
 from skinr1_pipeline.definitions import build_definitions
 from skinr1_pipeline.runner import materialize_all
 from skinr1_pipeline.settings import load_settings
-from skinr1_pipeline.storage.run_folders import latest_complete
+from skinr1_pipeline.storage.run_folders import latest_complete, pins
+from skinr1_pipeline_tests.toy_chain import toy_run_config
 
 
-# The whole graph at toy scale: every stage runs for real (synthesis, tokenizer + tiny model, LoRA SFT, GRPO,
-# RL-only GRPO, four variant evaluations, report, registry), with step and token budgets cut so CI stays short.
-# The format gate's floor is 0 here because two SFT steps cannot teach the format; `skinr1 demo` runs with 0.95.
-TOY = json.dumps
-RUN_CONFIG = {"ops": {
-    "demo_source_data": {"config": {"images_per_class": 10}},
-    "base_model": {"config": {"warmup_steps": 2, "option_drill_steps": 2}},
-    "sft_checkpoint": {"config": {"overrides": TOY({"max_steps": 2, "max_train_samples": 16, "save_steps": 1}),
-                                  "gate_items": 4, "max_new_tokens": 24, "format_floor": 0.0}},
-    "grpo_checkpoint": {"config": {"overrides": TOY({"max_steps": 1, "limit_items": 4, "max_completion_length": 16,
-                                                     "log_completions_every": 1}),
-                                   "gate_items": 4, "max_new_tokens": 24, "accuracy_margin": 1.0}},
-    "rl_only_checkpoint": {"config": {"overrides": TOY({"max_steps": 1, "limit_items": 4,
-                                                        "max_completion_length": 16})}},
-    "eval_suites": {"config": {"per_suite_limit": 3}},
-    "variant_evaluations": {"config": {"max_new_tokens": 24, "runner": "hf"}},  # vLLM: test_vllm_engine.py
-}}
+pytestmark = pytest.mark.slow
+
+# The whole graph at toy scale (presets.py, the `scale: toy` preset): every stage runs for real (synthesis,
+# tokenizer + tiny model, LoRA SFT, GRPO, RL-only GRPO, four variant evaluations, report, registry), with step and
+# token budgets cut so CI stays short; here with two warm-up and two option-drill steps, so those run too, and GRPO
+# logging its completions.
+E2E_CHANGES = {
+    "demo_source_data": {"images_per_class": 10},
+    "base_model": {"warmup_steps": 2, "option_drill_steps": 2},
+    "sft_checkpoint": {"option_drill_rows": 24},
+    "grpo_checkpoint": {"overrides": json.dumps({"max_steps": 1, "limit_items": 4, "max_completion_length": 16,
+                                                 "log_completions_every": 1})},
+}
 
 
 def latest(settings, *parts: str):
@@ -47,7 +44,7 @@ def demo_run(tmp_path_factory):
     settings = load_settings({"SKINR1_HOME": str(home)})
     defs = build_definitions(settings)
     with dg.instance_for_test() as instance:
-        outcome = materialize_all(defs, instance, run_config=RUN_CONFIG, log=print)
+        outcome = materialize_all(defs, instance, run_config=toy_run_config(defs, E2E_CHANGES), log=print)
         yield settings, defs, outcome
 
 
@@ -197,6 +194,8 @@ def test_evaluation_reports_every_variant_and_registers_a_candidate(demo_run, ca
     # First candidate, no champion yet: promoted only with the evidence that it reads the image.
     expected = "promoted" if all(evidence.values()) else "kept champion"
     assert candidate.tags["promotion_decision"] == expected, candidate.tags
+    # The version references its base model (not a copy): that run folder is pinned against pruning.
+    assert pins(candidate.tags["base_model_path"]) == [f"skinr1-grpo-v{candidate.version}"]
 
 
 CONCURRENT_RUN = """
@@ -207,7 +206,7 @@ from skinr1_pipeline.runner import materialize_all
 from skinr1_pipeline.settings import load_settings
 
 defs = build_definitions(load_settings())
-selection = dg.AssetSelection.keys("rl_mcq_dataset", "eval_suites")
+selection = dg.AssetSelection.assets("rl_mcq_dataset", "eval_suites")
 config = {"ops": {"rl_mcq_dataset": {"config": {"seed": int(sys.argv[1])}},
                   "eval_suites": {"config": {"per_suite_limit": 3, "seed": int(sys.argv[1])}}}}
 with dg.DagsterInstance.get() as instance:

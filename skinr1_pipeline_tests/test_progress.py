@@ -24,22 +24,17 @@ def test_log_progress_throttles_but_keeps_first_and_last() -> None:
     assert len(lines) == 6  # t = 0.5, 10.5, 20.5, 30.5, 40.5, then the last at 50
 
 
-def test_synthesis_reports_progress_per_generated_batch() -> None:
+def test_synthesis_reports_progress_per_generated_batch(tax, ddx, kb) -> None:
     import pandas as pd
 
-    from skinr1_pipeline.knowledge.ddx import DDxGraph
-    from skinr1_pipeline.knowledge.knowledge_base import load_knowledge_base
-    from skinr1_pipeline.knowledge.taxonomy import Taxonomy
     from skinr1_pipeline.synthesis.generators import TemplateGenerator
     from skinr1_pipeline.synthesis.pipeline import synthesize
 
-    tax = Taxonomy.load()
-    ddx = DDxGraph.load(tax)
     samples = pd.DataFrame([{"sample_id": f"x/{i}", "source_dataset": "x", "image_path": f"/img/{i}.jpg",
                              "taxonomy_node": node, "bucket": tax[node].bucket, "split": "train"}
                             for i, node in enumerate(["melanoma", "basal_cell_carcinoma", "dermatofibroma"] * 3)])
     calls: list[tuple[int, int]] = []
-    result = synthesize(samples, tax, ddx, load_knowledge_base(tax, ddx), TemplateGenerator(), types=("hierarchy",),
+    result = synthesize(samples, tax, ddx, kb, TemplateGenerator(), types=("hierarchy",),
                         batch_size=4, progress=lambda done, total: calls.append((done, total)))
     assert result.counts["requests"] == 9
     assert calls == [(4, 9), (8, 9), (9, 9)]

@@ -74,6 +74,7 @@ def _candidate(store, name: str, accuracy: float | None) -> str:
     return register_candidate(_model_run(store), name, tags=tags, tracking_uri=store[0])
 
 
+@pytest.mark.slow  # a real MLflow (sqlite) registry
 def test_promotion_rule_no_champion_worse_better_tie(store) -> None:
     uri = store[0]
     client = mlflow.MlflowClient(tracking_uri=uri)
@@ -106,6 +107,7 @@ def test_promotion_rule_no_champion_worse_better_tie(store) -> None:
     assert promotion_decision(client, name, v4).reason == "the candidate already is the champion"
 
 
+@pytest.mark.slow  # a real MLflow (sqlite) registry
 def test_required_evidence_blocks_promotion_even_without_a_champion(store) -> None:
     """A first model at 0.32 in-domain used to become champion although a blind guess scored 0.43."""
     uri = store[0]
@@ -126,6 +128,7 @@ def test_required_evidence_blocks_promotion_even_without_a_champion(store) -> No
     assert str(client.get_model_version_by_alias(name, CHAMPION).version) == honest
 
 
+@pytest.mark.slow  # a real MLflow (sqlite) registry
 def test_metric_from_source_run_and_missing_metric(store) -> None:
     uri = store[0]
     client = mlflow.MlflowClient(tracking_uri=uri)
@@ -184,6 +187,7 @@ def test_completion_row_parses_mcq_from_prompt_options() -> None:
     assert not bad["format_ok"] and bad["parse_error"] and bad["diagnosis"] is None
 
 
+@pytest.mark.slow  # logs, loads and runs a tiny model through MLflow
 def test_pyfunc_log_load_predict_and_register(store, tiny_with_adapter) -> None:
     uri, exp, _ = store
     base, adapter, image = tiny_with_adapter
@@ -243,6 +247,7 @@ def test_base_digest_samples_large_files_and_ignores_markers(tmp_path: Path) -> 
     assert base_model_digest(model)["digest"] != first["digest"]
 
 
+@pytest.mark.slow  # a tiny model through a real MLflow registry
 def test_registered_model_resolves_its_referenced_base_and_refuses_a_missing_or_different_one(
         store, tmp_path: Path) -> None:
     """Registration used to copy the whole base model into the artifacts (about 15 GB for the 7B model)."""

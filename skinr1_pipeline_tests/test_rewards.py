@@ -14,6 +14,7 @@ from skinr1_pipeline.modeling.prompt_format import (
     format_completion,
     format_mcq_answer,
 )
+from skinr1_pipeline.modeling.prompt_format import completion_text
 from skinr1_pipeline.training.rewards import (
     ACCURACY_REWARD,
     FORMAT_REWARD,
@@ -24,7 +25,6 @@ from skinr1_pipeline.training.rewards import (
     RewardAlignmentError,
     RewardInputError,
     accuracy_reward,
-    completion_text,
     format_reward,
     granularity_reward,
     MIN_THINKING_WORD_CHARS,

@@ -18,6 +18,7 @@ from skinr1_pipeline.settings import load_settings
 from skinr1_pipeline.tracking.mlflow_runs import LINEAGE_TAG
 from skinr1_pipeline_tests.toy_chain import materialize_chain
 
+pytestmark = pytest.mark.slow
 TARGET = dg.AssetKey("variant_evaluations")
 
 
@@ -25,7 +26,7 @@ TARGET = dg.AssetKey("variant_evaluations")
 def before_the_tick(tmp_path_factory):
     """A toy home with everything the weekly runs read (models, suites), and nothing they write yet."""
     settings = load_settings({"SKINR1_HOME": str(tmp_path_factory.mktemp("schedule_home"))})
-    later = dg.AssetSelection.keys(TARGET).downstream()
+    later = dg.AssetSelection.assets(TARGET).downstream()
     with dg.instance_for_test() as instance:
         defs, _ = materialize_chain(settings, instance, selection=dg.AssetSelection.all() - later)
         yield settings, defs, instance

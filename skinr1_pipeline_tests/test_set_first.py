@@ -85,6 +85,7 @@ def test_gold_position_and_class_are_uniform_given_the_option_set():
     assert rate.between(0.25 - 0.12, 0.25 + 0.12).all(), rate
 
 
+@pytest.mark.slow  # every blind guesser over ~1,000 items
 def test_every_blind_guesser_scores_chance_on_set_first_items():
     """The property the construction exists for: over many items every image-blind guesser (structure, text,
     DDx centrality, cross-fitted prior and learned model) is within sampling error of 1/n."""

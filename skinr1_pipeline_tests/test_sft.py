@@ -24,6 +24,7 @@ from skinr1_pipeline.training.config import ConfigError, from_mapping, parse_ove
 from skinr1_pipeline.training.sft import (SFTRunConfig, build_trainer, demo_sft_config, last_checkpoint,
                                           lora_target_pattern, run_sft)
 
+pytestmark = pytest.mark.slow
 TINY = dict(vocab_size=512, text_hidden=64, text_layers=1, vision_depth=1, vision_hidden=32, max_pixels=56 * 56 * 4)
 OPTIONS = ["melanoma", "dermatofibroma", "melanocytic nevus", "actinic keratosis"]
 COLORS = [(120, 60, 40), (200, 120, 110), (90, 50, 50), (220, 150, 140)]

@@ -13,7 +13,7 @@ import pytest
 from skinr1_pipeline.defs.io_manager import AtomicFilesystemIOManager
 from skinr1_pipeline.storage.atomic import TEMP_SUFFIX, atomic_path, point_symlink, write_parquet, write_text
 from skinr1_pipeline.storage.run_folders import (LATEST_LINK, RunFolderError, is_complete, latest_complete,
-                                                 mark_complete, open_run_folder, prune, run_folders)
+                                                 mark_complete, open_run_folder, pin, pins, prune, run_folders)
 
 
 def _leftovers(folder: Path) -> list[str]:
@@ -68,6 +68,19 @@ def test_retention_keeps_the_newest_the_last_complete_and_live_runs(tmp_path: Pa
     assert {p.name for p in removed} == {"killed0", "killed1"}
     assert {p.name for p in run_folders(tmp_path)} == {"killed3", "killed2", "good", "live"}
     assert latest_complete(tmp_path) == good and live.is_dir() and (tmp_path / "teacher_cache").is_dir()
+
+
+def test_a_pinned_folder_survives_pruning_and_keeps_its_place_in_the_order(tmp_path: Path) -> None:
+    """A registered model version references the base model folder it was logged against (not a copy)."""
+    base = _run(tmp_path, "base-1", complete=True, age=500)
+    pin(base, "skinr1-derm-vlm/1", {"model_uri": "models:/m-1"})
+    assert pins(base) == ["skinr1-derm-vlm_1"] and abs(base.stat().st_mtime - (time.time() - 500)) < 5
+    for i, age in enumerate((400, 300, 200)):
+        _run(tmp_path, f"base-{i + 2}", complete=True, age=age)
+    removed = prune(tmp_path, keep=1)
+    assert {p.name for p in removed} == {"base-2", "base-3"}
+    assert [p.name for p in run_folders(tmp_path)] == ["base-4", "base-1"]
+    assert latest_complete(tmp_path).name == "base-4"
 
 
 def test_latest_names_the_newest_sealed_folder(tmp_path: Path) -> None:

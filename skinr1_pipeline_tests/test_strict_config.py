@@ -139,7 +139,7 @@ def _splits(tmp_path: Path, body: str, run_config: dict | None = None) -> pd.Ser
 
     assets, _, _ = build_data_assets(settings_from(tmp_path, body, "demo"))
     asset = next(a for a in assets if a.key == dg.AssetKey("unified_samples"))
-    upstream = [dg.SourceAsset(key) for key in ("taxonomy_graph", "raw_datasets")]
+    upstream = [dg.AssetSpec(key) for key in ("taxonomy_graph", "raw_datasets")]
     result = dg.materialize(
         [asset, *upstream], selection=[asset.key],
         resources={"io_manager": _Upstream(), "home": PipelineHome(home=str(tmp_path / "home")),
@@ -149,6 +149,7 @@ def _splits(tmp_path: Path, body: str, run_config: dict | None = None) -> pd.Ser
     return _OUTPUTS["unified_samples"].set_index("sample_id")["split"].sort_index()
 
 
+@pytest.mark.slow  # materializes Dagster assets
 def test_split_seed_in_the_config_file_decides_the_splits_unless_the_run_names_a_seed(tmp_path) -> None:
     seven = _splits(tmp_path, "split_seed: 7\n")
     eight = _splits(tmp_path, "split_seed: 8\n")
@@ -156,6 +157,7 @@ def test_split_seed_in_the_config_file_decides_the_splits_unless_the_run_names_a
     assert _splits(tmp_path, "split_seed: 8\n", {"seed": 7}).equals(seven)  # an explicit run config still wins
 
 
+@pytest.mark.slow  # materializes Dagster assets
 def test_demo_seed_and_images_per_class_from_the_settings_reach_the_demo_data(tmp_path) -> None:
     from skinr1_pipeline.defs.data_assets import build_data_assets
     from skinr1_pipeline.defs.resources import MlflowTracking, PipelineHome

@@ -9,11 +9,6 @@ import pytest
 from skinr1_pipeline.knowledge.taxonomy import Taxonomy, TaxonomyError, bucket_for, normalize_label
 
 
-@pytest.fixture(scope="module")
-def tax() -> Taxonomy:
-    return Taxonomy.load()
-
-
 def tiny() -> dict:
     """A small valid tree; tests copy it and break one thing."""
     return {

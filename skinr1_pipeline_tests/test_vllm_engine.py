@@ -24,9 +24,6 @@ from skinr1_pipeline.data.demo.generate import generate_demo_data  # noqa: E402
 from skinr1_pipeline.evaluation.metrics import score_predictions  # noqa: E402
 from skinr1_pipeline.evaluation.runners import HFRunner, VllmRunner, answer_prefix, load_image  # noqa: E402
 from skinr1_pipeline.evaluation.suites import SuiteConfig, build_suites  # noqa: E402
-from skinr1_pipeline.knowledge.ddx import DDxGraph  # noqa: E402
-from skinr1_pipeline.knowledge.knowledge_base import load_knowledge_base  # noqa: E402
-from skinr1_pipeline.knowledge.taxonomy import Taxonomy  # noqa: E402
 from skinr1_pipeline.modeling import vllm_engine  # noqa: E402
 from skinr1_pipeline.modeling.chat import build_messages, render_prompt  # noqa: E402
 from skinr1_pipeline.modeling.model_factory import load_adapter_model, load_model, validate_model_dir  # noqa: E402
@@ -36,27 +33,21 @@ from skinr1_pipeline.synthesis.trajectories import TYPES, BuildExtras, SamplingP
 from skinr1_pipeline.synthesis.verify import REASONS  # noqa: E402
 from skinr1_pipeline.synthesis.vllm_generator import VllmGenerator  # noqa: E402
 
+pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 ALL_SPLITS = ("train", "valid", "test")
 
 
 @pytest.fixture(scope="session")
-def world():
-    tax = Taxonomy.load()
-    ddx = DDxGraph.load(tax)
-    return tax, ddx, load_knowledge_base(tax, ddx)
-
-
-@pytest.fixture(scope="session")
-def demo(tmp_path_factory, world):
+def demo(tmp_path_factory, knowledge):
     out = tmp_path_factory.mktemp("vllm_demo")
     generate_demo_data(out, seed=0, n_per_class=1, image_size=(96, 72), include_broken=False)
-    return demo_samples(out, world[0])
+    return demo_samples(out, knowledge.tax)
 
 
 @pytest.fixture(scope="session")
-def items(demo, world):
+def items(demo, knowledge):
     """Two items per suite (MCQ and open-ended), each with an image."""
-    tax, ddx, _ = world
+    tax, ddx, _ = knowledge
     built = build_suites(demo[0], tax, ddx, SuiteConfig(splits=ALL_SPLITS)).items
     return built.groupby("suite", sort=True).head(2).reset_index(drop=True)
 
@@ -102,9 +93,9 @@ def hf_runner(model_dir) -> HFRunner:
     return HFRunner(model_dir, max_new_tokens=24, batch_size=4, dtype="float32", device="cpu")
 
 
-def requests_for(demo, world, n: int, ttype: str = "hierarchy", max_tokens: int = 16):
+def requests_for(demo, knowledge, n: int, ttype: str = "hierarchy", max_tokens: int = 16):
     samples, feats = demo
-    tax, ddx, kb = world
+    tax, ddx, kb = knowledge
     out = []
     for i in range(n):
         row = samples.iloc[i].to_dict()
@@ -149,9 +140,9 @@ def test_prompt_counts_images(engine, demo):
 # ---------------------------------------------------------------------------------------------------- synthesis
 
 
-def test_synthesize_with_vllm_rejects_garbage_and_counts_reasons(engine, demo, world):
+def test_synthesize_with_vllm_rejects_garbage_and_counts_reasons(engine, demo, knowledge):
     samples, feats = demo
-    tax, ddx, kb = world
+    tax, ddx, kb = knowledge
     gen = VllmGenerator(engine=engine, batch_size=4)
     result = synthesize(samples.head(3), tax, ddx, kb, gen, types=("hierarchy", "ddx"), splits=ALL_SPLITS,
                         image_features=feats, sampling=SamplingParams(max_tokens=24))
@@ -163,8 +154,8 @@ def test_synthesize_with_vllm_rejects_garbage_and_counts_reasons(engine, demo, w
     assert not gen.failures
 
 
-def test_generator_seeds_are_per_request_and_failures_become_empty(engine, demo, world):
-    reqs = requests_for(demo, world, 3)
+def test_generator_seeds_are_per_request_and_failures_become_empty(engine, demo, knowledge):
+    reqs = requests_for(demo, knowledge, 3)
     gen = VllmGenerator(engine=engine, batch_size=8)
     together = gen.generate(reqs)
     alone = gen.generate([reqs[2]])
@@ -221,7 +212,7 @@ def test_merge_fallback_when_native_lora_fails(monkeypatch, lora_engine, model_d
 # ---------------------------------------------------------------------------------------------------- evaluation
 
 
-def test_hf_and_vllm_runners_on_suite_items(engine, hf_runner, items, world):
+def test_hf_and_vllm_runners_on_suite_items(engine, hf_runner, items, knowledge):
     seen: list[tuple[int, int]] = []
     vllm_runner = VllmRunner(engine=engine, max_new_tokens=24, batch_size=5)
     vllm_out = vllm_runner.run(items, progress=lambda d, t: seen.append((d, t)))
@@ -233,7 +224,7 @@ def test_hf_and_vllm_runners_on_suite_items(engine, hf_runner, items, world):
     assert same >= len(items) // 2, list(zip(vllm_out, hf_out))
     assert all(a[:5] == b[:5] for a, b in zip(vllm_out, hf_out))
     assert vllm_runner.run(items.head(3)) == vllm_out[:3]  # deterministic
-    tax = world[0]
+    tax = knowledge.tax
     scored_v = score_predictions(items, vllm_out, taxonomy=tax)
     scored_h = score_predictions(items, hf_out, taxonomy=tax)
     assert len(scored_v) == len(scored_h) == len(items)

@@ -19,16 +19,10 @@ import yaml
 
 from skinr1_pipeline.defs.compute import TRAINING_CLI, Compute, ComputeStep
 from skinr1_pipeline.evaluation.cli import load_config as load_answer_config
+from skinr1_pipeline.presets import run_config_for
 from skinr1_pipeline.storage.atomic import write_parquet
 
 ANSWERS_CLI = "skinr1_pipeline.evaluation.cli"
-# Smallest real inputs: ten images per class, a base model without warm-up, three items per suite.
-TOY_CONFIG = {"ops": {
-    "demo_source_data": {"config": {"images_per_class": 10}},
-    "base_model": {"config": {"warmup_steps": 0, "option_drill_steps": 0}},
-    "sft_checkpoint": {"config": {"option_drill_rows": 0}},
-    "eval_suites": {"config": {"per_suite_limit": 3}},
-}}
 ANSWER = "<thinking>stand-in</thinking><diagnosis>melanoma; status: malignant</diagnosis>"
 _calls = itertools.count(1)
 
@@ -78,12 +72,25 @@ def _answer(step: ComputeStep) -> dict[str, Any]:
             "adapter_served_as": "stand-in"}
 
 
+def toy_run_config(defs: dg.Definitions, changes: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The toy preset (`presets.run_config_for("toy", ...)`) for every asset of `defs`, with `changes` (asset ->
+    config entries) laid over it; in-process APIs choose their own executor."""
+    names = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
+    config = run_config_for("toy", names, executor=False)
+    ops = config.setdefault("ops", {})
+    for name, entries in (changes or {}).items():
+        assert name in names, f"{name} is not an asset of these definitions"
+        ops.setdefault(name, {"config": {}})["config"].update(entries)
+    return config
+
+
 def materialize_chain(settings, instance: dg.DagsterInstance, selection: dg.AssetSelection | None = None):
     """`runner.materialize_all` of the toy chain (one Dagster run per segment and partition, as `skinr1 demo`)."""
     from skinr1_pipeline.definitions import build_definitions
     from skinr1_pipeline.runner import materialize_all
 
     defs = build_definitions(settings, compute=StandInCompute())
-    outcome = materialize_all(defs, instance, run_config=TOY_CONFIG, selection=selection, log=print)
+    run_config = toy_run_config(defs, {"demo_source_data": {"images_per_class": 10}})
+    outcome = materialize_all(defs, instance, run_config=run_config, selection=selection, log=print)
     assert outcome.success, [e.message for r in outcome.results for e in r.all_events if e.is_failure]
     return defs, outcome

@@ -78,8 +78,10 @@ from PIL import Image, UnidentifiedImageError
 from skinr1_pipeline.data.image_open import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_PIXELS,
+    ImageLimitError,
+    NotARegularFile,
+    read_bounded,
     refused_by_pillow,
-    too_many_bytes,
     too_many_pixels,
 )
 # DRAFT_SIZE is the JPEG draft request `dhash_bytes` makes: the check decodes at that scale so its decode can be
@@ -190,9 +192,11 @@ def inspect_image(
     """
     spath = os.fspath(path)
     try:
-        data = _read_bounded(spath, max_bytes)
-    except _Reject as rej:
-        return _verdict(spath, rej.reason, rej.detail)
+        data = read_bounded(spath, max_bytes)
+    except ImageLimitError as exc:
+        return _verdict(spath, exc.reason, exc.detail)
+    except NotARegularFile as exc:
+        return _verdict(spath, "unreadable", str(exc).removeprefix(f"{spath}: "))
     except FileNotFoundError:
         return _verdict(spath, "missing_file", "no file at this path")
     except PermissionError as exc:
@@ -224,24 +228,6 @@ def inspect_image(
                 spath, "unhashable", f"cannot hash image {spath!r}: unexpected {type(exc).__name__}: {exc}", sha, header
             )
     return ImageCheck(spath, True, None, "", sha, *header, image_dhash)
-
-
-def _read_bounded(path: str, max_bytes: int) -> bytes:
-    """The file's bytes, refused (`_Reject` too_large / unreadable) before reading when os.stat says it is over
-    `max_bytes` or not a regular file (a FIFO would block, a device never end); the read is capped too."""
-    st = os.stat(path)
-    if stat.S_ISDIR(st.st_mode):
-        raise IsADirectoryError(path)
-    if not stat.S_ISREG(st.st_mode):
-        raise _Reject("unreadable", "not a regular file (a FIFO, socket or device)")
-    detail = too_many_bytes(st.st_size, max_bytes)
-    if detail:
-        raise _Reject("too_large", detail)
-    with open(path, "rb") as fh:
-        data = fh.read(max_bytes + 1)
-    if len(data) > max_bytes:  # it grew after the stat
-        raise _Reject("too_large", f"file grew past the limit of {max_bytes:,} bytes while being read")
-    return data
 
 
 def _file_sha256(path: str, max_bytes: int) -> str | None:

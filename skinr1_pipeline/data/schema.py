@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from skinr1_pipeline.data.messages import capped_list
+from skinr1_pipeline.messages import capped_list
 
 # Columns a loader fills. The label-mapping and image-integrity stages add MAPPED_COLUMNS and IMAGE_COLUMNS.
 RECORD_COLUMNS: tuple[str, ...] = (
@@ -43,10 +43,6 @@ QUARANTINE_COLUMNS: tuple[str, ...] = ("source_dataset", "sample_id", "image_pat
 
 class DatasetFormatError(ValueError):
     """A dataset's files do not have the layout or columns its loader expects."""
-
-
-def empty_records() -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype="object") for c in RECORD_COLUMNS})
 
 
 def empty_quarantine() -> pd.DataFrame:

@@ -41,7 +41,7 @@ def follows_inputs(ignore: Iterable[dg.AssetKey] = ()) -> dg.AutomationCondition
                | ac.will_be_requested())
     inputs = ac.any_deps_match(changed)
     if ignore:
-        inputs = inputs.ignore(dg.AssetSelection.keys(*ignore))
+        inputs = inputs.ignore(dg.AssetSelection.assets(*ignore))
     trigger = ac.newly_missing() | ac.code_version_changed() | inputs.with_label("inputs changed")
     return (trigger.since_last_handled() & ~ac.any_deps_missing() & ~ac.any_deps_in_progress()
             & ~ac.in_progress()).with_label("follows_inputs")
@@ -141,7 +141,7 @@ def build_sensors(settings: Settings, assets: Sequence[dg.AssetsDefinition],
     keys = automated_keys(assets)
     if keys:
         sensors.append(PresetAutomationSensor(
-            SENSOR_NAME, scale=settings.scale, target=dg.AssetSelection.keys(*keys), default_status=running,
+            SENSOR_NAME, scale=settings.scale, target=dg.AssetSelection.assets(*keys), default_status=running,
             minimum_interval_seconds=interval,
             # One run per partition (variants, datasets) rather than a backfill, so each run carries the preset.
             emit_backfills=False,

@@ -13,19 +13,20 @@ from skinr1_pipeline.defs.code_versions import code_version_of
 from skinr1_pipeline.defs.compute import Compute, ComputeStep
 from skinr1_pipeline.defs.metadata import markdown_table, md, raw_value
 from skinr1_pipeline.defs.resources import MlflowTracking, PipelineHome
-from skinr1_pipeline.defs.training_assets import GPU_POOL, grpo_config, run_overrides, train_and_gate, training_dir
+from skinr1_pipeline.defs.training_assets import GPU_POOL
 from skinr1_pipeline.evaluation.cli import AnswerConfig
 from skinr1_pipeline.evaluation.suites import SUITES
 from skinr1_pipeline.knowledge.ddx import DDxGraph
 from skinr1_pipeline.knowledge.taxonomy import Taxonomy
 from skinr1_pipeline.settings import Settings
 from skinr1_pipeline.storage.atomic import write_csv, write_parquet, write_yaml
+from skinr1_pipeline.storage.run_folders import is_run_folder, pin
+from skinr1_pipeline.tracking.registry import REGISTERED_MODEL
 from skinr1_pipeline.tracking.mlflow_runs import EVALUATED_RUN_TAG
 
 VARIANTS = ("base", "sft", "rl_only", "sft_grpo")
 VARIANT_ASSETS = {"base": "", "sft": "sft_checkpoint", "rl_only": "rl_only_checkpoint", "sft_grpo": "grpo_checkpoint"}
 ANSWERS_CLI = "skinr1_pipeline.evaluation.cli"
-REGISTERED_MODEL = "skinr1-grpo"
 HEADLINE_SUITE = "in_domain"  # the suite the champion gate reads
 MIN_ITEMS_TO_TEST = 20  # set-first suites smaller than this are listed by the blind-guessing check, not tested
 CONTAMINATION_FLAGS = "contamination_flags.parquet"  # beside eval_suites' items
@@ -62,12 +63,6 @@ class VariantEvalConfig(dg.Config):
     vllm_tensor_parallel_size: int = Field(default=1, ge=1, description="GPUs one vLLM engine spans")
 
 
-class RLOnlyConfig(dg.Config):
-    overrides: str = Field(default="{}", description="JSON object of GRPORunConfig fields over the profile preset")
-    resume: bool = Field(default=False, description="continue the newest run folder under models/rl_only that holds a "
-                         "checkpoint instead of starting a new run in a new folder")
-
-
 class RegistryConfig(dg.Config):
     register_candidate: bool = True
     min_delta: float = Field(default=0.0, description="how much better in-domain accuracy must be to promote")
@@ -76,24 +71,6 @@ class RegistryConfig(dg.Config):
 def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
     demo = settings.profile == "demo"
     variants = dg.StaticPartitionsDefinition(list(VARIANTS))
-
-    @dg.asset(group_name="training", kinds={"pytorch", "mlflow"}, pool=GPU_POOL,
-              code_version=code_version_of(__name__, "defs.training_assets", "training.cli"))
-    def rl_only_checkpoint(context: dg.AssetExecutionContext, config: RLOnlyConfig, home: PipelineHome,
-                           mlflow: MlflowTracking, compute: Compute, base_model: str, rl_mcq_dataset: str) -> dict:
-        """The RL-only ablation: GRPO from the base model with a fresh LoRA, no SFT."""
-        from skinr1_pipeline.training.grpo import GRPORunConfig
-
-        overrides = run_overrides(config.overrides, config.resume, GRPORunConfig)
-        out_dir = training_dir(context, home, "rl_only", resume=config.resume)
-        cfg = grpo_config(demo, base_model, None, rl_mcq_dataset, out_dir, overrides)
-        reported, adapter_dir, _, run_id = train_and_gate(
-            context, compute, mlflow, settings, step="grpo", cfg=cfg, out_dir=out_dir, artifact="rl_only_adapter",
-            gate=None, inputs=[(rl_mcq_dataset, "rl_mcq_train", "grpo", "train")])
-        home.seal(context, out_dir)
-        return dg.MaterializeResult(
-            metadata={k: v for k, v in reported.items() if k not in ("reward_history", "metrics")},
-            value={"adapter_dir": adapter_dir, "mlflow_run_id": run_id})
 
     @dg.asset(group_name="evaluation", kinds={"parquet"}, code_version=code_version_of(
         __name__, "evaluation.suites", "evaluation.contamination", "data.dedup", "data.holdout",
@@ -435,7 +412,7 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
                               run_config=weekly_run_config(settings), tags={WEEKLY_TAG: tick})
                 for variant in variants.get_partition_keys()]
 
-    return ([rl_only_checkpoint, eval_suites, variant_evaluations, ablation_table, evaluation_reports],
+    return ([eval_suites, variant_evaluations, ablation_table, evaluation_reports],
             [set_first_suites_resist_blind_guessing, champion_promotion], [weekly_evaluation])
 
 
@@ -542,4 +519,6 @@ def _register(adapter_dir: str, base_model: str, eval_suites: str, tags: dict) -
     base = (info.metadata or {}).get("skinr1_base_model", {})  # referenced, not copied: say which base it needs
     version = register_candidate(info.model_uri, REGISTERED_MODEL, tags={
         **tags, "base_model_path": base.get("path", ""), "base_model_digest": base.get("digest", "")})
+    if is_run_folder(base_model):  # a base this pipeline built: pruning must not take it from the registered version
+        pin(base_model, f"{REGISTERED_MODEL}-v{version}", {"model_uri": info.model_uri})
     return {"registered_version": version, "model_uri": info.model_uri}

@@ -99,8 +99,8 @@ class MlflowTracking(dg.ConfigurableResource):
         parent = mlflow_runs.ensure_parent_run(
             self.tracking_uri,
             self.experiment_name,
-            context.run_id,
-            run_name=f"{context.job_name} {context.run_id[:8]}",
+            context.run.run_id,
+            run_name=f"{context.job_name} {context.run.run_id[:8]}",
             tags={"dagster.job": context.job_name},
         )
         key = context.asset_key.to_user_string()
@@ -110,7 +110,7 @@ class MlflowTracking(dg.ConfigurableResource):
         runs.update({label: run_id for label, run_id in (upstream or {}).items() if run_id})
         lineage = lineage or mlflow_runs.inherited_lineage(self.tracking_uri, runs.values())
         run_tags = {
-            "dagster.run_id": context.run_id,
+            "dagster.run_id": context.run.run_id,
             "dagster.asset_key": key,
             "dagster.partition": partition,
             "dagster.code_version": str(context.assets_def.code_versions_by_key.get(context.asset_key) or ""),

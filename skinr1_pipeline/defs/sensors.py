@@ -23,7 +23,7 @@ def build_dataset_change_sensor(settings: Settings, raw_datasets_key: dg.AssetKe
 
     @dg.sensor(
         name="dataset_folder_changes",
-        asset_selection=dg.AssetSelection.keys(raw_datasets_key),
+        asset_selection=dg.AssetSelection.assets(raw_datasets_key),
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=default_status,
         description="Fingerprints each dataset folder (paths, sizes, mtimes) and re-materializes the partitions whose "

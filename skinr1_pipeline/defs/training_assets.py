@@ -68,6 +68,12 @@ class GRPOAssetConfig(dg.Config):
                          "checkpoint (after a crash or kill) instead of starting a new run in a new folder")
 
 
+class RLOnlyConfig(dg.Config):
+    overrides: str = Field(default="{}", description="JSON object of GRPORunConfig fields over the profile preset")
+    resume: bool = Field(default=False, description="continue the newest run folder under models/rl_only that holds a "
+                         "checkpoint instead of starting a new run in a new folder")
+
+
 def training_dir(context: dg.AssetExecutionContext, home: PipelineHome, name: str, *, resume: bool) -> Path:
     """The folder a training asset writes: this run's own `models/<name>/<run id>/`, or with `resume` the most
     recent run folder holding a checkpoint (the killed run to continue).
@@ -199,7 +205,7 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
     demo = settings.profile == "demo"
 
     @dg.asset(group_name="training", kinds={"pytorch"}, code_version=code_version_of(
-        __name__, "modeling.model_factory", "modeling.tiny_model", "modeling.demo_pretraining", "modeling.option_drill",
+        __name__, "modeling.model_factory", "modeling.tiny_model", "training.demo_pretraining", "training.option_drill",
         "data.holdout", "tracking.pyfunc_model"))
     def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, home: PipelineHome,
                    mlflow: MlflowTracking, taxonomy_graph: Taxonomy, unified_samples: pd.DataFrame,
@@ -227,13 +233,13 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
         samples = training_rows(unified_samples, settings.ood_modalities, settings.ood_sources)
         warmup: dict[str, Any] = {"steps": 0}
         if config.warmup_steps:
-            from skinr1_pipeline.modeling.demo_pretraining import warm_up
+            from skinr1_pipeline.training.demo_pretraining import warm_up
 
             warmup = warm_up(out_dir, samples, taxonomy_graph, steps=config.warmup_steps, views=config.warmup_views,
                              seed=settings.demo_seed)
         drill: dict[str, Any] = {"steps": 0}
         if config.option_drill_steps:  # after the warm-up: its full embedding/head update erased a drill run before it
-            from skinr1_pipeline.modeling.option_drill import train_option_drill
+            from skinr1_pipeline.training.option_drill import train_option_drill
 
             train = samples[samples["split"] == "train"]
             drill = train_option_drill(out_dir, train["taxonomy_node"], taxonomy_graph,
@@ -304,7 +310,7 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
         return str(path)
 
     @dg.asset(group_name="training", kinds={"pytorch", "mlflow"}, pool=GPU_POOL, code_version=code_version_of(
-        __name__, "training.cli", "modeling.option_drill", "data.holdout"))
+        __name__, "training.cli", "training.option_drill", "data.holdout"))
     def sft_checkpoint(context: dg.AssetExecutionContext, config: SFTAssetConfig, home: PipelineHome,
                        mlflow: MlflowTracking, compute: Compute,
                        base_model: str, skin_rationale_trajectories: str, rl_mcq_dataset: str,
@@ -317,7 +323,7 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
         out_dir = training_dir(context, home, "sft", resume=config.resume)
         train_path, mixed = skin_rationale_trajectories, {}
         if demo and config.option_drill_rows:
-            from skinr1_pipeline.modeling.option_drill import mix_drill_rows
+            from skinr1_pipeline.training.option_drill import mix_drill_rows
 
             samples = training_rows(unified_samples, settings.ood_modalities, settings.ood_sources)
             train_path = str(out_dir / "sft_data.parquet")
@@ -400,5 +406,23 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
         return dg.AssetCheckResult(passed=grpo >= sft - margin,
                                    metadata={"grpo_accuracy": grpo, "sft_accuracy": sft, "margin": margin})
 
-    return ([base_model, rl_mcq_dataset, sft_checkpoint, grpo_checkpoint],
+    @dg.asset(group_name="training", kinds={"pytorch", "mlflow"}, pool=GPU_POOL,
+              code_version=code_version_of(__name__, "training.cli"))
+    def rl_only_checkpoint(context: dg.AssetExecutionContext, config: RLOnlyConfig, home: PipelineHome,
+                           mlflow: MlflowTracking, compute: Compute, base_model: str, rl_mcq_dataset: str) -> dict:
+        """The RL-only ablation: GRPO from the base model with a fresh LoRA, no SFT."""
+        from skinr1_pipeline.training.grpo import GRPORunConfig
+
+        overrides = run_overrides(config.overrides, config.resume, GRPORunConfig)
+        out_dir = training_dir(context, home, "rl_only", resume=config.resume)
+        cfg = grpo_config(demo, base_model, None, rl_mcq_dataset, out_dir, overrides)
+        reported, adapter_dir, _, run_id = train_and_gate(
+            context, compute, mlflow, settings, step="grpo", cfg=cfg, out_dir=out_dir, artifact="rl_only_adapter",
+            gate=None, inputs=[(rl_mcq_dataset, "rl_mcq_train", "grpo", "train")])
+        home.seal(context, out_dir)
+        return dg.MaterializeResult(
+            metadata={k: v for k, v in reported.items() if k not in ("reward_history", "metrics")},
+            value={"adapter_dir": adapter_dir, "mlflow_run_id": run_id})
+
+    return ([base_model, rl_mcq_dataset, sft_checkpoint, grpo_checkpoint, rl_only_checkpoint],
             [sft_losses_finite, sft_format_compliance, grpo_keeps_sft_accuracy])

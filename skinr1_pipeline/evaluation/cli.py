@@ -16,7 +16,6 @@ import dataclasses
 import json
 import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -66,26 +65,21 @@ def answer(cfg: AnswerConfig, progress: Callable[[int, int], None] | None = None
     """Generate (and score the options of) every item; write the answers file; return what to report."""
     import pandas as pd
 
+    from skinr1_pipeline.evaluation.runners import answer_items
+
     items = pd.read_parquet(cfg.items_path)
     runner = build_runner(cfg)
-    started = time.perf_counter()
     try:
-        completions = runner.run(items, progress=progress)
-        seconds = time.perf_counter() - started
-        out = items.assign(completion=completions)
-        if cfg.calibration or cfg.answer_likelihood:
-            scores = runner.option_scores(items, completions)
-            if cfg.calibration:
-                out = out.assign(option_logprobs=scores.letters)
-            if cfg.answer_likelihood:
-                out = out.assign(answer_logprobs=scores.answers)
+        answered = answer_items(runner, items, calibration=cfg.calibration, answer_likelihood=cfg.answer_likelihood,
+                                progress=progress)
     finally:
         if hasattr(runner, "engine"):
             runner.engine.close()
-    path = write_parquet(out, cfg.output_path)
+    path = write_parquet(answered.answers, cfg.output_path)
     lora_mode = getattr(getattr(runner, "engine", None), "lora_mode", "hf")
-    return {"answers_path": str(path), "items": len(items), "generation_seconds": round(seconds, 2),
-            "runner": cfg.runner, "adapter_served_as": lora_mode}
+    return {"answers_path": str(path), "items": len(items), "generation_seconds": round(answered.generation_seconds, 2),
+            "option_scoring_seconds": round(answered.scoring_seconds, 2), "runner": cfg.runner,
+            "adapter_served_as": lora_mode}
 
 
 def load_config(path: str | Path) -> AnswerConfig:

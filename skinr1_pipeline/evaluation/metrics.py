@@ -24,8 +24,7 @@ import pandas as pd
 
 from skinr1_pipeline.evaluation.paired_tests import wilson_interval
 from skinr1_pipeline.knowledge.taxonomy import Taxonomy, normalize_label
-from skinr1_pipeline.modeling.prompt_format import STATUSES, parse_completion
-from skinr1_pipeline.training.rewards import completion_text
+from skinr1_pipeline.modeling.prompt_format import STATUSES, completion_text, parse_completion, without_status_clause
 
 POSITIVE_BUCKETS = ("malignant", "precancerous_in_situ")
 OPTION_ERRORS = ("no_option", "option_not_offered", "ambiguous_option")
@@ -33,7 +32,6 @@ NO_ANSWER = "<no answer>"
 _CARRIED = ("item_id", "suite", "sample_id", "source_dataset", "modality", "taxonomy_node", "taxonomy_depth",
             "fitzpatrick", "bucket", "answer_index", "option_logprobs", "answer_logprobs", "level", "construction",
             "condition", "base_item_id")
-_STATUS_CLAUSE_RE = re.compile(r"(?<![^\W_])status\s*[:=\-\u2013\u2014].*", re.IGNORECASE | re.DOTALL)
 
 
 class AnswerMapper:
@@ -57,7 +55,7 @@ class AnswerMapper:
     def __call__(self, text: str | None) -> str | None:
         if not text:
             return None
-        words = normalize_label(_STATUS_CLAUSE_RE.sub("", text)).split()
+        words = normalize_label(without_status_clause(text)).split()
         if not words:
             return None
         whole = self.surfaces.get(tuple(words))

@@ -25,15 +25,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 import pandas as pd
 from PIL import Image
 
-from skinr1_pipeline.data.image_open import open_rgb
+from skinr1_pipeline.data.image_open import model_image
 from skinr1_pipeline.modeling.chat import build_messages, render_prompt
 from skinr1_pipeline.modeling.prompt_format import DIAG_OPEN, SYSTEM_PROMPT, format_mcq_answer
+from skinr1_pipeline.modeling.model_factory import pixel_limits
 from skinr1_pipeline.modeling.vllm_engine import EngineOptions, VllmEngine
 
 Progress = Callable[[int, int], None]
@@ -51,12 +53,14 @@ def _has_image(path: Any) -> bool:
     return isinstance(path, (str, Path)) and bool(str(path))
 
 
-def load_image(path: Any) -> Image.Image | None:
-    """The item's image as RGB, or None for a text-only item (missing/NaN path). Over the data layer's byte or
-    pixel limit it raises `ImageLimitError` naming the file, before decoding (`open_rgb`)."""
+def load_image(path: Any, pixels: tuple[int, int | None]) -> Image.Image | None:
+    """The item's image as the model's processor will see it (`model_image` at the processor's (min, max) pixel
+    bounds, `pixel_limits`), or None for a text-only item (missing/NaN path). Over the data layer's byte or pixel
+    limit it raises `ImageLimitError` naming the file, before decoding."""
     if not _has_image(path):
         return None
-    return open_rgb(Path(str(path)))
+    min_pixels, max_pixels = pixels
+    return model_image(Path(str(path)), max_pixels=max_pixels, min_pixels=min_pixels)
 
 
 def answer_prefix(completion: str) -> str:
@@ -106,6 +110,32 @@ def continuation_lengths(tokenizer: Any, prefix: str, continuations: Sequence[st
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class Answers:
+    """`answers`: the items with each `completion` and, on request, the per-option letter (`option_logprobs`) and
+    whole-answer (`answer_logprobs`) log-probs; the seconds spent generating and scoring options."""
+
+    answers: pd.DataFrame
+    generation_seconds: float
+    scoring_seconds: float
+
+
+def answer_items(runner: Runner, items: pd.DataFrame, *, calibration: bool = True, answer_likelihood: bool = True,
+                 progress: Progress | None = None) -> Answers:
+    """Every item answered by `runner`: what evaluation scores, and what a training gate scores too (one loop, so
+    the gate and the evaluation cannot drift apart)."""
+    started = time.perf_counter()
+    out = items.assign(completion=runner.run(items, progress=progress))
+    generated = time.perf_counter()
+    if calibration or answer_likelihood:
+        scores = runner.option_scores(items, list(out["completion"]))
+        if calibration:
+            out = out.assign(option_logprobs=scores.letters)
+        if answer_likelihood:
+            out = out.assign(answer_logprobs=scores.answers)
+    return Answers(out, generated - started, time.perf_counter() - generated)
+
+
 class HFRunner:
     """Greedy HF `generate` over suite items (the reference backend)."""
 
@@ -124,12 +154,13 @@ class HFRunner:
             model = (load_adapter_model(model_dir, adapter_dir, trainable=False, dtype=dtype, device=device)
                      if adapter_dir else load_model(model_dir, dtype=dtype, device=device))
         self.model, self.processor = model, processor
+        self.pixels = pixel_limits(processor)
         self.max_new_tokens, self.batch_size, self.seed, self.system = max_new_tokens, batch_size, seed, system
 
     def run(self, items: pd.DataFrame, progress: Progress | None = None) -> list[str]:
         from skinr1_pipeline.modeling.generation import generate
 
-        images = [load_image(p) for p in items["image_path"]]
+        images = [load_image(p, self.pixels) for p in items["image_path"]]
         return generate(self.model, self.processor, images, list(items["prompt"]),
                         max_new_tokens=self.max_new_tokens, do_sample=False, batch_size=self.batch_size,
                         seed=self.seed, system=self.system, progress=progress)
@@ -147,7 +178,7 @@ class HFRunner:
                 if not _options(row):  # open-ended item: nothing to score
                     out.append([])
                     continue
-                image = load_image(row.image_path)
+                image = load_image(row.image_path, self.pixels)
                 prefix = render_prompt(self.processor, build_messages(row.prompt, system=self.system,
                                                                       with_image=image is not None))
                 prefix += answer_prefix(completion or "")
@@ -181,6 +212,7 @@ class VllmRunner:
                 options = dataclasses.replace(options, max_pixels=max_pixels)
             engine = VllmEngine.load(model_dir, adapter_dir=adapter_dir, lora_mode=lora_mode, options=options)
         self.engine = engine
+        self.pixels = pixel_limits(engine.processor)
         self.max_new_tokens, self.batch_size, self.seed, self.system = max_new_tokens, batch_size, seed, system
 
     def _prompt(self, prompt: str, image: Image.Image | None, suffix: str = "") -> dict[str, Any]:
@@ -193,7 +225,7 @@ class VllmRunner:
         out: list[str] = []
         for start in range(0, len(rows), self.batch_size):
             chunk = rows[start:start + self.batch_size]
-            prompts = [self._prompt(p, load_image(path)) for p, path in chunk]
+            prompts = [self._prompt(p, load_image(path, self.pixels)) for p, path in chunk]
             results = self.engine.generate(prompts, [params] * len(prompts))
             out += [r.outputs[0].text if r.outputs else "" for r in results]
             if progress is not None:
@@ -206,7 +238,7 @@ class VllmRunner:
         tokenizer = self.engine.processor.tokenizer
         prompts, lengths, spans = [], [], []
         for row, completion in zip(items.itertuples(index=False), completions):
-            image = load_image(row.image_path)
+            image = load_image(row.image_path, self.pixels)
             prefix = self.engine.render(build_messages(row.prompt, system=self.system, with_image=image is not None))
             prefix += answer_prefix(completion or "")
             answers = answer_continuations(_options(row))

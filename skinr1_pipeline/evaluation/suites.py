@@ -44,12 +44,14 @@ from skinr1_pipeline.modeling.prompt_format import (
 )
 from skinr1_pipeline.tasks.set_first import SetFirstConfig, build_set_first_items
 from skinr1_pipeline.tasks.mcq import (
+    MALIGNANCY_OPTIONS,
     build_mcq_items,
     dataset_pools,
     drop_record,
     ineligible_distractors,
     labelled_rows,
     make_item,
+    malignancy_prompt,
     option_path,
     sample_rng,
 )
@@ -66,10 +68,6 @@ SUITE_COLUMNS = (
     "split", "fitzpatrick", "image_sha256", "level", "construction", "gold_class", "condition", "base_item_id",
 )  # fmt: skip
 DROP_COLUMNS = ("suite", "sample_id", "source_dataset", "split", "reason", "detail")
-#: Malignancy options in the authors' order (A benign, B malignant, C precancerous in situ).
-MALIGNANCY_OPTIONS = (("benign", "benign"), ("malignant", "malignant"),
-                      ("precancerous in situ", "precancerous_in_situ"))
-MALIGNANCY_QUESTION = "Is the skin lesion in this image benign, malignant or precancerous (in situ)?"
 HIERARCHICAL_QUESTION = ("Which of these diagnoses describes the skin lesion in this image? Several may be true at "
                          "different levels of detail.")
 DDX_QUESTION = "Which of these look-alike diagnoses is the skin lesion in this image?"
@@ -237,7 +235,7 @@ def malignancy_suite(samples: pd.DataFrame, taxonomy: Taxonomy,
     """3-way status question; the options are the statuses, so the prompt does not ask for a status again."""
     options = [text for text, _ in MALIGNANCY_OPTIONS]
     buckets = [b for _, b in MALIGNANCY_OPTIONS]
-    prompt = build_mcq_prompt(MALIGNANCY_QUESTION, options, ask_status=False)
+    prompt = malignancy_prompt()
     items, dropped = [], []
     for row in labelled_rows(_eval_rows(samples, config, ood=False), taxonomy, dropped):
         gold = buckets.index(row.bucket)

@@ -17,7 +17,7 @@ from typing import Any, Iterable
 import pandas as pd
 import yaml
 
-from skinr1_pipeline.data.messages import capped, capped_list
+from skinr1_pipeline.messages import capped, capped_list
 from skinr1_pipeline.knowledge.taxonomy import Taxonomy, normalize_label
 
 PACKAGED_DIR = "data/label_maps"

@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from skinr1_pipeline.data.image_open import DEFAULT_MIN_MODEL_PIXELS
+
 SUPPORTED_MODEL_TYPES = ("qwen2_5_vl", "qwen2_vl")
 _LOCAL = {"local_files_only": True, "trust_remote_code": False}
 
@@ -82,6 +84,13 @@ def set_pixel_limits(processor, *, max_pixels: int | None = None, min_pixels: in
     for attr, value in (("max_pixels", size.get("longest_edge")), ("min_pixels", size.get("shortest_edge"))):
         if hasattr(ip, attr):
             setattr(ip, attr, value)
+
+
+def pixel_limits(processor) -> tuple[int, int | None]:
+    """(min_pixels, max_pixels) the processor resizes images into, for `data.image_open.model_image`; max is None
+    when the processor sets none."""
+    size = processor.image_processor.size or {}
+    return int(size.get("shortest_edge") or DEFAULT_MIN_MODEL_PIXELS), size.get("longest_edge")
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: str) -> torch.dtype | str:

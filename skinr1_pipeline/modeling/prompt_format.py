@@ -202,6 +202,13 @@ _STATUS_LABEL_RE = re.compile(r"(?<![^\W_])status\s*+[:=\-\u2013\u2014]", re.IGN
 _STATUS_CLAUSE_RE = re.compile(_STATUS_LABEL_RE.pattern + r"[^;\n]*", re.IGNORECASE)
 
 
+def without_status_clause(text: str) -> str:
+    """`text` before its first status label ("melanoma; status: malignant" -> "melanoma; "): the part that names the
+    diagnosis, for readers that map a free-text answer to a taxonomy node."""
+    found = _STATUS_LABEL_RE.search(text)
+    return text[: found.start()] if found else text
+
+
 def _status_bucket(word: str) -> str:
     """The status a word matched by `_STATUS_WORD_RE` (group 2) names; every pre-cancerous spelling is one bucket."""
     word = word.lower()
@@ -346,6 +353,28 @@ def _read_status(diagnosis: str, answer_part: str, option_spans: list[tuple[int,
 
 
 # --- the parser ------------------------------------------------------------------------------------------------
+
+
+def completion_text(completion: Any) -> str | None:
+    """Text of a completion given as a string or as TRL's conversational `[{"role": "assistant", "content": ...}]`.
+
+    Content may be a string or a list of `{"type": "text", "text": ...}` parts. Anything else (several messages,
+    non-text parts) returns None, which the parser rejects: an unexpected shape must not be scored as an answer.
+    """
+    if isinstance(completion, str):
+        return completion
+    if not isinstance(completion, (list, tuple)) or len(completion) != 1 or not isinstance(completion[0], dict):
+        return None
+    message = completion[0]
+    if message.get("role", "assistant") != "assistant":
+        return None
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, (list, tuple)) and content:
+        if all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
+            return "".join(p["text"] for p in content)
+    return None
 
 
 def parse_completion(text: Any, options: Sequence[str] | None = None, *,

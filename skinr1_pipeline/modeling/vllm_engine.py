@@ -41,13 +41,6 @@ LORA_MODES = ("auto", "lora", "merge")
 _CPU_BATCHED_TOKENS = 8192
 
 
-def vllm_available() -> bool:
-    """True when `import vllm` would succeed (checked without importing it)."""
-    import importlib.util
-
-    return importlib.util.find_spec("vllm") is not None
-
-
 def cuda_available() -> bool:
     import torch
 
@@ -287,4 +280,3 @@ def _build_llm(kwargs: dict[str, Any]):
         if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0":
             torch.set_num_threads = set_threads
             torch.set_num_threads(threads)
-

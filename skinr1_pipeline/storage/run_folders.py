@@ -3,12 +3,14 @@
 Why: a killed or concurrent run then cannot touch the folder the last good materialization wrote, and a downstream
 asset reads the exact folder its upstream value names. A folder counts as complete once its marker exists (written
 last); `latest` is a symlink to the newest complete folder, for people and CLIs. Old folders are pruned by a
-retention rule that never removes the newest complete folder nor a folder a live run is writing.
+retention rule that never removes the newest complete folder, a folder a live run is writing, nor a pinned folder
+(one something outside the home refers to, e.g. the base model a registered model version was logged against).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -18,6 +20,7 @@ from skinr1_pipeline.storage.atomic import point_symlink, remove_stale_temps, wr
 
 RUN_STAMP = ".run"  # written when a folder is opened: only stamped folders are ours to list and prune
 COMPLETE_MARKER = ".complete"
+PINS = ".pins"  # one file per reference that needs the folder kept
 LATEST_LINK = "latest"
 DEFAULT_KEEP = 3
 STALE_TEMP_SECONDS = 24 * 3600
@@ -42,6 +45,11 @@ def open_run_folder(parent: str | Path, run_id: str) -> Path:
     return folder
 
 
+def is_run_folder(folder: str | Path) -> bool:
+    """Whether `folder` is one of ours (stamped by `open_run_folder`), as opposed to, say, a user's model folder."""
+    return (Path(folder) / RUN_STAMP).is_file()
+
+
 def is_complete(folder: str | Path) -> bool:
     return (Path(folder) / COMPLETE_MARKER).is_file()
 
@@ -51,6 +59,24 @@ def mark_complete(folder: str | Path, run_id: str) -> None:
     folder = Path(folder)
     write_json(folder / COMPLETE_MARKER, {"run_id": run_id, "finished_at": time.time()})
     point_symlink(folder.parent / LATEST_LINK, folder.name)
+
+
+def pin(folder: str | Path, holder: str, detail: dict | None = None) -> Path:
+    """Keep `folder` out of pruning for as long as `holder` (e.g. "skinr1-derm-vlm/3") needs it; the pin is a file
+    under `<folder>/.pins/`, so a person can see and remove it. The folder keeps its modification time: the order
+    of run folders (newest written first) must not change because an old one was pinned."""
+    folder = Path(folder)
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in holder).strip(".") or "pin"
+    written = folder.stat()
+    path = write_json(folder / PINS / name, {"holder": holder, "pinned_at": time.time(), **(detail or {})})
+    os.utime(folder, ns=(written.st_atime_ns, written.st_mtime_ns))
+    return path
+
+
+def pins(folder: str | Path) -> list[str]:
+    """Who holds `folder` (the holders of its pins)."""
+    pin_dir = Path(folder) / PINS
+    return sorted(p.name for p in pin_dir.iterdir() if p.is_file()) if pin_dir.is_dir() else []
 
 
 def run_folders(parent: str | Path) -> list[Path]:
@@ -83,7 +109,7 @@ def newest_with(parent: str | Path, has_state: Callable[[Path], bool]) -> Path |
 
 def prune(parent: str | Path, *, keep: int = DEFAULT_KEEP, protect: Collection[str] = ()) -> list[Path]:
     """Delete run folders beyond the `keep` most recently written ones, except the newest complete folder and those
-    named in `protect` (the folders of runs still in progress). Temp files a killed writer left directly under
+    named in `protect` (the folders of runs still in progress) and pinned folders (`pin`). Temp files a killed writer left directly under
     `parent` are removed once a day old. Returns what was removed."""
     if keep < 1:
         raise RunFolderError(f"keep must be at least 1, got {keep}")
@@ -95,7 +121,7 @@ def prune(parent: str | Path, *, keep: int = DEFAULT_KEEP, protect: Collection[s
         spared.add(newest.name)
     removed = []
     for folder in folders:
-        if folder.name not in spared:
+        if folder.name not in spared and not pins(folder):
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     remove_stale_temps(root, older_than_s=STALE_TEMP_SECONDS, now=time.time())

@@ -45,8 +45,10 @@ from skinr1_pipeline.knowledge.taxonomy import Taxonomy
 from skinr1_pipeline.tasks.mcq import (
     MAX_CORRECT,
     hierarchical_scores,
+    impression_line,
     ineligible_distractors,
     option_path,
+    option_scan_lines,
 )
 from skinr1_pipeline.modeling.prompt_format import (
     DEFAULT_MCQ_QUESTION,
@@ -757,34 +759,6 @@ def _compact_end(ctx: TrajectoryContext, lines: list[str]) -> str:
     if ctx.question_form == "mcq":
         lines += option_scan_lines(ctx.options, ctx.option_nodes, [level.node for level in ctx.levels])
     return _finish(ctx, lines)
-
-
-def option_scan_lines(options: Sequence[str], option_nodes: Sequence[str], path: Sequence[str]) -> list[str]:
-    """One line per option, in the order offered, placing it on the diagnosis's taxonomy path (`path`: root
-    excluded, index k-1 = level k): "A. benign neoplasm: fits, level 2." or "C. melanoma: does not fit." Several
-    options can fit (the label and its ancestors); the deepest one is the answer, as in the rl_data scoring.
-
-    Why this shape: each step is one a 2-layer LM can learn. Copying an option line follows the prompt in order (match
-    "B." and copy what came next there), and each verdict relates two names in view. The earlier walk up the path
-    ("Option check, nevus: not offered." ... "offered as A.") needed the reverse lookup, from a name back to the letter
-    before it in the prompt. In text-only drills on the demo labels, with the impression given, the walk reached 28%
-    letter accuracy after 1,500 steps and this scan 81% (90% after 2,000).
-    """
-    if len(options) != len(option_nodes):
-        raise ValueError(f"{len(options)} option texts but {len(option_nodes)} option nodes")
-    depth = {node: k for k, node in enumerate(path, start=1)}
-    return [f"{chr(ord('A') + i)}. {name}: " + (f"fits, level {depth[node]}." if node in depth else "does not fit.")
-            for i, (name, node) in enumerate(zip(options, option_nodes))]
-
-
-def impression_line(name: str) -> str:
-    """The opening line: the diagnosis read off the image, before any feature is named.
-
-    Why first: the demo model learns image -> diagnosis name in its warm-up; opening with the name lets SFT reuse that
-    reading directly instead of deriving the diagnosis from a feature sentence a tiny model cannot ground. Switch types
-    open with "First thought:" instead, so the two openings never share a prefix.
-    """
-    return f"Impression: {name}."
 
 
 def render_hierarchy_compact(ctx: TrajectoryContext, rng: random.Random) -> str:

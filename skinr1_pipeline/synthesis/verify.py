@@ -40,7 +40,7 @@ from skinr1_pipeline.knowledge.knowledge_base import (
     observed_features,
 )
 from skinr1_pipeline.knowledge.taxonomy import Taxonomy
-from skinr1_pipeline.modeling.prompt_format import parse_completion
+from skinr1_pipeline.modeling.prompt_format import parse_completion, without_status_clause
 from skinr1_pipeline.synthesis.trajectories import TYPES, GenerationRequest
 
 REASONS = (
@@ -184,7 +184,7 @@ class Verifier:
                 return chosen, Verdict(False, "wrong_diagnosis", f"chose option {parsed.option_letter} ({chosen}), "
                                                                  f"label {node}")
             return chosen, None
-        name = re.split(r";|\bstatus\s*[:=]", parsed.diagnosis or "", maxsplit=1)[0].strip(" .,:")
+        name = without_status_clause(parsed.diagnosis or "").split(";", 1)[0].strip(" .,:")
         found = self.taxonomy.resolve(name)
         if found is None:
             masked, _ = _mask_features(fast_normalize(name))
@@ -281,11 +281,3 @@ class Verifier:
                 kept.setdefault(group, []).append((item_id, sh))
             out.append(verdict)
         return out
-
-
-def rejection_counts(verdicts: Iterable[Verdict]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for v in verdicts:
-        if not v.ok:
-            counts[v.reason or "?"] = counts.get(v.reason or "?", 0) + 1
-    return dict(sorted(counts.items()))

@@ -49,6 +49,17 @@ DROP_COLUMNS = ("sample_id", "source_dataset", "split", "reason", "detail")
 DROP_REASONS = ("no_bucket", "unknown_node", "root_label", "insufficient_distractors")
 
 
+#: Malignancy options in the authors' order (A benign, B malignant, C precancerous in situ): (text, bucket).
+MALIGNANCY_OPTIONS = (("benign", "benign"), ("malignant", "malignant"),
+                      ("precancerous in situ", "precancerous_in_situ"))
+MALIGNANCY_QUESTION = "Is the skin lesion in this image benign, malignant or precancerous (in situ)?"
+
+
+def malignancy_prompt() -> str:
+    """The 3-way status question; its options are the statuses, so it does not ask for a status again."""
+    return build_mcq_prompt(MALIGNANCY_QUESTION, [text for text, _ in MALIGNANCY_OPTIONS], ask_status=False)
+
+
 @dataclass
 class McqBuild:
     """Items plus every sample that did not become one, with its reason."""
@@ -226,3 +237,30 @@ def build_mcq_items(samples: pd.DataFrame, taxonomy: Taxonomy, *, ddx: DDxGraph 
         items.append(item)
     return McqBuild(pd.DataFrame(items, columns=list(ITEM_COLUMNS)),
                     pd.DataFrame(dropped, columns=list(DROP_COLUMNS)))
+
+
+def option_scan_lines(options: Sequence[str], option_nodes: Sequence[str], path: Sequence[str]) -> list[str]:
+    """One line per option, in the order offered, placing it on the diagnosis's taxonomy path (`path`: root
+    excluded, index k-1 = level k): "A. benign neoplasm: fits, level 2." or "C. melanoma: does not fit." Several
+    options can fit (the label and its ancestors); the deepest one is the answer, as in the item scoring.
+
+    Why this shape: each step is one a 2-layer LM can learn. Copying an option line follows the prompt in order (match
+    "B." and copy what came next there), and each verdict relates two names in view. The earlier walk up the path
+    ("Option check, nevus: not offered." ... "offered as A.") needed the reverse lookup, from a name back to the letter
+    before it in the prompt (README, "The option-reading drill", has the measured difference).
+    """
+    if len(options) != len(option_nodes):
+        raise ValueError(f"{len(options)} option texts but {len(option_nodes)} option nodes")
+    depth = {node: k for k, node in enumerate(path, start=1)}
+    return [f"{chr(ord('A') + i)}. {name}: " + (f"fits, level {depth[node]}." if node in depth else "does not fit.")
+            for i, (name, node) in enumerate(zip(options, option_nodes))]
+
+
+def impression_line(name: str) -> str:
+    """The opening line: the diagnosis read off the image, before any feature is named.
+
+    Why first: the demo model learns image -> diagnosis name in its warm-up; opening with the name lets SFT reuse that
+    reading directly instead of deriving the diagnosis from a feature sentence a tiny model cannot ground. Switch types
+    open with "First thought:" instead, so the two openings never share a prefix.
+    """
+    return f"Impression: {name}."

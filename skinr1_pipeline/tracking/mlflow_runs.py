@@ -334,8 +334,3 @@ def chain_markdown(nodes: Mapping[str, Mapping[str, Any]], steps: Sequence[Mappi
         lines.append(f"1. {step['input'].removesuffix('.*')}: " + "; ".join(parts))
     lines.append("1. this run")
     return "\n".join(lines)
-
-
-def run_url(tracking_uri: str, experiment_id: str, run_id: str, ui_base: str = "http://127.0.0.1:5000") -> str:
-    """Where a person finds the run in `mlflow ui --backend-store-uri <tracking_uri>`."""
-    return f"{ui_base}/#/experiments/{experiment_id}/runs/{run_id}"

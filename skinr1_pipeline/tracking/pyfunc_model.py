@@ -39,7 +39,7 @@ from PIL import Image
 import mlflow
 from mlflow.pyfunc import PythonModel
 
-from skinr1_pipeline.data.image_open import DEFAULT_MAX_BYTES, ImageLimitError, open_rgb, too_many_bytes
+from skinr1_pipeline.data.image_open import DEFAULT_MAX_BYTES, ImageLimitError, fit_for_model, open_rgb, too_many_bytes
 from skinr1_pipeline.modeling.prompt_format import (
     DEFAULT_MCQ_QUESTION,
     build_mcq_prompt,
@@ -235,6 +235,7 @@ class SkinR1Model(PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """One row per input row: rationale, diagnosis, status, option_letter, format_ok, parse_error, completion."""
         from skinr1_pipeline.modeling.generation import generate
+        from skinr1_pipeline.modeling.model_factory import pixel_limits
 
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         missing = [c for c in INPUT_COLUMNS if c not in frame.columns]
@@ -243,6 +244,8 @@ class SkinR1Model(PythonModel):
         prompts = [str(p) for p in frame["prompt"]]
         images = [decode_image(v) for v in frame["image"]]
         self._ensure_loaded()
+        min_pixels, max_pixels = pixel_limits(self._processor)  # resized as in training and evaluation
+        images = [fit_for_model(im, max_pixels=max_pixels, min_pixels=min_pixels) for im in images]
         max_new = int((params or {}).get("max_new_tokens") or self._config["max_new_tokens"])
         completions = generate(self._model, self._processor, images, prompts, max_new_tokens=max_new,
                                batch_size=int(self._config["batch_size"]))

@@ -24,7 +24,7 @@ from transformers import TrainerCallback
 
 from skinr1_pipeline.modeling.prompt_format import prompt_text
 from skinr1_pipeline.storage.atomic import write_parquet
-from skinr1_pipeline.training.rewards import completion_text
+from skinr1_pipeline.modeling.prompt_format import completion_text
 
 logger = logging.getLogger(__name__)
 

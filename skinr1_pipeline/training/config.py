@@ -20,6 +20,8 @@ from typing import Any, Mapping, Sequence, TypeVar
 import yaml
 
 T = TypeVar("T")
+#: The folder, inside a training run's output folder, that holds the trained LoRA adapter (SFT and GRPO alike).
+ADAPTER_DIR = "adapter"
 
 
 class ConfigError(ValueError):

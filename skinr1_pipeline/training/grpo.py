@@ -34,10 +34,9 @@ import torch
 from skinr1_pipeline.modeling.prompt_format import SYSTEM_PROMPT, prompt_options
 from skinr1_pipeline.runtime.distributed import current_rank
 from skinr1_pipeline.storage.atomic import write_json
-from skinr1_pipeline.training.config import json_default, newest_checkpoint, optimization_args
+from skinr1_pipeline.training.config import ADAPTER_DIR, json_default, newest_checkpoint, optimization_args
 from skinr1_pipeline.training.rewards import PAPER_REWARD_WEIGHTS, make_reward_functions
 
-ADAPTER_SUBDIR = "adapter"
 PARAMS_FILE = "grpo_params.json"
 RESULT_FILE = "grpo_result.json"
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")
@@ -177,7 +176,7 @@ class GRPOResult:
     n_items: int
     params: dict[str, Any]
 
-    def to_json(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self), default=json_default))
 
 
@@ -484,7 +483,7 @@ def run_grpo(cfg: GRPORunConfig, *, callbacks: Sequence[Any] = ()) -> GRPOResult
         trainer.add_callback(AdapterCheckpointGuard(resume_from))
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
-    adapter_dir = output_dir / ADAPTER_SUBDIR
+    adapter_dir = output_dir / ADAPTER_DIR
     if main_process:
         trainer.model.save_pretrained(str(adapter_dir), selected_adapters=["default"])  # not TRL's frozen "ref" copy
         processor.save_pretrained(str(adapter_dir))  # as SFT does: the adapter travels with its pixel limits
@@ -503,7 +502,7 @@ def run_grpo(cfg: GRPORunConfig, *, callbacks: Sequence[Any] = ()) -> GRPOResult
         params=params,
     )
     if main_process:
-        write_json(output_dir / RESULT_FILE, result.to_json())
+        write_json(output_dir / RESULT_FILE, result.to_dict())
     return result
 
 

@@ -24,6 +24,7 @@ from typing import Any
 from skinr1_pipeline.modeling.prompt_format import (
     STATUSES,
     ParsedCompletion,
+    completion_text,
     explicit_status,
     parse_completion,
     prompt_options,
@@ -54,28 +55,6 @@ class RewardInputError(ValueError):
 
 class RewardAlignmentError(RewardInputError):
     """Dataset columns do not line up with the completions (lengths differ, or a prompt shows other options)."""
-
-
-def completion_text(completion: Any) -> str | None:
-    """Text of a completion given as a string or as TRL's conversational `[{"role": "assistant", "content": ...}]`.
-
-    Content may be a string or a list of `{"type": "text", "text": ...}` parts. Anything else (several messages,
-    non-text parts) returns None, which the parser rejects: an unexpected shape must not be scored as an answer.
-    """
-    if isinstance(completion, str):
-        return completion
-    if not isinstance(completion, (list, tuple)) or len(completion) != 1 or not isinstance(completion[0], dict):
-        return None
-    message = completion[0]
-    if message.get("role", "assistant") != "assistant":
-        return None
-    content = message.get("content")
-    if isinstance(content, str):
-        return content
-    if isinstance(content, (list, tuple)) and content:
-        if all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
-            return "".join(p["text"] for p in content)
-    return None
 
 
 def _columns(completions: Any, kwargs: dict[str, Any], required: tuple[str, ...]) -> dict[str, list]:

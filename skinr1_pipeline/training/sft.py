@@ -27,23 +27,21 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 import torch
-from PIL import Image
 from transformers import TrainerCallback
 
-from skinr1_pipeline.data.image_open import open_rgb
+from skinr1_pipeline.data.image_open import DEFAULT_MIN_MODEL_PIXELS, model_image
 from skinr1_pipeline.modeling.chat import assistant_message, build_messages
-from skinr1_pipeline.modeling.model_factory import load_model, load_processor, set_pixel_limits
+from skinr1_pipeline.modeling.model_factory import load_model, load_processor, pixel_limits, set_pixel_limits
 from skinr1_pipeline.modeling.prompt_format import SYSTEM_PROMPT
 from skinr1_pipeline.runtime.distributed import current_rank, training_device
 from skinr1_pipeline.storage.atomic import write_json
-from skinr1_pipeline.training.config import (from_mapping, load_mapping, parse_overrides, resolve_bf16,
+from skinr1_pipeline.training.config import (ADAPTER_DIR, from_mapping, load_mapping, parse_overrides, resolve_bf16,
                                              newest_checkpoint, optimization_args, resolve_use_cpu, to_mapping)
 
 logger = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("sample_id", "image_path", "prompt", "completion")
-ADAPTER_DIRNAME = "adapter"
-RESULT_NAME = "sft_result.json"
+RESULT_FILE = "sft_result.json"
 LM_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 VISION_BLOCK_LINEARS = ("qkv", "proj", "gate_proj", "up_proj", "down_proj")
 
@@ -128,12 +126,12 @@ def demo_sft_config(model_dir: str | Path, train_path: str | Path, output_dir: s
     """Preset for the tiny demo model on CPU, sized for the compact demo trajectories (~80 tokens).
 
     LoRA on every linear layer of the language model; embeddings and LM head are trained in full
-    (`modules_to_save`). The vision tower and merger stay frozen: the warm-up (`modeling.demo_pretraining`) already
+    (`modules_to_save`). The vision tower and merger stay frozen: the warm-up (`training.demo_pretraining`) already
     taught them to read the image, and adapting them at this learning rate let SFT wash that out (two of five runs
     collapsed to one diagnosis for nearly every image; neither frozen run did). Per-example cost does not depend on
     batch size here, so batch 2 buys the most optimizer steps per second.
 
-    Measured on 925 compact trajectories plus 1,500 option-drill rows (`modeling.option_drill`, mixed in by the
+    Measured on 925 compact trajectories plus 1,500 option-drill rows (`training.option_drill`, mixed in by the
     `sft_checkpoint` asset) after a 4-view warm-up and the base-model drill (2 CPU cores): 2,000 steps take ~320 s;
     100% strict format on held-out items; written 4-option accuracy 37.5% on the valid gate and 41% on the in-domain
     test items (chance 25%), 59% on the 3-way malignancy question. Without the drill the 2-layer LM wrote its own diagnosis's letter without finding it in
@@ -163,21 +161,8 @@ def resolve_image_path(image_path: str, base_dir: Path) -> Path:
     return candidate if candidate.exists() else p
 
 
-def load_image(path: Path, max_pixels: int | None) -> Image.Image:
-    """RGB image, downscaled (aspect kept) to at most `max_pixels` so the processor never sees huge inputs.
-
-    Opened with `open_rgb`: a file over the data layer's byte or pixel limit (what ingest quarantines) raises
-    `ImageLimitError` naming it, before any decode; `max_pixels` here is only the resize target.
-    """
-    img = open_rgb(path)
-    if max_pixels and img.width * img.height > max_pixels:
-        scale = math.sqrt(max_pixels / (img.width * img.height))
-        img = img.resize((max(28, int(img.width * scale)), max(28, int(img.height * scale))), Image.BICUBIC)
-    return img
-
-
 def load_trajectory_dataset(parquet_path: str | Path, *, max_pixels: int | None, system: str | None = SYSTEM_PROMPT,
-                            max_samples: int | None = None):
+                            max_samples: int | None = None, min_pixels: int = DEFAULT_MIN_MODEL_PIXELS):
     """Parquet rows as a `datasets.Dataset` whose items are TRL conversational prompt-completion examples.
 
     Validated up front (columns, empty fields, image files) so a bad file fails before the model loads; images are
@@ -210,7 +195,7 @@ def load_trajectory_dataset(parquet_path: str | Path, *, max_pixels: int | None,
 
     def to_examples(batch: dict[str, list]) -> dict[str, list]:
         return {
-            "images": [[load_image(Path(p), max_pixels)] for p in batch["image_path"]],
+            "images": [[model_image(p, max_pixels=max_pixels, min_pixels=min_pixels)] for p in batch["image_path"]],
             "prompt": [build_messages(t, system=system, with_image=True) for t in batch["prompt"]],
             "completion": [[assistant_message(t)] for t in batch["completion"]],
         }
@@ -276,10 +261,11 @@ def build_trainer(cfg: SFTRunConfig, *, progress: Callable[[dict[str, Any]], Non
     model = load_model(cfg.model_dir, dtype=torch.bfloat16 if bf16 else torch.float32,
                        device=training_device(use_cpu), attn_implementation=cfg.attn_implementation)
     model.train()
-    train_ds = load_trajectory_dataset(cfg.train_path, max_pixels=cfg.max_pixels, system=cfg.system_prompt,
-                                       max_samples=cfg.max_train_samples)
-    eval_ds = (load_trajectory_dataset(cfg.eval_path, max_pixels=cfg.max_pixels, system=cfg.system_prompt)
-               if cfg.eval_path else None)
+    min_pixels, max_pixels = pixel_limits(processor)  # images reach the processor at its own size: no second resize
+    train_ds = load_trajectory_dataset(cfg.train_path, max_pixels=max_pixels, min_pixels=min_pixels,
+                                       system=cfg.system_prompt, max_samples=cfg.max_train_samples)
+    eval_ds = (load_trajectory_dataset(cfg.eval_path, max_pixels=max_pixels, min_pixels=min_pixels,
+                                       system=cfg.system_prompt) if cfg.eval_path else None)
     args = SFTConfig(
         **optimization_args(cfg),
         per_device_eval_batch_size=cfg.per_device_eval_batch_size,
@@ -329,7 +315,7 @@ def run_sft(cfg: SFTRunConfig, *, progress: Callable[[dict[str, Any]], None] | N
     if trainer.eval_dataset is not None:
         metrics.update({k: float(v) for k, v in trainer.evaluate().items() if isinstance(v, (int, float))})
 
-    adapter_dir = out / ADAPTER_DIRNAME
+    adapter_dir = out / ADAPTER_DIR
     if trainer.args.should_save:  # rank 0 of a multi-process job writes; the others hold the same weights
         trainer.model.save_pretrained(str(adapter_dir), safe_serialization=True)
         trainer.processing_class.save_pretrained(str(adapter_dir))
@@ -349,7 +335,7 @@ def run_sft(cfg: SFTRunConfig, *, progress: Callable[[dict[str, Any]], None] | N
     )
     if trainer.args.should_save:
         payload = {"config": to_mapping(cfg), "result": result.to_dict()}
-        write_json(out / RESULT_NAME, payload)
+        write_json(out / RESULT_FILE, payload)
     return result
 
 

@@ -27,7 +27,7 @@ from skinr1_pipeline.data.loaders.common import (
     strip_extension,
     undocumented_label_notes,
 )
-from skinr1_pipeline.data.messages import capped, capped_each
+from skinr1_pipeline.messages import capped, capped_each
 from skinr1_pipeline.data.schema import LoadedDataset
 
 DATASET = "bcn20000"

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import pandas as pd
 
 from skinr1_pipeline.data.images import index_image_files
-from skinr1_pipeline.data.messages import capped, capped_each, capped_list
+from skinr1_pipeline.messages import capped, capped_each, capped_list
 from skinr1_pipeline.data.schema import QUARANTINE_COLUMNS, RECORD_COLUMNS, DatasetFormatError
 
 METADATA_SUFFIXES = ("", ".csv", ".tab", ".tsv", ".txt")

@@ -28,7 +28,7 @@ from skinr1_pipeline.data.loaders.common import (
     read_table,
     row_numbers,
 )
-from skinr1_pipeline.data.messages import capped, capped_each, capped_list
+from skinr1_pipeline.messages import capped, capped_each, capped_list
 from skinr1_pipeline.data.schema import DatasetFormatError, LoadedDataset
 
 DATASET = "derm7pt"

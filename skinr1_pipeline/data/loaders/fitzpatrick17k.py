@@ -24,7 +24,7 @@ from skinr1_pipeline.data.loaders.common import (
     read_table,
     row_numbers,
 )
-from skinr1_pipeline.data.messages import capped_each
+from skinr1_pipeline.messages import capped_each
 from skinr1_pipeline.data.schema import LoadedDataset
 
 DATASET = "fitzpatrick17k"

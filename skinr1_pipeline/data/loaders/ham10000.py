@@ -29,7 +29,7 @@ from skinr1_pipeline.data.loaders.common import (
     undocumented_label_notes,
 )
 from skinr1_pipeline.data.loaders.isic2019 import decode_one_hot
-from skinr1_pipeline.data.messages import capped_each, capped_list
+from skinr1_pipeline.messages import capped_each, capped_list
 from skinr1_pipeline.data.schema import DatasetFormatError, LoadedDataset
 
 DATASET = "ham10000"

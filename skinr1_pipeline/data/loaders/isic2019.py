@@ -28,7 +28,7 @@ from skinr1_pipeline.data.loaders.common import (
     read_table,
     stamp_origin,
 )
-from skinr1_pipeline.data.messages import capped, capped_each
+from skinr1_pipeline.messages import capped, capped_each
 from skinr1_pipeline.data.schema import LoadedDataset
 
 DATASET = "isic2019"

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from skinr1_pipeline.data.loaders.common import RowChecks, outcome_notes, stamp_origin
-from skinr1_pipeline.data.messages import capped, capped_each, capped_list
+from skinr1_pipeline.messages import capped, capped_each, capped_list
 from skinr1_pipeline.data.schema import DatasetFormatError, LoadedDataset
 
 DATASET = "omnimedvqa"

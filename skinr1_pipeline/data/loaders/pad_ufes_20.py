@@ -26,7 +26,7 @@ from skinr1_pipeline.data.loaders.common import (
     strip_extension,
     undocumented_label_notes,
 )
-from skinr1_pipeline.data.messages import capped_each
+from skinr1_pipeline.messages import capped_each
 from skinr1_pipeline.data.schema import LoadedDataset
 
 DATASET = "pad_ufes_20"

@@ -5,18 +5,12 @@ starts from random weights. Trained on ~460 MCQ rationales only, SFT taught it t
 reading: it wrote "benign neoplasm: fits, level 2." for every option line. This drill gives the language model
 that skill the way pretraining gives it to a real one: many synthetic multiple-choice items built from the taxonomy
 and the *train* labels and images only (no held-out sample). The impression is given; the model learns to write the
-option scan (`synthesis.trajectories.option_scan_lines`) and the answer, in the exact chat layout SFT uses.
+option scan (`tasks.mcq.option_scan_lines`) and the answer, in the exact chat layout SFT uses. It runs after the
+vision warm-up (which, run second, erased it) and shows a train image of the item's label.
 
-Measured on the demo (12 train labels, batch 8, 1,500 steps, ~7 CPU-minutes): 56-83% held-out letter accuracy on
-fresh items (with images / text only), against 28% for the earlier walk-up-the-path format. It runs after the vision
-warm-up (which, run second, erased it) and shows a train image of the item's label.
-
-SFT alone erases most of it (47% left), so `mix_drill_rows` also mixes drill rows into the SFT data. Both are
-needed. Measured on the demo, 1,500 drill rows + 925 trajectories, 2,000 SFT steps, written 4-option accuracy:
-with the base-model drill, 37.5% on the 48-item valid gate and 41-48% on the 96 in-domain test items (100% parse);
-without it, 15% and 20%; the base-model drill without the mixed rows gave 29% on the gate. A fifth of the mixed
-rows ask the 3-way status question (`status_drill_items`): without them every malignancy answer lost its
-`<thinking>` block (0.00), with them that suite reads 0.59 (main before the drill: 0.21).
+SFT alone erases most of it, so `mix_drill_rows` also mixes drill rows into the SFT data; a fifth of them ask the
+3-way status question (`status_drill_items`), without which malignancy answers lost their `<thinking>` block. The
+README ("How the demo model is prepared") has the measurements behind each choice.
 """
 
 from __future__ import annotations
@@ -32,13 +26,14 @@ from typing import Any
 import torch
 from PIL import Image
 
+from skinr1_pipeline.data.image_open import model_image
 from skinr1_pipeline.knowledge.taxonomy import Taxonomy
 from skinr1_pipeline.modeling.chat import assistant_message, build_messages, render_prompt
 from skinr1_pipeline.modeling.prompt_format import (DEFAULT_MCQ_QUESTION, build_mcq_prompt, format_completion,
                                                     format_mcq_answer, parse_completion)
-from skinr1_pipeline.synthesis.trajectories import impression_line, option_scan_lines
 from skinr1_pipeline.storage.atomic import write_parquet
-from skinr1_pipeline.tasks.mcq import MAX_CORRECT, ineligible_distractors, option_path
+from skinr1_pipeline.tasks.mcq import (MALIGNANCY_OPTIONS, MAX_CORRECT, impression_line, ineligible_distractors,
+                                       malignancy_prompt, option_path, option_scan_lines)
 
 
 @dataclass(frozen=True)
@@ -95,14 +90,12 @@ def status_drill_items(labels: Sequence[str], taxonomy: Taxonomy, n: int, seed: 
     Why: without them the option-drilled model met this question, whose options are no diagnoses, with no
     `<thinking>` block at all (every malignancy answer unreadable on the demo).
     """
-    from skinr1_pipeline.evaluation.suites import MALIGNANCY_OPTIONS, MALIGNANCY_QUESTION
-
     nodes = sorted({x for x in labels if isinstance(x, str) and x in taxonomy and taxonomy[x].bucket})
     if not nodes:
         raise ValueError("the status drill needs at least one label with a malignancy bucket")
     names = [text for text, _ in MALIGNANCY_OPTIONS]
     buckets = [bucket for _, bucket in MALIGNANCY_OPTIONS]
-    prompt = build_mcq_prompt(MALIGNANCY_QUESTION, names, ask_status=False)
+    prompt = malignancy_prompt()
     rng = random.Random(seed)
     items = []
     for _ in range(n):
@@ -166,8 +159,6 @@ def _pick_images(items: Sequence[DrillItem], image_paths: Mapping[str, Sequence[
     """A train image of each item's label (None without `image_paths` or for a label without images)."""
     if not image_paths:
         return [None] * len(items)
-    from skinr1_pipeline.training.sft import load_image
-
     rng = random.Random(seed)
     cache: dict[str, Image.Image] = {}
     out: list[Image.Image | None] = []
@@ -178,7 +169,7 @@ def _pick_images(items: Sequence[DrillItem], image_paths: Mapping[str, Sequence[
             continue
         path = rng.choice(list(paths))
         if path not in cache:
-            cache[path] = load_image(Path(path), max_pixels)
+            cache[path] = model_image(path, max_pixels=max_pixels)
         out.append(cache[path])
     return out
 
@@ -193,7 +184,7 @@ def train_option_drill(model_dir: str | Path, labels: Sequence[str], taxonomy: T
     With `image_paths` (label -> train image files) each item shows a train image of its label, as SFT prompts do;
     without them the copying keys on text-only positions that image tokens later shift (see the module docstring).
     """
-    from skinr1_pipeline.modeling.demo_pretraining import replace_weights
+    from skinr1_pipeline.training.demo_pretraining import replace_weights
     from skinr1_pipeline.modeling.model_factory import load_model, load_processor
 
     if steps < 1 or batch_size < 1:
@@ -246,8 +237,8 @@ def drill_rows(labels: Sequence[str], taxonomy: Taxonomy, n: int, seed: int,
     """`n` drill items as SFT rows (sample_id, image_path, prompt, completion), each with a train image of its label;
     a `status_share` of them ask the 3-way status question (`status_drill_items`).
 
-    Why: drilled into the base model alone, the option reading fell from ~80% to ~47% during SFT; rows mixed into
-    the SFT data keep it trained while SFT teaches the rest.
+    Why: drilled into the base model alone, the option reading faded during SFT; rows mixed into the SFT data keep
+    it trained while SFT teaches the rest.
     """
     import pandas as pd
 

@@ -5,9 +5,8 @@ reasoning text alone teaches it the answer format but not to use the image token
 (image -> diagnosis name, no system prompt) on in-distribution *train* images, merged into the base weights, gives
 the demo base model what pretraining gives the real one, without touching any held-out image.
 
-Each train image is shown in several flipped/rotated views (`views`, default 4): on the demo (~185 train images,
-2,000 steps) this raised held-out diagnosis-name accuracy from 31% to 58% (valid gate images) and 27% to 49% (test) at
-the same step count; 8 views were no better.
+Each train image is shown in several flipped/rotated views (`views`, default 4): a few hundred train images are few
+for a vision tower trained from scratch (the README, "How the demo model is prepared", has the measurement).
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
+from skinr1_pipeline.data.image_open import model_image
 from skinr1_pipeline.knowledge.taxonomy import Taxonomy
 
 CAPTION_PROMPT = "Name the diagnosis."
@@ -46,14 +46,12 @@ def augmented(captions: pd.DataFrame, out_dir: Path, views: int, max_pixels: int
     Why: ~200 train images are few for a vision tower trained from scratch; the dihedral views multiply them at no
     labelling cost and keep the warm-up from memorising each image.
     """
-    from skinr1_pipeline.training.sft import load_image
-
     if not 1 <= views <= len(VIEWS):
         raise ValueError(f"views must be in 1..{len(VIEWS)}, got {views}")
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for i, row in enumerate(captions.itertuples(index=False)):
-        image = load_image(Path(row.image_path), max_pixels)
+        image = model_image(row.image_path, max_pixels=max_pixels)
         for v, view in enumerate(VIEWS[:views]):
             path = out_dir / f"{i}_{v}.png"
             (image.transpose(view) if view is not None else image).save(path)
