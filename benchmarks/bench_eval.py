@@ -21,8 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import results  # noqa: E402
-from bench_generation import backend_args, setup_world  # noqa: E402
+import results
+from bench_generation import backend_args, setup_world
 
 
 def main() -> None:
@@ -41,8 +41,9 @@ def main() -> None:
         items["item_id"] = [f"{i}/{x}" for i, x in enumerate(items["item_id"])]
 
         t = time.perf_counter()
-        hf = HFRunner(world["model_dir"], max_new_tokens=args.max_tokens, batch_size=args.hf_batch,
-                      dtype="float32", device="cpu")
+        hf = HFRunner(
+            world["model_dir"], max_new_tokens=args.max_tokens, batch_size=args.hf_batch, dtype="float32", device="cpu"
+        )
         hf_load = time.perf_counter() - t
         hf.run(items.head(2))  # warm-up
         t = time.perf_counter()
@@ -60,24 +61,44 @@ def main() -> None:
         finally:
             vr.engine.close()
 
-        scores = {name: score_predictions(items, out, taxonomy=world["tax"])
-                  for name, out in (("hf", hf_out), ("vllm", v_out))}
+        scores = {
+            name: score_predictions(items, out, taxonomy=world["tax"])
+            for name, out in (("hf", hf_out), ("vllm", v_out))
+        }
         same = sum(a == b for a, b in zip(hf_out, v_out))
         n = len(items)
-        print(f"\n{n} suite items with images ({items['suite'].nunique()} suites), max_new_tokens={args.max_tokens}, "
-              "greedy, same tiny model")
+        print(
+            f"\n{n} suite items with images ({items['suite'].nunique()} suites), max_new_tokens={args.max_tokens}, "
+            "greedy, same tiny model"
+        )
         print(f"{'runner':8} {'load s':>7} {'run s':>7} {'images/s':>9} {'accuracy':>9} {'format_ok':>9}")
         for name, load_s, run_s in (("hf", hf_load, hf_s), ("vllm", v_load, v_s)):
             sc = scores[name]
-            print(f"{name:8} {load_s:7.1f} {run_s:7.2f} {n / run_s:9.1f} {sc['correct'].mean():9.2f} "
-                  f"{sc['format_ok'].mean():9.2f}")
+            print(
+                f"{name:8} {load_s:7.1f} {run_s:7.2f} {n / run_s:9.1f} {sc['correct'].mean():9.2f} "
+                f"{sc['format_ok'].mean():9.2f}"
+            )
         ratio = hf_s / v_s
-        print(f"ratio vllm/hf: {ratio:.1f}x images/s; identical completions: {same}/{n}; HF batch {args.hf_batch}, "
-              f"{args.hf_threads} torch thread(s)")
-        results.write(args.json, "evaluation", {"items": n, "max_new_tokens": args.max_tokens}, [results.row(
-            f"suite evaluation, {n} items x {args.max_tokens} tokens", "images/s", n / v_s, n / hf_s,
-            baseline_name=f"HF runner (batch {args.hf_batch})", target=5.0,
-            notes=f"identical completions {same}/{n}")])
+        print(
+            f"ratio vllm/hf: {ratio:.1f}x images/s; identical completions: {same}/{n}; HF batch {args.hf_batch}, "
+            f"{args.hf_threads} torch thread(s)"
+        )
+        results.write(
+            args.json,
+            "evaluation",
+            {"items": n, "max_new_tokens": args.max_tokens},
+            [
+                results.row(
+                    f"suite evaluation, {n} items x {args.max_tokens} tokens",
+                    "images/s",
+                    n / v_s,
+                    n / hf_s,
+                    baseline_name=f"HF runner (batch {args.hf_batch})",
+                    target=5.0,
+                    notes=f"identical completions {same}/{n}",
+                )
+            ],
+        )
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ One run prints:
                offline batch, greedy) on the SAME tiny random Qwen2.5-VL, the SAME prompts (chat template +
                one image each) and the same max_new_tokens, with the ratio side by side (target: vLLM >= 5x).
 Tokens are counted the same way for both (re-tokenising the decoded text), so early stops count equally.
-vLLM's load time is printed separately and not part of its rate. HF runs with `--hf-threads` torch threads (default 1, like vLLM's CPU worker). `--in-process` runs the engine core in this
+vLLM's load time is printed separately and not part of its rate. HF runs with `--hf-threads` torch threads (default
+1, like vLLM's CPU worker). `--in-process` runs the engine core in this
 process (VLLM_ENABLE_V1_MULTIPROCESSING=0) instead of vLLM's default engine-core subprocess.
 """
 
@@ -25,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import results  # noqa: E402
+import results
 
 
 def set_hf_threads(n: int) -> None:
@@ -49,13 +50,19 @@ def setup_world(workdir: Path, n_per_class: int = 2):
     tax = Taxonomy.load()
     ddx = DDxGraph.load(tax)
     kb = load_knowledge_base(tax, ddx)
-    generate_demo_data(workdir / "demo", seed=0, n_per_class=n_per_class, image_size=(160, 120),
-                       include_broken=False)
+    generate_demo_data(workdir / "demo", seed=0, n_per_class=n_per_class, image_size=(160, 120), include_broken=False)
     samples, feats = demo_samples(workdir / "demo", tax)
     items = build_suites(samples, tax, ddx, SuiteConfig(splits=("train", "valid", "test"))).items
     model_dir = build_tiny_model(workdir / "model", list(items["prompt"]), seed=0)
-    return {"tax": tax, "ddx": ddx, "kb": kb, "samples": samples, "features": feats, "items": items,
-            "model_dir": model_dir}
+    return {
+        "tax": tax,
+        "ddx": ddx,
+        "kb": kb,
+        "samples": samples,
+        "features": feats,
+        "items": items,
+        "model_dir": model_dir,
+    }
 
 
 def bench_template(world) -> dict[str, float]:
@@ -63,8 +70,16 @@ def bench_template(world) -> dict[str, float]:
     from skinr1_pipeline.synthesis.pipeline import synthesize
 
     t = time.perf_counter()
-    result = synthesize(world["samples"], world["tax"], world["ddx"], world["kb"], TemplateGenerator(),
-                        per_sample=4, splits=("train", "valid", "test"), image_features=world["features"])
+    result = synthesize(
+        world["samples"],
+        world["tax"],
+        world["ddx"],
+        world["kb"],
+        TemplateGenerator(),
+        per_sample=4,
+        splits=("train", "valid", "test"),
+        image_features=world["features"],
+    )
     seconds = time.perf_counter() - t
     n = result.counts["requests"]
     return {"trajectories": n, "accepted": result.counts["accepted"], "seconds": seconds, "per_s": n / seconds}
@@ -143,29 +158,59 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-gen-") as tmp:
         t = time.perf_counter()
         world = setup_world(Path(tmp))
-        print(f"setup: {len(world['samples'])} demo samples, {len(world['items'])} suite items, tiny model "
-              f"({time.perf_counter() - t:.1f}s)", flush=True)
+        print(
+            f"setup: {len(world['samples'])} demo samples, {len(world['items'])} suite items, tiny model "
+            f"({time.perf_counter() - t:.1f}s)",
+            flush=True,
+        )
         tpl = bench_template(world)
-        print(f"template  {tpl['trajectories']} trajectories ({tpl['accepted']} accepted) in {tpl['seconds']:.2f}s"
-              f" = {tpl['per_s']:.0f} trajectories/s", flush=True)
+        print(
+            f"template  {tpl['trajectories']} trajectories ({tpl['accepted']} accepted) in {tpl['seconds']:.2f}s"
+            f" = {tpl['per_s']:.0f} trajectories/s",
+            flush=True,
+        )
         images, prompts = prompt_set(world, args.prompts)
         hf = bench_hf(world, images, prompts, args.max_tokens, args.hf_batch)
         vl = bench_vllm(world, images, prompts, args.max_tokens)
         same = sum(a == b for a, b in zip(hf["texts"], vl["texts"]))
         print(f"\n{args.prompts} prompts with images, max_new_tokens={args.max_tokens}, greedy, same tiny model")
         print(f"{'backend':8} {'seconds':>8} {'tokens':>7} {'tokens/s':>9}")
-        print(f"{'hf':8} {hf['seconds']:8.2f} {hf['tokens']:7d} {hf['tok_s']:9.1f}   (batch {args.hf_batch}, {args.hf_threads} thread(s))")
-        print(f"{'vllm':8} {vl['seconds']:8.2f} {vl['tokens']:7d} {vl['tok_s']:9.1f}   (engine load "
-              f"{vl['load_s']:.1f}s, not counted)")
+        print(
+            f"{'hf':8} {hf['seconds']:8.2f} {hf['tokens']:7d} {hf['tok_s']:9.1f}   "
+            f"(batch {args.hf_batch}, {args.hf_threads} thread(s))"
+        )
+        print(
+            f"{'vllm':8} {vl['seconds']:8.2f} {vl['tokens']:7d} {vl['tok_s']:9.1f}   (engine load "
+            f"{vl['load_s']:.1f}s, not counted)"
+        )
         ratio = vl["tok_s"] / hf["tok_s"]
-        print(f"ratio vllm/hf: {ratio:.1f}x (target >= 5x: {'met' if ratio >= 5 else 'NOT met'}); "
-              f"identical greedy texts: {same}/{args.prompts}")
-        results.write(args.json, "generation", {"prompts": args.prompts, "max_new_tokens": args.max_tokens}, [
-            results.row("rationale synthesis, template generator (generate + verify + dedup)", "trajectories/s",
-                        tpl["per_s"], None, notes=f"{tpl['trajectories']} trajectories, absolute figure"),
-            results.row(f"image-prompt generation, {args.prompts} prompts x {args.max_tokens} tokens", "tokens/s",
-                        vl["tok_s"], hf["tok_s"], baseline_name=f"HF generate (batch {args.hf_batch})", target=5.0,
-                        notes=f"identical greedy texts {same}/{args.prompts}")])
+        print(
+            f"ratio vllm/hf: {ratio:.1f}x (target >= 5x: {'met' if ratio >= 5 else 'NOT met'}); "
+            f"identical greedy texts: {same}/{args.prompts}"
+        )
+        results.write(
+            args.json,
+            "generation",
+            {"prompts": args.prompts, "max_new_tokens": args.max_tokens},
+            [
+                results.row(
+                    "rationale synthesis, template generator (generate + verify + dedup)",
+                    "trajectories/s",
+                    tpl["per_s"],
+                    None,
+                    notes=f"{tpl['trajectories']} trajectories, absolute figure",
+                ),
+                results.row(
+                    f"image-prompt generation, {args.prompts} prompts x {args.max_tokens} tokens",
+                    "tokens/s",
+                    vl["tok_s"],
+                    hf["tok_s"],
+                    baseline_name=f"HF generate (batch {args.hf_batch})",
+                    target=5.0,
+                    notes=f"identical greedy texts {same}/{args.prompts}",
+                ),
+            ],
+        )
 
 
 if __name__ == "__main__":

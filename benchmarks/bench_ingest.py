@@ -37,9 +37,9 @@ from PIL import Image, ImageChops
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import results as results_file  # noqa: E402
+import results as results_file
 
-from skinr1_pipeline.data.images import index_image_files, inspect_images  # noqa: E402
+from skinr1_pipeline.data.images import index_image_files, inspect_images
 
 HEADER = ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization", "dataset"]
 PARTS = ("HAM10000_images_part_1", "HAM10000_images_part_2")
@@ -238,8 +238,9 @@ def main(argv: list[str] | None = None) -> int:
 
     cpus = os.cpu_count() or 1
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cpus
-    print(f"CPUs: os.cpu_count()={cpus}, usable={affinity}; Python {sys.version.split()[0]}; "
-          f"Pillow {Image.__version__}")
+    print(
+        f"CPUs: os.cpu_count()={cpus}, usable={affinity}; Python {sys.version.split()[0]}; Pillow {Image.__version__}"
+    )
 
     made_temp = args.out is None
     root = Path(tempfile.mkdtemp(prefix="bench_ham10000_")) if made_temp else args.out.resolve()
@@ -248,8 +249,10 @@ def main(argv: list[str] | None = None) -> int:
         total_bytes = build_dataset(root, args.n, args.seed, workers=cpus)
         broken = break_files(root, args.n)
         setup = time.perf_counter() - start
-        print(f"setup: {args.n:,} JPEGs at {WIDTH}x{HEIGHT}, {total_bytes / args.n / 1024:.1f} KB mean, "
-              f"{total_bytes / 2**20:.0f} MiB, built in {setup:.1f}s ({cpus} processes) under {root}")
+        print(
+            f"setup: {args.n:,} JPEGs at {WIDTH}x{HEIGHT}, {total_bytes / args.n / 1024:.1f} KB mean, "
+            f"{total_bytes / 2**20:.0f} MiB, built in {setup:.1f}s ({cpus} processes) under {root}"
+        )
 
         for part in PARTS:  # warm the page cache so every method reads from memory
             for entry in os.scandir(root / part):
@@ -269,8 +272,9 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(f"{'method':<16} {'images':>8} {'seconds':>9} {'images/s':>10} {'vs naive':>9} {'cpu ms/image':>13}")
         for label, (best, _, cpu) in results.items():
-            print(f"{label:<16} {n:>8,} {best:>9.2f} {n / best:>10,.0f} {naive_s / best:>8.2f}x "
-                  f"{cpu / n * 1000:>13.3f}")
+            print(
+                f"{label:<16} {n:>8,} {best:>9.2f} {n / best:>10,.0f} {naive_s / best:>8.2f}x {cpu / n * 1000:>13.3f}"
+            )
         print("(cpu ms/image counts every process of a method and moves far less than wall time when other jobs")
         print(" share the CPUs; naive cpu / ours cpu x usable CPUs estimates the ratio on an otherwise idle machine)")
         print(f"(setup, not timed above: {setup:.1f}s)")
@@ -290,15 +294,29 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {'':<14} detail: {row['detail']}")
         quarantined = frame.loc[~frame["ok"], "image_id"].tolist()
         extra = sorted(set(quarantined) - set(broken))
-        print(f"ours quarantined {len(quarantined)} of {n:,}; all 5 broken among them: "
-              f"{set(broken) <= set(quarantined)}; healthy files quarantined: {len(extra)} {extra[:5]}")
+        print(
+            f"ours quarantined {len(quarantined)} of {n:,}; all 5 broken among them: "
+            f"{set(broken) <= set(quarantined)}; healthy files quarantined: {len(extra)} {extra[:5]}"
+        )
         good = frame["ok"]
         same = (frame.loc[good, "image_sha256"].to_numpy() == plain.loc[good, "image_sha256"].to_numpy()).all()
         print(f"sha256 agrees with the naive loop on every accepted file: {bool(same)}")
-        results_file.write(args.json, "ingest", {"images": n, "cpus": affinity}, [results_file.row(
-            f"{n:,} JPEGs {WIDTH}x{HEIGHT} in HAM10000's layout: index + hash + full decode", "images/s", n / results["ours"][0], n / naive_s,
-            baseline_name="naive one-file PIL loop", target=5.0,
-            notes=f"all 5 broken files caught: {set(broken) <= set(quarantined)}")])
+        results_file.write(
+            args.json,
+            "ingest",
+            {"images": n, "cpus": affinity},
+            [
+                results_file.row(
+                    f"{n:,} JPEGs {WIDTH}x{HEIGHT} in HAM10000's layout: index + hash + full decode",
+                    "images/s",
+                    n / results["ours"][0],
+                    n / naive_s,
+                    baseline_name="naive one-file PIL loop",
+                    target=5.0,
+                    notes=f"all 5 broken files caught: {set(broken) <= set(quarantined)}",
+                )
+            ],
+        )
     finally:
         if made_temp and not args.keep:
             shutil.rmtree(root, ignore_errors=True)

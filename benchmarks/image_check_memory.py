@@ -66,8 +66,11 @@ def _measure(module_path: str, func: str, path: str) -> dict:
         verdict = frame.loc[0, "reason"] or "ok"
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return {"self_mb": max(0, own - before) / 1024,
-            "worker_mb": max(0, children - before) / 1024 if children else None, "verdict": verdict}
+    return {
+        "self_mb": max(0, own - before) / 1024,
+        "worker_mb": max(0, children - before) / 1024 if children else None,
+        "verdict": verdict,
+    }
 
 
 def _make_cases(folder: Path) -> dict[str, Path]:
@@ -86,8 +89,9 @@ def _make_cases(folder: Path) -> dict[str, Path]:
 
 def _baseline_module(rev: str, folder: Path) -> Path | None:
     try:
-        text = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:{MODULE}"], check=True, capture_output=True,
-                              text=True).stdout
+        text = subprocess.run(
+            ["git", "-C", str(REPO), "show", f"{rev}:{MODULE}"], check=True, capture_output=True, text=True
+        ).stdout
     except (OSError, subprocess.CalledProcessError) as exc:
         print(f"baseline {rev} unavailable ({exc}); only the after column is measured", file=sys.stderr)
         return None
@@ -97,8 +101,13 @@ def _baseline_module(rev: str, folder: Path) -> Path | None:
 
 
 def _child(module: str, func: str, path: Path) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--measure", module, func, str(path)], check=True,
-                         capture_output=True, text=True, cwd=REPO)
+    out = subprocess.run(
+        [sys.executable, __file__, "--measure", module, func, str(path)],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -126,23 +135,46 @@ def main(argv: list[str] | None = None) -> int:
         baseline = _baseline_module(args.baseline_rev, folder)
         # Built in a child: Linux carries a parent's peak RSS into the ru_maxrss of a process it starts, so this
         # process must never hold the 147 MB the 49 MP image takes to encode.
-        made = subprocess.run([sys.executable, __file__, "--make-cases", str(folder)], check=True,
-                              capture_output=True, text=True, cwd=REPO).stdout
+        made = subprocess.run(
+            [sys.executable, __file__, "--make-cases", str(folder)],
+            check=True,
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+        ).stdout
         for case, path in json.loads(made.strip().splitlines()[-1]).items():
             for func in ("inspect_image", "inspect_images"):
                 before = _child(str(baseline), func, path) if baseline else None
                 after = _child("-", func, path)
-                pairs = ([("inspect_image", "self_mb")] if func == "inspect_image"
-                         else [("inspect_images: caller", "self_mb"), ("inspect_images: worker", "worker_mb")])
+                pairs = (
+                    [("inspect_image", "self_mb")]
+                    if func == "inspect_image"
+                    else [("inspect_images: caller", "self_mb"), ("inspect_images: worker", "worker_mb")]
+                )
                 for measure, key in pairs:
                     old = before[key] if before else None
-                    table.append((case, measure, _mb(old), _mb(after[key]),
-                                  f"{before['verdict'] if before else '-'} -> {after['verdict']}"))
+                    table.append(
+                        (
+                            case,
+                            measure,
+                            _mb(old),
+                            _mb(after[key]),
+                            f"{before['verdict'] if before else '-'} -> {after['verdict']}",
+                        )
+                    )
                     if after[key] is not None and old is not None:
                         ours = max(after[key], 1.0)  # 1 MB: below the resolution of ru_maxrss deltas
-                        rows.append(results_file.row(f"{case}: {measure} peak RSS", "MB", ours, old,
-                                                     baseline_name=args.baseline_rev, higher_is_better=False,
-                                                     notes=f"verdict {before['verdict']} -> {after['verdict']}"))
+                        rows.append(
+                            results_file.row(
+                                f"{case}: {measure} peak RSS",
+                                "MB",
+                                ours,
+                                old,
+                                baseline_name=args.baseline_rev,
+                                higher_is_better=False,
+                                notes=f"verdict {before['verdict']} -> {after['verdict']}",
+                            )
+                        )
 
     header = ("case", "measure", f"before ({args.baseline_rev})", "after", "verdict")
     widths = [max(len(str(r[i])) for r in (header, *table)) for i in range(len(header))]

@@ -10,12 +10,30 @@ from pathlib import Path
 from typing import Any
 
 
-def row(measure: str, unit: str, ours: float, baseline: float | None, *, baseline_name: str = "",
-        target: float | None = None, higher_is_better: bool = True, notes: str = "") -> dict[str, Any]:
+def row(
+    measure: str,
+    unit: str,
+    ours: float,
+    baseline: float | None,
+    *,
+    baseline_name: str = "",
+    target: float | None = None,
+    higher_is_better: bool = True,
+    notes: str = "",
+) -> dict[str, Any]:
     """`baseline=None` records an absolute figure (no ratio), e.g. a throughput with nothing comparable to run."""
     ratio = None if baseline is None else (ours / baseline if higher_is_better else baseline / ours)
-    return {"measure": measure, "unit": unit, "ours": ours, "baseline": baseline, "baseline_name": baseline_name,
-            "ratio": ratio, "target": target, "met": None if target is None or ratio is None else ratio >= target, "notes": notes}
+    return {
+        "measure": measure,
+        "unit": unit,
+        "ours": ours,
+        "baseline": baseline,
+        "baseline_name": baseline_name,
+        "ratio": ratio,
+        "target": target,
+        "met": None if target is None or ratio is None else ratio >= target,
+        "notes": notes,
+    }
 
 
 def write(path: str | Path | None, benchmark: str, config: dict[str, Any], rows: list[dict[str, Any]]) -> None:

@@ -23,8 +23,11 @@ HERE = Path(__file__).resolve().parent
 # name -> (script, full-size arguments, quick arguments)
 BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "ingest": ("bench_ingest.py", ["--repeat", "2"], ["--n", "2000", "--skip-single"]),
-    "generation": ("bench_generation.py", ["--prompts", "256", "--max-tokens", "128"],
-                   ["--prompts", "64", "--max-tokens", "64"]),
+    "generation": (
+        "bench_generation.py",
+        ["--prompts", "256", "--max-tokens", "128"],
+        ["--prompts", "64", "--max-tokens", "64"],
+    ),
     "evaluation": ("bench_eval.py", ["--items", "256"], ["--items", "64"]),
     "image_memory": ("image_check_memory.py", [], []),
 }
@@ -52,8 +55,10 @@ def markdown(records: list[dict], failures: dict[str, str], meta: dict) -> str:
             ratio = f"{r['ratio']:.2f}x" if r["ratio"] is not None else "–"
             target = f"≥ {r['target']:g}x" if r["target"] is not None else "–"
             met = "–" if r["met"] is None else ("yes" if r["met"] else "**no**")
-            lines.append(f"| {record['benchmark']} | {r['measure']} | {r['unit']} | {_fmt(r['ours'])} | {baseline} | "
-                         f"{ratio} | {target} | {met} | {r['notes']} |")
+            lines.append(
+                f"| {record['benchmark']} | {r['measure']} | {r['unit']} | {_fmt(r['ours'])} | {baseline} | "
+                f"{ratio} | {target} | {met} | {r['notes']} |"
+            )
     for name, why in failures.items():
         lines.append(f"| {name} | **failed**: {why} | | | | | | | |")
     lines += ["", "Configurations:", ""]
@@ -86,10 +91,13 @@ def run(names: list[str], *, quick: bool, out: Path, log_dir: Path) -> int:
             failures[name] = f"exit code {code}, see {log_path}"
             continue
         records.append(json.loads(json_path.read_text("utf-8")))
-    meta = {"command": "skinr1 bench" + (" --quick" if quick else ""),
-            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": f"{os.cpu_count()} CPUs, Python {platform.python_version()}, {platform.machine()}",
-            "load": load, "logs": logs}
+    meta = {
+        "command": "skinr1 bench" + (" --quick" if quick else ""),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{os.cpu_count()} CPUs, Python {platform.python_version()}, {platform.machine()}",
+        "load": load,
+        "logs": logs,
+    }
     out.write_text(markdown(records, failures, meta), "utf-8")
     print(f"\nwrote {out}")
     print(out.read_text("utf-8"))

@@ -34,19 +34,24 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from transformers import TrainerCallback  # noqa: E402
+import torch
+from transformers import TrainerCallback
 
 #: Dense bf16 tensor-core peak per GPU model (vendor datasheets, no sparsity), in TFLOP/s.
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0}
-GRPO_TIMERS = {"rollout": ("transformers.generate", "transformers.generate_batch", "vLLM.generate", "sync_weights"),
-               "reward": ("_calculate_rewards",), "prepare": ("_prepare_inputs",), "loss_forward": ("compute_loss",)}
+GRPO_TIMERS = {
+    "rollout": ("transformers.generate", "transformers.generate_batch", "vLLM.generate", "sync_weights"),
+    "reward": ("_calculate_rewards",),
+    "prepare": ("_prepare_inputs",),
+    "loss_forward": ("compute_loss",),
+}
 
 
 class StepClock(TrainerCallback):
@@ -112,11 +117,11 @@ def build_world(workdir: Path, n_per_class: int = 2) -> dict[str, Path]:
 
     tax = Taxonomy.load()
     ddx = DDxGraph.load(tax)
-    generate_demo_data(workdir / "demo", seed=0, n_per_class=n_per_class, image_size=(600, 450),
-                       include_broken=False)
+    generate_demo_data(workdir / "demo", seed=0, n_per_class=n_per_class, image_size=(600, 450), include_broken=False)
     samples, features = demo_samples(workdir / "demo", tax)
-    trajectories = synthesize(samples, tax, ddx, load_knowledge_base(tax, ddx), TemplateGenerator(),
-                              image_features=features).trajectories
+    trajectories = synthesize(
+        samples, tax, ddx, load_knowledge_base(tax, ddx), TemplateGenerator(), image_features=features
+    ).trajectories
     items = build_mcq_items(samples, tax, splits=("train",)).items
     sft_path, items_path = workdir / "trajectories.parquet", workdir / "items.parquet"
     trajectories.to_parquet(sft_path, index=False)
@@ -137,19 +142,21 @@ def build_model(workdir: Path, arch: str, corpus: list[str], max_pixels: int) ->
 
 def image_tokens(model_dir: Path, max_pixels: int, image_path: str) -> tuple[int, int]:
     """(patches, tokens) one image of the data becomes under `max_pixels` (tokens = patches / merge^2)."""
-    from skinr1_pipeline.modeling.model_factory import load_processor
-    from skinr1_pipeline.training.sft import load_image
+    from skinr1_pipeline.data.image_open import model_image
+    from skinr1_pipeline.modeling.model_factory import load_processor, pixel_limits
 
     processor = load_processor(model_dir, max_pixels=max_pixels)
-    grid = processor.image_processor(images=[load_image(Path(image_path), max_pixels)], return_tensors="pt")
+    min_pixels, max_pixels = pixel_limits(processor)
+    image = model_image(image_path, max_pixels=max_pixels, min_pixels=min_pixels)
+    grid = processor.image_processor(images=[image], return_tensors="pt")
     patches = int(grid["image_grid_thw"].prod())
-    return patches, patches // processor.image_processor.merge_size ** 2
+    return patches, patches // processor.image_processor.merge_size**2
 
 
 def peak_memory() -> dict[str, float]:
     if torch.cuda.is_available():
-        return {"peak_gpu_gib": torch.cuda.max_memory_allocated() / 2 ** 30}
-    return {"peak_host_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
+        return {"peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30}
+    return {"peak_host_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
 def reset_peak() -> None:
@@ -180,18 +187,33 @@ def forward_flops(flops, tokens: float, sequences: float, patches: float) -> flo
 
 def step_stats(clock: StepClock) -> dict[str, float]:
     timed = clock.seconds[1:] or clock.seconds
-    return {"steps": len(clock.seconds), "first_step_s": clock.seconds[0] if clock.seconds else float("nan"),
-            "mean_step_s": sum(timed) / len(timed) if timed else float("nan")}
+    return {
+        "steps": len(clock.seconds),
+        "first_step_s": clock.seconds[0] if clock.seconds else float("nan"),
+        "mean_step_s": sum(timed) / len(timed) if timed else float("nan"),
+    }
 
 
-def run_sft_stage(model_dir: Path, data: Path, out: Path, args, flops, patches_per_image: int,
-                  peak: float | None) -> dict[str, Any]:
+def run_sft_stage(
+    model_dir: Path, data: Path, out: Path, args, flops, patches_per_image: int, peak: float | None
+) -> dict[str, Any]:
     from skinr1_pipeline.training.sft import SFTRunConfig, run_sft
 
-    cfg = SFTRunConfig(model_dir=str(model_dir), train_path=str(data), output_dir=str(out), max_steps=args.sft_steps,
-                       per_device_train_batch_size=args.sft_batch, gradient_accumulation_steps=1,
-                       max_pixels=args.max_pixels, logging_steps=1, save_steps=10 ** 6, warmup_ratio=0.0,
-                       learning_rate=1e-5, report_to=[], gradient_checkpointing=None)
+    cfg = SFTRunConfig(
+        model_dir=str(model_dir),
+        train_path=str(data),
+        output_dir=str(out),
+        max_steps=args.sft_steps,
+        per_device_train_batch_size=args.sft_batch,
+        gradient_accumulation_steps=1,
+        max_pixels=args.max_pixels,
+        logging_steps=1,
+        save_steps=10**6,
+        warmup_ratio=0.0,
+        learning_rate=1e-5,
+        report_to=[],
+        gradient_checkpointing=None,
+    )
     clock = StepClock()
     reset_peak()
     result = run_sft(cfg, callbacks=[clock])
@@ -199,25 +221,46 @@ def run_sft_stage(model_dir: Path, data: Path, out: Path, args, flops, patches_p
     tokens = clock.tokens_per_step()
     fwd = forward_flops(flops, tokens, args.sft_batch, 0.0)
     model = 2 * fwd + flops.vision_per_patch * patches_per_image * args.sft_batch
-    out_stats = {**stats, "tokens_per_step": tokens, "tokens_per_s": tokens / stats["mean_step_s"],
-                 "model_tflops_per_step": model / 1e12, "trainable_parameters": result.trainable_parameters,
-                 **peak_memory()}
+    out_stats = {
+        **stats,
+        "tokens_per_step": tokens,
+        "tokens_per_s": tokens / stats["mean_step_s"],
+        "model_tflops_per_step": model / 1e12,
+        "trainable_parameters": result.trainable_parameters,
+        **peak_memory(),
+    }
     out_stats["mfu"] = model / stats["mean_step_s"] / peak if peak else None
     return out_stats
 
 
-def run_grpo_stage(model_dir: Path, items: Path, out: Path, args, flops, patches_per_image: int,
-                   peak: float | None, use_vllm: bool) -> dict[str, Any]:
+def run_grpo_stage(
+    model_dir: Path, items: Path, out: Path, args, flops, patches_per_image: int, peak: float | None, use_vllm: bool
+) -> dict[str, Any]:
     from skinr1_pipeline.training.grpo import GRPORunConfig, run_grpo
 
-    vllm = dict(vllm_gpu_memory_utilization=0.3 if torch.cuda.is_available() else 0.1,
-                vllm_max_model_length=args.max_model_length)
-    cfg = GRPORunConfig(model_dir=str(model_dir), items_path=str(items), output_dir=str(out), use_vllm=use_vllm, **vllm,
-                        max_steps=args.grpo_steps, per_device_train_batch_size=args.prompts * args.generations,
-                        num_generations=args.generations, gradient_accumulation_steps=1,
-                        max_completion_length=args.completion_tokens, max_pixels=args.max_pixels, logging_steps=1,
-                        save_steps=10 ** 6, log_completions_every=10 ** 6, warmup_ratio=0.0,
-                        gradient_checkpointing=torch.cuda.is_available(), seed=0)
+    vllm = dict(
+        vllm_gpu_memory_utilization=0.3 if torch.cuda.is_available() else 0.1,
+        vllm_max_model_length=args.max_model_length,
+    )
+    cfg = GRPORunConfig(
+        model_dir=str(model_dir),
+        items_path=str(items),
+        output_dir=str(out),
+        use_vllm=use_vllm,
+        **vllm,
+        max_steps=args.grpo_steps,
+        per_device_train_batch_size=args.prompts * args.generations,
+        num_generations=args.generations,
+        gradient_accumulation_steps=1,
+        max_completion_length=args.completion_tokens,
+        max_pixels=args.max_pixels,
+        logging_steps=1,
+        save_steps=10**6,
+        log_completions_every=10**6,
+        warmup_ratio=0.0,
+        gradient_checkpointing=torch.cuda.is_available(),
+        seed=0,
+    )
     clock = StepClock()
     reset_peak()
     started = time.perf_counter()
@@ -231,23 +274,38 @@ def run_grpo_stage(model_dir: Path, items: Path, out: Path, args, flops, patches
         total = sum(per_step)
         split[part] = total / max(len(clock.seconds), 1)
     mean_all = sum(clock.seconds) / max(len(clock.seconds), 1)
-    split = {"rollout_s": split["rollout"], "reward_s": split["reward"],
-             "logprobs_and_other_prep_s": split["prepare"] - split["rollout"] - split["reward"],
-             "update_s": mean_all - split["prepare"], "of_which_loss_forward_s": split["loss_forward"]}
+    split = {
+        "rollout_s": split["rollout"],
+        "reward_s": split["reward"],
+        "logprobs_and_other_prep_s": split["prepare"] - split["rollout"] - split["reward"],
+        "update_s": mean_all - split["prepare"],
+        "of_which_loss_forward_s": split["loss_forward"],
+    }
     tokens = clock.tokens_per_step()
     sequences = args.prompts * args.generations
     fwd = forward_flops(flops, tokens, sequences, 0.0)
     vision = flops.vision_per_patch * patches_per_image * sequences
     passes = 1 + (1 if cfg.beta > 0 else 0) + 2  # rollout, reference, policy forward + backward
     model = passes * fwd + vision * (2 + (1 if cfg.beta > 0 else 0))
-    gap = [e["sampling/sampling_logp_difference/max"] for e in result.train_log
-           if "sampling/sampling_logp_difference/max" in e]
-    out_stats = {**stats, "rollouts": result.params["rollouts"], "run_wall_s": wall,
-                 "engine_logp_gap_max": max(gap) if gap else None,
-                 "mean_step_all_s": mean_all, "split_per_step_mean": split, "tokens_per_step": tokens,
-                 "tokens_per_s": tokens / stats["mean_step_s"], "completions_per_step": sequences,
-                 "model_tflops_per_step": model / 1e12, **peak_memory(),
-                 "timers_seen": sorted(timers)}
+    gap = [
+        e["sampling/sampling_logp_difference/max"]
+        for e in result.train_log
+        if "sampling/sampling_logp_difference/max" in e
+    ]
+    out_stats = {
+        **stats,
+        "rollouts": result.params["rollouts"],
+        "run_wall_s": wall,
+        "engine_logp_gap_max": max(gap) if gap else None,
+        "mean_step_all_s": mean_all,
+        "split_per_step_mean": split,
+        "tokens_per_step": tokens,
+        "tokens_per_s": tokens / stats["mean_step_s"],
+        "completions_per_step": sequences,
+        "model_tflops_per_step": model / 1e12,
+        **peak_memory(),
+        "timers_seen": sorted(timers),
+    }
     out_stats["mfu"] = model / stats["mean_step_s"] / peak if peak else None
     return out_stats
 
@@ -262,8 +320,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--generations", type=int, default=4)
     parser.add_argument("--completion-tokens", type=int, default=256)
     parser.add_argument("--max-pixels", type=int, default=448 * 448)
-    parser.add_argument("--rollouts", choices=["both", "vllm", "hf"], default=None,
-                        help="GRPO rollout backends to run (default: both where vLLM is installed, else hf)")
+    parser.add_argument(
+        "--rollouts",
+        choices=["both", "vllm", "hf"],
+        default=None,
+        help="GRPO rollout backends to run (default: both where vLLM is installed, else hf)",
+    )
     parser.add_argument("--max-model-length", type=int, default=4096, help="vLLM context (prompt + completion)")
     parser.add_argument("--peak-tflops", type=float, default=None)
     parser.add_argument("--workdir", type=Path, default=None, help="keep data, model and runs here (default: temp)")
@@ -293,20 +355,38 @@ def main(argv: list[str] | None = None) -> int:
         first_image = pd.read_parquet(world["sft"], columns=["image_path"])["image_path"].iloc[0]
         patches, image_toks = image_tokens(model_dir, args.max_pixels, first_image)
         peak, peak_note = peak_flops(args.peak_tflops)
-        record = {"arch": args.arch, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-                  "torch": torch.__version__, "setup_s": setup_s, "peak": peak_note,
-                  "image_patches": patches, "image_tokens": image_toks,
-                  "parameters": sum(p.numel() for p in shapes.parameters()),
-                  "sft": run_sft_stage(model_dir, world["sft"], workdir / "sft", args, flops, patches, peak)}
+        record = {
+            "arch": args.arch,
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+            "torch": torch.__version__,
+            "setup_s": setup_s,
+            "peak": peak_note,
+            "image_patches": patches,
+            "image_tokens": image_toks,
+            "parameters": sum(p.numel() for p in shapes.parameters()),
+            "sft": run_sft_stage(model_dir, world["sft"], workdir / "sft", args, flops, patches, peak),
+        }
         # transformers first: a colocated engine sets up torch.distributed in this process for the rest of its life
         for backend in backends:
-            record[f"grpo_{backend}"] = run_grpo_stage(model_dir, world["items"], workdir / f"grpo_{backend}", args,
-                                                       flops, patches, peak, use_vllm=backend == "vllm")
+            record[f"grpo_{backend}"] = run_grpo_stage(
+                model_dir,
+                world["items"],
+                workdir / f"grpo_{backend}",
+                args,
+                flops,
+                patches,
+                peak,
+                use_vllm=backend == "vllm",
+            )
         if len(backends) == 2:
-            record["vllm_vs_hf"] = {k: record["grpo_hf"][k] / record["grpo_vllm"][k]
-                                    for k in ("mean_step_s", "run_wall_s") if record["grpo_vllm"][k]}
-            record["vllm_vs_hf"]["rollout_s"] = (record["grpo_hf"]["split_per_step_mean"]["rollout_s"]
-                                                 / max(record["grpo_vllm"]["split_per_step_mean"]["rollout_s"], 1e-9))
+            record["vllm_vs_hf"] = {
+                k: record["grpo_hf"][k] / record["grpo_vllm"][k]
+                for k in ("mean_step_s", "run_wall_s")
+                if record["grpo_vllm"][k]
+            }
+            record["vllm_vs_hf"]["rollout_s"] = record["grpo_hf"]["split_per_step_mean"]["rollout_s"] / max(
+                record["grpo_vllm"]["split_per_step_mean"]["rollout_s"], 1e-9
+            )
         record["config"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     print(render(record))
     if args.json:
@@ -329,19 +409,27 @@ def _fmt(value: Any) -> str:
 
 
 def render(record: dict[str, Any]) -> str:
-    lines = [f"{record['arch']} ({record['parameters'] / 1e9:.3g}B parameters) on {record['device']}, torch "
-             f"{record['torch']}; peak {record['peak']}; one image = {record['image_patches']} patches = "
-             f"{record['image_tokens']} tokens; setup {record['setup_s']:.0f} s"]
+    lines = [
+        f"{record['arch']} ({record['parameters'] / 1e9:.3g}B parameters) on {record['device']}, torch "
+        f"{record['torch']}; peak {record['peak']}; one image = {record['image_patches']} patches = "
+        f"{record['image_tokens']} tokens; setup {record['setup_s']:.0f} s"
+    ]
     for stage in [k for k in record if k == "sft" or k.startswith("grpo_")]:
         s = record[stage]
-        lines.append(f"{stage}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in s.items()
-                                               if k not in ("split_per_step_mean", "timers_seen")))
+        lines.append(
+            f"{stage}: "
+            + ", ".join(f"{k} {_fmt(v)}" for k, v in s.items() if k not in ("split_per_step_mean", "timers_seen"))
+        )
         if "split_per_step_mean" in s:
-            lines.append("  step split (mean s per step, all steps): " + ", ".join(
-                f"{k} {_fmt(v)}" for k, v in s["split_per_step_mean"].items()))
+            lines.append(
+                "  step split (mean s per step, all steps): "
+                + ", ".join(f"{k} {_fmt(v)}" for k, v in s["split_per_step_mean"].items())
+            )
     if "vllm_vs_hf" in record:
-        lines.append("GRPO, transformers time / vLLM time (>1: vLLM faster): " + ", ".join(
-            f"{k} {v:.2f}x" for k, v in record["vllm_vs_hf"].items()))
+        lines.append(
+            "GRPO, transformers time / vLLM time (>1: vLLM faster): "
+            + ", ".join(f"{k} {v:.2f}x" for k, v in record["vllm_vs_hf"].items())
+        )
     return "\n".join(lines)
 
 

@@ -28,11 +28,30 @@ EXTRAS = ("gpu", "cluster")
 # Every platform tag an x86-64 host with glibc 2.35 (Ubuntu 22.04, the usual CUDA image) accepts; pip matches
 # --platform tags exactly, so each is listed.
 GLIBC_MINOR = 35
-PLATFORMS = [*(f"manylinux_2_{minor}_x86_64" for minor in range(GLIBC_MINOR, 4, -1)), "manylinux2014_x86_64",
-             "manylinux2010_x86_64", "manylinux1_x86_64", "linux_x86_64"]
+PLATFORMS = [
+    *(f"manylinux_2_{minor}_x86_64" for minor in range(GLIBC_MINOR, 4, -1)),
+    "manylinux2014_x86_64",
+    "manylinux2010_x86_64",
+    "manylinux1_x86_64",
+    "linux_x86_64",
+]
 # Packages whose resolved version the README, `skinr1 doctor` and the closing notes quote.
-HEADLINE = ("torch", "torchvision", "vllm", "transformers", "trl", "peft", "accelerate", "datasets", "dagster",
-            "mlflow", "ray", "dagster-ray", "flashinfer-python", "triton")
+HEADLINE = (
+    "torch",
+    "torchvision",
+    "vllm",
+    "transformers",
+    "trl",
+    "peft",
+    "accelerate",
+    "datasets",
+    "dagster",
+    "mlflow",
+    "ray",
+    "dagster-ray",
+    "flashinfer-python",
+    "triton",
+)
 
 
 def requirements(pyproject: Path = ROOT / "pyproject.toml") -> list[str]:
@@ -48,11 +67,31 @@ def resolve(reqs: list[str]) -> dict[str, str]:
     """{normalized name: version} that pip would install on a Python 3.11 glibc 2.35 x86-64 host."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp, "report.json")
-        cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
-               "--report", str(report), "--target", str(Path(tmp, "target")), "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311",
-               "--only-binary=:all:", *[f"--platform={p}" for p in PLATFORMS], *reqs]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_") or k in ("PIP_CERT",
-                                                                                       "PIP_DEFAULT_TIMEOUT")}
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--ignore-installed",
+            "--quiet",
+            "--report",
+            str(report),
+            "--target",
+            str(Path(tmp, "target")),
+            "--python-version",
+            "3.11",
+            "--implementation",
+            "cp",
+            "--abi",
+            "cp311",
+            "--only-binary=:all:",
+            *[f"--platform={p}" for p in PLATFORMS],
+            *reqs,
+        ]
+        env = {
+            k: v for k, v in os.environ.items() if not k.startswith("PIP_") or k in ("PIP_CERT", "PIP_DEFAULT_TIMEOUT")
+        }
         env["PIP_CONFIG_FILE"] = os.devnull  # no local wheel folders, no torch cap: the registry alone
         done = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if done.returncode != 0:
@@ -73,9 +112,11 @@ def _norm(name: str) -> str:
 
 
 def render(resolved: dict[str, str]) -> str:
-    head = ("# The gpu profile (`pip install -e '.[gpu,cluster,test]'` minus test tools) as pip resolves it for a Python\n"
-            "# 3.11 glibc 2.35 x86-64 host, written by `python scripts/check_gpu_resolve.py --write`; CI re-resolves\n"
-            "# and fails when the result differs. Not a constraint file: the pins live in pyproject.toml.\n")
+    head = (
+        "# The gpu profile (`pip install -e '.[gpu,cluster,test]'` minus test tools) as pip resolves it for a Python\n"
+        "# 3.11 glibc 2.35 x86-64 host, written by `python scripts/check_gpu_resolve.py --write`; CI re-resolves\n"
+        "# and fails when the result differs. Not a constraint file: the pins live in pyproject.toml.\n"
+    )
     return head + "".join(f"{name}=={version}\n" for name, version in sorted(resolved.items()))
 
 
@@ -105,12 +146,17 @@ def main(argv: list[str] | None = None) -> int:
     changed = {n: (committed.get(n), resolved.get(n)) for n in pinned if committed.get(n) != resolved.get(n)}
     drift = sorted(n for n in set(committed) | set(resolved) if n not in pinned and committed.get(n) != resolved.get(n))
     if drift:
-        print(f"note: {len(drift)} unpinned packages resolve differently from {RESOLVED.name} (their ranges allow "
-              "it): " + ", ".join(f"{n} {committed.get(n)} -> {resolved.get(n)}" for n in drift[:12])
-              + (" ..." if len(drift) > 12 else ""))
+        print(
+            f"note: {len(drift)} unpinned packages resolve differently from {RESOLVED.name} (their ranges allow "
+            "it): "
+            + ", ".join(f"{n} {committed.get(n)} -> {resolved.get(n)}" for n in drift[:12])
+            + (" ..." if len(drift) > 12 else "")
+        )
     if changed:
-        print("pinned versions differ from the committed list (was -> now): "
-              + ", ".join(f"{n} {a} -> {b}" for n, (a, b) in changed.items()))
+        print(
+            "pinned versions differ from the committed list (was -> now): "
+            + ", ".join(f"{n} {a} -> {b}" for n, (a, b) in changed.items())
+        )
         return 1
     return 0
 

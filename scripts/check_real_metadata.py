@@ -46,8 +46,10 @@ def check(folder: Path) -> bool:
             print(f"[FAIL] {dataset} ({name}, column {column}): coverage {coverage:.2%}\n{exc}")
             continue
         labels = report["labels"]
-        print(f"[ok]   {dataset} ({name}, column {column}): {report['rows']} rows, {len(labels)} distinct labels, "
-              f"coverage {report['coverage']:.0%}")
+        print(
+            f"[ok]   {dataset} ({name}, column {column}): {report['rows']} rows, {len(labels)} distinct labels, "
+            f"coverage {report['coverage']:.0%}"
+        )
         for raw, info in sorted(labels.items()):
             node = taxonomy[info["node"]]
             print(f"         {raw!r:<58} {info['count']:>6}  -> {node.id} (depth {node.level}, bucket {node.bucket})")

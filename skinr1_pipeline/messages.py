@@ -7,7 +7,8 @@ of file content therefore goes through `capped`; the location (file, row, field)
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import pandas as pd
 

@@ -16,12 +16,20 @@ from typing import Any
 
 TOY_ASSET_CONFIG: dict[str, dict[str, Any]] = {
     "base_model": {"warmup_steps": 0, "option_drill_steps": 0},
-    "sft_checkpoint": {"overrides": json.dumps({"max_steps": 2, "max_train_samples": 16, "save_steps": 1}),
-                       "gate_items": 4, "max_new_tokens": 24, "format_floor": 0.0, "option_drill_rows": 0},
-    "grpo_checkpoint": {"overrides": json.dumps({"max_steps": 1, "limit_items": 4, "max_completion_length": 16}),
-                        "gate_items": 4, "max_new_tokens": 24, "accuracy_margin": 1.0},
-    "rl_only_checkpoint": {"overrides": json.dumps({"max_steps": 1, "limit_items": 4,
-                                                    "max_completion_length": 16})},
+    "sft_checkpoint": {
+        "overrides": json.dumps({"max_steps": 2, "max_train_samples": 16, "save_steps": 1}),
+        "gate_items": 4,
+        "max_new_tokens": 24,
+        "format_floor": 0.0,
+        "option_drill_rows": 0,
+    },
+    "grpo_checkpoint": {
+        "overrides": json.dumps({"max_steps": 1, "limit_items": 4, "max_completion_length": 16}),
+        "gate_items": 4,
+        "max_new_tokens": 24,
+        "accuracy_margin": 1.0,
+    },
+    "rl_only_checkpoint": {"overrides": json.dumps({"max_steps": 1, "limit_items": 4, "max_completion_length": 16})},
     "eval_suites": {"per_suite_limit": 3},
     "variant_evaluations": {"max_new_tokens": 24, "runner": "hf"},
 }

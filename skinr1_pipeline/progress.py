@@ -8,7 +8,7 @@ step of minutes still shows it is moving.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 
 def _duration(seconds: float | None) -> str:
@@ -27,15 +27,24 @@ def text_bar(done: int, total: int, elapsed_s: float, *, unit: str = "it", width
     rate = done / elapsed_s if elapsed_s > 0 else None
     eta = (total - done) / rate if rate and total > done else (0.0 if done >= total else None)
     speed = f"{rate:,.1f} {unit}/s" if rate is not None else f"? {unit}/s"
-    return (f"[{'#' * filled}{'.' * (width - filled)}] {done:,}/{total:,} ({frac:.0%}) {speed}, "
-            f"{_duration(elapsed_s)} elapsed, ETA {_duration(eta)}")
+    return (
+        f"[{'#' * filled}{'.' * (width - filled)}] {done:,}/{total:,} ({frac:.0%}) {speed}, "
+        f"{_duration(elapsed_s)} elapsed, ETA {_duration(eta)}"
+    )
 
 
 class LogProgress:
     """A `progress(done, total)` callback that logs `label [bar]` on the first call, the last, and every `every_s`."""
 
-    def __init__(self, label: str, log: Callable[[str], None], *, unit: str = "it", every_s: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        label: str,
+        log: Callable[[str], None],
+        *,
+        unit: str = "it",
+        every_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.label, self.log, self.unit, self.every_s, self.clock = label, log, unit, every_s, clock
         self.start = clock()
         self.last: float | None = None

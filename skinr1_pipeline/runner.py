@@ -10,8 +10,8 @@ test (against a temporary instance).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import dagster as dg
 
@@ -62,8 +62,14 @@ def plan_segments(defs: dg.Definitions, selection: dg.AssetSelection | None = No
             if key not in wanted or not node.is_materializable:
                 continue
             earliest = max((where[p] for p in node.parent_keys if p in where), default=0)
-            target = next((i for i in range(len(segments) - 1, earliest - 1, -1)
-                           if segments[i].partitions == node.partitions_def), None)
+            target = next(
+                (
+                    i
+                    for i in range(len(segments) - 1, earliest - 1, -1)
+                    if segments[i].partitions == node.partitions_def
+                ),
+                None,
+            )
             if target is None:
                 segments.append(Segment([], node.partitions_def))
                 target = len(segments) - 1
@@ -104,7 +110,8 @@ def materialize_all(
             )
             outcome.results.append(result)
             outcome.phase_seconds[label] = time.perf_counter() - t0
-            log(f"  {'ok' if result.success else 'FAILED'} in {outcome.phase_seconds[label]:.1f}s (run {result.run_id[:8]})")
+            status = "ok" if result.success else "FAILED"
+            log(f"  {status} in {outcome.phase_seconds[label]:.1f}s (run {result.run_id[:8]})")
             if not result.success:
                 outcome.seconds = time.perf_counter() - start
                 return outcome

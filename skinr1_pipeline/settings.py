@@ -17,8 +17,8 @@ from typing import Any
 import yaml
 
 from skinr1_pipeline.data.loaders import SUPPORTED_DATASETS
-from skinr1_pipeline.messages import capped
 from skinr1_pipeline.data.schema import MODALITIES
+from skinr1_pipeline.messages import capped
 from skinr1_pipeline.runtime.launch import LAUNCHERS
 
 PROFILES = ("demo", "gpu")
@@ -35,9 +35,23 @@ COMPUTE_KINDS = ("local", "ray")
 # Every key a config file may hold. Anything else is a typo or a setting this version lacks, and is refused by name
 # rather than ignored (a silently ignored `split_seed` once left every split on the default seed).
 # `launcher`/`accelerate_args` are the spelling from before `compute:`, still read as local compute.
-FILE_KEYS = ("datasets", "model_dir", "label_map_dir", "mlflow_tracking_uri", "mlflow_experiment", "demo_seed",
-             "demo_images_per_class", "split_seed", "ood", "compute", "teacher", "automation", "scale", "launcher",
-             "accelerate_args")
+FILE_KEYS = (
+    "datasets",
+    "model_dir",
+    "label_map_dir",
+    "mlflow_tracking_uri",
+    "mlflow_experiment",
+    "demo_seed",
+    "demo_images_per_class",
+    "split_seed",
+    "ood",
+    "compute",
+    "teacher",
+    "automation",
+    "scale",
+    "launcher",
+    "accelerate_args",
+)
 # Keys only one profile reads: the demo generates its own dataset folders (and can shrink to toy scale); the gpu
 # profile generates no data.
 PROFILE_KEYS = {"datasets": "gpu", "demo_seed": "demo", "demo_images_per_class": "demo", "scale": "demo"}
@@ -174,16 +188,19 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         home=home,
         dataset_roots=roots,
         demo_seed=_int(env, "SKINR1_DEMO_SEED", file_config, "demo_seed", 0, minimum=0, source=source),
-        demo_images_per_class=_int(env, "SKINR1_DEMO_IMAGES_PER_CLASS", file_config, "demo_images_per_class", 24,
-                                   minimum=1, source=source),
+        demo_images_per_class=_int(
+            env, "SKINR1_DEMO_IMAGES_PER_CLASS", file_config, "demo_images_per_class", 24, minimum=1, source=source
+        ),
         split_seed=_whole(file_config.get("split_seed", 42), f"{source}split_seed", minimum=0),
         mlflow_tracking_uri=tracking,
-        mlflow_experiment=(env.get("MLFLOW_EXPERIMENT_NAME") or file_config.get("mlflow_experiment")
-                           or "skinr1-pipeline"),
+        mlflow_experiment=(
+            env.get("MLFLOW_EXPERIMENT_NAME") or file_config.get("mlflow_experiment") or "skinr1-pipeline"
+        ),
         label_map_dir=Path(label_map_dir).expanduser() if label_map_dir else None,
         base_model_dir=_model_dir(profile, file_config, config_path),
-        ood_modalities=_strings(file_config, "modalities", ("clinical",) if profile == "demo" else (), MODALITIES,
-                                source),
+        ood_modalities=_strings(
+            file_config, "modalities", ("clinical",) if profile == "demo" else (), MODALITIES, source
+        ),
         ood_sources=_strings(file_config, "sources", (), SUPPORTED_DATASETS, source),
         compute=_compute(file_config, home),
         teacher=_teacher(profile, file_config),
@@ -201,8 +218,9 @@ def _automation(profile: str, file_config: dict[str, Any], source: str) -> Autom
         if stage in raw and not isinstance(raw[stage], bool):
             raise SettingsError(f"{source}automation.{stage} must be true or false, got {capped(repr(raw[stage]))}")
         values[stage] = raw.get(stage, getattr(default, stage))
-    interval = _whole(raw.get("interval_seconds", default.interval_seconds), f"{source}automation.interval_seconds",
-                      minimum=1)
+    interval = _whole(
+        raw.get("interval_seconds", default.interval_seconds), f"{source}automation.interval_seconds", minimum=1
+    )
     return replace(default, **values, interval_seconds=interval)
 
 
@@ -215,11 +233,16 @@ def _teacher(profile: str, file_config: dict[str, Any]) -> TeacherSettings:
     unknown = sorted(set(raw) - known)
     if unknown:
         raise SettingsError(f"teacher.{unknown[0]} is not a teacher setting; allowed: {', '.join(sorted(known))}")
-    generator = _choice(raw.get("generator", "template" if profile == "demo" else "vllm"), "teacher.generator",
-                        TEACHER_GENERATORS)
+    generator = _choice(
+        raw.get("generator", "template" if profile == "demo" else "vllm"), "teacher.generator", TEACHER_GENERATORS
+    )
     model_dir = str(raw.get("model_dir") or (file_config.get("model_dir") if generator == "vllm" else "") or "")
-    teacher = TeacherSettings(generator=generator, model_dir=model_dir, base_url=str(raw.get("base_url") or ""),
-                              api_model=str(raw.get("api_model") or ""))
+    teacher = TeacherSettings(
+        generator=generator,
+        model_dir=model_dir,
+        base_url=str(raw.get("base_url") or ""),
+        api_model=str(raw.get("api_model") or ""),
+    )
     if generator == "vllm" and not teacher.model_dir:
         raise SettingsError("teacher.generator=vllm needs teacher.model_dir (a local instruct model directory)")
     if generator == "openai" and not (teacher.base_url and teacher.api_model):
@@ -245,8 +268,10 @@ def _compute(file_config: dict[str, Any], home: Path) -> ComputeSettings:
     env = raw.get("env") or {}
     scalar = (str, int, float)
     if not isinstance(env, dict) or not all(isinstance(v, scalar) and not isinstance(v, bool) for v in env.values()):
-        raise SettingsError("compute.env must be a mapping of variable names to strings or numbers (quote true/false),"
-                            f" got {capped(repr(env))}")
+        raise SettingsError(
+            "compute.env must be a mapping of variable names to strings or numbers (quote true/false),"
+            f" got {capped(repr(env))}"
+        )
     args = raw.get("launcher_args") or ()
     if not isinstance(args, (list, tuple)) or not all(isinstance(a, scalar) for a in args):
         raise SettingsError(f"compute.launcher_args must be a list of arguments, got {capped(repr(args))}")
@@ -254,16 +279,22 @@ def _compute(file_config: dict[str, Any], home: Path) -> ComputeSettings:
         if not isinstance(raw.get(key) or "", str):
             raise SettingsError(f"compute.{key} must be a string, got {capped(repr(raw[key]))}")
     compute = ComputeSettings(
-        kind=kind, launcher=launcher, processes=_whole(raw.get("processes", 1), "compute.processes", minimum=1),
-        launcher_args=tuple(str(a) for a in args), address=raw.get("address") or "",
+        kind=kind,
+        launcher=launcher,
+        processes=_whole(raw.get("processes", 1), "compute.processes", minimum=1),
+        launcher_args=tuple(str(a) for a in args),
+        address=raw.get("address") or "",
         workers=_whole(raw.get("workers", 1), "compute.workers", minimum=1),
         cpus_per_worker=_number(raw.get("cpus_per_worker", 1.0), "compute.cpus_per_worker", minimum=0),
         gpus_per_worker=_number(raw.get("gpus_per_worker", 0), "compute.gpus_per_worker", minimum=0),
         storage_path=raw.get("storage_path") or str(home / "ray_results"),
-        env=tuple((str(k), str(v)) for k, v in sorted(env.items(), key=lambda kv: str(kv[0]))))
+        env=tuple((str(k), str(v)) for k, v in sorted(env.items(), key=lambda kv: str(kv[0]))),
+    )
     if launcher == "python" and compute.processes > 1:
-        raise SettingsError("launcher=python runs one process; set launcher to torchrun or accelerate for "
-                            f"compute.processes={compute.processes}")
+        raise SettingsError(
+            "launcher=python runs one process; set launcher to torchrun or accelerate for "
+            f"compute.processes={compute.processes}"
+        )
     if kind == "ray" and not compute.address:
         raise SettingsError("compute.kind=ray needs compute.address: the Ray dashboard, e.g. http://ray-head:8265")
     return compute
@@ -273,14 +304,17 @@ def _model_dir(profile: str, file_config: dict[str, Any], config_path: str | Non
     raw = file_config.get("model_dir")
     if raw is None:
         if profile == "gpu":
-            raise SettingsError(f"SKINR1_CONFIG={config_path}: model_dir is required on the gpu profile "
-                                "(a local Qwen2.5-VL-7B-Instruct directory with config.json and *.safetensors)")
+            raise SettingsError(
+                f"SKINR1_CONFIG={config_path}: model_dir is required on the gpu profile "
+                "(a local Qwen2.5-VL-7B-Instruct directory with config.json and *.safetensors)"
+            )
         return None
     return Path(raw).expanduser()
 
 
-def _strings(file_config: dict[str, Any], key: str, default: tuple[str, ...], allowed: tuple[str, ...],
-             source: str) -> tuple[str, ...]:
+def _strings(
+    file_config: dict[str, Any], key: str, default: tuple[str, ...], allowed: tuple[str, ...], source: str
+) -> tuple[str, ...]:
     """`ood.<key>`: a list drawn from `allowed`; a misspelt entry would hold nothing out, so it is refused."""
     value = (file_config.get("ood") or {}).get(key, default)
     value = () if value is None else value
@@ -288,8 +322,9 @@ def _strings(file_config: dict[str, Any], key: str, default: tuple[str, ...], al
         raise SettingsError(f"{source}ood.{key} must be a list of strings, got {capped(repr(value))}")
     unknown = [v for v in value if v not in allowed]
     if unknown:
-        raise SettingsError(f"{source}ood.{key}: {capped(repr(unknown[0]))} is not allowed; "
-                            f"allowed: {', '.join(allowed)}")
+        raise SettingsError(
+            f"{source}ood.{key}: {capped(repr(unknown[0]))} is not allowed; allowed: {', '.join(allowed)}"
+        )
     return tuple(value)
 
 
@@ -300,12 +335,17 @@ def _check_file(file_config: dict[str, Any], profile: str, source: str) -> None:
     _known_keys(file_config, FILE_KEYS, "", "a setting", source)
     for key, only in PROFILE_KEYS.items():
         if key in file_config and profile != only:
-            raise SettingsError(f"{source}{key} is read on the {only} profile only and this is "
-                                f"SKINR1_PROFILE={profile}; remove it or run with SKINR1_PROFILE={only}")
-    sections = {"datasets": (SUPPORTED_DATASETS, "a supported dataset"), "ood": (OOD_KEYS, "an ood setting"),
-                "compute": (tuple(ComputeSettings.__dataclass_fields__), "a compute setting"),
-                "teacher": (tuple(TeacherSettings.__dataclass_fields__), "a teacher setting"),
-                "automation": (tuple(AutomationSettings.__dataclass_fields__), "an automation setting")}
+            raise SettingsError(
+                f"{source}{key} is read on the {only} profile only and this is "
+                f"SKINR1_PROFILE={profile}; remove it or run with SKINR1_PROFILE={only}"
+            )
+    sections = {
+        "datasets": (SUPPORTED_DATASETS, "a supported dataset"),
+        "ood": (OOD_KEYS, "an ood setting"),
+        "compute": (tuple(ComputeSettings.__dataclass_fields__), "a compute setting"),
+        "teacher": (tuple(TeacherSettings.__dataclass_fields__), "a teacher setting"),
+        "automation": (tuple(AutomationSettings.__dataclass_fields__), "an automation setting"),
+    }
     for section, (allowed, what) in sections.items():
         raw = file_config.get(section)
         if raw is None:
@@ -313,20 +353,23 @@ def _check_file(file_config: dict[str, Any], profile: str, source: str) -> None:
         if not isinstance(raw, dict):
             raise SettingsError(f"{source}{section} must be a mapping, got {capped(repr(raw))}")
         _known_keys(raw, allowed, f"{section}.", what, source)
-    texts = [(k, file_config.get(k)) for k in ("model_dir", "label_map_dir", "mlflow_tracking_uri",
-                                                "mlflow_experiment")]
+    texts = [
+        (k, file_config.get(k)) for k in ("model_dir", "label_map_dir", "mlflow_tracking_uri", "mlflow_experiment")
+    ]
     texts += [(f"datasets.{k}", v) for k, v in (file_config.get("datasets") or {}).items()]
     for key, value in texts:
         if value is not None and (not isinstance(value, str) or not value.strip()):
-            raise SettingsError(f"{source}{key} must be a non-empty string (a path, URI or name), "
-                                f"got {capped(repr(value))}")
+            raise SettingsError(
+                f"{source}{key} must be a non-empty string (a path, URI or name), got {capped(repr(value))}"
+            )
 
 
 def _known_keys(raw: dict[Any, Any], allowed: tuple[str, ...], prefix: str, what: str, source: str) -> None:
     unknown = [k for k in raw if k not in allowed]
     if unknown:
-        raise SettingsError(f"{source}{prefix}{capped(unknown[0])} is not {what}; "
-                            f"allowed: {', '.join(sorted(allowed))}")
+        raise SettingsError(
+            f"{source}{prefix}{capped(unknown[0])} is not {what}; allowed: {', '.join(sorted(allowed))}"
+        )
 
 
 def _choice(value: Any, key: str, allowed: tuple[str, ...]) -> str:
@@ -347,8 +390,9 @@ def _read_config(path: Path) -> dict[str, Any]:
     return data
 
 
-def _int(env: dict[str, str], env_key: str, file_config: dict[str, Any], key: str, default: int, *, minimum: int,
-         source: str) -> int:
+def _int(
+    env: dict[str, str], env_key: str, file_config: dict[str, Any], key: str, default: int, *, minimum: int, source: str
+) -> int:
     """An integer setting: the environment variable if set, else the config file's key, else `default`."""
     if env_key in env:
         return _whole(env[env_key], env_key, minimum=minimum)

@@ -9,5 +9,6 @@ from skinr1_pipeline.definitions import build_definitions
 from skinr1_pipeline.settings import load_settings
 from skinr1_pipeline_tests.toy_chain import StandInCompute
 
-defs = build_definitions(load_settings(),
-                         compute=None if os.environ.get("SKINR1_DAEMON_TEST_MODELS") == "real" else StandInCompute())
+defs = build_definitions(
+    load_settings(), compute=None if os.environ.get("SKINR1_DAEMON_TEST_MODELS") == "real" else StandInCompute()
+)

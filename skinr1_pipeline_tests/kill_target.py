@@ -31,9 +31,13 @@ def big_export(context: dg.AssetExecutionContext, config: ExportConfig, home: Pi
 
 def materialize(home: str, rows: int, value_items: int, tag: str) -> dg.ExecuteInProcessResult:
     return dg.materialize(
-        [big_export], resources={"home": PipelineHome(home=home),
-                                 "io_manager": AtomicFilesystemIOManager(base_dir=f"{home}/dagster_storage")},
-        run_config={"ops": {"big_export": {"config": {"rows": rows, "value_items": value_items, "tag": tag}}}})
+        [big_export],
+        resources={
+            "home": PipelineHome(home=home),
+            "io_manager": AtomicFilesystemIOManager(base_dir=f"{home}/dagster_storage"),
+        },
+        run_config={"ops": {"big_export": {"config": {"rows": rows, "value_items": value_items, "tag": tag}}}},
+    )
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ because loaders locate files and never decode them.
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from PIL import Image
 
@@ -16,22 +16,74 @@ HAM_COLUMNS = ("lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localiza
 ISIC2018_ONE_HOT = ("image", "MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
 ISIC2019_GT = ("image", "MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK")
 ISIC2019_META = ("image", "age_approx", "anatom_site_general", "lesion_id", "sex")
-BCN_COLUMNS = ("bcn_filename", "age_approx", "anatom_site_general", "diagnosis", "lesion_id", "capture_date", "sex", "split")
+BCN_COLUMNS = (
+    "bcn_filename",
+    "age_approx",
+    "anatom_site_general",
+    "diagnosis",
+    "lesion_id",
+    "capture_date",
+    "sex",
+    "split",
+)
 PAD_COLUMNS = (
-    "patient_id", "lesion_id", "smoke", "drink", "background_father", "background_mother", "age", "pesticide",
-    "gender", "skin_cancer_history", "cancer_history", "has_piped_water", "has_sewage_system", "fitspatrick",
-    "region", "diameter_1", "diameter_2", "diagnostic", "itch", "grew", "hurt", "changed", "bleed", "elevation",
-    "img_id", "biopsed",
-)  # fmt: skip
+    "patient_id",
+    "lesion_id",
+    "smoke",
+    "drink",
+    "background_father",
+    "background_mother",
+    "age",
+    "pesticide",
+    "gender",
+    "skin_cancer_history",
+    "cancer_history",
+    "has_piped_water",
+    "has_sewage_system",
+    "fitspatrick",
+    "region",
+    "diameter_1",
+    "diameter_2",
+    "diagnostic",
+    "itch",
+    "grew",
+    "hurt",
+    "changed",
+    "bleed",
+    "elevation",
+    "img_id",
+    "biopsed",
+)
 DERM7PT_COLUMNS = (
-    "case_num", "diagnosis", "seven_point_score", "pigment_network", "streaks", "pigmentation",
-    "regression_structures", "dots_and_globules", "blue_whitish_veil", "vascular_structures",
-    "level_of_diagnostic_difficulty", "elevation", "location", "sex", "management", "clinic", "derm",
-)  # fmt: skip
+    "case_num",
+    "diagnosis",
+    "seven_point_score",
+    "pigment_network",
+    "streaks",
+    "pigmentation",
+    "regression_structures",
+    "dots_and_globules",
+    "blue_whitish_veil",
+    "vascular_structures",
+    "level_of_diagnostic_difficulty",
+    "elevation",
+    "location",
+    "sex",
+    "management",
+    "clinic",
+    "derm",
+)
 DERM7PT_REDUCED = (
-    "diagnosis", "pigment_network", "streaks", "pigmentation", "regression_structures", "dots_and_globules",
-    "blue_whitish_veil", "vascular_structures", "derm",
-)  # fmt: skip
+    "diagnosis",
+    "pigment_network",
+    "streaks",
+    "pigmentation",
+    "regression_structures",
+    "dots_and_globules",
+    "blue_whitish_veil",
+    "vascular_structures",
+    "derm",
+)
 
 
 def write_image(path: Path, colour: tuple[int, int, int] = (180, 120, 90)) -> Path:
@@ -90,7 +142,9 @@ def build_isic2018_test(root: Path, *, one_hot: bool = True, extra_rows: Sequenc
     for image, _ in ISIC2018_TEST:
         write_image(root / "ISIC2018_Task3_Test_Images" / f"{image}.jpg")
     if one_hot:
-        rows = [[image] + ["1.0" if c == label else "0.0" for c in ISIC2018_ONE_HOT[1:]] for image, label in ISIC2018_TEST]
+        rows = [
+            [image] + ["1.0" if c == label else "0.0" for c in ISIC2018_ONE_HOT[1:]] for image, label in ISIC2018_TEST
+        ]
         folder = root / "ISIC2018_Task3_Test_GroundTruth"
         write_table(folder / "ISIC2018_Task3_Test_GroundTruth.csv", ISIC2018_ONE_HOT, [*rows, *extra_rows])
     else:
@@ -176,9 +230,19 @@ def pad_rows(columns: Sequence[str] = PAD_COLUMNS) -> list[dict]:
     out = []
     for patient, lesion, image, dx, age, gender, fitz, region in PAD_ROWS:
         row = dict.fromkeys(columns, "False")
-        row.update(patient_id=patient, lesion_id=lesion, img_id=image, diagnostic=dx, age=age, gender=gender,
-                   region=region, diameter_1="6.0", diameter_2="5.0", background_father="POMERANIA",
-                   background_mother="POMERANIA")  # fmt: skip
+        row.update(
+            patient_id=patient,
+            lesion_id=lesion,
+            img_id=image,
+            diagnostic=dx,
+            age=age,
+            gender=gender,
+            region=region,
+            diameter_1="6.0",
+            diameter_2="5.0",
+            background_father="POMERANIA",
+            background_mother="POMERANIA",
+        )
         row["fitzpatrick" if "fitzpatrick" in columns else "fitspatrick"] = fitz
         out.append(row)
     return out
@@ -208,9 +272,19 @@ def derm7pt_rows() -> list[dict]:
     values = ("absent", "absent", "absent", "absent", "absent", "absent", "absent")
     criteria = dict(zip(DERM7PT_COLUMNS[3:10], values))
     return [
-        {"case_num": str(i + 1), "diagnosis": dx, "seven_point_score": "0", **criteria,
-         "level_of_diagnostic_difficulty": "low", "elevation": "flat", "location": loc, "sex": sex,
-         "management": "excision", "clinic": clinic, "derm": derm}  # fmt: skip
+        {
+            "case_num": str(i + 1),
+            "diagnosis": dx,
+            "seven_point_score": "0",
+            **criteria,
+            "level_of_diagnostic_difficulty": "low",
+            "elevation": "flat",
+            "location": loc,
+            "sex": sex,
+            "management": "excision",
+            "clinic": clinic,
+            "derm": derm,
+        }
         for i, (dx, loc, sex, clinic, derm) in enumerate(DERM7PT_ROWS)
     ]
 

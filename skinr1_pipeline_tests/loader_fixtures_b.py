@@ -8,14 +8,22 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from PIL import Image
 
 DERM12345_COLUMNS = (
-    "image_id", "split", "super_class", "malignancy", "main_class_1", "main_class_2", "sub_class", "label",
-)  # fmt: skip
+    "image_id",
+    "split",
+    "super_class",
+    "malignancy",
+    "main_class_1",
+    "main_class_2",
+    "sub_class",
+    "label",
+)
 # label code -> (super_class, malignancy, main_class_1, main_class_2, sub_class), as in the dataset's code list.
 DERM12345_CODES = {
     "bcc": ("nonmelanocytic", "malignant", "keratinocytic", "keratinocytic", "basal_cell_carcinoma"),
@@ -24,9 +32,16 @@ DERM12345_CODES = {
     "sk": ("nonmelanocytic", "benign", "keratinocytic", "keratinocytic", "seborrheic_keratosis"),
 }
 FITZ_COLUMNS = (
-    "md5hash", "fitzpatrick_scale", "fitzpatrick_centaur", "label", "nine_partition_label",
-    "three_partition_label", "qc", "url", "url_alphanum",
-)  # fmt: skip
+    "md5hash",
+    "fitzpatrick_scale",
+    "fitzpatrick_centaur",
+    "label",
+    "nine_partition_label",
+    "three_partition_label",
+    "qc",
+    "url",
+    "url_alphanum",
+)
 
 
 def write_image(path: Path, colour: tuple[int, int, int] = (120, 60, 30)) -> Path:
@@ -83,7 +98,7 @@ DERMNET_FILES = {
     ("train", "Eczema Photos"): ["eczema-hand-12.jpg", "03EczemaExcoriated.jpg"],
     ("test", "Seborrheic Keratoses and other Benign Tumors"): ["seborrheic-keratosis-irritated-5.jpg"],
     ("test", "Eczema Photos"): ["eczema-hand-12.jpg"],
-}  # fmt: skip
+}
 
 
 def build_dermnet(root: Path, files: dict[tuple[str, str], list[str]] | None = None) -> Path:
@@ -169,32 +184,83 @@ def build_omnimedvqa(outer: Path, files: dict[str, list[dict[str, Any]]], *, ski
 
 def default_omni_files() -> dict[str, list[dict[str, Any]]]:
     isic = [
-        omni_item("isic18_1", "ISIC2018", "Images/ISIC2018/val/ISIC_0034321.jpg", "Melanoma",
-                  ["Melanoma", "Melanocytic nevus", "Dermatofibroma", "Basal cell carcinoma"]),
-        omni_item("isic18_2", "ISIC2018", "Images/ISIC2018/val/ISIC_0034322.jpg", "Basal cell carcinoma",
-                  ["Vascular lesion", "Basal cell carcinoma"]),
-        omni_item("isic18_3", "ISIC2018", "Images/ISIC2018/val/ISIC_0034322.jpg", "Dermoscopy",
-                  ["CT", "Dermoscopy", "MRI"], qtype="Modality Recognition"),
-        omni_item("isic18_4", "ISIC2018", "Images/ISIC2018/val/ISIC_0034323.jpg", "Seborrheic keratosis",
-                  ["Melanoma", "Melanocytic nevus", "Dermatofibroma", "Basal cell carcinoma"]),
-        omni_item("isic18_5", "ISIC2018", "Images/ISIC2018/val/ISIC_0034324.jpg", "Melanoma",
-                  ["Melanoma", "Melanocytic nevus"]),
-    ]  # fmt: skip
+        omni_item(
+            "isic18_1",
+            "ISIC2018",
+            "Images/ISIC2018/val/ISIC_0034321.jpg",
+            "Melanoma",
+            ["Melanoma", "Melanocytic nevus", "Dermatofibroma", "Basal cell carcinoma"],
+        ),
+        omni_item(
+            "isic18_2",
+            "ISIC2018",
+            "Images/ISIC2018/val/ISIC_0034322.jpg",
+            "Basal cell carcinoma",
+            ["Vascular lesion", "Basal cell carcinoma"],
+        ),
+        omni_item(
+            "isic18_3",
+            "ISIC2018",
+            "Images/ISIC2018/val/ISIC_0034322.jpg",
+            "Dermoscopy",
+            ["CT", "Dermoscopy", "MRI"],
+            qtype="Modality Recognition",
+        ),
+        omni_item(
+            "isic18_4",
+            "ISIC2018",
+            "Images/ISIC2018/val/ISIC_0034323.jpg",
+            "Seborrheic keratosis",
+            ["Melanoma", "Melanocytic nevus", "Dermatofibroma", "Basal cell carcinoma"],
+        ),
+        omni_item(
+            "isic18_5",
+            "ISIC2018",
+            "Images/ISIC2018/val/ISIC_0034324.jpg",
+            "Melanoma",
+            ["Melanoma", "Melanocytic nevus"],
+        ),
+    ]
     fitz = [
-        omni_item("fitz_1", "Fitzpatrick 17k", "Images/Fitzpatrick 17k/f1.jpg", "Psoriasis",
-                  ["Eczema", "Psoriasis", "Lichen planus", "Tinea"], modality_key="modality",
-                  modality="Digital Photography"),
-        omni_item("fitz_2", "Fitzpatrick 17k", "Images/Fitzpatrick 17k/f2.jpg", "Hand",
-                  ["Hand", "Foot"], qtype="Anatomy Identification", modality="Digital Photography"),
-    ]  # fmt: skip
+        omni_item(
+            "fitz_1",
+            "Fitzpatrick 17k",
+            "Images/Fitzpatrick 17k/f1.jpg",
+            "Psoriasis",
+            ["Eczema", "Psoriasis", "Lichen planus", "Tinea"],
+            modality_key="modality",
+            modality="Digital Photography",
+        ),
+        omni_item(
+            "fitz_2",
+            "Fitzpatrick 17k",
+            "Images/Fitzpatrick 17k/f2.jpg",
+            "Hand",
+            ["Hand", "Foot"],
+            qtype="Anatomy Identification",
+            modality="Digital Photography",
+        ),
+    ]
     chest = [
-        omni_item("chest_1", "Chest CT Scan", "Images/Chest CT Scan/c1.png", "Adenocarcinoma",
-                  ["Adenocarcinoma", "Normal"], modality="CT"),
-    ]  # fmt: skip
+        omni_item(
+            "chest_1",
+            "Chest CT Scan",
+            "Images/Chest CT Scan/c1.png",
+            "Adenocarcinoma",
+            ["Adenocarcinoma", "Normal"],
+            modality="CT",
+        ),
+    ]
     pad = [
-        omni_item("pad_1", "PAD-UFES-20", "Images/PAD-UFES-20/PAT_1_1_1.png", "Actinic keratosis",
-                  ["Actinic keratosis", "Melanoma", "Nevus", "Seborrheic keratosis"], modality="Digital Photography"),
-    ]  # fmt: skip
+        omni_item(
+            "pad_1",
+            "PAD-UFES-20",
+            "Images/PAD-UFES-20/PAT_1_1_1.png",
+            "Actinic keratosis",
+            ["Actinic keratosis", "Melanoma", "Nevus", "Seborrheic keratosis"],
+            modality="Digital Photography",
+        ),
+    ]
     return {
         "Open-access/ISIC2018.json": isic,
         "Open-access/Fitzpatrick 17k.json": fitz,

@@ -13,8 +13,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 RAY = str(Path(sys.executable).with_name("ray"))
 #: For the head and for the clients that talk to it.
@@ -59,10 +59,29 @@ def local_ray_head(temp_dir: Path, num_cpus: int = 2, log_path: Path | None = No
     """
     dashboard = _free_port()
     env = {**os.environ, **RAY_ENV, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
-    command = [RAY, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(_free_port()),
-               "--num-cpus", str(num_cpus), "--num-gpus", "0", "--include-dashboard", "true",
-               "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--temp-dir", str(temp_dir),
-               "--disable-usage-stats"]
+    command = [
+        RAY,
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address",
+        "127.0.0.1",
+        "--port",
+        str(_free_port()),
+        "--num-cpus",
+        str(num_cpus),
+        "--num-gpus",
+        "0",
+        "--include-dashboard",
+        "true",
+        "--dashboard-host",
+        "127.0.0.1",
+        "--dashboard-port",
+        str(dashboard),
+        "--temp-dir",
+        str(temp_dir),
+        "--disable-usage-stats",
+    ]
     started = time.monotonic()
     with open(log_path or os.devnull, "w") as log:
         proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -42,18 +42,37 @@ def test_likeliest_names_one_answer_or_none():
 
 
 def _items() -> pd.DataFrame:
-    mcq = {"suite": "in_domain", "options": ["melanoma", "nevus", "dermatofibroma", "benign neoplasm"],
-           "option_nodes": ["melanoma", "nevus", "dermatofibroma", "benign_neoplasm"],
-           "option_scores": [0.0, 0.75, 0.0, 0.375], "answer_index": 1}
+    mcq = {
+        "suite": "in_domain",
+        "options": ["melanoma", "nevus", "dermatofibroma", "benign neoplasm"],
+        "option_nodes": ["melanoma", "nevus", "dermatofibroma", "benign_neoplasm"],
+        "option_scores": [0.0, 0.75, 0.0, 0.375],
+        "answer_index": 1,
+    }
     rows = [{"item_id": f"in_domain/{i}", **mcq} for i in range(4)]
-    rows.append({"item_id": "open/0", "suite": "open_ended", "options": [], "option_nodes": [], "option_scores": [],
-                 "answer_index": -1})
+    rows.append(
+        {
+            "item_id": "open/0",
+            "suite": "open_ended",
+            "options": [],
+            "option_nodes": [],
+            "option_scores": [],
+            "answer_index": -1,
+        }
+    )
     return pd.DataFrame(rows)
 
 
 def test_likely_correct_is_scored_beside_the_generated_answer():
-    items = _items().assign(answer_logprobs=[[-9.0, -1.0, -5.0, -6.0], [-1.0, -2.0, -3.0, -4.0],
-                                             [-2.0, -2.0, -7.0, -8.0], [-1.0, -0.5, -3.0, -4.0], []])
+    items = _items().assign(
+        answer_logprobs=[
+            [-9.0, -1.0, -5.0, -6.0],
+            [-1.0, -2.0, -3.0, -4.0],
+            [-2.0, -2.0, -7.0, -8.0],
+            [-1.0, -0.5, -3.0, -4.0],
+            [],
+        ]
+    )
     wrong_letter = "<thinking>x</thinking>\n<diagnosis>A. melanoma</diagnosis>"
     completions = [wrong_letter, wrong_letter, "unreadable", "<thinking>x</thinking>\n<diagnosis>B. nevus</diagnosis>"]
     scored = score_predictions(items.head(4), completions)
@@ -80,8 +99,11 @@ def test_summary_and_table_report_likelihood_only_where_scored(tax):
 
 
 def test_numpy_arrays_from_parquet_are_accepted(tmp_path):
-    items = _items().head(2).assign(answer_logprobs=[np.array([-3.0, -1.0, -4.0, -5.0]),
-                                                     np.array([-3.0, -4.0, -1.0, -5.0])])
+    items = (
+        _items()
+        .head(2)
+        .assign(answer_logprobs=[np.array([-3.0, -1.0, -4.0, -5.0]), np.array([-3.0, -4.0, -1.0, -5.0])])
+    )
     path = tmp_path / "items.parquet"
     items.to_parquet(path)
     scored = score_predictions(pd.read_parquet(path), ["", ""])

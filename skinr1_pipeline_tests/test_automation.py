@@ -11,13 +11,19 @@ import textwrap
 import dagster as dg
 import pytest
 
+from skinr1_pipeline.definitions import build_definitions
 from skinr1_pipeline.defs import code_versions
 from skinr1_pipeline.defs.automation import PresetAutomationSensor, follows_inputs, trigger_ignores
-from skinr1_pipeline.definitions import build_definitions
 from skinr1_pipeline.settings import AutomationSettings, SettingsError, load_settings
 
-TRAINING = {"skin_rationale_trajectories", "rl_mcq_dataset", "base_model", "sft_checkpoint", "grpo_checkpoint",
-            "rl_only_checkpoint"}
+TRAINING = {
+    "skin_rationale_trajectories",
+    "rl_mcq_dataset",
+    "base_model",
+    "sft_checkpoint",
+    "grpo_checkpoint",
+    "rl_only_checkpoint",
+}
 EVALUATION = {"eval_suites", "variant_evaluations", "ablation_table", "evaluation_reports"}
 INGEST = {"taxonomy_graph", "ddx_graph", "label_mapping", "knowledge_base", "unified_samples"}
 
@@ -38,8 +44,12 @@ def demo_settings(tmp_path, body: str = ""):
 
 def conditions(defs: dg.Definitions) -> dict[str, str | None]:
     graph = defs.resolve_asset_graph()
-    return {k.to_user_string(): (graph.get(k).automation_condition.get_label()
-                                 if graph.get(k).automation_condition else None) for k in graph.get_all_asset_keys()}
+    return {
+        k.to_user_string(): (
+            graph.get(k).automation_condition.get_label() if graph.get(k).automation_condition else None
+        )
+        for k in graph.get_all_asset_keys()
+    }
 
 
 def sensors(defs: dg.Definitions) -> dict[str, dg.DefaultSensorStatus]:
@@ -49,18 +59,22 @@ def sensors(defs: dg.Definitions) -> dict[str, dg.DefaultSensorStatus]:
 def test_profile_defaults_demo_follows_everything_gpu_trains_on_approval(tmp_path):
     assert demo_settings(tmp_path).automation == AutomationSettings(ingest=True, training=True, evaluation=True)
     assert gpu_settings(tmp_path).automation == AutomationSettings(ingest=True, training=False, evaluation=True)
-    assert gpu_settings(tmp_path, "automation:\n  training: true\n  interval_seconds: 5\n").automation == \
-        AutomationSettings(training=True, interval_seconds=5)
+    assert gpu_settings(
+        tmp_path, "automation:\n  training: true\n  interval_seconds: 5\n"
+    ).automation == AutomationSettings(training=True, interval_seconds=5)
     assert demo_settings(tmp_path, "scale: toy\n").scale == "toy" and demo_settings(tmp_path).scale == "full"
 
 
-@pytest.mark.parametrize("body, message", [
-    ("automation:\n  retrain: true\n", r"automation\.retrain is not an automation setting; allowed: .*training"),
-    ("automation:\n  training: 'no'\n", r"automation\.training must be true or false"),
-    ("automation:\n  interval_seconds: 0\n", r"automation\.interval_seconds=0 must be an integer >= 1"),
-    ("automation: [ingest]\n", r"automation must be a mapping"),
-    ("scale: tiny\n", r"scale='tiny' is not allowed; allowed: full, toy"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("automation:\n  retrain: true\n", r"automation\.retrain is not an automation setting; allowed: .*training"),
+        ("automation:\n  training: 'no'\n", r"automation\.training must be true or false"),
+        ("automation:\n  interval_seconds: 0\n", r"automation\.interval_seconds=0 must be an integer >= 1"),
+        ("automation: [ingest]\n", r"automation must be a mapping"),
+        ("scale: tiny\n", r"scale='tiny' is not allowed; allowed: full, toy"),
+    ],
+)
 def test_automation_and_scale_settings_name_the_bad_key(tmp_path, body, message):
     with pytest.raises(SettingsError, match=message):
         demo_settings(tmp_path, body)
@@ -77,8 +91,10 @@ def test_demo_definitions_automate_every_stage_with_both_sensors_running(tmp_pat
     assert {k for k, v in by_asset.items() if v == "follows_inputs"} == INGEST | TRAINING | EVALUATION
     # The generator would overwrite edited folders; raw_datasets belongs to the dataset sensor alone.
     assert by_asset["demo_source_data"] is None and by_asset["raw_datasets"] is None
-    assert sensors(defs) == {"dataset_folder_changes": dg.DefaultSensorStatus.RUNNING,
-                             "pipeline_automation": dg.DefaultSensorStatus.RUNNING}
+    assert sensors(defs) == {
+        "dataset_folder_changes": dg.DefaultSensorStatus.RUNNING,
+        "pipeline_automation": dg.DefaultSensorStatus.RUNNING,
+    }
     automation = next(s for s in defs.get_repository_def().sensor_defs if s.name == "pipeline_automation")
     assert isinstance(automation, PresetAutomationSensor)  # survives Definitions' copies (with_attributes)
     targeted = automation.asset_selection.resolve(defs.resolve_asset_graph())
@@ -131,6 +147,7 @@ def test_follows_inputs_reruns_on_new_data_not_on_a_rematerialization_with_the_s
         return upstream + 1
 
     with dg.instance_for_test() as instance:
+
         def tick(cursor):
             result = dg.evaluate_automation_conditions(defs=[upstream, downstream], instance=instance, cursor=cursor)
             return result.get_num_requested(downstream.key), result.cursor
@@ -171,11 +188,15 @@ def test_preset_sensor_gives_each_run_only_its_own_assets_config():
         names = {k.to_user_string() for k in request.asset_selection}
         assert set(request.run_config.get("ops", {})) == names & {"eval_suites"}
         assert request.run_config["execution"] == {"config": {"in_process": {}}}
-    assert any(r.run_config["ops"].get("eval_suites") == {"config": {"per_suite_limit": 3}}
-               for r in data.run_requests if "ops" in r.run_config)
+    assert any(
+        r.run_config["ops"].get("eval_suites") == {"config": {"per_suite_limit": 3}}
+        for r in data.run_requests
+        if "ops" in r.run_config
+    )
 
 
 # --- code versions --------------------------------------------------------------------------------------------
+
 
 def fake_package(tmp_path, monkeypatch):
     """A stand-in for the package folder: a.py imports b.py (function level), c.py is unrelated."""
@@ -216,8 +237,13 @@ def test_code_version_follows_the_modules_an_asset_calls_and_what_they_import(tm
         version(defining, "data.missing")
 
 
-PLUMBING = ("skinr1_pipeline.defs", "skinr1_pipeline.settings", "skinr1_pipeline.progress", "skinr1_pipeline.storage",
-            "skinr1_pipeline.tracking.mlflow_runs")
+PLUMBING = (
+    "skinr1_pipeline.defs",
+    "skinr1_pipeline.settings",
+    "skinr1_pipeline.progress",
+    "skinr1_pipeline.storage",
+    "skinr1_pipeline.tracking.mlflow_runs",
+)
 
 
 def source(module: str, name: str) -> str:
@@ -229,9 +255,12 @@ def modules_reached(fn) -> set[str]:
     """Package modules an asset body reaches: its own imports, names it uses from the defining module's imports,
     and the same for the module-level helpers it calls. Plumbing (run folders, logging, settings) is left out."""
     tree = ast.parse(inspect.getsource(sys.modules[fn.__module__]))
-    imported = {alias.asname or alias.name: source(node.module, alias.name) for node in tree.body
-                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("skinr1_pipeline")
-                for alias in node.names}
+    imported = {
+        alias.asname or alias.name: source(node.module, alias.name)
+        for node in tree.body
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("skinr1_pipeline")
+        for alias in node.names
+    }
     helpers = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
     body = ast.parse(textwrap.dedent(inspect.getsource(fn))).body[0]
     found: set[str] = set()

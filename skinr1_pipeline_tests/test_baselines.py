@@ -42,24 +42,55 @@ def _look_alike(node: str) -> dict:
 
 
 # Tiny DDx graph on the real taxonomy: BCC looks like SCC, a nevus and a seborrheic keratosis; SCC like an AK.
-DDX = DDxGraph.from_dict({"version": 1, "groups": [
-    {"id": "g_bcc", "title": "BCC", "index": "basal_cell_carcinoma",
-     "neighbours": [_look_alike("squamous_cell_carcinoma"), _look_alike("melanocytic_nevus"),
-                    _look_alike("seborrheic_keratosis")]},
-    {"id": "g_scc", "title": "SCC", "index": "squamous_cell_carcinoma",
-     "neighbours": [_look_alike("actinic_keratosis")]},
-]}, TAX)  # fmt: skip
+DDX = DDxGraph.from_dict(
+    {
+        "version": 1,
+        "groups": [
+            {
+                "id": "g_bcc",
+                "title": "BCC",
+                "index": "basal_cell_carcinoma",
+                "neighbours": [
+                    _look_alike("squamous_cell_carcinoma"),
+                    _look_alike("melanocytic_nevus"),
+                    _look_alike("seborrheic_keratosis"),
+                ],
+            },
+            {
+                "id": "g_scc",
+                "title": "SCC",
+                "index": "squamous_cell_carcinoma",
+                "neighbours": [_look_alike("actinic_keratosis")],
+            },
+        ],
+    },
+    TAX,
+)
 
 
 def mcq(item_id: str, nodes: list, answer: int, suite: str = "in_domain", **extra) -> dict:
     options = [TAX[n].name if n in TAX else n for n in nodes]
-    return {"suite": suite, "item_id": item_id, "options": options, "option_nodes": nodes, "answer_index": answer,
-            "taxonomy_node": nodes[answer], **extra}
+    return {
+        "suite": suite,
+        "item_id": item_id,
+        "options": options,
+        "option_nodes": nodes,
+        "answer_index": answer,
+        "taxonomy_node": nodes[answer],
+        **extra,
+    }
 
 
 def open_item(item_id: str, label: str, **extra) -> dict:
-    return {"suite": "open_ended", "item_id": item_id, "options": [], "option_nodes": [], "answer_index": -1,
-            "taxonomy_node": label, **extra}
+    return {
+        "suite": "open_ended",
+        "item_id": item_id,
+        "options": [],
+        "option_nodes": [],
+        "answer_index": -1,
+        "taxonomy_node": label,
+        **extra,
+    }
 
 
 def hits(*items: dict, ddx: DDxGraph | None = DDX) -> pd.DataFrame:
@@ -73,8 +104,9 @@ LONE = mcq("lone", ["dermatofibroma", "melanoma", "basal_cell_carcinoma", "sebor
 # nodular basal cell carcinoma (5) contains the text of basal cell carcinoma (4), its ancestor.
 BCC = mcq("bcc", ["nodular_bcc", "basal_cell_carcinoma", "squamous_cell_carcinoma", "seborrheic_keratosis"], 0)
 # DDx-style: nodular BCC inherits BCC's look-alikes (the expansion), which are the three other options.
-LOOK = mcq("look", ["nodular_bcc", "squamous_cell_carcinoma", "melanocytic_nevus", "seborrheic_keratosis"], 0,
-           suite="ddx")
+LOOK = mcq(
+    "look", ["nodular_bcc", "squamous_cell_carcinoma", "melanocytic_nevus", "seborrheic_keratosis"], 0, suite="ddx"
+)
 THREE = mcq("three", ["benign", "malignant", "precancerous_in_situ"], 0, suite="malignancy")
 
 
@@ -90,8 +122,9 @@ def test_option_scores_by_hand() -> None:
     assert ddx_degrees(LOOK["option_nodes"], TAX, DDX) == [3, 0, 0, 0]
     # malignant neoplasm's family includes BCC, whose look-alike the nevus is; melanoma is in no group.
     assert ddx_degrees(CHAIN["option_nodes"], TAX, DDX) == [0, 1, 0, 0]
-    assert ddx_degrees(["basal_cell_carcinoma", "squamous_cell_carcinoma", "actinic_keratosis", "melanoma"], TAX,
-                       DDX) == [1, 2, 1, 0]
+    assert ddx_degrees(
+        ["basal_cell_carcinoma", "squamous_cell_carcinoma", "actinic_keratosis", "melanoma"], TAX, DDX
+    ) == [1, 2, 1, 0]
 
 
 def test_rule_guessers_by_hand_with_ties() -> None:
@@ -128,7 +161,7 @@ def test_answer_prior_is_cross_fitted_by_cluster() -> None:
 
 def test_answer_prior_never_reads_the_items_own_gold() -> None:
     nodes = sorted(n.id for n in TAX.diagnosis_nodes())[:80]
-    items = pd.DataFrame([mcq(f"u{i}", nodes[4 * i:4 * i + 4], i % 4) for i in range(20)])
+    items = pd.DataFrame([mcq(f"u{i}", nodes[4 * i : 4 * i + 4], i % 4) for i in range(20)])
     # Every gold node (and every option) occurs in one item only: no other fold has seen it, so every option ties.
     in_sample = [1.0 for _ in range(20)]  # the old prior: gold once, the distractors never
     row = blind_baselines(items, TAX).iloc[0]
@@ -193,9 +226,15 @@ def test_blind_hits_per_item() -> None:
 
 def test_open_ended_baselines_are_cross_fitted() -> None:
     bv = "benign_vascular"
-    items = pd.DataFrame([open_item("o1", "melanoma", cluster="a"), open_item("o2", bv, cluster="b"),
-                          open_item("o3", bv, cluster="b"), open_item("o4", bv, cluster="b"),
-                          open_item("o5", "melanoma", cluster="b")])
+    items = pd.DataFrame(
+        [
+            open_item("o1", "melanoma", cluster="a"),
+            open_item("o2", bv, cluster="b"),
+            open_item("o3", bv, cluster="b"),
+            open_item("o4", bv, cluster="b"),
+            open_item("o5", "melanoma", cluster="b"),
+        ]
+    )
     out = open_baselines(items, TAX)
     # Cluster a learns benign vascular from b (wrong for o1); b learns melanoma from a (right for o5 only).
     # In-sample, benign vascular would be right 3 of 5 times.
@@ -238,27 +277,73 @@ def test_bad_items_are_named() -> None:
 
 
 def summary(acc: float, lo: float, hi: float, likelihood: tuple[float, float, float] | None = None) -> dict:
-    out = {"n": 96, "accuracy": acc, "ci_low": lo, "ci_high": hi, "mean_credit": acc, "format_ok_rate": 1.0,
-           "parsed_rate": 1.0, "format_errors": {}, "excluded": 0}
+    out = {
+        "n": 96,
+        "accuracy": acc,
+        "ci_low": lo,
+        "ci_high": hi,
+        "mean_credit": acc,
+        "format_ok_rate": 1.0,
+        "parsed_rate": 1.0,
+        "format_errors": {},
+        "excluded": 0,
+    }
     if likelihood:
         out["likelihood"] = dict(zip(("accuracy", "ci_low", "ci_high"), likelihood))
     return out
 
 
 _NAN = float("nan")
-BARS = pd.DataFrame([{"suite": "in_domain", "n": 96, "uniform": 0.25, "answer_prior": 0.3, "most_ancestors": 0.43,
-                      "deepest": 0.4, "longest_text": 0.2, "lexical": 0.3, "ddx_centrality": _NAN, "learned": 0.41,
-                      "best": 0.43, "best_guesser": "most_ancestors", "chance": 0.25, "best_margin": 0.18,
-                      "best_ci_low": 0.33, "best_ci_high": 0.53},
-                     {"suite": "open_ended", "n": 96, "uniform": 0.1, "answer_prior": 0.16, "most_ancestors": _NAN,
-                      "deepest": _NAN, "longest_text": _NAN, "lexical": _NAN, "ddx_centrality": _NAN,
-                      "learned": _NAN, "best": 0.16, "best_guesser": "answer_prior", "chance": 0.1,
-                      "best_margin": 0.06, "best_ci_low": 0.1, "best_ci_high": 0.25}], columns=list(BASELINE_COLUMNS))
+BARS = pd.DataFrame(
+    [
+        {
+            "suite": "in_domain",
+            "n": 96,
+            "uniform": 0.25,
+            "answer_prior": 0.3,
+            "most_ancestors": 0.43,
+            "deepest": 0.4,
+            "longest_text": 0.2,
+            "lexical": 0.3,
+            "ddx_centrality": _NAN,
+            "learned": 0.41,
+            "best": 0.43,
+            "best_guesser": "most_ancestors",
+            "chance": 0.25,
+            "best_margin": 0.18,
+            "best_ci_low": 0.33,
+            "best_ci_high": 0.53,
+        },
+        {
+            "suite": "open_ended",
+            "n": 96,
+            "uniform": 0.1,
+            "answer_prior": 0.16,
+            "most_ancestors": _NAN,
+            "deepest": _NAN,
+            "longest_text": _NAN,
+            "lexical": _NAN,
+            "ddx_centrality": _NAN,
+            "learned": _NAN,
+            "best": 0.16,
+            "best_guesser": "answer_prior",
+            "chance": 0.1,
+            "best_margin": 0.06,
+            "best_ci_low": 0.1,
+            "best_ci_high": 0.25,
+        },
+    ],
+    columns=list(BASELINE_COLUMNS),
+)
 SUMMARIES = {
-    "sft": {"in_domain": summary(0.20, 0.11, 0.28, likelihood=(0.49, 0.39, 0.59)),
-            "open_ended": summary(0.36, 0.27, 0.46)},
-    "base": {"in_domain": summary(0.60, 0.50, 0.70, likelihood=(0.22, 0.14, 0.30)),
-             "open_ended": summary(float("nan"), float("nan"), float("nan"))},
+    "sft": {
+        "in_domain": summary(0.20, 0.11, 0.28, likelihood=(0.49, 0.39, 0.59)),
+        "open_ended": summary(0.36, 0.27, 0.46),
+    },
+    "base": {
+        "in_domain": summary(0.60, 0.50, 0.70, likelihood=(0.22, 0.14, 0.30)),
+        "open_ended": summary(float("nan"), float("nan"), float("nan")),
+    },
 }
 
 
@@ -275,14 +360,17 @@ def test_versus_guessing_reads_each_interval_against_the_best_guess() -> None:
 
 def test_report_shows_the_baselines_and_the_verdicts(tmp_path: Path) -> None:
     table = ablation_table(SUMMARIES)
-    md = write_report(tmp_path / "with", table=table, summaries=SUMMARIES, scored={}, baselines=BARS,
-                      generated_at="t").markdown.read_text()
-    section = md[md.index("## Against image-blind guessing"):md.index("## Does the paper")]
+    md = write_report(
+        tmp_path / "with", table=table, summaries=SUMMARIES, scored={}, baselines=BARS, generated_at="t"
+    ).markdown.read_text()
+    section = md[md.index("## Against image-blind guessing") : md.index("## Does the paper")]
     assert "| suite | n | uniform | answer prior | most ancestors | deepest |" in section
-    assert ("| in_domain | 96 | 0.25 | 0.30 | 0.43 | 0.40 | 0.20 | 0.30 | n/a | 0.41 | 0.43 | most_ancestors |"
-            in section)
+    assert (
+        "| in_domain | 96 | 0.25 | 0.30 | 0.43 | 0.40 | 0.20 | 0.30 | n/a | 0.41 | 0.43 | most_ancestors |" in section
+    )
     assert f"| sft | {BELOW_GUESSING} | {ABOVE_GUESSING} |" in section
     assert f"| sft | {WITHIN_CI} |" in section  # answer likelihood: open-ended has none, so only in_domain
-    without = write_report(tmp_path / "without", table=table, summaries=SUMMARIES, scored={},
-                           generated_at="t").markdown.read_text()
+    without = write_report(
+        tmp_path / "without", table=table, summaries=SUMMARIES, scored={}, generated_at="t"
+    ).markdown.read_text()
     assert "No image-blind baselines were supplied" in without

@@ -20,10 +20,17 @@ META = {"command": "skinr1 bench", "date": "2026-12-01", "machine": "2 CPUs", "l
 
 
 def test_table_lists_ratios_targets_and_failures() -> None:
-    records = [{"benchmark": "evaluation", "config": {"items": 8}, "rows": [
-        results.row("suite evaluation", "images/s", 50.0, 10.0, baseline_name="HF runner", target=5.0),
-        results.row("latency", "s", 2.0, 3.0, baseline_name="old", target=2.0, higher_is_better=False),
-        results.row("template", "trajectories/s", 900.0, None)]}]
+    records = [
+        {
+            "benchmark": "evaluation",
+            "config": {"items": 8},
+            "rows": [
+                results.row("suite evaluation", "images/s", 50.0, 10.0, baseline_name="HF runner", target=5.0),
+                results.row("latency", "s", 2.0, 3.0, baseline_name="old", target=2.0, higher_is_better=False),
+                results.row("template", "trajectories/s", 900.0, None),
+            ],
+        }
+    ]
     table = run_all.markdown(records, {"ingest": "exit code 1, see ingest.log"}, META)
     lines = table.splitlines()
     assert "| evaluation | suite evaluation | images/s | 50.0 | 10.0 (HF runner) | 5.00x | ≥ 5x | yes |" in table
@@ -36,8 +43,22 @@ def test_table_lists_ratios_targets_and_failures() -> None:
 @pytest.mark.slow  # runs a benchmark in a subprocess
 def test_ingest_benchmark_writes_its_record(tmp_path: Path) -> None:
     out = tmp_path / "ingest.json"
-    proc = subprocess.run([sys.executable, str(BENCH / "bench_ingest.py"), "--n", "60", "--skip-single", "--workers",
-                           "1", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "bench_ingest.py"),
+            "--n",
+            "60",
+            "--skip-single",
+            "--workers",
+            "1",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     record = json.loads(out.read_text())
     (row,) = record["rows"]

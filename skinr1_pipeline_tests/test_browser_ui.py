@@ -23,8 +23,16 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("SKINR1_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(os.environ.get("SKINR1_TEST_ARTIFACTS") or PROJECT_ROOT / ".skinr1" / "test-artifacts")
 # Without the background-networking flags Chromium keeps dialling Google hosts this closed network refuses.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
 BIN = Path(sys.executable).parent
 UI_TIMEOUT_MS = 240_000
 
@@ -42,8 +50,12 @@ def _browser_missing() -> str | None:
 _missing = _browser_missing()
 if _missing and os.environ.get("SKINR1_REQUIRE_BROWSER") == "1":
     raise RuntimeError(f"SKINR1_REQUIRE_BROWSER=1 but {_missing}")
-pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.daemon,
-              pytest.mark.skipif(_missing is not None, reason=_missing or "")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.browser,
+    pytest.mark.daemon,
+    pytest.mark.skipif(_missing is not None, reason=_missing or ""),
+]
 
 
 def _free_port() -> int:
@@ -59,8 +71,9 @@ class Service:
         self.name, self.health_url = name, health_url
         self.log_path = cwd / f"{name}.log"
         self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            argv, cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def wait_healthy(self, timeout_s: float = 180) -> None:
         deadline = time.monotonic() + timeout_s
@@ -102,16 +115,25 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def env(workdir: Path) -> dict[str, str]:
-    return {**os.environ, "DAGSTER_HOME": str(workdir), "SKINR1_HOME": str(workdir / ".skinr1"),
-            "SKINR1_PROFILE": "demo", "PYTHONUNBUFFERED": "1"}
+    return {
+        **os.environ,
+        "DAGSTER_HOME": str(workdir),
+        "SKINR1_HOME": str(workdir / ".skinr1"),
+        "SKINR1_PROFILE": "demo",
+        "PYTHONUNBUFFERED": "1",
+    }
 
 
 @pytest.fixture(scope="module")
 def dagster_ui(workdir: Path, env: dict[str, str]):
     port = _free_port()
-    service = Service("dagster_dev", [str(BIN / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1",
-                                      "-p", str(port)], cwd=workdir, env=env,
-                      health_url=f"http://127.0.0.1:{port}/server_info")
+    service = Service(
+        "dagster_dev",
+        [str(BIN / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=workdir,
+        env=env,
+        health_url=f"http://127.0.0.1:{port}/server_info",
+    )
     try:
         service.wait_healthy()
         yield f"http://127.0.0.1:{port}", service
@@ -183,8 +205,13 @@ def test_asset_graph_shows_every_stage(dagster_ui, page):
     page.keyboard.press("Alt+KeyE")  # the graph's own shortcut: expand every group
     page.get_by_text("taxonomy_graph", exact=True).first.wait_for()
     expected = _asset_names()
-    assert {"raw_datasets", "skin_rationale_trajectories", "sft_checkpoint", "grpo_checkpoint",
-            "evaluation_reports"} <= set(expected)
+    assert {
+        "raw_datasets",
+        "skin_rationale_trajectories",
+        "sft_checkpoint",
+        "grpo_checkpoint",
+        "evaluation_reports",
+    } <= set(expected)
     deadline = time.monotonic() + 60
     while True:  # the graph lays groups out progressively after expanding: poll until complete or out of time
         shown = labels.all_inner_texts()
@@ -249,9 +276,22 @@ def mlflow_ui(workdir: Path, env: dict[str, str], ui_materialization):
     port = _free_port()
     store = workdir / ".skinr1" / "mlflow" / "mlflow.db"
     assert store.is_file(), f"the UI-launched run left no MLflow store at {store}"
-    service = Service("mlflow_ui", [str(BIN / "mlflow"), "ui", "--backend-store-uri", f"sqlite:///{store}",
-                                    "--host", "127.0.0.1", "--port", str(port)], cwd=workdir, env=env,
-                      health_url=f"http://127.0.0.1:{port}/health")
+    service = Service(
+        "mlflow_ui",
+        [
+            str(BIN / "mlflow"),
+            "ui",
+            "--backend-store-uri",
+            f"sqlite:///{store}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=workdir,
+        env=env,
+        health_url=f"http://127.0.0.1:{port}/health",
+    )
     try:
         service.wait_healthy()
         yield f"http://127.0.0.1:{port}"
@@ -292,20 +332,36 @@ def lineage_report(workdir: Path, mlflow_ui) -> tuple[str, dict[str, str], dict[
     parent = mlflow_runs.ensure_parent_run(uri, experiment, "lineage-view", "lineage view")
     runs: dict[str, str] = {}
     digests: dict[str, str] = {}
-    chain = [("raw_datasets", "ham10000", {}, [("raw_ham10000", "ingest")]),
-             ("unified_samples", "", {"raw_datasets.ham10000": "raw_datasets"}, [("unified_train", "train")]),
-             ("skin_rationale_trajectories", "", {"unified_samples": "unified_samples"},
-              [("skin_rationale_trajectories", "sft")]),
-             ("sft_checkpoint", "", {"skin_rationale_trajectories": "skin_rationale_trajectories"},
-              [("skin_rationale_trajectories", "training")]),
-             ("grpo_checkpoint", "", {"sft_checkpoint": "sft_checkpoint"}, [("rl_mcq_train", "grpo")]),
-             ("variant_evaluations", "sft_grpo", {"grpo_checkpoint": "grpo_checkpoint"},
-              [("eval_suites", "evaluation")]),
-             ("evaluation_reports", "", {"variant_evaluations.sft_grpo": "variant_evaluations"},
-              [("eval_suites", "evaluation"), ("scored_sft_grpo", "scored")])]
+    chain = [
+        ("raw_datasets", "ham10000", {}, [("raw_ham10000", "ingest")]),
+        ("unified_samples", "", {"raw_datasets.ham10000": "raw_datasets"}, [("unified_train", "train")]),
+        (
+            "skin_rationale_trajectories",
+            "",
+            {"unified_samples": "unified_samples"},
+            [("skin_rationale_trajectories", "sft")],
+        ),
+        (
+            "sft_checkpoint",
+            "",
+            {"skin_rationale_trajectories": "skin_rationale_trajectories"},
+            [("skin_rationale_trajectories", "training")],
+        ),
+        ("grpo_checkpoint", "", {"sft_checkpoint": "sft_checkpoint"}, [("rl_mcq_train", "grpo")]),
+        ("variant_evaluations", "sft_grpo", {"grpo_checkpoint": "grpo_checkpoint"}, [("eval_suites", "evaluation")]),
+        (
+            "evaluation_reports",
+            "",
+            {"variant_evaluations.sft_grpo": "variant_evaluations"},
+            [("eval_suites", "evaluation"), ("scored_sft_grpo", "scored")],
+        ),
+    ]
     for asset, partition, upstream, datasets in chain:
-        tags = {"dagster.asset_key": asset, "dagster.partition": partition,
-                **mlflow_runs.lineage_tags("0f1e2d3c4b5a6978", {k: runs[v] for k, v in upstream.items()}, {})}
+        tags = {
+            "dagster.asset_key": asset,
+            "dagster.partition": partition,
+            **mlflow_runs.lineage_tags("0f1e2d3c4b5a6978", {k: runs[v] for k, v in upstream.items()}, {}),
+        }
         name = f"{asset}[{partition}]" if partition else asset
         with mlflow_runs.nested_run(uri, experiment, parent, name, tags=tags) as run:
             for dataset, usage in datasets:
@@ -328,8 +384,9 @@ def test_mlflow_ui_report_run_shows_its_datasets_and_links_to_its_training_runs(
     more = page.get_by_text("Show more", exact=True)
     if more.count():
         more.first.click()
-    links = {name: page.get_by_role("link", name=name, exact=True).first for name in ("sft_checkpoint",
-                                                                                       "grpo_checkpoint")}
+    links = {
+        name: page.get_by_role("link", name=name, exact=True).first for name in ("sft_checkpoint", "grpo_checkpoint")
+    }
     for name, link in links.items():
         link.wait_for()
         assert link.get_attribute("href").endswith(f"/runs/{runs[name]}"), name

@@ -16,8 +16,9 @@ def job(tmp_path_factory):
     return defs.resolve_implicit_global_asset_job_def()
 
 
-@pytest.mark.parametrize("field, value, allowed", [("runner", "gpu", "'hf', 'vllm'"),
-                                                   ("vllm_lora_mode", "fuse", "'merge', 'lora', 'auto'")])
+@pytest.mark.parametrize(
+    "field, value, allowed", [("runner", "gpu", "'hf', 'vllm'"), ("vllm_lora_mode", "fuse", "'merge', 'lora', 'auto'")]
+)
 def test_out_of_set_values_name_field_and_choices(job, field, value, allowed) -> None:
     with pytest.raises(dg.DagsterInvalidConfigError) as err:
         dg.validate_run_config(job, {"ops": {"variant_evaluations": {"config": {field: value}}}})
@@ -26,20 +27,29 @@ def test_out_of_set_values_name_field_and_choices(job, field, value, allowed) ->
 
 
 def test_allowed_values_pass(job) -> None:
-    dg.validate_run_config(job, {"ops": {"variant_evaluations": {"config": {"runner": "hf", "vllm_lora_mode": "lora"}}}})
+    dg.validate_run_config(
+        job, {"ops": {"variant_evaluations": {"config": {"runner": "hf", "vllm_lora_mode": "lora"}}}}
+    )
 
 
-@pytest.mark.parametrize("field, value, allowed", [("generator", "gpt", "'template', 'vllm', 'openai'"),
-                                                   ("style", "tiny", "'', 'full', 'compact'")])
+@pytest.mark.parametrize(
+    "field, value, allowed",
+    [("generator", "gpt", "'template', 'vllm', 'openai'"), ("style", "tiny", "'', 'full', 'compact'")],
+)
 def test_synthesis_choices_are_checked_before_the_run(job, field, value, allowed) -> None:
     with pytest.raises(dg.DagsterInvalidConfigError) as err:
         dg.validate_run_config(job, {"ops": {"skin_rationale_trajectories": {"config": {field: value}}}})
     assert f"skin_rationale_trajectories:config:{field}" in str(err.value) and allowed in str(err.value)
 
 
-@pytest.mark.parametrize("field, value, allowed", [("types", ["hierarchy", "gossip"], "hierarchy, ddx"),
-                                                   ("splits", ["train", "holdout"], "train, valid, test"),
-                                                   ("splits", [], "train, valid, test")])
+@pytest.mark.parametrize(
+    "field, value, allowed",
+    [
+        ("types", ["hierarchy", "gossip"], "hierarchy, ddx"),
+        ("splits", ["train", "holdout"], "train, valid, test"),
+        ("splits", [], "train, valid, test"),
+    ],
+)
 def test_synthesis_lists_name_the_bad_entry_and_the_choices(field, value, allowed) -> None:
     from pydantic import ValidationError
 

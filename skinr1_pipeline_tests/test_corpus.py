@@ -71,16 +71,34 @@ def test_passages_for_diagnosis_use_name_and_synonyms(tax):
 
 def test_synthesis_cites_chunk_ids_and_puts_passages_in_the_teacher_prompt(tax, ddx, kb):
     corpus = Corpus.from_texts({"book.md": BOOK}, max_chars=200)
-    samples = pd.DataFrame([{"sample_id": "x/1", "source_dataset": "x", "image_path": "/img/1.jpg",
-                             "taxonomy_node": "melanoma", "bucket": "malignant", "split": "train"}])
+    samples = pd.DataFrame(
+        [
+            {
+                "sample_id": "x/1",
+                "source_dataset": "x",
+                "image_path": "/img/1.jpg",
+                "taxonomy_node": "melanoma",
+                "bucket": "malignant",
+                "split": "train",
+            }
+        ]
+    )
     result = synthesize(samples, tax, ddx, kb, TemplateGenerator(), types=("hierarchy",), corpus=corpus)
     assert len(result.trajectories) == 1
     cites = result.trajectories.iloc[0]["citations"]
     assert "book.md#0" in cites and any(c.startswith("kb:melanoma") for c in cites)
-    from skinr1_pipeline.synthesis.trajectories import BuildExtras, build_hierarchy
     import random
-    req = build_hierarchy(samples.iloc[0].to_dict(), tax, ddx, kb, random.Random(0),
-                          BuildExtras(passages=corpus.passages_for("melanoma", tax)))
+
+    from skinr1_pipeline.synthesis.trajectories import BuildExtras, build_hierarchy
+
+    req = build_hierarchy(
+        samples.iloc[0].to_dict(),
+        tax,
+        ddx,
+        kb,
+        random.Random(0),
+        BuildExtras(passages=corpus.passages_for("melanoma", tax)),
+    )
     text = req.messages[1]["content"][-1]["text"]
     assert "[book.md#0]" in text and "blue-white veil" in text
     assert req.messages[1]["content"][0] == {"type": "image", "image": "/img/1.jpg"}

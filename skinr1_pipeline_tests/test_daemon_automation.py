@@ -27,11 +27,27 @@ pytestmark = [pytest.mark.slow, pytest.mark.daemon]
 REPO = Path(__file__).resolve().parent.parent
 TICK = 5  # seconds between sensor evaluations (automation.interval_seconds)
 SETTLE = 3 * TICK + 5  # long enough for both sensors to have looked twice after the last run ended
-CHAIN = ["unified_samples", "skin_rationale_trajectories", "rl_mcq_dataset", "base_model", "sft_checkpoint",
-         "grpo_checkpoint", "rl_only_checkpoint", "eval_suites", "variant_evaluations", "ablation_table",
-         "evaluation_reports"]
-TRAINING = ["skin_rationale_trajectories", "rl_mcq_dataset", "base_model", "sft_checkpoint", "grpo_checkpoint",
-            "rl_only_checkpoint"]
+CHAIN = [
+    "unified_samples",
+    "skin_rationale_trajectories",
+    "rl_mcq_dataset",
+    "base_model",
+    "sft_checkpoint",
+    "grpo_checkpoint",
+    "rl_only_checkpoint",
+    "eval_suites",
+    "variant_evaluations",
+    "ablation_table",
+    "evaluation_reports",
+]
+TRAINING = [
+    "skin_rationale_trajectories",
+    "rl_mcq_dataset",
+    "base_model",
+    "sft_checkpoint",
+    "grpo_checkpoint",
+    "rl_only_checkpoint",
+]
 KNOWLEDGE = ["taxonomy_graph", "ddx_graph", "label_mapping", "knowledge_base"]
 VARIANTS = ["base", "rl_only", "sft", "sft_grpo"]
 
@@ -53,17 +69,36 @@ def daemon(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("daemon")
     config = root / "skinr1.yaml"
-    config.write_text(yaml.safe_dump({"scale": "toy", "demo_images_per_class": 10,
-                                      "automation": {"interval_seconds": TICK}}), "utf-8")
-    env = {**os.environ, "SKINR1_PROFILE": "demo", "SKINR1_HOME": str(root / "home"), "SKINR1_CONFIG": str(config),
-           "DAGSTER_HOME": str(root / "dagster_home")}
+    config.write_text(
+        yaml.safe_dump({"scale": "toy", "demo_images_per_class": 10, "automation": {"interval_seconds": TICK}}), "utf-8"
+    )
+    env = {
+        **os.environ,
+        "SKINR1_PROFILE": "demo",
+        "SKINR1_HOME": str(root / "home"),
+        "SKINR1_CONFIG": str(config),
+        "DAGSTER_HOME": str(root / "dagster_home"),
+    }
     for key in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "SKINR1_DEMO_IMAGES_PER_CLASS", "SKINR1_DEMO_SEED"):
         env.pop(key, None)
     write_instance(root / "dagster_home")
     workspace = root / "workspace.yaml"
-    workspace.write_text(yaml.safe_dump({"load_from": [{"python_module": {
-        "module_name": "skinr1_pipeline_tests.daemon_location", "working_directory": str(REPO),
-        "location_name": "skinr1_pipeline"}}]}), "utf-8")
+    workspace.write_text(
+        yaml.safe_dump(
+            {
+                "load_from": [
+                    {
+                        "python_module": {
+                            "module_name": "skinr1_pipeline_tests.daemon_location",
+                            "working_directory": str(REPO),
+                            "location_name": "skinr1_pipeline",
+                        }
+                    }
+                ]
+            }
+        ),
+        "utf-8",
+    )
 
     from skinr1_pipeline.definitions import build_definitions
     from skinr1_pipeline.runner import materialize_all
@@ -80,8 +115,14 @@ def daemon(tmp_path_factory):
 
     log = (root / "daemon.log").open("w")
     started = time.time()
-    process = subprocess.Popen([str(Path(sys.executable).with_name("dagster-daemon")), "run", "-w", str(workspace)],
-                               cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(
+        [str(Path(sys.executable).with_name("dagster-daemon")), "run", "-w", str(workspace)],
+        cwd=root,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         yield settings, defs, instance, process, root, started
     finally:
@@ -97,12 +138,13 @@ def daemon(tmp_path_factory):
 
 def materializations(instance, name: str, after: float) -> list:
     records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(name), after_timestamp=after), limit=100).records
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(name), after_timestamp=after), limit=100
+    ).records
     return sorted(records, key=lambda r: r.timestamp)
 
 
 def runs_since(instance, after: float) -> list:
-    created = datetime.datetime.fromtimestamp(after, tz=datetime.timezone.utc)
+    created = datetime.datetime.fromtimestamp(after, tz=datetime.UTC)
     return instance.get_run_records(filters=dg.RunsFilter(created_after=created), ascending=True)
 
 
@@ -114,8 +156,10 @@ def wait_until(condition, timeout: float, what: str, process, root: Path):
         if value:
             return value
         time.sleep(2)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; daemon log tail:\n"
-                f"{(root / 'daemon.log').read_text()[-3000:]}")
+    pytest.fail(
+        f"timed out after {timeout:.0f}s waiting for {what}; daemon log tail:\n"
+        f"{(root / 'daemon.log').read_text()[-3000:]}"
+    )
 
 
 def settled(instance, after: float) -> bool:
@@ -134,8 +178,10 @@ def chain_table(instance, after: float) -> str:
         assets = ",".join(sorted(k.to_user_string() for k in run.asset_selection or ()))
         partition = run.tags.get("dagster/partition", "")
         seconds = (record.end_time or 0) - (record.start_time or record.end_time or 0)
-        rows.append(f"{run.run_id[:8]}  {run.status.value:<8} {seconds:6.1f}s  {assets}"
-                    f"{f'[{partition}]' if partition else ''}  ({run.tags.get('dagster/sensor_name', 'manual')})")
+        rows.append(
+            f"{run.run_id[:8]}  {run.status.value:<8} {seconds:6.1f}s  {assets}"
+            f"{f'[{partition}]' if partition else ''}  ({run.tags.get('dagster/sensor_name', 'manual')})"
+        )
     return "\n".join(rows)
 
 
@@ -148,10 +194,15 @@ def report_lineage_names_the_new_data(settings, instance, ingest, after: float) 
     from skinr1_pipeline.tracking import mlflow_runs
 
     client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
-    reports = [r for r in client.search_runs(
-        [e.experiment_id for e in client.search_experiments()],
-        filter_string=f"tags.`{mlflow_runs.ASSET_TAG}` = 'evaluation_reports'", order_by=["start_time DESC"])
-        if r.info.start_time / 1000 >= after]
+    reports = [
+        r
+        for r in client.search_runs(
+            [e.experiment_id for e in client.search_experiments()],
+            filter_string=f"tags.`{mlflow_runs.ASSET_TAG}` = 'evaluation_reports'",
+            order_by=["start_time DESC"],
+        )
+        if r.info.start_time / 1000 >= after
+    ]
     assert len(reports) == 1, [r.info.run_id for r in reports]
     samples = materializations(instance, "unified_samples", after)[-1]
     new_digest = samples.asset_materialization.tags["dagster/data_version"]
@@ -181,8 +232,13 @@ def test_a_changed_file_reruns_its_partition_and_the_chain_once_and_a_touch_retr
     with Image.open(image) as img:
         pixels = img.convert("RGB")
     pixels.rotate(90).save(image, quality=95)
-    wait_until(lambda: materializations(instance, "evaluation_reports", edited), 900,
-               "evaluation_reports after the edit", process, root)
+    wait_until(
+        lambda: materializations(instance, "evaluation_reports", edited),
+        900,
+        "evaluation_reports after the edit",
+        process,
+        root,
+    )
     wait_until(lambda: settled(instance, edited), 300, "the chain to settle", process, root)
     chain = chain_table(instance, edited)
     print(f"one edit: daemon start to settled chain {time.time() - started:.0f}s\n{chain}")
@@ -209,8 +265,9 @@ def test_a_changed_file_reruns_its_partition_and_the_chain_once_and_a_touch_retr
     version_before = ingested[0].asset_materialization.tags["dagster/data_version"]
     touched = time.time()
     os.utime(image, (touched + 1, touched + 1))
-    wait_until(lambda: materializations(instance, "raw_datasets", touched), 300, "the re-ingest after the touch",
-               process, root)
+    wait_until(
+        lambda: materializations(instance, "raw_datasets", touched), 300, "the re-ingest after the touch", process, root
+    )
     wait_until(lambda: settled(instance, touched), 300, "the touch to settle", process, root)
     after_touch = materializations(instance, "raw_datasets", touched)
     assert [r.partition_key for r in after_touch] == ["ham10000"]

@@ -15,25 +15,55 @@ def small_tax() -> Taxonomy:
     return Taxonomy.from_dict(
         {
             "root": {
-                "id": "root", "kind": "category", "behaviour": "mixed", "lineage": "any",
+                "id": "root",
+                "kind": "category",
+                "behaviour": "mixed",
+                "lineage": "any",
                 "children": [
-                    {"id": "neo", "kind": "category", "behaviour": "mixed", "lineage": "neoplastic", "children": [
-                        {"id": "mal", "kind": "group", "behaviour": "malignant", "children": [
-                            {"id": "bcc", "lineage": "keratinocytic", "children": [{"id": "nodular_bcc"}, {"id": "superficial_bcc"}]},
-                            {"id": "scc", "lineage": "keratinocytic"},
-                        ]},
-                        {"id": "ben", "kind": "group", "behaviour": "benign", "children": [
-                            {"id": "nevus", "lineage": "melanocytic"},
-                            {"id": "sebaceous_hyperplasia", "lineage": "adnexal"},
-                        ]},
-                    ]},
-                    {"id": "infl", "kind": "category", "behaviour": "non_neoplastic", "lineage": "inflammatory", "children": [
-                        {"id": "eczema"}, {"id": "psoriasis"},
-                    ]},
+                    {
+                        "id": "neo",
+                        "kind": "category",
+                        "behaviour": "mixed",
+                        "lineage": "neoplastic",
+                        "children": [
+                            {
+                                "id": "mal",
+                                "kind": "group",
+                                "behaviour": "malignant",
+                                "children": [
+                                    {
+                                        "id": "bcc",
+                                        "lineage": "keratinocytic",
+                                        "children": [{"id": "nodular_bcc"}, {"id": "superficial_bcc"}],
+                                    },
+                                    {"id": "scc", "lineage": "keratinocytic"},
+                                ],
+                            },
+                            {
+                                "id": "ben",
+                                "kind": "group",
+                                "behaviour": "benign",
+                                "children": [
+                                    {"id": "nevus", "lineage": "melanocytic"},
+                                    {"id": "sebaceous_hyperplasia", "lineage": "adnexal"},
+                                ],
+                            },
+                        ],
+                    },
+                    {
+                        "id": "infl",
+                        "kind": "category",
+                        "behaviour": "non_neoplastic",
+                        "lineage": "inflammatory",
+                        "children": [
+                            {"id": "eczema"},
+                            {"id": "psoriasis"},
+                        ],
+                    },
                 ],
             }
         }
-    )  # fmt: skip
+    )
 
 
 def n(node: str, shared: str = "Both are pink papules.", distinguish: str = "One is pearly.") -> dict:
@@ -44,14 +74,28 @@ def small_doc() -> dict:
     return {
         "version": 1,
         "groups": [
-            {"id": "g_bcc", "title": "BCC look-alikes", "index": "bcc", "do_not_miss": ["bcc"],
-             "neighbours": [n("scc"), n("nevus"), n("sebaceous_hyperplasia")]},
-            {"id": "g_sbcc", "title": "Red patch", "index": "superficial_bcc", "do_not_miss": [],
-             "neighbours": [n("eczema"), n("psoriasis")]},
-            {"id": "g_scc", "title": "SCC look-alikes", "index": "scc",
-             "neighbours": [n("bcc", "Both are keratinocyte cancers.", "SCC is scaly.")]},
+            {
+                "id": "g_bcc",
+                "title": "BCC look-alikes",
+                "index": "bcc",
+                "do_not_miss": ["bcc"],
+                "neighbours": [n("scc"), n("nevus"), n("sebaceous_hyperplasia")],
+            },
+            {
+                "id": "g_sbcc",
+                "title": "Red patch",
+                "index": "superficial_bcc",
+                "do_not_miss": [],
+                "neighbours": [n("eczema"), n("psoriasis")],
+            },
+            {
+                "id": "g_scc",
+                "title": "SCC look-alikes",
+                "index": "scc",
+                "neighbours": [n("bcc", "Both are keratinocyte cancers.", "SCC is scaly.")],
+            },
         ],
-    }  # fmt: skip
+    }
 
 
 # ---- packaged graph ------------------------------------------------------------------------------------
@@ -117,7 +161,13 @@ def test_expansion_over_parents_and_children() -> None:
     g = DDxGraph.from_dict(small_doc(), tax)
     # a child inherits its parent's look-alikes (and its own); the family itself is excluded
     assert g.neighbours_with_expansion("nodular_bcc", tax) == ["nevus", "scc", "sebaceous_hyperplasia"]
-    assert g.neighbours_with_expansion("superficial_bcc", tax) == ["eczema", "nevus", "psoriasis", "scc", "sebaceous_hyperplasia"]
+    assert g.neighbours_with_expansion("superficial_bcc", tax) == [
+        "eczema",
+        "nevus",
+        "psoriasis",
+        "scc",
+        "sebaceous_hyperplasia",
+    ]
     # a parent inherits its children's look-alikes
     assert g.neighbours_with_expansion("bcc", tax) == ["eczema", "nevus", "psoriasis", "scc", "sebaceous_hyperplasia"]
     # category-level ancestors are not expanded: 'mal' is a group, 'neo' and 'root' are categories

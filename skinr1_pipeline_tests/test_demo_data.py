@@ -86,7 +86,8 @@ def test_profiles_encode_the_distinguishing_traits(profiles):
 def test_bad_profile_gives_file_diagnosis_field_and_expectation(tmp_path):
     data = (Path(__file__).parents[1] / "skinr1_pipeline/knowledge/data/lesion_features.yaml").read_text()
     bad = data.replace("range: [0.55, 0.95]", "range: [0.95, 0.55]", 1).replace(
-        "required: [dark_brown, black]", "required: [dark_brown, purple]", 1)
+        "required: [dark_brown, black]", "required: [dark_brown, purple]", 1
+    )
     path = tmp_path / "features.yaml"
     path.write_text(bad)
     with pytest.raises(LesionFeatureError) as err:
@@ -113,7 +114,7 @@ def test_demo_diagnoses_are_taxonomy_nodes():
     taxonomy_mod = pytest.importorskip("skinr1_pipeline.knowledge.taxonomy")
     try:
         taxonomy = taxonomy_mod.Taxonomy.load()
-    except Exception as exc:  # the taxonomy file is maintained elsewhere; skip while it is absent or in flux
+    except Exception as exc:  # noqa: BLE001 - the taxonomy file is maintained elsewhere; skip while it is absent or in flux
         pytest.skip(f"taxonomy not loadable here: {exc}")
     missing = [dx for dx in DEMO_DIAGNOSES if dx not in taxonomy]
     assert not missing, f"demo diagnoses missing from the taxonomy: {missing}"
@@ -169,7 +170,7 @@ def test_domains_differ_measurably(profiles):
 def _colour_stats(image: Image.Image) -> np.ndarray:
     pixels = np.asarray(image, np.float32) / 255
     h, w = pixels.shape[:2]
-    centre = pixels[h // 4: 3 * h // 4, w // 4: 3 * w // 4].reshape(-1, 3)
+    centre = pixels[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4].reshape(-1, 3)
     luminance, redness = centre.mean(1), centre[:, 0] - centre[:, 1]
     extras = [np.mean(luminance < 0.3), np.mean(luminance > 0.8), np.mean(redness > 0.25), redness.std()]
     return np.concatenate([centre.mean(0), centre.std(0), extras])
@@ -202,7 +203,8 @@ def test_ham10000_layout_headers_and_vocabulary(demo):
     header, rows = read_rows(root / "HAM10000_metadata.csv")
     assert tuple(header) == writers.HAM10000_COLUMNS
     assert (root / "HAM10000_metadata.csv").read_text().splitlines()[0] == (
-        "lesion_id,image_id,dx,dx_type,age,sex,localization,dataset")
+        "lesion_id,image_id,dx,dx_type,age,sex,localization,dataset"
+    )
     assert {r["dx"] for r in rows} == {"akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"}
     assert {r["dx_type"] for r in rows} <= {"histo", "follow_up", "consensus", "confocal"}
     assert {r["dataset"] for r in rows} <= {"vidir_modern", "vidir_molemax", "rosendahl", "vienna_dias"}
@@ -221,7 +223,9 @@ def test_ham10000_layout_headers_and_vocabulary(demo):
         hits = list(root.glob(f"HAM10000_images_part_[12]/{r['image_id']}.jpg"))
         assert len(hits) == 1 or any(r["image_id"] in p for p in broken)
     assert {p.parent.name for p in root.glob("HAM10000_images_part_*/*.jpg")} == {
-        "HAM10000_images_part_1", "HAM10000_images_part_2"}
+        "HAM10000_images_part_1",
+        "HAM10000_images_part_2",
+    }
     test_header, test_rows = read_rows(root / "ISIC2018_Task3_Test_GroundTruth.csv")
     assert {"image_id", "dx"} <= set(test_header) and tuple(test_header) == writers.ISIC2018_TEST_COLUMNS
     assert {r["dx"] for r in test_rows} == set(HAM_LABELS.values())
@@ -372,8 +376,11 @@ def test_manifest_and_features_file(demo):
 
 
 def _tree_bytes(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name != "demo_manifest.json"}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != "demo_manifest.json"
+    }
 
 
 @pytest.mark.slow  # renders the demo three times, once in worker processes

@@ -9,16 +9,20 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from skinr1_pipeline.data.demo import generate_demo_data
-from skinr1_pipeline.training.demo_pretraining import CAPTION_PROMPT, augmented, caption_frame, warm_up
 from skinr1_pipeline.modeling.model_factory import load_model, load_processor
-from skinr1_pipeline.training.option_drill import (drill_items, drill_rows, mix_drill_rows, status_drill_items,
-                                                   train_option_drill, training_batch)
 from skinr1_pipeline.modeling.prompt_format import parse_completion
 from skinr1_pipeline.modeling.tiny_model import build_tiny_model, default_corpus
 from skinr1_pipeline.synthesis.pipeline import demo_samples
-from skinr1_pipeline.tasks.mcq import option_scan_lines
-from skinr1_pipeline.tasks.mcq import option_path
-
+from skinr1_pipeline.tasks.mcq import option_path, option_scan_lines
+from skinr1_pipeline.training.demo_pretraining import CAPTION_PROMPT, augmented, caption_frame, warm_up
+from skinr1_pipeline.training.option_drill import (
+    drill_items,
+    drill_rows,
+    mix_drill_rows,
+    status_drill_items,
+    train_option_drill,
+    training_batch,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -112,8 +116,15 @@ def test_option_drill_trains_the_language_model_only(warmup_world):
     train = samples[samples["split"] == "train"]
     labels = list(train["taxonomy_node"])
     before = load_file(next(model_dir.glob("*.safetensors")))
-    report = train_option_drill(model_dir, labels, taxonomy, steps=3, batch_size=2, eval_items=4,
-                                image_paths=train.groupby("taxonomy_node")["image_path"].agg(list).to_dict())
+    report = train_option_drill(
+        model_dir,
+        labels,
+        taxonomy,
+        steps=3,
+        batch_size=2,
+        eval_items=4,
+        image_paths=train.groupby("taxonomy_node")["image_path"].agg(list).to_dict(),
+    )
     after = load_file(next(model_dir.glob("*.safetensors")))
     assert set(after) == set(before)
     changed = {k for k in before if not before[k].equal(after[k])}
@@ -151,8 +162,12 @@ def test_status_drill_answers_the_bucket_of_the_impression(warmup_world):
     for item in items:
         assert item.options == ("benign", "malignant", "precancerous in situ")
         parsed = parse_completion(item.opening + item.target, list(item.options))
-        assert parsed.ok and parsed.status == taxonomy[item.label].bucket == ("benign", "malignant",
-                                                                             "precancerous_in_situ")[item.answer_index]
+        assert (
+            parsed.ok
+            and parsed.status
+            == taxonomy[item.label].bucket
+            == ("benign", "malignant", "precancerous_in_situ")[item.answer_index]
+        )
         assert item.target.count(": fits") == 1  # exactly the label's bucket fits
     with pytest.raises(ValueError, match="malignancy bucket"):
         status_drill_items([taxonomy.root], taxonomy, 1, seed=0)
@@ -161,8 +176,15 @@ def test_status_drill_answers_the_bucket_of_the_impression(warmup_world):
 def test_mixed_sft_data_keeps_every_trajectory_and_refuses_held_out_samples(warmup_world, tmp_path):
     taxonomy, samples, _ = warmup_world
     train = samples[samples["split"] == "train"]
-    trajectories = pd.DataFrame({"sample_id": ["t1", "t2"], "image_path": ["images/a.png", "/abs/b.png"],
-                                 "prompt": ["p1", "p2"], "completion": ["c1", "c2"], "extra": [1, 2]})
+    trajectories = pd.DataFrame(
+        {
+            "sample_id": ["t1", "t2"],
+            "image_path": ["images/a.png", "/abs/b.png"],
+            "prompt": ["p1", "p2"],
+            "completion": ["c1", "c2"],
+            "extra": [1, 2],
+        }
+    )
     (tmp_path / "traj" / "images").mkdir(parents=True)
     (tmp_path / "traj" / "images" / "a.png").write_bytes(b"")  # exists beside the trajectories, not in the cwd
     trajectories.to_parquet(tmp_path / "traj" / "t.parquet", index=False)
@@ -175,5 +197,7 @@ def test_mixed_sft_data_keeps_every_trajectory_and_refuses_held_out_samples(warm
     assert mixed["sample_id"].tolist()[:2] != ["t1", "t2"]  # shuffled in, not put first
     with pytest.raises(ValueError, match="train samples only"):
         mix_drill_rows(tmp_path / "traj" / "t.parquet", tmp_path / "m2.parquet", samples, taxonomy, 3, seed=0)
-    assert mix_drill_rows(tmp_path / "traj" / "t.parquet", tmp_path / "m3.parquet", train, taxonomy, 0,
-                          seed=0) == {"trajectories": 2, "drill_rows": 0}
+    assert mix_drill_rows(tmp_path / "traj" / "t.parquet", tmp_path / "m3.parquet", train, taxonomy, 0, seed=0) == {
+        "trajectories": 2,
+        "drill_rows": 0,
+    }

@@ -26,8 +26,10 @@ def _explain(completion: str, knowledge):
 
 
 def test_answer_is_placed_in_taxonomy_with_its_differentials(knowledge) -> None:
-    completion = format_completion("Pearly border with arborizing vessels. Unlike melanoma there is no pigment "
-                                   "network.", "basal cell carcinoma; status: malignant")
+    completion = format_completion(
+        "Pearly border with arborizing vessels. Unlike melanoma there is no pigment network.",
+        "basal cell carcinoma; status: malignant",
+    )
     report = _explain(completion, knowledge)
     taxonomy, ddx, _ = knowledge
     assert report.format_ok and report.node == taxonomy.resolve("basal cell carcinoma")
@@ -98,8 +100,10 @@ def test_the_home_adapter_is_the_newest_complete_run_folder_not_whatever_a_link_
     """Like the pipeline's own hand-over (`run_folders.latest_complete`): an unsealed newer folder (a killed run)
     is passed over, and a missing `latest` link does not hide the sealed one."""
     settings = load_settings({"SKINR1_HOME": str(tmp_path), "SKINR1_PROFILE": "demo"})
-    base, sft = open_run_folder(tmp_path / "models" / "base", "run-1"), open_run_folder(tmp_path / "models" / "sft",
-                                                                                          "run-1")
+    base, sft = (
+        open_run_folder(tmp_path / "models" / "base", "run-1"),
+        open_run_folder(tmp_path / "models" / "sft", "run-1"),
+    )
     tiny_base_and_adapter(base, sft / "adapter")
     mark_complete(base, "run-1"), mark_complete(sft, "run-1")
     killed = open_run_folder(tmp_path / "models" / "sft", "run-2")
@@ -132,9 +136,13 @@ def test_cli_diagnoses_with_the_home_adapter_and_the_registered_model(home_env: 
     settings = load_settings()
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     with mlflow.start_run():
-        info = log_skinr1_model(home_env / "models" / "base" / "latest", home_env / "models" / "sft" / "latest" /
-                                "adapter", name="m",
-                                input_example_image_path=image, model_config={"max_new_tokens": 4, "device": "cpu"})
+        info = log_skinr1_model(
+            home_env / "models" / "base" / "latest",
+            home_env / "models" / "sft" / "latest" / "adapter",
+            name="m",
+            input_example_image_path=image,
+            model_config={"max_new_tokens": 4, "device": "cpu"},
+        )
     register_candidate(info.model_uri, "skinr1-grpo")
     code, out, _ = _run(["diagnose", image, "--max-new-tokens", "8", "--json", "--model", "candidate"], capsys)
     registered = json.loads(out)
@@ -184,7 +192,9 @@ def _write_mlmodel(folder: Path, base: str, adapter: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "MLmodel").write_text(
         "flavors:\n  python_function:\n    artifacts:\n"
-        f"      base_model: {{path: '{base}'}}\n      adapter: {{path: '{adapter}'}}\n", "utf-8")
+        f"      base_model: {{path: '{base}'}}\n      adapter: {{path: '{adapter}'}}\n",
+        "utf-8",
+    )
 
 
 def _complete_download(folder: Path) -> None:

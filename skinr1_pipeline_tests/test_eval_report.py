@@ -30,8 +30,12 @@ from skinr1_pipeline.evaluation.report import Curves, read_curves, write_report
 from skinr1_pipeline.modeling.prompt_format import build_mcq_prompt, format_completion
 
 NODES = ["melanoma", "melanocytic_nevus", "basal_cell_carcinoma", "seborrheic_keratosis"]
-BUCKETS = {"melanoma": "malignant", "melanocytic_nevus": "benign", "basal_cell_carcinoma": "malignant",
-           "seborrheic_keratosis": "benign"}
+BUCKETS = {
+    "melanoma": "malignant",
+    "melanocytic_nevus": "benign",
+    "basal_cell_carcinoma": "malignant",
+    "seborrheic_keratosis": "benign",
+}
 
 
 def scored_frame(suite: str, n: int, accuracy: float, *, seed: int = 0, unreadable: int = 0) -> pd.DataFrame:
@@ -45,14 +49,29 @@ def scored_frame(suite: str, n: int, accuracy: float, *, seed: int = 0, unreadab
         unread = i >= n - unreadable
         wrong = NODES[(NODES.index(true) + 1) % len(NODES)]
         chosen = true if correct else (None if unread else wrong)
-        rows.append({"item_id": f"{suite}/{i}", "suite": suite, "sample_id": f"s{i}", "source_dataset": "ham10000",
-                     "modality": "dermoscopic", "taxonomy_node": true, "taxonomy_depth": 2 + i % 3,
-                     "fitzpatrick": np.nan, "bucket": BUCKETS[true], "answer_index": 0,
-                     "parsed": chosen is not None, "format_ok": chosen is not None,
-                     "error": None if chosen is not None else "no_diagnosis", "chosen_index": 0 if correct else 1,
-                     "chosen_node": chosen, "correct": correct,
-                     "credit": 1.0 if correct else float(rng.choice([0.0, 0.5])),
-                     "predicted_status": None, "predicted_bucket": BUCKETS[chosen] if chosen else None})
+        rows.append(
+            {
+                "item_id": f"{suite}/{i}",
+                "suite": suite,
+                "sample_id": f"s{i}",
+                "source_dataset": "ham10000",
+                "modality": "dermoscopic",
+                "taxonomy_node": true,
+                "taxonomy_depth": 2 + i % 3,
+                "fitzpatrick": np.nan,
+                "bucket": BUCKETS[true],
+                "answer_index": 0,
+                "parsed": chosen is not None,
+                "format_ok": chosen is not None,
+                "error": None if chosen is not None else "no_diagnosis",
+                "chosen_index": 0 if correct else 1,
+                "chosen_node": chosen,
+                "correct": correct,
+                "credit": 1.0 if correct else float(rng.choice([0.0, 0.5])),
+                "predicted_status": None,
+                "predicted_bucket": BUCKETS[chosen] if chosen else None,
+            }
+        )
     frame = pd.DataFrame(rows)
     frame.attrs["excluded"] = 2
     return frame
@@ -65,14 +84,19 @@ def variant_frames(acc: dict[str, float], n: int = 200) -> dict[str, pd.DataFram
 @pytest.fixture(scope="module")
 def summaries() -> dict[str, dict]:
     shapes = {"base": 0.2, "sft": 0.5, "rl_only": 0.3, "sft_grpo": 0.8}
-    return {v: variant_summary(variant_frames({"in_domain": a, "malignancy": a, "hierarchical": a, "ood": a - 0.1}),
-                               n_boot=500)
-            for v, a in shapes.items()}
+    return {
+        v: variant_summary(
+            variant_frames({"in_domain": a, "malignancy": a, "hierarchical": a, "ood": a - 0.1}), n_boot=500
+        )
+        for v, a in shapes.items()
+    }
 
 
 def test_variant_summary_reports_accuracy_ci_format_and_malignancy() -> None:
-    frames = {"malignancy": scored_frame("malignancy", 40, 0.5, unreadable=4),
-              "hierarchical": scored_frame("hierarchical", 40, 0.25)}
+    frames = {
+        "malignancy": scored_frame("malignancy", 40, 0.5, unreadable=4),
+        "hierarchical": scored_frame("hierarchical", 40, 0.25),
+    }
     summary = variant_summary(frames, n_boot=500)
     assert list(summary) == ["hierarchical", "malignancy"]  # suite order (headline first), not dict order
     mal = summary["malignancy"]
@@ -90,16 +114,34 @@ def test_variant_summary_reports_accuracy_ci_format_and_malignancy() -> None:
 
 def test_variant_summary_on_real_scoring() -> None:
     options = ["melanoma", "melanocytic nevus", "dermatofibroma", "actinic keratosis"]
-    items = pd.DataFrame([{"item_id": f"in_domain/{i}", "suite": "in_domain", "sample_id": str(i),
-                           "prompt": build_mcq_prompt("Q?", options), "options": options,
-                           "option_nodes": ["melanoma", "melanocytic_nevus", "dermatofibroma", "actinic_keratosis"],
-                           "option_scores": [1.0, 0.0, 0.0, 0.0], "option_buckets": ["malignant", "benign", "benign",
-                                                                                    "precancerous_in_situ"],
-                           "answer_index": 0, "bucket": "malignant", "taxonomy_node": "melanoma",
-                           "taxonomy_depth": 3, "source_dataset": "ham10000", "modality": "dermoscopic",
-                           "fitzpatrick": np.nan} for i in range(4)])
-    completions = [format_completion("veil", "A. melanoma"), format_completion("dots", "B"), "garbage",
-                   format_completion("veil", "A")]
+    items = pd.DataFrame(
+        [
+            {
+                "item_id": f"in_domain/{i}",
+                "suite": "in_domain",
+                "sample_id": str(i),
+                "prompt": build_mcq_prompt("Q?", options),
+                "options": options,
+                "option_nodes": ["melanoma", "melanocytic_nevus", "dermatofibroma", "actinic_keratosis"],
+                "option_scores": [1.0, 0.0, 0.0, 0.0],
+                "option_buckets": ["malignant", "benign", "benign", "precancerous_in_situ"],
+                "answer_index": 0,
+                "bucket": "malignant",
+                "taxonomy_node": "melanoma",
+                "taxonomy_depth": 3,
+                "source_dataset": "ham10000",
+                "modality": "dermoscopic",
+                "fitzpatrick": np.nan,
+            }
+            for i in range(4)
+        ]
+    )
+    completions = [
+        format_completion("veil", "A. melanoma"),
+        format_completion("dots", "B"),
+        "garbage",
+        format_completion("veil", "A"),
+    ]
     summary = variant_summary({"in_domain": score_predictions(items, completions)}, n_boot=200)["in_domain"]
     assert summary["n"] == 4 and summary["accuracy"] == pytest.approx(0.5)
     assert summary["format_ok_rate"] == pytest.approx(0.75)
@@ -185,19 +227,30 @@ def test_image_use_pairs_real_with_shuffled_and_blank_images() -> None:
 
 def test_versus_blind_and_promotion_evidence() -> None:
     scored = scored_variants({"sft": 0.6, "base": 0.25}, n=120)
-    hits = pd.DataFrame({"item_id": scored["sft"]["item_id"], "suite": "in_domain", "uniform": 0.25,
-                         "most_ancestors": 0.3})
+    hits = pd.DataFrame(
+        {"item_id": scored["sft"]["item_id"], "suite": "in_domain", "uniform": 0.25, "most_ancestors": 0.3}
+    )
     table = versus_blind(scored, hits, n_boot=300).set_index("variant")
     assert table.at["sft", "best_guesser"] == "most_ancestors" and table.at["sft", "best_blind"] == pytest.approx(0.3)
     assert table.at["sft", "verdict"] == "above guessing" and table.at["base", "verdict"] == "within CI"
-    uses = pd.DataFrame([{"variant": "sft", "suite": "in_domain", "verdict": "uses the image"},
-                         {"variant": "base", "suite": "in_domain", "verdict": "no evidence it uses the image"}])
+    uses = pd.DataFrame(
+        [
+            {"variant": "sft", "suite": "in_domain", "verdict": "uses the image"},
+            {"variant": "base", "suite": "in_domain", "verdict": "no evidence it uses the image"},
+        ]
+    )
     assert promotion_evidence(table.reset_index(), uses, variant="sft", suite="in_domain") == {
-        "beats_blind_guessers": True, "beats_shuffled_image": True}
+        "beats_blind_guessers": True,
+        "beats_shuffled_image": True,
+    }
     assert promotion_evidence(table.reset_index(), uses, variant="base", suite="in_domain") == {
-        "beats_blind_guessers": False, "beats_shuffled_image": False}
+        "beats_blind_guessers": False,
+        "beats_shuffled_image": False,
+    }
     assert promotion_evidence(pd.DataFrame(), pd.DataFrame(), variant="sft", suite="in_domain") == {
-        "beats_blind_guessers": False, "beats_shuffled_image": False}
+        "beats_blind_guessers": False,
+        "beats_shuffled_image": False,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -235,32 +288,63 @@ def test_read_curves_from_real_runs(mlflow_runs) -> None:
 def _write(out: Path, summaries: dict, curves: Curves | None) -> object:
     table = ablation_table(summaries)
     scored = {v: variant_frames({"in_domain": 0.5, "malignancy": 0.5}, n=40) for v in summaries}
-    flags = pd.DataFrame({"item_id": ["in_domain/x"], "suite": ["in_domain"], "sample_id": ["x"],
-                          "image_sha256": [None], "by_hash": [False], "by_sample_id": [True],
-                          "contaminated": [True]})
-    summary = pd.DataFrame([{"suite": "in_domain", "n_items": 202, "contaminated": 2, "by_hash": 1,
-                             "by_sample_id": 1, "by_near_duplicate": 0, "fraction": 2 / 202}])
+    flags = pd.DataFrame(
+        {
+            "item_id": ["in_domain/x"],
+            "suite": ["in_domain"],
+            "sample_id": ["x"],
+            "image_sha256": [None],
+            "by_hash": [False],
+            "by_sample_id": [True],
+            "contaminated": [True],
+        }
+    )
+    summary = pd.DataFrame(
+        [
+            {
+                "suite": "in_domain",
+                "n_items": 202,
+                "contaminated": 2,
+                "by_hash": 1,
+                "by_sample_id": 1,
+                "by_near_duplicate": 0,
+                "fraction": 2 / 202,
+            }
+        ]
+    )
     answers = scored_variants({"base": 0.2, "sft": 0.5, "rl_only": 0.3, "sft_grpo": 0.8})
-    uses = pd.DataFrame([{"variant": v, **u} for v, f in answers.items()
-                         for u in image_use(with_controls(f, 0.25), n_boot=200)])
+    uses = pd.DataFrame(
+        [{"variant": v, **u} for v, f in answers.items() for u in image_use(with_controls(f, 0.25), n_boot=200)]
+    )
     hits = pd.DataFrame({"item_id": answers["sft"]["item_id"], "suite": "in_domain", "uniform": 0.25})
-    return write_report(out, table=table, summaries=summaries, scored=scored, curves=curves,
-                        contamination=ContaminationReport(flags, summary), title="Demo <evaluation>",
-                        claims=paired_claims(answers, n_boot=200), image_use=uses,
-                        versus_blind=versus_blind(answers, hits, n_boot=200),
-                        caveats=["Tiny random demo model: the numbers say nothing about Skin-R1."],
-                        generated_at="2025-01-01 00:00 UTC")
+    return write_report(
+        out,
+        table=table,
+        summaries=summaries,
+        scored=scored,
+        curves=curves,
+        contamination=ContaminationReport(flags, summary),
+        title="Demo <evaluation>",
+        claims=paired_claims(answers, n_boot=200),
+        image_use=uses,
+        versus_blind=versus_blind(answers, hits, n_boot=200),
+        caveats=["Tiny random demo model: the numbers say nothing about Skin-R1."],
+        generated_at="2025-01-01 00:00 UTC",
+    )
 
 
 @pytest.mark.slow  # real MLflow runs, figures
-def test_write_report_files_html_self_contained_and_deterministic(tmp_path: Path, summaries: dict,
-                                                                  mlflow_runs) -> None:
+def test_write_report_files_html_self_contained_and_deterministic(tmp_path: Path, summaries: dict, mlflow_runs) -> None:
     uri, runs = mlflow_runs
     curves = read_curves(uri, runs)
     files = _write(tmp_path / "a", summaries, curves)
     assert files.markdown.is_file() and files.html.is_file()
-    assert set(files.figures) == {"suite_accuracy", "depth_accuracy", "training_curves",
-                                  *(f"confusion_{v}" for v in ("base", "sft", "rl_only", "sft_grpo"))}
+    assert set(files.figures) == {
+        "suite_accuracy",
+        "depth_accuracy",
+        "training_curves",
+        *(f"confusion_{v}" for v in ("base", "sft", "rl_only", "sft_grpo")),
+    }
     for path in files.figures.values():
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -270,11 +354,24 @@ def test_write_report_files_html_self_contained_and_deterministic(tmp_path: Path
     assert "<title>Demo &lt;evaluation&gt;</title>" in page and "<code>&lt;thinking&gt;</code>" in page
     md = files.markdown.read_text()
     assert md.startswith("# Demo \\<evaluation>\n")
-    for text in ("## What was evaluated", "## Ablation table", "## Malignancy safety", "## Out-of-distribution",
-                 "## Contamination", "## Caveats", "Tiny random demo model", "sft: no reward metric",
-                 "## Does each variant read the image?", "| sft_grpo | in_domain | 200 | 0.80 | 0.25 |",
-                 "| sft | in_domain | 200 | 0.50 | uniform | 0.25 | +0.250 [", "McNemar p 1.7e-18", "above guessing",
-                 "0.50 [", "holds", "![Accuracy per suite and variant.](figures/suite_accuracy.png)"):
+    for text in (
+        "## What was evaluated",
+        "## Ablation table",
+        "## Malignancy safety",
+        "## Out-of-distribution",
+        "## Contamination",
+        "## Caveats",
+        "Tiny random demo model",
+        "sft: no reward metric",
+        "## Does each variant read the image?",
+        "| sft_grpo | in_domain | 200 | 0.80 | 0.25 |",
+        "| sft | in_domain | 200 | 0.50 | uniform | 0.25 | +0.250 [",
+        "McNemar p 1.7e-18",
+        "above guessing",
+        "0.50 [",
+        "holds",
+        "![Accuracy per suite and variant.](figures/suite_accuracy.png)",
+    ):
         assert text in md, text
     assert "| in_domain | 202 | 2 | 1 | 1 | 0 | 0.01 |" in md
 
@@ -285,8 +382,15 @@ def test_write_report_files_html_self_contained_and_deterministic(tmp_path: Path
 
 def test_write_report_without_curves_or_contamination(tmp_path: Path, summaries: dict) -> None:
     table = ablation_table({"sft": summaries["sft"]})
-    files = write_report(tmp_path, table=table, summaries={"sft": summaries["sft"]}, scored={}, curves=None,
-                         contamination=None, title="t")
+    files = write_report(
+        tmp_path,
+        table=table,
+        summaries={"sft": summaries["sft"]},
+        scored={},
+        curves=None,
+        contamination=None,
+        title="t",
+    )
     md = files.markdown.read_text()
     assert "no MLflow runs were given" in md and "overlap between training and evaluation data is unknown" in md
     assert "Generated " in md and set(files.figures) == {"suite_accuracy"}

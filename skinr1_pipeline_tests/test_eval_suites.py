@@ -11,7 +11,6 @@ import pytest
 from skinr1_pipeline.data.loaders.omnimedvqa import load_questions
 from skinr1_pipeline.evaluation.contamination import check_contamination
 from skinr1_pipeline.evaluation.metrics import score_predictions
-from skinr1_pipeline.tasks.mcq import MALIGNANCY_OPTIONS
 from skinr1_pipeline.evaluation.suites import (
     HEADLINE_SUITES,
     PAPER_SUITES,
@@ -31,15 +30,30 @@ from skinr1_pipeline.evaluation.suites import (
 from skinr1_pipeline.knowledge.ddx import DDxGraph
 from skinr1_pipeline.knowledge.taxonomy import Taxonomy
 from skinr1_pipeline.modeling.prompt_format import format_completion, format_mcq_answer, prompt_options
-from skinr1_pipeline.tasks.mcq import build_mcq_items, option_path
+from skinr1_pipeline.tasks.mcq import MALIGNANCY_OPTIONS, build_mcq_items, option_path
 
 TAX = Taxonomy.load()
 DDX = DDxGraph.load(TAX)
 LABELS = {
-    "ham10000": ["melanoma", "melanocytic_nevus", "benign_keratosis_like", "basal_cell_carcinoma",
-                 "ak_or_scc_in_situ", "dermatofibroma", "benign_vascular", "lentigo_simplex"],
-    "pad_ufes_20": ["actinic_keratosis", "basal_cell_carcinoma", "melanoma", "melanocytic_nevus",
-                    "squamous_cell_carcinoma", "seborrheic_keratosis", "psoriasis"],
+    "ham10000": [
+        "melanoma",
+        "melanocytic_nevus",
+        "benign_keratosis_like",
+        "basal_cell_carcinoma",
+        "ak_or_scc_in_situ",
+        "dermatofibroma",
+        "benign_vascular",
+        "lentigo_simplex",
+    ],
+    "pad_ufes_20": [
+        "actinic_keratosis",
+        "basal_cell_carcinoma",
+        "melanoma",
+        "melanocytic_nevus",
+        "squamous_cell_carcinoma",
+        "seborrheic_keratosis",
+        "psoriasis",
+    ],
 }
 
 
@@ -49,14 +63,25 @@ def make_samples(per_source: int = 24) -> pd.DataFrame:
     for source, nodes in LABELS.items():
         for i in range(per_source):
             node = nodes[i % len(nodes)]
-            rows.append({
-                "sample_id": f"{source}/{i}", "source_dataset": source, "image_path": f"/img/{source}_{i}.jpg",
-                "raw_label": node, "modality": "clinical" if source == "pad_ufes_20" else "dermoscopic",
-                "taxonomy_node": node, "taxonomy_path": TAX.path(node), "taxonomy_depth": TAX.depth(node),
-                "bucket": TAX[node].bucket or "none", "split": ("train", "valid", "test")[i % 3],
-                "image_sha256": f"sha-{source}-{i}", "fitzpatrick": float(i % 6 + 1) if i % 4 else np.nan,
-                "age": 40.0, "sex": "male", "site": "arm",
-            })  # fmt: skip
+            rows.append(
+                {
+                    "sample_id": f"{source}/{i}",
+                    "source_dataset": source,
+                    "image_path": f"/img/{source}_{i}.jpg",
+                    "raw_label": node,
+                    "modality": "clinical" if source == "pad_ufes_20" else "dermoscopic",
+                    "taxonomy_node": node,
+                    "taxonomy_path": TAX.path(node),
+                    "taxonomy_depth": TAX.depth(node),
+                    "bucket": TAX[node].bucket or "none",
+                    "split": ("train", "valid", "test")[i % 3],
+                    "image_sha256": f"sha-{source}-{i}",
+                    "fitzpatrick": float(i % 6 + 1) if i % 4 else np.nan,
+                    "age": 40.0,
+                    "sex": "male",
+                    "site": "arm",
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -119,8 +144,10 @@ def test_paper_hierarchical_suite_shows_the_whole_path_and_credits_by_depth():
         assert by_node[distractor] == 0.0 and TAX.depth(distractor) == len(path)
         assert distractor not in TAX.descendants(item.taxonomy_node)
         assert item.option_nodes[item.answer_index] == item.taxonomy_node
-    ancestor = [format_completion("r", format_mcq_answer(r.options, r.option_nodes.index(option_path(
-        TAX, r.taxonomy_node)[0]))) for r in items.itertuples()]
+    ancestor = [
+        format_completion("r", format_mcq_answer(r.options, r.option_nodes.index(option_path(TAX, r.taxonomy_node)[0])))
+        for r in items.itertuples()
+    ]
     scored = score_predictions(items, ancestor)
     assert not scored["correct"].any()
     expected = [1 / TAX.depth(n) for n in items["taxonomy_node"]]
@@ -155,7 +182,7 @@ def test_build_suites_is_complete_and_deterministic():
     again = build_suites(SAMPLES, TAX, DDX, CONFIG)
     pd.testing.assert_frame_equal(build.items, again.items)
     assert set(build.items["suite"]) == {*HEADLINE_SUITES, *PAPER_SUITES, "malignancy", "open_ended"}
-    assert build.items["item_id"].is_unique and list(build.items.columns)[:len(SUITE_COLUMNS)] == list(SUITE_COLUMNS)
+    assert build.items["item_id"].is_unique and list(build.items.columns)[: len(SUITE_COLUMNS)] == list(SUITE_COLUMNS)
     summary = build.summary()
     assert summary["dropped"]["ood/no_bucket"] == (TEST.taxonomy_node == "psoriasis").sum()
     assert summary["dropped"]["ood_paper/no_bucket"] == (TEST.taxonomy_node == "psoriasis").sum()
@@ -177,15 +204,29 @@ def _write_omnimedvqa(root, items):
 
 def test_omnimedvqa_questions_become_suite_items(tmp_path):
     def q(i, a, b, c, d, answer):
-        return {"question_id": f"isic_{i}", "question_type": "Disease Diagnosis", "dataset": "ISIC2018",
-                "question": "What is the diagnosis?", "image_path": f"Images/ISIC2018/{i}.jpg",
-                "option_A": a, "option_B": b, "option_C": c, "option_D": d, "gt_answer": answer}
+        return {
+            "question_id": f"isic_{i}",
+            "question_type": "Disease Diagnosis",
+            "dataset": "ISIC2018",
+            "question": "What is the diagnosis?",
+            "image_path": f"Images/ISIC2018/{i}.jpg",
+            "option_A": a,
+            "option_B": b,
+            "option_C": c,
+            "option_D": d,
+            "gt_answer": answer,
+        }
 
-    _write_omnimedvqa(tmp_path, [
-        q(1, "Melanoma", "Melanocytic nevi", "Basal cell carcinoma", "Dermatofibroma", "Melanocytic nevi"),
-        q(2, "Melanoma", "Melanoma ", "Vascular lesions", "Dermatofibroma", "Vascular lesions"),  # duplicate options
-        q(3, "Actinic keratoses", "Melanoma", "Something unmapped", "Dermatofibroma", "Actinic keratoses"),
-    ])
+    _write_omnimedvqa(
+        tmp_path,
+        [
+            q(1, "Melanoma", "Melanocytic nevi", "Basal cell carcinoma", "Dermatofibroma", "Melanocytic nevi"),
+            q(
+                2, "Melanoma", "Melanoma ", "Vascular lesions", "Dermatofibroma", "Vascular lesions"
+            ),  # duplicate options
+            q(3, "Actinic keratoses", "Melanoma", "Something unmapped", "Dermatofibroma", "Actinic keratoses"),
+        ],
+    )
     questions = load_questions(tmp_path)
     records = pd.DataFrame({"sample_id": questions["sample_id"], "image_sha256": ["h1", "h2", "h3"]})
     items, dropped = omnimedvqa_suite(questions, TAX, records=records)
@@ -206,18 +247,25 @@ def test_contamination_is_detected_per_suite_and_excluded():
     train = SAMPLES[SAMPLES.split == "train"].copy()
     leaked_hash = IN_TEST.iloc[0]  # same image bytes under another id
     leaked_id = IN_TEST.iloc[1]  # same id, re-encoded
-    train = pd.concat([train, pd.DataFrame([
-        {"sample_id": "copy/1", "image_sha256": leaked_hash.image_sha256},
-        {"sample_id": leaked_id.sample_id, "image_sha256": "other-bytes"},
-    ])], ignore_index=True)
+    train = pd.concat(
+        [
+            train,
+            pd.DataFrame(
+                [
+                    {"sample_id": "copy/1", "image_sha256": leaked_hash.image_sha256},
+                    {"sample_id": leaked_id.sample_id, "image_sha256": "other-bytes"},
+                ]
+            ),
+        ],
+        ignore_index=True,
+    )
     report = check_contamination(build.items, [train, pd.DataFrame({"sample_id": ["unrelated"]})])
     summary = report.summary.set_index("suite")
     # The paper suites show each test image once; set-first suites may show an image in several items or none.
     assert summary.loc["in_domain_paper", "contaminated"] == 2
     assert summary.loc["in_domain_paper", "by_hash"] == 1 and summary.loc["in_domain_paper", "by_sample_id"] == 1
     assert summary.loc["ood", "contaminated"] == summary.loc["ood_paper", "contaminated"] == 0
-    assert summary.loc["in_domain_paper", "fraction"] == pytest.approx(
-        2 / summary.loc["in_domain_paper", "n_items"])
+    assert summary.loc["in_domain_paper", "fraction"] == pytest.approx(2 / summary.loc["in_domain_paper", "n_items"])
     flagged = set(report.flags.loc[report.flags.contaminated, "sample_id"])
     assert flagged == {leaked_hash.sample_id, leaked_id.sample_id}
     clean = report.clean(build.items)

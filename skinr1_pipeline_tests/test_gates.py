@@ -3,7 +3,6 @@ scoring, so a gate figure and an evaluation figure on the same items are the sam
 
 from __future__ import annotations
 
-
 import pandas as pd
 import pytest
 
@@ -27,9 +26,19 @@ def test_the_gate_equals_the_evaluation_on_the_same_items(model_and_items) -> No
 
     chosen = items.sort_values("item_id").head(4).reset_index(drop=True)
     chosen.to_parquet(root / "chosen.parquet")
-    answer(AnswerConfig(items_path=str(root / "chosen.parquet"), model_dir=str(base), adapter_dir=str(adapter),
-                        output_path=str(root / "answers.parquet"), runner="hf", max_new_tokens=12, batch_size=2,
-                        max_pixels=112 * 112, calibration=False))
+    answer(
+        AnswerConfig(
+            items_path=str(root / "chosen.parquet"),
+            model_dir=str(base),
+            adapter_dir=str(adapter),
+            output_path=str(root / "answers.parquet"),
+            runner="hf",
+            max_new_tokens=12,
+            batch_size=2,
+            max_pixels=112 * 112,
+            calibration=False,
+        )
+    )
     answers = pd.read_parquet(root / "answers.parquet")
     scored = score_predictions(answers, list(answers["completion"]))
 

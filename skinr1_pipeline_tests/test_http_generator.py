@@ -121,12 +121,18 @@ class FakeServer:
                 finally:
                     self.sent.append(sent)
             return
-        images = sum(1 for m in body["messages"] if isinstance(m["content"], list)
-                     for p in m["content"] if p.get("type") == "image_url")
+        images = sum(
+            1
+            for m in body["messages"]
+            if isinstance(m["content"], list)
+            for p in m["content"]
+            if p.get("type") == "image_url"
+        )
         payload = {
             "ok": {"choices": [{"message": {"role": "assistant", "content": f"text:{rid}:{images}"}}]},
-            "length": {"choices": [{"message": {"role": "assistant", "content": f"cut:{rid}"},
-                                    "finish_reason": "length"}]},
+            "length": {
+                "choices": [{"message": {"role": "assistant", "content": f"cut:{rid}"}, "finish_reason": "length"}]
+            },
             "null_content": {"choices": [{"message": {"role": "assistant", "content": None}}]},
             "no_choices": {"choices": []},
         }.get(action)
@@ -141,7 +147,7 @@ class FakeServer:
         sent = 0
         try:
             for i in range(len(data)):
-                handler.wfile.write(data[i:i + 1])
+                handler.wfile.write(data[i : i + 1])
                 sent += 1
                 time.sleep(0.2)
         finally:
@@ -176,9 +182,16 @@ def image_path(tmp_path_factory) -> Path:
 
 def request(rid: str, image: Path | None = None, max_tokens: int = 64) -> GenerationRequest:
     """A real GenerationRequest whose messages are overridden (they are a cached property of the context)."""
-    req = GenerationRequest(request_id=rid, sample_id=rid, trajectory_type="hierarchy", prompt="q", options=(),
-                            sampling=SamplingParams(temperature=0.5, top_p=0.9, max_tokens=max_tokens, seed=1),
-                            context=None, image_path=str(image) if image else None)  # type: ignore[arg-type]
+    req = GenerationRequest(
+        request_id=rid,
+        sample_id=rid,
+        trajectory_type="hierarchy",
+        prompt="q",
+        options=(),
+        sampling=SamplingParams(temperature=0.5, top_p=0.9, max_tokens=max_tokens, seed=1),
+        context=None,
+        image_path=str(image) if image else None,
+    )  # type: ignore[arg-type]
     user = ([{"type": "image", "image": str(image)}] if image else []) + [{"type": "text", "text": f"describe {rid}"}]
     req.__dict__["messages"] = ({"role": "system", "content": "teacher"}, {"role": "user", "content": user})
     return req
@@ -186,8 +199,7 @@ def request(rid: str, image: Path | None = None, max_tokens: int = 64) -> Genera
 
 def make(server: FakeServer, **kw) -> OpenAICompatibleGenerator:
     delays: list[float] = []
-    kw = {"timeout": CLIENT_TIMEOUT, "backoff": 0.1, "max_retries": 3, "concurrency": 4,
-          "sleep": delays.append, **kw}
+    kw = {"timeout": CLIENT_TIMEOUT, "backoff": 0.1, "max_retries": 3, "concurrency": 4, "sleep": delays.append, **kw}
     gen = OpenAICompatibleGenerator(server.url, "teacher-model", **kw)
     gen.delays = delays  # type: ignore[attr-defined]
     return gen
@@ -286,12 +298,16 @@ def test_resume_after_crash_requests_only_missing_ids(server, tmp_path):
 def test_failures_are_not_persisted_so_a_rerun_retries_them(server, tmp_path):
     progress = tmp_path / "p.jsonl"
     server.script = {"flaky": ["500"]}
-    assert make(server, max_retries=0, progress_path=progress).generate([request("flaky"), request("ok")]) == \
-        ["", "text:ok:0"]
+    assert make(server, max_retries=0, progress_path=progress).generate([request("flaky"), request("ok")]) == [
+        "",
+        "text:ok:0",
+    ]
     assert set(load_progress(progress)) == {"ok"}
     server.calls.clear()
-    assert make(server, progress_path=progress).generate([request("flaky"), request("ok")]) == \
-        ["text:flaky:0", "text:ok:0"]
+    assert make(server, progress_path=progress).generate([request("flaky"), request("ok")]) == [
+        "text:flaky:0",
+        "text:ok:0",
+    ]
     assert server.calls == ["flaky"]
 
 
@@ -323,11 +339,18 @@ def test_redirect_is_refused_and_the_token_never_reaches_the_other_origin(server
     assert "leaky" not in failure.detail and "sk-secret" not in failure.detail
 
 
-@pytest.mark.parametrize("url, ok", [
-    ("http://teacher.example.com/v1", False), ("http://10.1.2.3:8000/v1", False), ("http://127.1.foo/v1", False),
-    ("https://teacher.example.com/v1", True), ("http://localhost:8000/v1", True), ("http://127.0.0.2:8000/v1", True),
-    ("http://[::1]:8000/v1", True),
-])
+@pytest.mark.parametrize(
+    "url, ok",
+    [
+        ("http://teacher.example.com/v1", False),
+        ("http://10.1.2.3:8000/v1", False),
+        ("http://127.1.foo/v1", False),
+        ("https://teacher.example.com/v1", True),
+        ("http://localhost:8000/v1", True),
+        ("http://127.0.0.2:8000/v1", True),
+        ("http://[::1]:8000/v1", True),
+    ],
+)
 def test_an_api_key_needs_https_unless_the_host_is_loopback(url, ok):
     if ok:
         OpenAICompatibleGenerator(url, "m", api_key="sk-secret")
@@ -344,13 +367,18 @@ def test_credentials_in_base_url_are_refused_without_echoing_them():
     assert "hunter2" not in str(err.value)
 
 
-@pytest.mark.parametrize("url, expected", [
-    ("https://user:pw@api.example.com:8443/v1?key=abc&x=1#frag",
-     "https://api.example.com:8443/v1?key=REDACTED&x=REDACTED"),
-    ("http://127.0.0.1:8000/v1", "http://127.0.0.1:8000/v1"),
-    ("http://[::1]:9/v1?token", "http://[::1]:9/v1?token=REDACTED"),
-    ("http://host:notaport/v1", "<unparseable url>"),
-])
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        (
+            "https://user:pw@api.example.com:8443/v1?key=abc&x=1#frag",
+            "https://api.example.com:8443/v1?key=REDACTED&x=REDACTED",
+        ),
+        ("http://127.0.0.1:8000/v1", "http://127.0.0.1:8000/v1"),
+        ("http://[::1]:9/v1?token", "http://[::1]:9/v1?token=REDACTED"),
+        ("http://host:notaport/v1", "<unparseable url>"),
+    ],
+)
 def test_redact_url_removes_userinfo_and_query_values(url, expected):
     assert redact_url(url) == expected
 
@@ -420,8 +448,15 @@ def test_truncated_completions_are_counted_and_kept_from_the_verifier(server, tm
 
 def test_circuit_breaker_stops_a_dead_endpoint_early(tmp_path):
     """Before: every request spent all its retries (an hour for 925 requests against a server that was down)."""
-    gen = OpenAICompatibleGenerator("http://127.0.0.1:9/v1", "m", timeout=1.0, max_retries=1, concurrency=2,
-                                    max_consecutive_failures=3, sleep=lambda s: None)
+    gen = OpenAICompatibleGenerator(
+        "http://127.0.0.1:9/v1",
+        "m",
+        timeout=1.0,
+        max_retries=1,
+        concurrency=2,
+        max_consecutive_failures=3,
+        sleep=lambda s: None,
+    )
     with pytest.raises(TeacherUnavailable, match=r"http://127\.0\.0\.1:9/v1/chat/completions") as err:
         gen.generate([request(f"r{i}") for i in range(200)])
     assert err.value.consecutive >= 3 and f"{err.value.consecutive} consecutive" in str(err.value)
@@ -440,8 +475,14 @@ def test_circuit_breaker_keeps_progress_and_a_rerun_resumes(server, tmp_path):
             server.httpd.shutdown()
             server.httpd.server_close()
 
-    gen = make(server, concurrency=1, max_retries=1, max_consecutive_failures=3, progress_path=progress,
-               progress=stop_server_after_5)
+    gen = make(
+        server,
+        concurrency=1,
+        max_retries=1,
+        max_consecutive_failures=3,
+        progress_path=progress,
+        progress=stop_server_after_5,
+    )
     with pytest.raises(TeacherUnavailable, match="3 consecutive") as err:
         gen.generate(reqs)
     assert str(progress) in str(err.value)
@@ -506,11 +547,18 @@ def synthesis_world(tmp_path_factory, tax, ddx, kb):
         return out
 
     train = training_rows(samples, settings.ood_modalities, settings.ood_sources)
-    check = synthesize(train, tax, ddx, kb, CallableGenerator(template), types=("hierarchy",),
-                       image_features=_demo_features(settings), style="compact")
+    check = synthesize(
+        train,
+        tax,
+        ddx,
+        kb,
+        CallableGenerator(template),
+        types=("hierarchy",),
+        image_features=_demo_features(settings),
+        style="compact",
+    )
     assert check.counts["rejected"] == 0 and len(texts) >= 8
-    return {"settings": settings, "tax": tax, "ddx": ddx, "kb": kb, "samples": samples, "train": train,
-            "texts": texts}
+    return {"settings": settings, "tax": tax, "ddx": ddx, "kb": kb, "samples": samples, "train": train, "texts": texts}
 
 
 def _serve_template_texts(server: FakeServer, texts: dict[str, str]) -> None:
@@ -566,8 +614,12 @@ def _materialize(w: dict, config: dict, *, mlflow_enabled: bool):
     from skinr1_pipeline.defs.resources import MlflowTracking, PipelineHome
     from skinr1_pipeline.defs.synthesis_assets import build_synthesis_assets
 
-    upstream = {"unified_samples": w["samples"], "taxonomy_graph": w["tax"], "ddx_graph": w["ddx"],
-                "knowledge_base": w["kb"]}
+    upstream = {
+        "unified_samples": w["samples"],
+        "taxonomy_graph": w["tax"],
+        "ddx_graph": w["ddx"],
+        "knowledge_base": w["kb"],
+    }
 
     class Upstream(dg.IOManager):
         def handle_output(self, context, obj):
@@ -580,10 +632,18 @@ def _materialize(w: dict, config: dict, *, mlflow_enabled: bool):
     trajectories = build_synthesis_assets(settings)[0][1]
     return dg.materialize(
         [trajectories, *(dg.AssetSpec(key) for key in upstream)],
-        resources={"home": PipelineHome(home=str(settings.home)), "io_manager": Upstream(),
-                   "mlflow": MlflowTracking(tracking_uri=settings.mlflow_tracking_uri, enabled=mlflow_enabled,
-                                            experiment_name=settings.mlflow_experiment)},
-        run_config={"ops": {"skin_rationale_trajectories": {"config": config}}}, raise_on_error=False)
+        resources={
+            "home": PipelineHome(home=str(settings.home)),
+            "io_manager": Upstream(),
+            "mlflow": MlflowTracking(
+                tracking_uri=settings.mlflow_tracking_uri,
+                enabled=mlflow_enabled,
+                experiment_name=settings.mlflow_experiment,
+            ),
+        },
+        run_config={"ops": {"skin_rationale_trajectories": {"config": config}}},
+        raise_on_error=False,
+    )
 
 
 @pytest.mark.slow  # materializes the synthesis asset with MLflow on
@@ -595,34 +655,54 @@ def test_asset_takes_the_key_from_an_env_var_and_never_logs_it(server, synthesis
     monkeypatch.setenv("SKINR1_TEACHER_API_KEY", secret)
     _serve_template_texts(server, w["texts"])
     server.policy = _policy
-    config = {"generator": "openai", "base_url": server.url + "?tenant=t0p-s3cret", "api_model": "teacher-model",
-              "api_key": {"env": "SKINR1_TEACHER_API_KEY"}, "types": ["hierarchy"], "max_retries": 0,
-              "timeout": 5.0, "concurrency": 3, "extra_body": {"top_k": 20}}
+    config = {
+        "generator": "openai",
+        "base_url": server.url + "?tenant=t0p-s3cret",
+        "api_model": "teacher-model",
+        "api_key": {"env": "SKINR1_TEACHER_API_KEY"},
+        "types": ["hierarchy"],
+        "max_retries": 0,
+        "timeout": 5.0,
+        "concurrency": 3,
+        "extra_body": {"top_k": 20},
+    }
     result = _materialize(w, config, mlflow_enabled=True)
     assert result.success
     assert {h.get("Authorization") for h in server.headers} == {f"Bearer {secret}"}
     assert all(b["top_k"] == 20 for b in server.bodies)
     assert secret not in json.dumps(result.dagster_run.run_config)  # Dagster stores the variable's name only
-    meta = {k: v.value for k, v in result.asset_materializations_for_node("skin_rationale_trajectories")[0]
-            .metadata.items()}
+    meta = {
+        k: v.value for k, v in result.asset_materializations_for_node("skin_rationale_trajectories")[0].metadata.items()
+    }
     assert meta["transport_failed"] > 0 and meta["rejected"] == 0
     assert "http_503" in meta["transport_failures"] and "truncated" in meta["transport_failures"]
     assert "http_503" not in meta["rejections_by_reason"] and "t0p-s3cret" not in meta["teacher_endpoint"]
     client = mlflow.MlflowClient(tracking_uri=w["settings"].mlflow_tracking_uri)
-    run = client.search_runs([client.get_experiment_by_name(w["settings"].mlflow_experiment).experiment_id],
-                             filter_string="tags.`dagster.asset_key` = 'skin_rationale_trajectories'")[0]
+    run = client.search_runs(
+        [client.get_experiment_by_name(w["settings"].mlflow_experiment).experiment_id],
+        filter_string="tags.`dagster.asset_key` = 'skin_rationale_trajectories'",
+    )[0]
     logged = json.dumps(run.data.params) + json.dumps(run.data.metrics)
     assert secret not in logged and "t0p-s3cret" not in logged and run.data.params["api_key_set"].lower() == "true"
     assert run.data.params["base_url"].endswith("/v1?tenant=REDACTED")
-    assert run.data.metrics["transport_failed"] == meta["transport_failed"] and "transport_failures/truncated" in \
-        run.data.metrics
+    assert (
+        run.data.metrics["transport_failed"] == meta["transport_failed"]
+        and "transport_failures/truncated" in run.data.metrics
+    )
 
 
 def test_asset_fails_fast_and_clearly_when_the_teacher_is_down(server, synthesis_world):
     w = synthesis_world
     server.policy = lambda rid: "503"
-    config = {"generator": "openai", "base_url": server.url, "api_model": "down-model", "types": ["hierarchy"],
-              "max_retries": 0, "max_consecutive_failures": 3, "concurrency": 1}
+    config = {
+        "generator": "openai",
+        "base_url": server.url,
+        "api_model": "down-model",
+        "types": ["hierarchy"],
+        "max_retries": 0,
+        "max_consecutive_failures": 3,
+        "concurrency": 1,
+    }
     result = _materialize(w, config, mlflow_enabled=False)
     assert not result.success
     failure = result.failure_data_for_node("skin_rationale_trajectories")
@@ -636,8 +716,14 @@ def test_synthesis_config_validates_transport_settings():
 
     from skinr1_pipeline.defs.synthesis_assets import SynthesisConfig, config_params
 
-    for bad in ({"concurrency": 0}, {"timeout": 0}, {"max_retries": -1}, {"max_response_bytes": 10},
-                {"max_consecutive_failures": 0}, {"extra_body": {"model": "x"}}):
+    for bad in (
+        {"concurrency": 0},
+        {"timeout": 0},
+        {"max_retries": -1},
+        {"max_response_bytes": 10},
+        {"max_consecutive_failures": 0},
+        {"extra_body": {"model": "x"}},
+    ):
         with pytest.raises(ValidationError, match=next(iter(bad))):
             SynthesisConfig(**bad)
     config = SynthesisConfig(api_key="sk-literal", base_url="https://u:p@api.example.com/v1?key=k")

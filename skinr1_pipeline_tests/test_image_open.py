@@ -101,8 +101,14 @@ def test_training_loader_is_bound_and_gives_the_processors_size(tmp_path: Path, 
     from skinr1_pipeline.training.sft import load_trajectory_dataset
 
     def dataset(image: Path):
-        rows = pd.DataFrame({"sample_id": ["s1"], "image_path": [str(image)], "prompt": ["Which lesion?"],
-                             "completion": ["<thinking>x</thinking><diagnosis>nevus</diagnosis>"]})
+        rows = pd.DataFrame(
+            {
+                "sample_id": ["s1"],
+                "image_path": [str(image)],
+                "prompt": ["Which lesion?"],
+                "completion": ["<thinking>x</thinking><diagnosis>nevus</diagnosis>"],
+            }
+        )
         rows.to_parquet(tmp_path / "t.parquet")
         return load_trajectory_dataset(tmp_path / "t.parquet", max_pixels=112 * 112, system=None)
 
@@ -150,8 +156,10 @@ def test_served_images_are_bound(tmp_path: Path, monkeypatch) -> None:
 
 # --- one resize rule: the processor's grid -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("max_pixels,min_pixels", [(112 * 112, 56 * 56), (448 * 448, 56 * 56), (12_845_056, 3136),
-                                                   (224 * 224, 200 * 200)])
+
+@pytest.mark.parametrize(
+    "max_pixels,min_pixels", [(112 * 112, 56 * 56), (448 * 448, 56 * 56), (12_845_056, 3136), (224 * 224, 200 * 200)]
+)
 def test_model_size_is_the_qwen_processors_own_target_size(max_pixels: int, min_pixels: int) -> None:
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 

@@ -362,7 +362,7 @@ def test_cmyk_jpeg_is_unsupported_mode(tmp_path: Path) -> None:
 
 
 def test_16_bit_png_is_unsupported_mode(tmp_path: Path) -> None:
-    im = Image.fromarray((np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 60))
+    im = Image.fromarray(np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 60)
     path = _write(tmp_path, "deep.png", _encode(im, "PNG"))
     assert Image.open(path).mode.startswith("I;16")
     check = inspect_image(path)
@@ -700,11 +700,13 @@ def test_index_image_files_never_indexes_symlinks_leading_out_of_the_root(tmp_pa
     index = index_image_files(root, outside=outside)
     assert set(index) == {"isic_1", "isic_3"}
     assert all(str(p.resolve()).startswith(str(root.resolve())) for ps in index.values() for p in ps)
-    assert sorted(outside) == sorted([
-        (root / "part_1" / "ISIC_2.jpg", secret.resolve()),
-        (root / "part_2", (tmp_path / "elsewhere" / "deep").resolve()),
-        (root / "ISIC_4.jpg", (tmp_path / "nowhere.jpg").resolve()),
-    ])
+    assert sorted(outside) == sorted(
+        [
+            (root / "part_1" / "ISIC_2.jpg", secret.resolve()),
+            (root / "part_2", (tmp_path / "elsewhere" / "deep").resolve()),
+            (root / "ISIC_4.jpg", (tmp_path / "nowhere.jpg").resolve()),
+        ]
+    )
     assert index_image_files(root) == index  # the collector is optional; containment is not
 
 

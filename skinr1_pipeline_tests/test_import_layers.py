@@ -97,8 +97,11 @@ def test_no_import_runs_up_the_layers() -> None:
 
 
 def test_every_unit_of_the_package_has_a_layer() -> None:
-    units = {p.stem if p.is_file() else p.name for p in ROOT.iterdir()
-             if (p.suffix == ".py" and p.stem != "__init__") or (p.is_dir() and (p / "__init__.py").is_file())}
+    units = {
+        p.stem if p.is_file() else p.name
+        for p in ROOT.iterdir()
+        if (p.suffix == ".py" and p.stem != "__init__") or (p.is_dir() and (p / "__init__.py").is_file())
+    }
     placed = {unit for _, group in LAYERS for unit in group}
     assert units == placed
 
@@ -113,7 +116,8 @@ def test_the_check_finds_a_back_edge_and_resolves_relative_imports(tmp_path: Pat
     (pkg / "storage" / "atomic.py").write_text("def write():\n    from skinr1_pipeline.training import sft\n")
     imports = package_imports(pkg)
     assert ("skinr1_pipeline.training.sft", "skinr1_pipeline.storage", 1) in imports
-    assert back_edges(imports) == ["skinr1_pipeline.storage.atomic:2 -> skinr1_pipeline.training "
-                                   "(foundation -> training)"]
+    assert back_edges(imports) == [
+        "skinr1_pipeline.storage.atomic:2 -> skinr1_pipeline.training (foundation -> training)"
+    ]
     with pytest.raises(KeyError, match="'nowhere' is in no layer"):
         layer_of("skinr1_pipeline.nowhere.x")

@@ -17,7 +17,6 @@ from skinr1_pipeline.storage.atomic import TEMP_SUFFIX
 from skinr1_pipeline.storage.run_folders import is_complete, latest_complete, run_folders
 from skinr1_pipeline_tests.kill_target import materialize
 
-
 pytestmark = pytest.mark.slow
 
 
@@ -42,8 +41,11 @@ def _kill_when(proc: subprocess.Popen, seen, timeout: float = 240.0) -> None:
 
 
 def _spawn(home: Path, rows: int, value_items: int, tag: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "skinr1_pipeline_tests.kill_target", str(home), str(rows),
-                             str(value_items), tag], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, "-m", "skinr1_pipeline_tests.kill_target", str(home), str(rows), str(value_items), tag],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def _good_state(home: Path) -> tuple[Path, dict]:

@@ -146,8 +146,7 @@ def test_absent_feature_overlap_and_level_rules(raw, tax, ddx):
     del raw["levels"]["benign_melanocytic"]
     msg = _error(raw, tax, ddx)
     assert "level 'neoplastic', field 'rationale': expected no lesion-feature words" in msg
-    assert ("entry 'solar_lentigo', field 'levels': expected a level note for its ancestor 'benign_melanocytic'"
-            in msg)
+    assert "entry 'solar_lentigo', field 'levels': expected a level note for its ancestor 'benign_melanocytic'" in msg
 
 
 def test_feature_mentions_longest_form_wins():

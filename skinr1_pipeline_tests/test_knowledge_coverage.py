@@ -79,8 +79,7 @@ def test_classes_reasoned_from_an_ancestor_are_the_known_subtypes(coverage):
 def test_removing_an_entry_shows_up_as_a_gap(tax, kb, maps):
     without = set(kb.entries) - {"eczema", "hair_disorders"}
     gaps = uncovered_classes(knowledge_coverage(tax, without, maps, datasets=SUPPORTED_DATASETS))
-    assert gaps == {"dermnet": ["eczema", "hair_disorders"], "fitzpatrick17k": ["eczema"],
-                    "omnimedvqa": ["eczema"]}
+    assert gaps == {"dermnet": ["eczema", "hair_disorders"], "fitzpatrick17k": ["eczema"], "omnimedvqa": ["eczema"]}
     # an own entry that an ancestor would still catch is reported as ancestor coverage, not silently accepted
     moved = knowledge_coverage(tax, set(kb.entries) - {"scabies"}, maps, datasets=["fitzpatrick17k"])
     row = moved.set_index("node").loc["scabies"]
@@ -121,11 +120,22 @@ def test_nearest_entry_agrees_with_the_knowledge_base(tax, kb):
 # ---------------------------------------------------------------------------------------------- tiny hand-built world
 def _entry(**over) -> dict:
     base = {
-        "source": "test chapter", "morphology": "A test lesion.", "dermoscopy": "Test pattern.", "sites": ["arm"],
-        "demographics": "Adults.", "behaviour": "Benign.",
-        "features": {"colours": ["pink"], "elevation": ["raised"], "vessels": ["none"], "scale": ["none"],
-                     "surface": ["smooth"], "structures": []},
-        "absent": {}, "ddx": {},
+        "source": "test chapter",
+        "morphology": "A test lesion.",
+        "dermoscopy": "Test pattern.",
+        "sites": ["arm"],
+        "demographics": "Adults.",
+        "behaviour": "Benign.",
+        "features": {
+            "colours": ["pink"],
+            "elevation": ["raised"],
+            "vessels": ["none"],
+            "scale": ["none"],
+            "surface": ["smooth"],
+            "structures": [],
+        },
+        "absent": {},
+        "ddx": {},
     }
     return {**base, **over}
 
@@ -133,16 +143,30 @@ def _entry(**over) -> dict:
 @pytest.fixture(scope="module")
 def tiny():
     """root > rash (group, entry) > {itchy_rash (no entry), dry_rash (own entry)}; root > bump (no entry, no kids)."""
-    tax = Taxonomy.from_dict({"root": {
-        "id": "root", "kind": "category", "behaviour": "non_neoplastic", "lineage": "any", "children": [
-            {"id": "rash", "kind": "group", "children": [{"id": "itchy_rash"}, {"id": "dry_rash"}]},
-            {"id": "bump"},
-        ]}})
+    tax = Taxonomy.from_dict(
+        {
+            "root": {
+                "id": "root",
+                "kind": "category",
+                "behaviour": "non_neoplastic",
+                "lineage": "any",
+                "children": [
+                    {"id": "rash", "kind": "group", "children": [{"id": "itchy_rash"}, {"id": "dry_rash"}]},
+                    {"id": "bump"},
+                ],
+            }
+        }
+    )
     ddx = DDxGraph.from_dict({"groups": []}, tax)
     kb = knowledge_base_from_dict(
-        {"entries": {"rash": _entry(), "dry_rash": _entry()},
-         "levels": {"root": {"rationale": "It is a skin condition.", "cues": []}}},
-        tax, ddx, profiles={})
+        {
+            "entries": {"rash": _entry(), "dry_rash": _entry()},
+            "levels": {"root": {"rationale": "It is a skin condition.", "cues": []}},
+        },
+        tax,
+        ddx,
+        profiles={},
+    )
     maps = {
         "alpha": LabelMap("alpha", "label", {"itchy": "itchy_rash", "dry": "dry_rash", "lump": "bump"}),
         "beta": LabelMap("beta", "folder | stem", {"rashes": "rash"}, refine=True, fine_labels={"eczema": "dry_rash"}),
@@ -155,8 +179,13 @@ def test_tiny_coverage_self_ancestor_and_missing(tiny):
     cov = knowledge_coverage(tax, kb, maps)
     assert list(cov.columns) == COVERAGE_COLUMNS
     rows = {(r.dataset, r.node): r for r in cov.itertuples(index=False)}
-    assert set(rows) == {("alpha", "bump"), ("alpha", "dry_rash"), ("alpha", "itchy_rash"),
-                         ("beta", "rash"), ("beta", "dry_rash")}
+    assert set(rows) == {
+        ("alpha", "bump"),
+        ("alpha", "dry_rash"),
+        ("alpha", "itchy_rash"),
+        ("beta", "rash"),
+        ("beta", "dry_rash"),
+    }
     assert (rows["alpha", "dry_rash"].entry, rows["alpha", "dry_rash"].covered_by) == ("dry_rash", "self")
     assert (rows["alpha", "itchy_rash"].entry, rows["alpha", "itchy_rash"].covered_by) == ("rash", "ancestor")
     assert rows["alpha", "bump"].entry is None and rows["alpha", "bump"].covered_by is None
@@ -175,22 +204,32 @@ def test_tiny_summary_and_gaps(tiny):
     summary = coverage_summary(cov).set_index("dataset")
     assert list(coverage_summary(cov).columns) == SUMMARY_COLUMNS
     alpha = summary.loc["alpha"]
-    assert (alpha["classes"], alpha["covered"], alpha["own_entry"], alpha["ancestor_entry"], alpha["uncovered"]) \
-        == (3, 2, 1, 1, 1)
+    assert (alpha["classes"], alpha["covered"], alpha["own_entry"], alpha["ancestor_entry"], alpha["uncovered"]) == (
+        3,
+        2,
+        1,
+        1,
+        1,
+    )
     assert alpha["coverage"] == pytest.approx(2 / 3) and alpha["uncovered_nodes"] == ["bump"]
     assert summary.loc["beta", "coverage"] == 1.0
     assert uncovered_classes(cov) == {"alpha": ["bump"]}
     # a bare collection of node ids works the same as the knowledge base
     assert knowledge_coverage(tax, {"rash", "dry_rash"}, maps).equals(cov)
-    assert uncovered_classes(knowledge_coverage(tax, set(), maps)) == {"alpha": ["bump", "dry_rash", "itchy_rash"],
-                                                                       "beta": ["dry_rash", "rash"]}
+    assert uncovered_classes(knowledge_coverage(tax, set(), maps)) == {
+        "alpha": ["bump", "dry_rash", "itchy_rash"],
+        "beta": ["dry_rash", "rash"],
+    }
 
 
 def test_tiny_refinement_rows_and_errors(tiny):
     tax, kb, maps = tiny
     cov = knowledge_coverage(tax, kb, maps, datasets=["beta"], include_refinement=True)
-    assert dict(zip(cov["node"], cov["source"])) == {"rash": "label", "dry_rash": "fine_label",
-                                                     "itchy_rash": "refinement"}
+    assert dict(zip(cov["node"], cov["source"])) == {
+        "rash": "label",
+        "dry_rash": "fine_label",
+        "itchy_rash": "refinement",
+    }
     assert cov.set_index("node").loc["itchy_rash", "raw_labels"] == ()
     assert knowledge_coverage(tax, kb, maps, datasets=["alpha"], include_refinement=True)["source"].eq("label").all()
     with pytest.raises(KeyError, match="no label map"):

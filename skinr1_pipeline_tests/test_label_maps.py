@@ -10,33 +10,108 @@ from skinr1_pipeline.knowledge.label_maps import LabelMap, LabelMapError, Unmapp
 from skinr1_pipeline.knowledge.taxonomy import Taxonomy, normalize_label
 
 DATASETS = {
-    "ham10000", "bcn20000", "isic2019", "pad_ufes_20", "derm7pt", "derm12345", "dermnet", "fitzpatrick17k", "omnimedvqa",
-}  # fmt: skip
+    "ham10000",
+    "bcn20000",
+    "isic2019",
+    "pad_ufes_20",
+    "derm7pt",
+    "derm12345",
+    "dermnet",
+    "fitzpatrick17k",
+    "omnimedvqa",
+}
 HAM = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
 PAD = ["ACK", "BCC", "MEL", "NEV", "SCC", "SEK"]
 BCN = ["NV", "MEL", "SCC", "BKL", "BCC", "AK", "DF", "VASC"]
 DERM7PT = [
-    "basal cell carcinoma", "blue nevus", "clark nevus", "combined nevus", "congenital nevus", "dermal nevus",
-    "recurrent nevus", "reed or spitz nevus", "melanoma", "melanoma (in situ)", "melanoma (less than 0.76 mm)",
-    "melanoma (0.76 to 1.5 mm)", "melanoma (more than 1.5 mm)", "melanoma metastasis", "dermatofibroma", "lentigo",
-    "melanosis", "miscellaneous", "seborrheic keratosis", "vascular lesion",
-]  # fmt: skip
+    "basal cell carcinoma",
+    "blue nevus",
+    "clark nevus",
+    "combined nevus",
+    "congenital nevus",
+    "dermal nevus",
+    "recurrent nevus",
+    "reed or spitz nevus",
+    "melanoma",
+    "melanoma (in situ)",
+    "melanoma (less than 0.76 mm)",
+    "melanoma (0.76 to 1.5 mm)",
+    "melanoma (more than 1.5 mm)",
+    "melanoma metastasis",
+    "dermatofibroma",
+    "lentigo",
+    "melanosis",
+    "miscellaneous",
+    "seborrheic keratosis",
+    "vascular lesion",
+]
 DERM12345 = [
-    "acb", "acd", "ajb", "ajd", "ak", "alm", "angk", "anm", "bcc", "bd", "bdb", "cb", "ccb", "ccd", "cd", "ch", "cjb",
-    "db", "df", "dfsp", "ha", "isl", "jb", "jd", "ks", "la", "lk", "lm", "lmm", "ls", "mcb", "mel", "mpd", "pg", "rd",
-    "sa", "scc", "sk", "sl", "srjd",
-]  # fmt: skip
+    "acb",
+    "acd",
+    "ajb",
+    "ajd",
+    "ak",
+    "alm",
+    "angk",
+    "anm",
+    "bcc",
+    "bd",
+    "bdb",
+    "cb",
+    "ccb",
+    "ccd",
+    "cd",
+    "ch",
+    "cjb",
+    "db",
+    "df",
+    "dfsp",
+    "ha",
+    "isl",
+    "jb",
+    "jd",
+    "ks",
+    "la",
+    "lk",
+    "lm",
+    "lmm",
+    "ls",
+    "mcb",
+    "mel",
+    "mpd",
+    "pg",
+    "rd",
+    "sa",
+    "scc",
+    "sk",
+    "sl",
+    "srjd",
+]
 DERMNET_FOLDERS = [
-    "Acne and Rosacea Photos", "Actinic Keratosis Basal Cell Carcinoma and other Malignant Lesions",
-    "Atopic Dermatitis Photos", "Bullous Disease Photos", "Cellulitis Impetigo and other Bacterial Infections",
-    "Eczema Photos", "Exanthems and Drug Eruptions", "Hair Loss Photos Alopecia and other Hair Diseases",
-    "Herpes HPV and other STDs Photos", "Light Diseases and Disorders of Pigmentation",
-    "Lupus and other Connective Tissue diseases", "Melanoma Skin Cancer Nevi and Moles",
-    "Nail Fungus and other Nail Disease", "Poison Ivy Photos and other Contact Dermatitis",
-    "Psoriasis pictures Lichen Planus and related diseases", "Scabies Lyme Disease and other Infestations and Bites",
-    "Seborrheic Keratoses and other Benign Tumors", "Systemic Disease", "Tinea Ringworm Candidiasis and other Fungal Infections",
-    "Urticaria Hives", "Vascular Tumors", "Vasculitis Photos", "Warts Molluscum and other Viral Infections",
-]  # fmt: skip
+    "Acne and Rosacea Photos",
+    "Actinic Keratosis Basal Cell Carcinoma and other Malignant Lesions",
+    "Atopic Dermatitis Photos",
+    "Bullous Disease Photos",
+    "Cellulitis Impetigo and other Bacterial Infections",
+    "Eczema Photos",
+    "Exanthems and Drug Eruptions",
+    "Hair Loss Photos Alopecia and other Hair Diseases",
+    "Herpes HPV and other STDs Photos",
+    "Light Diseases and Disorders of Pigmentation",
+    "Lupus and other Connective Tissue diseases",
+    "Melanoma Skin Cancer Nevi and Moles",
+    "Nail Fungus and other Nail Disease",
+    "Poison Ivy Photos and other Contact Dermatitis",
+    "Psoriasis pictures Lichen Planus and related diseases",
+    "Scabies Lyme Disease and other Infestations and Bites",
+    "Seborrheic Keratoses and other Benign Tumors",
+    "Systemic Disease",
+    "Tinea Ringworm Candidiasis and other Fungal Infections",
+    "Urticaria Hives",
+    "Vascular Tumors",
+    "Vasculitis Photos",
+    "Warts Molluscum and other Viral Infections",
+]
 SEB_FOLDER = "Seborrheic Keratoses and other Benign Tumors"
 
 
@@ -72,9 +147,15 @@ def test_every_target_exists(maps: dict[str, LabelMap], tax: Taxonomy) -> None:
 
 @pytest.mark.parametrize(
     ("dataset", "vocabulary"),
-    [("ham10000", HAM), ("pad_ufes_20", PAD), ("derm7pt", DERM7PT), ("bcn20000", BCN), ("isic2019", [*BCN, "UNK"]),
-     ("derm12345", DERM12345)],
-)  # fmt: skip
+    [
+        ("ham10000", HAM),
+        ("pad_ufes_20", PAD),
+        ("derm7pt", DERM7PT),
+        ("bcn20000", BCN),
+        ("isic2019", [*BCN, "UNK"]),
+        ("derm12345", DERM12345),
+    ],
+)
 def test_vocabulary_fully_maps(maps: dict[str, LabelMap], tax: Taxonomy, dataset: str, vocabulary: list[str]) -> None:
     mapped, report = maps[dataset].map_frame(frame(vocabulary), tax)
     assert report["coverage"] == 1.0
@@ -155,8 +236,11 @@ def test_unmapped_labels_error_lists_every_label_count_and_file(maps: dict[str, 
         maps["ham10000"].map_frame(records, tax)
     err = info.value
     assert sorted((u["label"], u["count"], u["file"]) for u in err.unmapped) == [
-        ("<missing>", 1, "a.csv"), ("abc", 1, "a.csv"), ("xyz", 1, "b.csv"), ("xyz", 2, "a.csv"),
-    ]  # fmt: skip
+        ("<missing>", 1, "a.csv"),
+        ("abc", 1, "a.csv"),
+        ("xyz", 1, "b.csv"),
+        ("xyz", 2, "a.csv"),
+    ]
     assert all(u["dataset"] == "ham10000" for u in err.unmapped)
     message = str(err)
     assert "'xyz': 2 row(s) in a.csv" in message and "'xyz': 1 row(s) in b.csv" in message
@@ -188,7 +272,11 @@ def test_empty_frame(maps: dict[str, LabelMap], tax: Taxonomy) -> None:
         ("Tinea Ringworm Candidiasis and other Fungal Infections|tinea versicolor", "pityriasis_versicolor", True),
         ("Scabies Lyme Disease and other Infestations and Bites|lyme disease", "lyme_disease", True),  # refine_within
         ("Melanoma Skin Cancer Nevi and Moles|malignant melanoma", "melanoma", True),
-        ("Actinic Keratosis Basal Cell Carcinoma and other Malignant Lesions|basal cell carcinoma face", "basal_cell_carcinoma", True),
+        (
+            "Actinic Keratosis Basal Cell Carcinoma and other Malignant Lesions|basal cell carcinoma face",
+            "basal_cell_carcinoma",
+            True,
+        ),
         ("Atopic Dermatitis Photos|eczema", "atopic_dermatitis", False),  # coarser than the folder: keep folder
         ("Exanthems and Drug Eruptions|fixed drug eruption", "fixed_drug_eruption", True),
         ("Exanthems and Drug Eruptions|measles", "measles", True),
@@ -203,7 +291,11 @@ def test_dermnet_refinement(maps: dict[str, LabelMap], tax: Taxonomy, raw: str, 
 
 
 def test_dermnet_report_counts_refined_and_fallback(maps: dict[str, LabelMap], tax: Taxonomy) -> None:
-    labels = [f"{SEB_FOLDER}|seborrheic keratosis irritated"] * 3 + [f"{SEB_FOLDER}|"] * 2 + ["Vascular Tumors|kaposi sarcoma"]
+    labels = (
+        [f"{SEB_FOLDER}|seborrheic keratosis irritated"] * 3
+        + [f"{SEB_FOLDER}|"] * 2
+        + ["Vascular Tumors|kaposi sarcoma"]
+    )
     mapped, report = maps["dermnet"].map_frame(frame(labels), tax)
     assert report["refined_rows"] == 4  # kaposi sarcoma refines into the malignant-vascular extra subtree
     assert report["coarse_fallback_rows"] == 2
@@ -219,13 +311,31 @@ def test_dermnet_unmapped_folder_is_reported_by_folder(maps: dict[str, LabelMap]
 
 def test_refinement_on_a_small_taxonomy() -> None:
     small = Taxonomy.from_dict(
-        {"root": {"id": "root", "kind": "category", "behaviour": "mixed", "lineage": "any", "children": [
-            {"id": "fungal", "kind": "group", "behaviour": "non_neoplastic", "lineage": "infectious", "children": [
-                {"id": "tinea", "synonyms": ["ringworm"], "children": [{"id": "tinea_corporis"}]}]},
-            {"id": "bacterial", "kind": "group", "behaviour": "non_neoplastic", "lineage": "infectious", "children": [
-                {"id": "impetigo"}]},
-        ]}}
-    )  # fmt: skip
+        {
+            "root": {
+                "id": "root",
+                "kind": "category",
+                "behaviour": "mixed",
+                "lineage": "any",
+                "children": [
+                    {
+                        "id": "fungal",
+                        "kind": "group",
+                        "behaviour": "non_neoplastic",
+                        "lineage": "infectious",
+                        "children": [{"id": "tinea", "synonyms": ["ringworm"], "children": [{"id": "tinea_corporis"}]}],
+                    },
+                    {
+                        "id": "bacterial",
+                        "kind": "group",
+                        "behaviour": "non_neoplastic",
+                        "lineage": "infectious",
+                        "children": [{"id": "impetigo"}],
+                    },
+                ],
+            }
+        }
+    )
     lm = LabelMap(
         dataset="toy",
         label_field="folder",
@@ -246,7 +356,9 @@ def test_override_dir_extends_and_overrides(tax: Taxonomy, tmp_path) -> None:
     (tmp_path / "ham.yaml").write_text(
         "dataset: ham10000\nlabel_field: dx\nlabels:\n  mel: melanoma_in_situ\n  ham_extra: dermatofibroma\n", "utf-8"
     )
-    (tmp_path / "mine.yml").write_text("dataset: my_clinic\nlabel_field: dx\nlabels:\n  Mole: melanocytic_nevus\n", "utf-8")
+    (tmp_path / "mine.yml").write_text(
+        "dataset: my_clinic\nlabel_field: dx\nlabels:\n  Mole: melanocytic_nevus\n", "utf-8"
+    )
     maps = load_label_maps(tax, extra_dir=tmp_path)
     assert maps["ham10000"].lookup("mel") == "melanoma_in_situ"  # overridden
     assert maps["ham10000"].lookup("HAM_EXTRA") == "dermatofibroma"  # added

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from skinr1_pipeline.data.loaders import ham10000, omnimedvqa
-from skinr1_pipeline.messages import capped, capped_list
 from skinr1_pipeline.data.schema import DatasetFormatError
 from skinr1_pipeline.knowledge.label_maps import LabelMapError, UnmappedLabelsError, load_label_maps
+from skinr1_pipeline.messages import capped, capped_list
 from skinr1_pipeline_tests import loader_fixtures_a as fx
 from skinr1_pipeline_tests import loader_fixtures_b as fxb
 
@@ -88,8 +88,10 @@ def test_a_long_column_name_is_capped_in_the_missing_column_error(tmp_path: Path
 
 def test_a_20_mb_answer_in_a_question_file_is_capped_in_its_quarantine_detail(tmp_path: Path) -> None:
     options = ["Melanoma", "Melanocytic nevus", "o" * LONG]
-    items = [fxb.omni_item("q1", "ISIC2018", "Images/ISIC2018/a.jpg", "a" * HUGE, options),
-             fxb.omni_item("q2", "ISIC2018", "Images/ISIC2018/b.jpg", "Melanoma", options)]
+    items = [
+        fxb.omni_item("q1", "ISIC2018", "Images/ISIC2018/a.jpg", "a" * HUGE, options),
+        fxb.omni_item("q2", "ISIC2018", "Images/ISIC2018/b.jpg", "Melanoma", options),
+    ]
     fxb.build_omnimedvqa(tmp_path, {"Open-access/ISIC2018.json": items})
     loaded = omnimedvqa.load(tmp_path)
     detail = loaded.quarantine.set_index("sample_id").loc["omnimedvqa/q1", "detail"]
@@ -113,8 +115,9 @@ def test_duplicate_sample_ids_are_counted_and_quoted_short() -> None:
     from skinr1_pipeline.data.schema import RECORD_COLUMNS, LoadedDataset
 
     long_id = "x" * 5_000_000
-    records = pd.DataFrame([{c: None for c in RECORD_COLUMNS} | {"sample_id": sid}
-                            for sid in [long_id, long_id, "a", "a"]])
+    records = pd.DataFrame(
+        [{c: None for c in RECORD_COLUMNS} | {"sample_id": sid} for sid in [long_id, long_id, "a", "a"]]
+    )
     with pytest.raises(DatasetFormatError) as err:
         LoadedDataset(name="toy", root=Path("toy"), records=records)
     assert "2 duplicate sample ids" in str(err.value) and len(str(err.value)) < 1000

@@ -9,8 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from skinr1_pipeline.data.loaders import get_loader, load_dataset
-from skinr1_pipeline.data.loaders import derm12345, dermnet, fitzpatrick17k, omnimedvqa
+from skinr1_pipeline.data.loaders import derm12345, dermnet, fitzpatrick17k, get_loader, load_dataset, omnimedvqa
 from skinr1_pipeline.data.schema import QUARANTINE_COLUMNS, RECORD_COLUMNS, DatasetFormatError, LoadedDataset
 from skinr1_pipeline_tests import loader_fixtures_b as fx
 
@@ -237,10 +236,12 @@ def test_omnimedvqa_image_paths_stay_inside_the_dataset(tmp_path: Path) -> None:
     """A question file must not make ingest read any file: '..' steps, absolute paths and symlinks that leave the
     dataset folder are quarantined as outside_root (the files exist, so they would otherwise be indexed)."""
     answer = ["Melanoma", "Melanocytic nevus", "Dermatofibroma", "Basal cell carcinoma"]
-    items = [fx.omni_item("escape", "ISIC2018", "Images/../../outside/x.jpg", "Melanoma", answer),
-             fx.omni_item("absolute", "ISIC2018", str(tmp_path / "outside" / "x.jpg"), "Melanoma", answer),
-             fx.omni_item("dotted", "ISIC2018", "./Images/ISIC2018/ok.jpg", "Melanoma", answer),
-             fx.omni_item("hidden", "ISIC2018", ".cache/h.jpg", "Melanoma", answer)]
+    items = [
+        fx.omni_item("escape", "ISIC2018", "Images/../../outside/x.jpg", "Melanoma", answer),
+        fx.omni_item("absolute", "ISIC2018", str(tmp_path / "outside" / "x.jpg"), "Melanoma", answer),
+        fx.omni_item("dotted", "ISIC2018", "./Images/ISIC2018/ok.jpg", "Melanoma", answer),
+        fx.omni_item("hidden", "ISIC2018", ".cache/h.jpg", "Melanoma", answer),
+    ]
     inner = fx.build_omnimedvqa(tmp_path, {"Open-access/ISIC2018.json": items})
     (inner / "Images" / "linked").symlink_to(tmp_path / "outside", target_is_directory=True)
     linked = fx.omni_item("linked", "ISIC2018", "Images/linked/x.jpg", "Melanoma", answer)
@@ -279,10 +280,14 @@ def test_omnimedvqa_questions_for_evaluation(tmp_path: Path) -> None:
 
 
 def test_omnimedvqa_inner_root_and_tolerant_file_names(tmp_path: Path) -> None:
-    item = fx.omni_item("mpx_1", "Monkeypox Skin Image 2022", "Images/Monkeypox/m1.jpg", "Monkeypox",
-                        ["Chickenpox", "Measles", "Monkeypox", "Normal"])  # fmt: skip
-    item2 = fx.omni_item("f17_1", "Fitzpatrick 17k", "Images/Fitz/a.jpg", " psoriasis ",
-                         ["Eczema", "Psoriasis."])  # fmt: skip
+    item = fx.omni_item(
+        "mpx_1",
+        "Monkeypox Skin Image 2022",
+        "Images/Monkeypox/m1.jpg",
+        "Monkeypox",
+        ["Chickenpox", "Measles", "Monkeypox", "Normal"],
+    )
+    item2 = fx.omni_item("f17_1", "Fitzpatrick 17k", "Images/Fitz/a.jpg", " psoriasis ", ["Eczema", "Psoriasis."])
     files = {"Open-access/monkeypox_skin_image_2022.json": [item], "Open-access/fitzpatrick17k.JSON": [item2]}
     inner = fx.build_omnimedvqa(tmp_path, files)
     loaded = omnimedvqa.load(inner)

@@ -14,8 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from skinr1_pipeline.data.loaders import get_loader
-from skinr1_pipeline.data.loaders import bcn20000, derm7pt, ham10000, isic2019, pad_ufes_20
+from skinr1_pipeline.data.loaders import bcn20000, derm7pt, get_loader, ham10000, isic2019, pad_ufes_20
 from skinr1_pipeline.data.loaders.common import RowChecks
 from skinr1_pipeline.data.schema import QUARANTINE_COLUMNS, RECORD_COLUMNS, DatasetFormatError, LoadedDataset
 from skinr1_pipeline_tests import loader_fixtures_a as fx
@@ -66,7 +65,9 @@ def test_ham_dataverse_layout(tmp_path: Path) -> None:
     assert Path(first["image_path"]).parent.name == "HAM10000_images_part_1"
     unknown = records.set_index("sample_id").loc["ham10000/ISIC_0026769"]
     assert pd.isna(unknown["age"]) and unknown["sex"] is None
-    assert Path(records.set_index("sample_id").loc["ham10000/ISIC_0025030", "image_path"]).parent.name.endswith("part_2")
+    assert Path(records.set_index("sample_id").loc["ham10000/ISIC_0025030", "image_path"]).parent.name.endswith(
+        "part_2"
+    )
 
 
 @pytest.mark.parametrize(
@@ -107,9 +108,11 @@ def test_ham_with_isic2018_one_hot_test_set(tmp_path: Path) -> None:
     records = check_contract(loaded, "ham10000")
     test = records[records["official_split"] == "test"]
     assert dict(zip(test["sample_id"], test["raw_label"])) == {
-        "ham10000/ISIC_0034524": "nv", "ham10000/ISIC_0034525": "mel",
-        "ham10000/ISIC_0034526": "bkl", "ham10000/ISIC_0034527": "vasc",
-    }  # fmt: skip
+        "ham10000/ISIC_0034524": "nv",
+        "ham10000/ISIC_0034525": "mel",
+        "ham10000/ISIC_0034526": "bkl",
+        "ham10000/ISIC_0034527": "vasc",
+    }
     assert test["lesion_id"].isna().all() and test["age"].isna().all()
     assert (records["official_split"] == "train").sum() == len(fx.HAM_ROWS)
     assert loaded.class_counts() == {**fx.HAM_COUNTS, "nv": 3, "mel": 2, "bkl": 3, "vasc": 2}
@@ -123,9 +126,11 @@ def test_ham_with_isic2018_metadata_style_test_set(tmp_path: Path) -> None:
     records = check_contract(loaded, "ham10000")
     test = records[records["official_split"] == "test"].set_index("sample_id")
     assert test["raw_label"].to_dict() == {
-        "ham10000/ISIC_0034524": "nv", "ham10000/ISIC_0034525": "mel",
-        "ham10000/ISIC_0034526": "bkl", "ham10000/ISIC_0034527": "vasc",
-    }  # fmt: skip
+        "ham10000/ISIC_0034524": "nv",
+        "ham10000/ISIC_0034525": "mel",
+        "ham10000/ISIC_0034526": "bkl",
+        "ham10000/ISIC_0034527": "vasc",
+    }
     assert test.loc["ham10000/ISIC_0034524", "lesion_id"] == "HAM_9000000"
     assert test["metadata_file"].str.endswith(".tab").all()
 
@@ -143,7 +148,10 @@ def test_ham_one_hot_rows_without_exactly_one_class_are_quarantined(tmp_path: Pa
     assert set(bad.index) == {"ham10000/ISIC_0099998", "ham10000/ISIC_0099999"}
     several = bad.loc["ham10000/ISIC_0099998", "detail"]
     assert "ISIC2018_Task3_Test_GroundTruth.csv row 5" in several and "MEL, NV" in several and "exactly one" in several
-    assert "row 6" in bad.loc["ham10000/ISIC_0099999", "detail"] and "no class column is 1" in bad.loc["ham10000/ISIC_0099999", "detail"]
+    assert (
+        "row 6" in bad.loc["ham10000/ISIC_0099999", "detail"]
+        and "no class column is 1" in bad.loc["ham10000/ISIC_0099999", "detail"]
+    )
     assert (records["official_split"] == "test").sum() == len(fx.ISIC2018_TEST)
     assert any("bad_label: 2" in note for note in loaded.notes)
 
@@ -195,7 +203,9 @@ def test_ham_without_metadata_names_what_was_looked_for(tmp_path: Path) -> None:
 
 def test_ham_ground_truth_in_neither_layout(tmp_path: Path) -> None:
     fx.build_ham(tmp_path)
-    fx.write_table(tmp_path / "ISIC2018_Task3_Test_GroundTruth.csv", ("image", "MEL", "NV"), [["ISIC_0034524", "1", "0"]])
+    fx.write_table(
+        tmp_path / "ISIC2018_Task3_Test_GroundTruth.csv", ("image", "MEL", "NV"), [["ISIC_0034524", "1", "0"]]
+    )
     with pytest.raises(DatasetFormatError, match="ISIC2018_Task3_Test_GroundTruth.csv.*AKIEC"):
         ham10000.load(tmp_path)
 
@@ -229,16 +239,24 @@ def test_isic2019_training_layout(tmp_path: Path) -> None:
     ak = by_id.loc["isic2019/ISIC_0024468"]
     assert (ak["age"], ak["sex"], ak["site"], ak["metadata_row"]) == (75.0, "male", "head/neck", 5)
     assert by_id.loc["isic2019/ISIC_0024470", "sex"] is None and pd.isna(by_id.loc["isic2019/ISIC_0024470", "age"])
-    assert [p.name for p in loaded.metadata_files] == ["ISIC_2019_Training_GroundTruth.csv", "ISIC_2019_Training_Metadata.csv"]
+    assert [p.name for p in loaded.metadata_files] == [
+        "ISIC_2019_Training_GroundTruth.csv",
+        "ISIC_2019_Training_Metadata.csv",
+    ]
 
 
 def test_isic2019_test_ground_truth_with_unk(tmp_path: Path) -> None:
     fx.build_isic2019(tmp_path)
     test_rows = [fx.one_hot_row("ISIC_0034321", "UNK"), fx.one_hot_row("ISIC_0034322", "MEL")]
     folder = tmp_path / "ISIC_2019_Test_GroundTruth"
-    fx.write_table(folder / "ISIC_2019_Test_GroundTruth.csv", (*fx.ISIC2019_GT, "score_weight"), [r + ["1.0"] for r in test_rows])
-    fx.write_table(tmp_path / "ISIC_2019_Test_Metadata.csv", ("image", "age_approx", "anatom_site_general", "sex"),
-                   [["ISIC_0034321", "40.0", "palms/soles", "male"]])  # fmt: skip
+    fx.write_table(
+        folder / "ISIC_2019_Test_GroundTruth.csv", (*fx.ISIC2019_GT, "score_weight"), [r + ["1.0"] for r in test_rows]
+    )
+    fx.write_table(
+        tmp_path / "ISIC_2019_Test_Metadata.csv",
+        ("image", "age_approx", "anatom_site_general", "sex"),
+        [["ISIC_0034321", "40.0", "palms/soles", "male"]],
+    )
     for image in ("ISIC_0034321", "ISIC_0034322"):
         fx.write_image(tmp_path / "ISIC_2019_Test_Input" / f"{image}.jpg")
     loaded = isic2019.load(tmp_path)
@@ -263,9 +281,11 @@ def test_isic2019_bad_one_hot_rows_are_quarantined(tmp_path: Path) -> None:
     check_contract(loaded, "isic2019")
     q = loaded.quarantine.set_index("sample_id")
     assert q["reason"].to_dict() == {
-        "isic2019/ISIC_9000001": "bad_label", "isic2019/ISIC_9000002": "bad_label",
-        "isic2019/ISIC_9000003": "missing_label", "isic2019/ISIC_9000004": "bad_label",
-    }  # fmt: skip
+        "isic2019/ISIC_9000001": "bad_label",
+        "isic2019/ISIC_9000002": "bad_label",
+        "isic2019/ISIC_9000003": "missing_label",
+        "isic2019/ISIC_9000004": "bad_label",
+    }
     assert "several class columns are 1 (MEL, NV)" in q.loc["isic2019/ISIC_9000001", "detail"]
     assert "ISIC_2019_Training_GroundTruth.csv row 11" in q.loc["isic2019/ISIC_9000001", "detail"]
     assert "column BCC holds '0.5'" in q.loc["isic2019/ISIC_9000002", "detail"]
@@ -305,7 +325,12 @@ def test_bcn_skin_r1_layout(tmp_path: Path) -> None:
     assert splits["bcn20000/BCN_0000000003"] == "valid" and splits["bcn20000/BCN_0000000004"] == "valid"
     assert splits["bcn20000/BCN_0000000005"] == "test"
     first = records.iloc[0]
-    assert (first["lesion_id"], first["age"], first["sex"], first["site"]) == ("BCN_lesion_0", 55.0, "male", "anterior torso")
+    assert (first["lesion_id"], first["age"], first["sex"], first["site"]) == (
+        "BCN_lesion_0",
+        55.0,
+        "male",
+        "anterior torso",
+    )
     assert first["patient_id"] is None and first["modality"] == "dermoscopic"
 
 
@@ -342,8 +367,9 @@ def test_bcn_missing_image_label_and_column(tmp_path: Path) -> None:
     loaded = bcn20000.load(tmp_path)
     check_contract(loaded, "bcn20000")
     assert loaded.quarantine.set_index("sample_id")["reason"].to_dict() == {
-        "bcn20000/BCN_0000000002": "missing_file", "bcn20000/BCN_0000000003": "missing_label",
-    }  # fmt: skip
+        "bcn20000/BCN_0000000002": "missing_file",
+        "bcn20000/BCN_0000000003": "missing_label",
+    }
     assert "bcn_20k_train.csv row 3" in quarantined(loaded, "missing_label")["detail"].iloc[0]
     assert len(loaded.records) == len(fx.BCN_ROWS) - 2
 
@@ -402,9 +428,12 @@ def test_derm7pt_official_layout_two_samples_per_case(tmp_path: Path) -> None:
     records = check_contract(loaded, "derm7pt")
     assert len(records) == 2 * len(fx.DERM7PT_ROWS) and loaded.quarantine.empty
     assert loaded.class_counts() == {
-        "basal cell carcinoma": 2, "clark nevus": 4, "melanoma (in situ)": 2,
-        "melanoma (less than 0.76 mm)": 2, "seborrheic keratosis": 2,
-    }  # fmt: skip
+        "basal cell carcinoma": 2,
+        "clark nevus": 4,
+        "melanoma (in situ)": 2,
+        "melanoma (less than 0.76 mm)": 2,
+        "seborrheic keratosis": 2,
+    }
     assert records["sample_id"].tolist()[:2] == ["derm7pt/case1/clinic", "derm7pt/case1/derm"]
     by_id = records.set_index("sample_id")
     assert by_id.loc["derm7pt/case1/clinic", "modality"] == "clinical"
@@ -416,8 +445,14 @@ def test_derm7pt_official_layout_two_samples_per_case(tmp_path: Path) -> None:
     assert set(pair["metadata_row"]) == {3}
     # positions are 0-based rows: index 0 is case_num 1 (matching on case_num would shift every case by one)
     split = records.groupby(records["lesion_id"])["official_split"].first().to_dict()
-    assert split == {"derm7pt/case1": "train", "derm7pt/case2": "train", "derm7pt/case3": "train",
-                     "derm7pt/case4": "valid", "derm7pt/case5": "test", "derm7pt/case6": "test"}  # fmt: skip
+    assert split == {
+        "derm7pt/case1": "train",
+        "derm7pt/case2": "train",
+        "derm7pt/case3": "train",
+        "derm7pt/case4": "valid",
+        "derm7pt/case5": "test",
+        "derm7pt/case6": "test",
+    }
     assert len(loaded.metadata_files) == 4
 
 
@@ -561,8 +596,9 @@ def test_row_checks_keep_earlier_reasons_and_fill_absent_record_fields() -> None
     native = pd.Series(["a", "", "a", "b"], index=[10, 11, 12, 13])
     preset = pd.Series([None, None, None, "bad_label"], index=native.index, dtype="object")
     detail = pd.Series([None, None, None, "t.csv row 4: decoded"], index=native.index, dtype="object")
-    checks = RowChecks.for_rows("ds", native, "t.csv", pd.Series([1, 2, 3, 4], index=native.index), reason=preset,
-                                detail=detail)  # fmt: skip
+    checks = RowChecks.for_rows(
+        "ds", native, "t.csv", pd.Series([1, 2, 3, 4], index=native.index), reason=preset, detail=detail
+    )
     assert checks.sample_id.tolist() == ["ds/a", "ds/t.csv#row2", "ds/a", "ds/b"]
     checks.flag(native == "b", "missing_file", ": never reached")
     checks.repeated_id("id", native)
@@ -577,9 +613,13 @@ def test_row_checks_keep_earlier_reasons_and_fill_absent_record_fields() -> None
     assert quarantine.index.tolist() == [0, 1] and quarantine["image_path"].tolist() == ["p2", "p3"]
 
 
-
-@pytest.mark.parametrize("edit, line", [(lambda rows: [rows[0] + ",extra", *rows[1:]], 2),   # pandas: silent shift
-                                        (lambda rows: [rows[0], rows[1].rsplit(",", 2)[0], *rows[2:]], 3)])
+@pytest.mark.parametrize(
+    "edit, line",
+    [
+        (lambda rows: [rows[0] + ",extra", *rows[1:]], 2),  # pandas: silent shift
+        (lambda rows: [rows[0], rows[1].rsplit(",", 2)[0], *rows[2:]], 3),
+    ],
+)
 def test_ragged_metadata_row_is_an_error_naming_file_and_line(tmp_path: Path, edit, line) -> None:
     """A stray delimiter in the first data row made pandas take column 1 as the index: every column shifted, every
     image 'missing', no error. Long and short rows are now refused with the file and line."""

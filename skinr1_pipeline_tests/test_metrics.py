@@ -26,11 +26,23 @@ NODES = ["neoplastic", "melanoma", "melanocytic_nevus", "malignant_neoplasm"]
 
 
 def mcq_item(item_id: str, **over) -> dict:
-    base = {"item_id": item_id, "suite": "in_domain", "sample_id": item_id, "source_dataset": "ham10000",
-            "modality": "dermoscopic", "taxonomy_node": "melanoma", "taxonomy_depth": 4, "fitzpatrick": np.nan,
-            "bucket": "malignant", "prompt": build_mcq_prompt("Q?", OPTIONS), "options": OPTIONS,
-            "option_nodes": NODES, "option_scores": [0.25, 0.75, 0.0, 0.5],
-            "option_buckets": [None, "malignant", "benign", "malignant"], "answer_index": 1}
+    base = {
+        "item_id": item_id,
+        "suite": "in_domain",
+        "sample_id": item_id,
+        "source_dataset": "ham10000",
+        "modality": "dermoscopic",
+        "taxonomy_node": "melanoma",
+        "taxonomy_depth": 4,
+        "fitzpatrick": np.nan,
+        "bucket": "malignant",
+        "prompt": build_mcq_prompt("Q?", OPTIONS),
+        "options": OPTIONS,
+        "option_nodes": NODES,
+        "option_scores": [0.25, 0.75, 0.0, 0.5],
+        "option_buckets": [None, "malignant", "benign", "malignant"],
+        "answer_index": 1,
+    }
     return {**base, **over}
 
 
@@ -65,20 +77,41 @@ def test_mcq_scoring_cases():
 
 
 def test_open_ended_scoring_by_lca_depth(tax):
-    items = pd.DataFrame([{**mcq_item(f"o{k}"), "suite": "open_ended", "prompt": build_open_prompt(), "options": [],
-                           "option_nodes": [], "option_scores": [], "option_buckets": [], "answer_index": -1}
-                          for k in range(6)])
-    completions = [done(d) for d in (
-        "Melanoma; status: malignant",  # exact
-        "melanoma in situ",  # below the label: correct
-        "malignant neoplasm",  # ancestor at depth 2 of 4
-        "melanocytic naevus; status: benign",  # synonym; LCA = neoplastic (depth 1)
-        "melanoma or melanocytic nevus",  # hedged between two nodes
-        "a strange spot",  # unmapped
-    )]
+    items = pd.DataFrame(
+        [
+            {
+                **mcq_item(f"o{k}"),
+                "suite": "open_ended",
+                "prompt": build_open_prompt(),
+                "options": [],
+                "option_nodes": [],
+                "option_scores": [],
+                "option_buckets": [],
+                "answer_index": -1,
+            }
+            for k in range(6)
+        ]
+    )
+    completions = [
+        done(d)
+        for d in (
+            "Melanoma; status: malignant",  # exact
+            "melanoma in situ",  # below the label: correct
+            "malignant neoplasm",  # ancestor at depth 2 of 4
+            "melanocytic naevus; status: benign",  # synonym; LCA = neoplastic (depth 1)
+            "melanoma or melanocytic nevus",  # hedged between two nodes
+            "a strange spot",  # unmapped
+        )
+    ]
     s = score_predictions(items, completions, taxonomy=tax)
-    assert s["chosen_node"].tolist() == ["melanoma", "melanoma_in_situ", "malignant_neoplasm", "melanocytic_nevus",
-                                         None, None]
+    assert s["chosen_node"].tolist() == [
+        "melanoma",
+        "melanoma_in_situ",
+        "malignant_neoplasm",
+        "melanocytic_nevus",
+        None,
+        None,
+    ]
     assert s["correct"].tolist() == [True, True, False, False, False, False]
     assert s["credit"].tolist() == pytest.approx([1.0, 1.0, 0.5, 0.25, 0.0, 0.0])
     assert s["predicted_bucket"].tolist()[:4] == ["malignant", "malignant", "malignant", "benign"]
@@ -115,9 +148,14 @@ def test_accuracy_and_bootstrap_ci():
 
 
 def test_grouped_accuracy_per_fitzpatrick_and_dataset():
-    scored = pd.DataFrame({"correct": [True, False, True, True, False], "credit": [1, 0, 1, 1, 0.5],
-                           "fitzpatrick": [1.0, 1.0, 5.0, np.nan, np.nan],
-                           "source_dataset": ["a", "a", "b", "b", "b"]})
+    scored = pd.DataFrame(
+        {
+            "correct": [True, False, True, True, False],
+            "credit": [1, 0, 1, 1, 0.5],
+            "fitzpatrick": [1.0, 1.0, 5.0, np.nan, np.nan],
+            "source_dataset": ["a", "a", "b", "b", "b"],
+        }
+    )
     fitz = grouped_accuracy(scored, "fitzpatrick").set_index("fitzpatrick")
     assert fitz["n"].to_dict() == {"type_1": 2, "type_5": 1, "unknown": 2}
     assert fitz["accuracy"].to_dict() == {"type_1": 0.5, "type_5": 1.0, "unknown": 0.5}
@@ -127,10 +165,21 @@ def test_grouped_accuracy_per_fitzpatrick_and_dataset():
 
 
 def test_malignant_miss_rate_and_specificity():
-    scored = pd.DataFrame({
-        "bucket": ["malignant", "malignant", "precancerous_in_situ", "malignant", "benign", "benign", "benign", None],
-        "predicted_bucket": ["malignant", "benign", "malignant", None, "benign", "malignant", None, "benign"],
-    })
+    scored = pd.DataFrame(
+        {
+            "bucket": [
+                "malignant",
+                "malignant",
+                "precancerous_in_situ",
+                "malignant",
+                "benign",
+                "benign",
+                "benign",
+                None,
+            ],
+            "predicted_bucket": ["malignant", "benign", "malignant", None, "benign", "malignant", None, "benign"],
+        }
+    )
     m = malignancy_metrics(scored)
     assert m["n_positive"] == 4 and m["n_benign"] == 3
     assert m["sensitivity"] == 0.5  # precancerous called malignant still counts as caught; no answer is a miss
@@ -141,8 +190,9 @@ def test_malignant_miss_rate_and_specificity():
 
 
 def test_ece_hand_example():
-    frame = pd.DataFrame({"option_logprobs": [np.log([0.8, 0.2]), np.log([0.6, 0.4]), [0.0, 0.0, 0.0, 0.0]],
-                          "answer_index": [0, 1, 2]})
+    frame = pd.DataFrame(
+        {"option_logprobs": [np.log([0.8, 0.2]), np.log([0.6, 0.4]), [0.0, 0.0, 0.0, 0.0]], "answer_index": [0, 1, 2]}
+    )
     # 0.8 confident & right (gap 0.2); 0.6 confident & wrong (gap 0.6); uniform 0.25 picks A, wrong (gap 0.25).
     result = expected_calibration_error(frame)
     assert result["ece"] == pytest.approx((0.2 + 0.6 + 0.25) / 3)
@@ -154,12 +204,15 @@ def test_ece_hand_example():
 
 
 def test_confusion_matrix_and_format_compliance():
-    scored = pd.DataFrame({
-        "taxonomy_node": ["melanoma", "melanoma", "melanocytic_nevus", "melanocytic_nevus"],
-        "chosen_node": ["melanoma", "melanocytic_nevus", "melanocytic_nevus", None],
-        "format_ok": [True, True, True, False], "parsed": [True, True, True, False],
-        "error": [None, None, None, "no_thinking"],
-    })
+    scored = pd.DataFrame(
+        {
+            "taxonomy_node": ["melanoma", "melanoma", "melanocytic_nevus", "melanocytic_nevus"],
+            "chosen_node": ["melanoma", "melanocytic_nevus", "melanocytic_nevus", None],
+            "format_ok": [True, True, True, False],
+            "parsed": [True, True, True, False],
+            "error": [None, None, None, "no_thinking"],
+        }
+    )
     cm = confusion_matrix(scored)
     assert cm.loc["melanoma", "melanoma"] == 1 and cm.loc["melanoma", "melanocytic_nevus"] == 1
     assert cm.loc["melanocytic_nevus", NO_ANSWER] == 1 and cm.to_numpy().sum() == 4
@@ -168,8 +221,9 @@ def test_confusion_matrix_and_format_compliance():
 
 
 def test_summarize_per_suite():
-    items = pd.DataFrame([mcq_item("a"), mcq_item("b", suite="ddx", bucket="benign", answer_index=2,
-                                                  option_scores=[0.0, 0.0, 1.0, 0.0])])
+    items = pd.DataFrame(
+        [mcq_item("a"), mcq_item("b", suite="ddx", bucket="benign", answer_index=2, option_scores=[0.0, 0.0, 1.0, 0.0])]
+    )
     s = score_predictions(items, [done("B. melanoma; status: malignant"), done("B. melanoma; status: malignant")])
     table = summarize(s).set_index("suite")
     assert table.loc["in_domain", "accuracy"] == 1.0 and table.loc["ddx", "accuracy"] == 0.0

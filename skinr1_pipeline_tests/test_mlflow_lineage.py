@@ -16,12 +16,11 @@ import mlflow
 import pandas as pd
 import pytest
 
-from skinr1_pipeline.tracking.registry import REGISTERED_MODEL
 from skinr1_pipeline.settings import Settings, load_settings
 from skinr1_pipeline.tracking.mlflow_runs import EVALUATED_RUN_TAG, LINEAGE_TAG, NOTE_TAG, frame_digest
 from skinr1_pipeline.tracking.pyfunc_model import base_model_digest
+from skinr1_pipeline.tracking.registry import REGISTERED_MODEL
 from skinr1_pipeline_tests.toy_chain import materialize_chain
-
 
 pytestmark = pytest.mark.slow
 
@@ -40,11 +39,17 @@ class Pipeline:
     def runs(self, asset: str | None = None, partition: str = "") -> list:
         """Child runs (of `asset`, `partition`), oldest first."""
         experiment = self.client.get_experiment_by_name(self.settings.mlflow_experiment)
-        found = [r for r in self.client.search_runs([experiment.experiment_id], max_results=1000)
-                 if r.data.tags.get("skinr1.role") == "child"]
+        found = [
+            r
+            for r in self.client.search_runs([experiment.experiment_id], max_results=1000)
+            if r.data.tags.get("skinr1.role") == "child"
+        ]
         if asset is not None:
-            found = [r for r in found if r.data.tags["dagster.asset_key"] == asset
-                     and r.data.tags["dagster.partition"] == partition]
+            found = [
+                r
+                for r in found
+                if r.data.tags["dagster.asset_key"] == asset and r.data.tags["dagster.partition"] == partition
+            ]
         return sorted(found, key=lambda r: r.info.start_time)
 
     def run(self, asset: str, partition: str = "", *, newest: bool = False):
@@ -66,8 +71,9 @@ def test_dataset_digest_covers_every_row_and_list_column(tmp_path) -> None:
     from mlflow.data.digest_utils import compute_pandas_digest
 
     rows = 10_005
-    frame = pd.DataFrame({"sample_id": [f"s{i}" for i in range(rows)],
-                          "taxonomy_path": [["root", f"node{i % 7}"] for i in range(rows)]})
+    frame = pd.DataFrame(
+        {"sample_id": [f"s{i}" for i in range(rows)], "taxonomy_path": [["root", f"node{i % 7}"] for i in range(rows)]}
+    )
     late_row, other_path = frame.copy(), frame.copy()
     late_row.loc[rows - 2, "sample_id"] = "changed"
     other_path.at[0, "taxonomy_path"] = ["root", "elsewhere"]
@@ -112,8 +118,9 @@ def test_runs_of_one_pipeline_share_the_samples_digest_across_dagster_runs(pipel
         assert run.data.tags.get(LINEAGE_TAG) == expected, run.data.tags["dagster.asset_key"]
 
     experiment = pipeline.client.get_experiment_by_name(pipeline.settings.mlflow_experiment)
-    found = pipeline.client.search_runs([experiment.experiment_id], f"tags.`{LINEAGE_TAG}` = '{digest}'",
-                                        max_results=1000)
+    found = pipeline.client.search_runs(
+        [experiment.experiment_id], f"tags.`{LINEAGE_TAG}` = '{digest}'", max_results=1000
+    )
     children = [r for r in found if r.data.tags["skinr1.role"] == "child"]
     parents = {r.info.run_id for r in found if r.data.tags["skinr1.role"] == "parent"}
     assert {r.data.tags["dagster.asset_key"] for r in children} == downstream
@@ -122,8 +129,9 @@ def test_runs_of_one_pipeline_share_the_samples_digest_across_dagster_runs(pipel
 
 
 def test_training_and_evaluation_runs_log_their_inputs_and_the_runs_that_made_them(pipeline):
-    trajectories, rl_items, suites = (pipeline.run(a) for a in ("skin_rationale_trajectories", "rl_mcq_dataset",
-                                                                "eval_suites"))
+    trajectories, rl_items, suites = (
+        pipeline.run(a) for a in ("skin_rationale_trajectories", "rl_mcq_dataset", "eval_suites")
+    )
     sft, grpo, rl_only = (pipeline.run(a) for a in ("sft_checkpoint", "grpo_checkpoint", "rl_only_checkpoint"))
     digest = inputs(trajectories)["skin_rationale_trajectories"]
     assert digest == frame_digest(pd.read_parquet(pipeline.value("skin_rationale_trajectories")))
@@ -141,7 +149,8 @@ def test_training_and_evaluation_runs_log_their_inputs_and_the_runs_that_made_th
         assert inputs(evaluation) == {"eval_suites": inputs(suites)["eval_suites"]}
         assert evaluation.data.tags["skinr1.upstream.eval_suites"] == suites.info.run_id
         assert evaluation.data.tags.get(EVALUATED_RUN_TAG) == (
-            trained_by[variant].info.run_id if variant in trained_by else None)
+            trained_by[variant].info.run_id if variant in trained_by else None
+        )
 
 
 def test_report_run_links_raw_digests_to_samples_trajectories_sft_grpo_and_evaluation(pipeline):
@@ -165,8 +174,10 @@ def test_report_run_links_raw_digests_to_samples_trajectories_sft_grpo_and_evalu
     assert report.data.tags["skinr1.chain.sft_checkpoint"] == expected["sft_checkpoint"][0]
     assert lineage["lineage"] == report.data.tags[LINEAGE_TAG] == frame_digest(pipeline.value("unified_samples"))
     note = report.data.tags[NOTE_TAG]  # the run page's description: a link per run of the chain
-    links = [note.index(f"/runs/{expected[k][0]})") for k in ("unified_samples", "sft_checkpoint",
-                                                               "grpo_checkpoint", "variant_evaluations.sft_grpo")]
+    links = [
+        note.index(f"/runs/{expected[k][0]})")
+        for k in ("unified_samples", "sft_checkpoint", "grpo_checkpoint", "variant_evaluations.sft_grpo")
+    ]
     assert links == sorted(links)
     assert set(inputs(report)) == {"eval_suites", *(f"scored_{v}" for v in ("base", "sft", "rl_only", "sft_grpo"))}
 
@@ -192,7 +203,8 @@ def test_registered_candidate_references_the_base_model_run_by_digest(pipeline):
     assert version.tags["base_model_digest"] == base_run.data.tags["skinr1.base_model_digest"]
     assert version.tags["base_model_digest"] == base_model_digest(base_dir)["digest"]
     assert version.tags["training_run"] == pipeline.run("grpo_checkpoint").info.run_id
-    model_dir = mlflow.artifacts.download_artifacts(f"models:/{REGISTERED_MODEL}/{version.version}",
-                                                    tracking_uri=pipeline.settings.mlflow_tracking_uri)
+    model_dir = mlflow.artifacts.download_artifacts(
+        f"models:/{REGISTERED_MODEL}/{version.version}", tracking_uri=pipeline.settings.mlflow_tracking_uri
+    )
     stored = [p for p in Path(model_dir, "artifacts").rglob("*") if p.is_file()]
     assert not [p for p in stored if p.name in ("config.json", "model.safetensors")]  # no copy of the base

@@ -16,8 +16,11 @@ from skinr1_pipeline.modeling.prompt_format import SYSTEM_PROMPT, build_mcq_prom
 from skinr1_pipeline.modeling.tiny_model import MANIFEST_NAME, build_tiny_model
 
 TINY = dict(vocab_size=512, text_hidden=64, text_layers=1, vision_depth=1, vision_hidden=32, max_pixels=56 * 56 * 4)
-CORPUS = [build_mcq_prompt("What is this?", ["melanoma", "dermatofibroma", "melanocytic nevus", "actinic keratosis"]),
-          build_open_prompt(), "<thinking>pink scaly patch</thinking><diagnosis>actinic keratosis</diagnosis>"]
+CORPUS = [
+    build_mcq_prompt("What is this?", ["melanoma", "dermatofibroma", "melanocytic nevus", "actinic keratosis"]),
+    build_open_prompt(),
+    "<thinking>pink scaly patch</thinking><diagnosis>actinic keratosis</diagnosis>",
+]
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +96,12 @@ def test_chat_messages_format() -> None:
         {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is this?"}]},
     ]
     assert build_messages("q", system=None, with_image=False) == [
-        {"role": "user", "content": [{"type": "text", "text": "q"}]}]
+        {"role": "user", "content": [{"type": "text", "text": "q"}]}
+    ]
     assert assistant_message("<thinking>x</thinking>") == {
-        "role": "assistant", "content": [{"type": "text", "text": "<thinking>x</thinking>"}]}
+        "role": "assistant",
+        "content": [{"type": "text", "text": "<thinking>x</thinking>"}],
+    }
     with pytest.raises(ValueError):
         build_messages("  ")
 
@@ -103,10 +109,13 @@ def test_chat_messages_format() -> None:
 def test_chat_template_renders_qwen_layout(tiny_dir: Path) -> None:
     processor = load_processor(tiny_dir)
     text = render_prompt(processor, build_messages("Q?", system="SYS"))
-    assert text == ("<|im_start|>system\nSYS<|im_end|>\n<|im_start|>user\n"
-                    "<|vision_start|><|image_pad|><|vision_end|>Q?<|im_end|>\n<|im_start|>assistant\n")
-    full = processor.apply_chat_template(build_messages("Q?", system=None, with_image=False)
-                                         + [assistant_message("A")], tokenize=False)
+    assert text == (
+        "<|im_start|>system\nSYS<|im_end|>\n<|im_start|>user\n"
+        "<|vision_start|><|image_pad|><|vision_end|>Q?<|im_end|>\n<|im_start|>assistant\n"
+    )
+    full = processor.apply_chat_template(
+        build_messages("Q?", system=None, with_image=False) + [assistant_message("A")], tokenize=False
+    )
     assert full.endswith("<|im_start|>user\nQ?<|im_end|>\n<|im_start|>assistant\nA<|im_end|>\n")
     assert full.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n")
 
@@ -117,8 +126,15 @@ def test_generate_returns_one_string_per_prompt(tiny_dir: Path) -> None:
     images = [_image((200, 90, 80)), None, _image((90, 60, 40), size=(60, 160))]
     prompts = ["What is this?", "A text-only question that is longer than the others", "x"]
     seen = []
-    out = generate(model, processor, images, prompts, max_new_tokens=4, batch_size=2,
-                   progress=lambda done, total: seen.append((done, total)))
+    out = generate(
+        model,
+        processor,
+        images,
+        prompts,
+        max_new_tokens=4,
+        batch_size=2,
+        progress=lambda done, total: seen.append((done, total)),
+    )
     assert len(out) == 3 and all(isinstance(s, str) for s in out)
     assert seen == [(2, 3), (3, 3)]
     again = generate(model, processor, images, prompts, max_new_tokens=4, batch_size=3)

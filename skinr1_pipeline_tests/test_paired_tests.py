@@ -113,8 +113,17 @@ def test_successes_above_n_names_the_problem():
 # --- exact binomial / McNemar ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("k, n, p", [(3, 10, Fraction(1, 2)), (0, 5, Fraction(1, 2)), (5, 10, Fraction(1, 2)),
-                                     (2, 10, Fraction(3, 10)), (7, 12, Fraction(1, 5)), (9, 9, Fraction(1, 3))])
+@pytest.mark.parametrize(
+    "k, n, p",
+    [
+        (3, 10, Fraction(1, 2)),
+        (0, 5, Fraction(1, 2)),
+        (5, 10, Fraction(1, 2)),
+        (2, 10, Fraction(3, 10)),
+        (7, 12, Fraction(1, 5)),
+        (9, 9, Fraction(1, 3)),
+    ],
+)
 def test_binomial_p_matches_enumeration(k, n, p):
     assert binomial_two_sided_p(k, n, float(p)) == pytest.approx(_enumerated_binomial_p(k, n, p), rel=1e-10)
 
@@ -227,8 +236,19 @@ def test_holm_skips_nan():
 def test_compare_paired_binary_and_partial_credit():
     a, b = _paper_example()
     row = compare_paired(a, b, n_boot=1000)
-    assert set(row) == {"n", "a_accuracy", "b_accuracy", "difference", "a_only", "b_only", "mcnemar_p", "ci_low",
-                        "ci_high", "bootstrap_p", "n_clusters"}
+    assert set(row) == {
+        "n",
+        "a_accuracy",
+        "b_accuracy",
+        "difference",
+        "a_only",
+        "b_only",
+        "mcnemar_p",
+        "ci_low",
+        "ci_high",
+        "bootstrap_p",
+        "n_clusters",
+    }
     assert row["mcnemar_p"] == pytest.approx(0.011818, abs=1e-6) and row["a_only"] == 16
     assert row["ci_low"] > 0 and row["ci_high"] > row["difference"] == pytest.approx(12 / 96)
     assert row["bootstrap_p"] < 0.05 and row["n_clusters"] == 96

@@ -233,20 +233,28 @@ def test_unreadable_and_oversized_files_raise_naming_the_file(tmp_path: Path, mo
 def test_contamination_flags_reencoded_copies_by_near_duplicate(corpus: tuple[list[Path], list[Path]]) -> None:
     originals, copies = corpus
     threshold = calibrate_threshold(originals, n_copies=40).threshold
-    train = pd.DataFrame({
-        "sample_id": [f"train/{i}" for i in range(20)],
-        "image_sha256": [_sha(p) for p in originals[:20]],
-        "image_dhash": [dhash_hex(dhash(p)) for p in originals[:20]],
-    })  # fmt: skip
+    train = pd.DataFrame(
+        {
+            "sample_id": [f"train/{i}" for i in range(20)],
+            "image_sha256": [_sha(p) for p in originals[:20]],
+            "image_dhash": [dhash_hex(dhash(p)) for p in originals[:20]],
+        }
+    )
     train = pd.concat([train, pd.DataFrame([{"sample_id": "train/no_hash", "image_dhash": None}])], ignore_index=True)
-    items = pd.DataFrame({
-        "item_id": ["copy", "distinct", "no_dhash", "same_bytes"],
-        "suite": ["in_domain", "in_domain", "ood", "ood"],
-        "sample_id": ["eval/copy", "eval/distinct", "eval/none", "eval/same"],
-        "image_sha256": [_sha(copies[5]), _sha(originals[30]), "x", _sha(originals[7])],
-        "image_dhash": [dhash_hex(dhash(copies[5])), dhash_hex(dhash(originals[30])), None,
-                        dhash_hex(dhash(originals[7]))],
-    })  # fmt: skip
+    items = pd.DataFrame(
+        {
+            "item_id": ["copy", "distinct", "no_dhash", "same_bytes"],
+            "suite": ["in_domain", "in_domain", "ood", "ood"],
+            "sample_id": ["eval/copy", "eval/distinct", "eval/none", "eval/same"],
+            "image_sha256": [_sha(copies[5]), _sha(originals[30]), "x", _sha(originals[7])],
+            "image_dhash": [
+                dhash_hex(dhash(copies[5])),
+                dhash_hex(dhash(originals[30])),
+                None,
+                dhash_hex(dhash(originals[7])),
+            ],
+        }
+    )
 
     report = check_contamination(items, train, near_duplicate_distance=threshold)
     flags = report.flags.set_index("item_id")

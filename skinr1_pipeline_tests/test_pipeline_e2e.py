@@ -15,7 +15,6 @@ from skinr1_pipeline.settings import load_settings
 from skinr1_pipeline.storage.run_folders import latest_complete, pins
 from skinr1_pipeline_tests.toy_chain import toy_run_config
 
-
 pytestmark = pytest.mark.slow
 
 # The whole graph at toy scale (presets.py, the `scale: toy` preset): every stage runs for real (synthesis,
@@ -26,8 +25,11 @@ E2E_CHANGES = {
     "demo_source_data": {"images_per_class": 10},
     "base_model": {"warmup_steps": 2, "option_drill_steps": 2},
     "sft_checkpoint": {"option_drill_rows": 24},
-    "grpo_checkpoint": {"overrides": json.dumps({"max_steps": 1, "limit_items": 4, "max_completion_length": 16,
-                                                 "log_completions_every": 1})},
+    "grpo_checkpoint": {
+        "overrides": json.dumps(
+            {"max_steps": 1, "limit_items": 4, "max_completion_length": 16, "log_completions_every": 1}
+        )
+    },
 }
 
 
@@ -53,23 +55,44 @@ def test_every_asset_materializes(demo_run):
     assert outcome.success
     expected = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     assert outcome.materialized_keys() == expected
-    assert {"demo_source_data", "taxonomy_graph", "ddx_graph", "label_mapping", "raw_datasets", "unified_samples",
-            "knowledge_base", "skin_rationale_trajectories", "base_model", "sft_checkpoint", "rl_mcq_dataset",
-            "grpo_checkpoint", "rl_only_checkpoint", "eval_suites", "variant_evaluations", "ablation_table",
-            "evaluation_reports"} <= expected
+    assert {
+        "demo_source_data",
+        "taxonomy_graph",
+        "ddx_graph",
+        "label_mapping",
+        "raw_datasets",
+        "unified_samples",
+        "knowledge_base",
+        "skin_rationale_trajectories",
+        "base_model",
+        "sft_checkpoint",
+        "rl_mcq_dataset",
+        "grpo_checkpoint",
+        "rl_only_checkpoint",
+        "eval_suites",
+        "variant_evaluations",
+        "ablation_table",
+        "evaluation_reports",
+    } <= expected
 
 
 def test_gate_checks_pass(demo_run):
     _, _, outcome = demo_run
     results = {(e.asset_key.to_user_string(), e.check_name): e.passed for e in outcome.check_evaluations()}
-    for gate in [("taxonomy_graph", "taxonomy_invariants"), ("ddx_graph", "ddx_graph_valid"),
-                 ("raw_datasets", "every_label_mapped"), ("unified_samples", "no_split_leakage"),
-                 ("unified_samples", "splits_populated"),
-                 ("skin_rationale_trajectories", "trajectories_parse_and_agree"),
-                 ("sft_checkpoint", "sft_losses_finite"), ("sft_checkpoint", "sft_format_compliance"),
-                 ("grpo_checkpoint", "grpo_keeps_sft_accuracy"), ("evaluation_reports", "champion_promotion"),
-                 ("eval_suites", "set_first_suites_resist_blind_guessing"),
-                 ("knowledge_base", "every_loader_class_has_knowledge")]:
+    for gate in [
+        ("taxonomy_graph", "taxonomy_invariants"),
+        ("ddx_graph", "ddx_graph_valid"),
+        ("raw_datasets", "every_label_mapped"),
+        ("unified_samples", "no_split_leakage"),
+        ("unified_samples", "splits_populated"),
+        ("skin_rationale_trajectories", "trajectories_parse_and_agree"),
+        ("sft_checkpoint", "sft_losses_finite"),
+        ("sft_checkpoint", "sft_format_compliance"),
+        ("grpo_checkpoint", "grpo_keeps_sft_accuracy"),
+        ("evaluation_reports", "champion_promotion"),
+        ("eval_suites", "set_first_suites_resist_blind_guessing"),
+        ("knowledge_base", "every_loader_class_has_knowledge"),
+    ]:
         assert results.get(gate) is True, gate
 
 
@@ -126,7 +149,9 @@ def test_training_stages_leave_adapters_metrics_and_completions(demo_run):
     assert list((models / "grpo" / "latest" / "completions").glob("step_*.parquet"))
     client = mlflow.MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
     experiment = client.get_experiment_by_name(settings.mlflow_experiment)
-    runs = {r.data.tags.get("dagster.asset_key"): r for r in client.search_runs([experiment.experiment_id], max_results=500)}
+    runs = {
+        r.data.tags.get("dagster.asset_key"): r for r in client.search_runs([experiment.experiment_id], max_results=500)
+    }
     sft = runs["sft_checkpoint"]
     assert "train_loss" in sft.data.metrics or "loss" in sft.data.metrics  # logged by the trainer in the Pipes child
     assert "heldout_parse_rate" in sft.data.metrics
@@ -182,8 +207,10 @@ def test_evaluation_reports_every_variant_and_registers_a_candidate(demo_run, ca
     _print_honesty_tables(evaluation)
     printed = capsys.readouterr().out
     assert "Best image-blind guesser" in printed
-    assert all(heading in printed for heading in ("minus the best blind guesser", "real vs shuffled vs blank",
-                                                       "The paper's claims"))
+    assert all(
+        heading in printed
+        for heading in ("minus the best blind guesser", "real vs shuffled vs blank", "The paper's claims")
+    )
     assert all(variant in printed for variant in table.index) and "sft_grpo > rl_only" in printed
     html = (latest(settings, "evaluation_reports") / "report" / "report.html").read_text()
     assert "data:image/png;base64," in html and "sft_grpo" in html and "Answer likelihood" in html
@@ -230,8 +257,16 @@ def test_two_concurrent_runs_of_the_same_assets_both_finish_in_their_own_folders
     # Create the shared instance's tables first: two processes creating a fresh SQLite schema at once race.
     with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
         assert instance.get_runs() == []
-    runs = [subprocess.Popen([sys.executable, "-c", CONCURRENT_RUN, str(seed)], env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True) for seed in (1, 2)]
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CONCURRENT_RUN, str(seed)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for seed in (1, 2)
+    ]
     logs = [run.communicate(timeout=600)[0] for run in runs]
     assert [run.returncode for run in runs] == [0, 0], "\n".join(log[-3000:] for log in logs)
     for name, file in (("rl_mcq_dataset", "items.parquet"), ("eval_suites", "suite_items.parquet")):
@@ -241,6 +276,10 @@ def test_two_concurrent_runs_of_the_same_assets_both_finish_in_their_own_folders
         for folder in folders:
             assert is_complete(folder) and len(pd.read_parquet(folder / file)), folder
         assert latest(settings, name) in new
-    items = {seed: pd.read_parquet(f / "items.parquet") for seed, f in enumerate(
-        sorted(set(run_folders(settings.outputs_dir / "rl_mcq_dataset")) - before["rl_mcq_dataset"]))}
+    items = {
+        seed: pd.read_parquet(f / "items.parquet")
+        for seed, f in enumerate(
+            sorted(set(run_folders(settings.outputs_dir / "rl_mcq_dataset")) - before["rl_mcq_dataset"])
+        )
+    }
     assert not items[0]["prompt"].equals(items[1]["prompt"])  # each run wrote its own seed's items

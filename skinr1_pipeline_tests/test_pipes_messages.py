@@ -32,7 +32,7 @@ def test_follow_reads_messages_written_in_fragments_and_drains_after_stop(tmp_pa
     def writer() -> None:
         with open(path, "a", encoding="utf-8") as out:
             for text in messages:
-                for piece in (text[:7], text[7:len(text) // 2], text[len(text) // 2:]):  # a read can land anywhere
+                for piece in (text[:7], text[7 : len(text) // 2], text[len(text) // 2 :]):  # a read can land anywhere
                     out.write(piece)
                     out.flush()
                     time.sleep(0.001)
@@ -76,12 +76,14 @@ def test_dagster_receives_every_message_through_the_reader(tmp_path):
         "with open_dagster_pipes() as pipes:\n"
         "    for i in range(200):\n"
         "        pipes.log.info('progress ' + str(i) + ' ' + 'x' * 300)\n"
-        "    pipes.report_asset_materialization(metadata={'lines': 200})\n")
+        "    pipes.report_asset_materialization(metadata={'lines': 200})\n"
+    )
 
     @dg.asset(required_resource_keys={"pipes"})
     def child(context):
-        return context.resources.pipes.run(command=[sys.executable, str(script)],
-                                           context=context).get_materialize_result()
+        return context.resources.pipes.run(
+            command=[sys.executable, str(script)], context=context
+        ).get_materialize_result()
 
     client = dg.PipesSubprocessClient(message_reader=LineSafeFileMessageReader())
     result = dg.materialize([child], resources={"pipes": client}, raise_on_error=True)

@@ -30,12 +30,30 @@ def test_synthesis_reports_progress_per_generated_batch(tax, ddx, kb) -> None:
     from skinr1_pipeline.synthesis.generators import TemplateGenerator
     from skinr1_pipeline.synthesis.pipeline import synthesize
 
-    samples = pd.DataFrame([{"sample_id": f"x/{i}", "source_dataset": "x", "image_path": f"/img/{i}.jpg",
-                             "taxonomy_node": node, "bucket": tax[node].bucket, "split": "train"}
-                            for i, node in enumerate(["melanoma", "basal_cell_carcinoma", "dermatofibroma"] * 3)])
+    samples = pd.DataFrame(
+        [
+            {
+                "sample_id": f"x/{i}",
+                "source_dataset": "x",
+                "image_path": f"/img/{i}.jpg",
+                "taxonomy_node": node,
+                "bucket": tax[node].bucket,
+                "split": "train",
+            }
+            for i, node in enumerate(["melanoma", "basal_cell_carcinoma", "dermatofibroma"] * 3)
+        ]
+    )
     calls: list[tuple[int, int]] = []
-    result = synthesize(samples, tax, ddx, kb, TemplateGenerator(), types=("hierarchy",),
-                        batch_size=4, progress=lambda done, total: calls.append((done, total)))
+    result = synthesize(
+        samples,
+        tax,
+        ddx,
+        kb,
+        TemplateGenerator(),
+        types=("hierarchy",),
+        batch_size=4,
+        progress=lambda done, total: calls.append((done, total)),
+    )
     assert result.counts["requests"] == 9
     assert calls == [(4, 9), (8, 9), (9, 9)]
 

@@ -6,6 +6,8 @@ import re
 import unicodedata
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from skinr1_pipeline.modeling.prompt_format import (
     DIAG_CLOSE,
@@ -28,9 +30,6 @@ from skinr1_pipeline.modeling.prompt_format import (
     parse_completion,
     prompt_options,
 )
-
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 OPTS = ["melanoma", "melanoma in situ", "seborrheic keratosis", "melanocytic nevus"]
 THINK = "Irregular pigment network with blue-white veil; asymmetric in two axes."
@@ -70,8 +69,11 @@ def test_open_ended_answer():
 
 
 def test_twenty_six_options():
-    opts = [f"condition {w}" for w in "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi "
-            "omicron pi rho sigma tau upsilon phi chi psi omega one two".split()]
+    opts = [
+        f"condition {w}"
+        for w in "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi "
+        "omicron pi rho sigma tau upsilon phi chi psi omega one two".split()
+    ]
     assert len(opts) == 26
     parsed = parse_diag("Z. condition two; status: benign", opts)
     assert parsed.ok and parsed.option_index == 25
@@ -149,8 +151,20 @@ def test_confusable_tags_are_rejected_not_accepted(tag, where):
         assert parsed.error == "confusable_tag"
 
 
-TAG_VARIANTS = ["<thinking>", "</thinking>", "<diagnosis>", "</diagnosis>", "< diagnosis >", "</Diagnosis>",
-                "<DIAGNOSIS>", "<\tthinking\n>", "</ thinking>", "<final_diagnosis>", "<think>", "</answer>"]
+TAG_VARIANTS = [
+    "<thinking>",
+    "</thinking>",
+    "<diagnosis>",
+    "</diagnosis>",
+    "< diagnosis >",
+    "</Diagnosis>",
+    "<DIAGNOSIS>",
+    "<\tthinking\n>",
+    "</ thinking>",
+    "<final_diagnosis>",
+    "<think>",
+    "</answer>",
+]
 
 
 @pytest.mark.parametrize("tag", TAG_VARIANTS)
@@ -164,8 +178,18 @@ def test_non_strings_are_malformed_not_errors(value):
     assert parse_completion(value, OPTS) == ParsedCompletion(False, "not_a_string")
 
 
-@pytest.mark.parametrize("text", ["\ud800", "\x00" * 50, wrap("A\udfff"), wrap("\u0130 \u01c5"), "<" * 5000,
-                                  "</" * 3000 + ">", wrap("A", thinking="\u0338" * 500)])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "\ud800",
+        "\x00" * 50,
+        wrap("A\udfff"),
+        wrap("\u0130 \u01c5"),
+        "<" * 5000,
+        "</" * 3000 + ">",
+        wrap("A", thinking="\u0338" * 500),
+    ],
+)
 def test_odd_strings_never_raise(text):
     parsed = parse_completion(text, OPTS)
     assert parsed.error is None or parsed.error in ERROR_CODES
@@ -196,8 +220,8 @@ def test_100k_inputs_are_rejected(name):
 
 NEAR_CAP = {
     "whitespace_after_bracket": "<" + " " * (MAX_COMPLETION_CHARS - 20) + "x",
-    "many_tag_variants": ("< thinking >" * 2000)[: MAX_COMPLETION_CHARS],
-    "fullwidth_tags": ("\uff1cthinking\uff1e" * 2000)[: MAX_COMPLETION_CHARS],
+    "many_tag_variants": ("< thinking >" * 2000)[:MAX_COMPLETION_CHARS],
+    "fullwidth_tags": ("\uff1cthinking\uff1e" * 2000)[:MAX_COMPLETION_CHARS],
     "non_ascii_thinking": wrap("A. melanoma", thinking="\u0436" * (MAX_COMPLETION_CHARS - 60)),
     "option_mentions": wrap("melanoma in situ " * 1100),
     "letters": wrap("A " * 9_900),
@@ -370,8 +394,19 @@ def test_open_prompt():
     assert "status" not in build_open_prompt("Name it.", ask_status=False)
 
 
-@pytest.mark.parametrize("options", [[], [f"o{i}" for i in range(27)], ["a", "A"], ["x\ny", "z"], ["", "b"],
-                                     ["melanoma", None], "melanoma", ["<diagnosis>", "b"]])
+@pytest.mark.parametrize(
+    "options",
+    [
+        [],
+        [f"o{i}" for i in range(27)],
+        ["a", "A"],
+        ["x\ny", "z"],
+        ["", "b"],
+        ["melanoma", None],
+        "melanoma",
+        ["<diagnosis>", "b"],
+    ],
+)
 def test_mcq_prompt_rejects_bad_options(options):
     with pytest.raises(ValueError):
         build_mcq_prompt("Q?", options)
@@ -396,9 +431,18 @@ def test_system_prompt_states_the_format_and_lists_no_options():
     assert len(SYSTEM_PROMPT) < 1200
 
 
-@pytest.mark.parametrize(("thinking", "diagnosis"), [("", "A"), ("x", " "), ("a <thinking> b", "A"),
-                                                     ("x", "A </diagnosis>"), ("x", "A \uff1cdiagnosis\uff1e"),
-                                                     (None, "A"), ("x" * MAX_COMPLETION_CHARS, "A")])
+@pytest.mark.parametrize(
+    ("thinking", "diagnosis"),
+    [
+        ("", "A"),
+        ("x", " "),
+        ("a <thinking> b", "A"),
+        ("x", "A </diagnosis>"),
+        ("x", "A \uff1cdiagnosis\uff1e"),
+        (None, "A"),
+        ("x" * MAX_COMPLETION_CHARS, "A"),
+    ],
+)
 def test_format_completion_refuses_what_the_parser_would_reject(thinking, diagnosis):
     with pytest.raises(ValueError):
         format_completion(thinking, diagnosis)
@@ -412,10 +456,42 @@ def test_contains_tag():
 # --- properties -----------------------------------------------------------------------------------------------
 
 FRAGMENTS = [
-    "<thinking>", "</thinking>", "<diagnosis>", "</diagnosis>", "< diagnosis >", "</Thinking>", "<think>",
-    "\uff1cthinking\uff1e", "<di\u0430gnosis>", "A", "B.", "(C)", "D", "E.", "Z", "a", "b", " or ", ", ", " ",
-    "\n", "melanoma", "melanoma in situ", "seborrheic keratosis", "melanocytic nevus", "status:", " benign",
-    " malignant", " precancerous in situ", " not", "; ", "\u200b", "\uff23.", "x", "Option ", "The lesion",
+    "<thinking>",
+    "</thinking>",
+    "<diagnosis>",
+    "</diagnosis>",
+    "< diagnosis >",
+    "</Thinking>",
+    "<think>",
+    "\uff1cthinking\uff1e",
+    "<di\u0430gnosis>",
+    "A",
+    "B.",
+    "(C)",
+    "D",
+    "E.",
+    "Z",
+    "a",
+    "b",
+    " or ",
+    ", ",
+    " ",
+    "\n",
+    "melanoma",
+    "melanoma in situ",
+    "seborrheic keratosis",
+    "melanocytic nevus",
+    "status:",
+    " benign",
+    " malignant",
+    " precancerous in situ",
+    " not",
+    "; ",
+    "\u200b",
+    "\uff23.",
+    "x",
+    "Option ",
+    "The lesion",
 ]
 
 
@@ -484,8 +560,13 @@ def _render(index, style):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.permutations(range(4)), st.integers(0, 5), st.integers(0, 5),
-       st.sampled_from([" or ", ", ", "; ", " / ", " and ", " then "]), st.sampled_from([*STATUSES, None]))
+@given(
+    st.permutations(range(4)),
+    st.integers(0, 5),
+    st.integers(0, 5),
+    st.sampled_from([" or ", ", ", "; ", " / ", " and ", " then "]),
+    st.sampled_from([*STATUSES, None]),
+)
 def test_property_naming_two_options_is_never_credited(order, style_a, style_b, sep, status):
     first, second = order[0], order[1]
     diagnosis = _render(first, style_a) + sep + _render(second, style_b)
@@ -497,8 +578,11 @@ def test_property_naming_two_options_is_never_credited(order, style_a, style_b, 
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=200),
-       st.integers(0, 3), st.sampled_from([*STATUSES, None]))
+@given(
+    st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=200),
+    st.integers(0, 3),
+    st.sampled_from([*STATUSES, None]),
+)
 def test_property_round_trip_with_arbitrary_thinking(thinking, index, status):
     try:
         text = format_completion(thinking, format_mcq_answer(OPTS, index, status))

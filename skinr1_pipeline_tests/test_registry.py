@@ -27,7 +27,6 @@ from skinr1_pipeline.tracking.pyfunc_model import (  # noqa: E402
     log_skinr1_model,
     read_base_reference,
 )
-from skinr1_pipeline_tests.tiny_models import tiny_base_and_adapter  # noqa: E402
 from skinr1_pipeline.tracking.registry import (  # noqa: E402
     CANDIDATE,
     CHAMPION,
@@ -37,6 +36,7 @@ from skinr1_pipeline.tracking.registry import (  # noqa: E402
     promotion_decision,
     register_candidate,
 )
+from skinr1_pipeline_tests.tiny_models import tiny_base_and_adapter  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -114,16 +114,24 @@ def test_required_evidence_blocks_promotion_even_without_a_champion(store) -> No
     client = mlflow.MlflowClient(tracking_uri=uri)
     name = "skinr1-evidence"
     required = ("beats_blind_guessers", "beats_shuffled_image")
-    blind = register_candidate(_model_run(store), name, tracking_uri=uri, tags={
-        "in_domain_accuracy": 0.32, "beats_blind_guessers": False, "beats_shuffled_image": True})
+    blind = register_candidate(
+        _model_run(store),
+        name,
+        tracking_uri=uri,
+        tags={"in_domain_accuracy": 0.32, "beats_blind_guessers": False, "beats_shuffled_image": True},
+    )
     decision = decide_and_promote(client, name, blind, required_tags=required)
     assert not decision.promote and "beats_blind_guessers" in decision.reason
     assert "beats_shuffled_image" not in decision.reason.split("evidence:")[1]
     assert client.get_model_version(name, blind).tags["promotion_decision"] == "kept champion"
     untagged = _candidate(store, name, 0.9)  # no evidence recorded at all
     assert "missing" in promotion_decision(client, name, untagged, required_tags=required).reason
-    honest = register_candidate(_model_run(store), name, tracking_uri=uri, tags={
-        "in_domain_accuracy": 0.5, "beats_blind_guessers": True, "beats_shuffled_image": True})
+    honest = register_candidate(
+        _model_run(store),
+        name,
+        tracking_uri=uri,
+        tags={"in_domain_accuracy": 0.5, "beats_blind_guessers": True, "beats_shuffled_image": True},
+    )
     assert decide_and_promote(client, name, honest, required_tags=required).promote
     assert str(client.get_model_version_by_alias(name, CHAMPION).version) == honest
 
@@ -133,8 +141,9 @@ def test_metric_from_source_run_and_missing_metric(store) -> None:
     uri = store[0]
     client = mlflow.MlflowClient(tracking_uri=uri)
     name = "skinr1-run-metric"
-    v1 = register_candidate(_model_run(store, {"in_domain_accuracy": 0.4, "malignant_miss_rate": 0.3}), name,
-                            tracking_uri=uri)
+    v1 = register_candidate(
+        _model_run(store, {"in_domain_accuracy": 0.4, "malignant_miss_rate": 0.3}), name, tracking_uri=uri
+    )
     decision = promotion_decision(client, name, v1)
     assert decision.promote and decision.candidate_value == pytest.approx(0.4) and "source run" in decision.reason
     promote(client, name, v1)
@@ -149,6 +158,7 @@ def test_metric_from_source_run_and_missing_metric(store) -> None:
 
 
 # ---- pyfunc ---------------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def tiny_with_adapter(tmp_path_factory) -> tuple[Path, Path, Path]:
@@ -193,8 +203,13 @@ def test_pyfunc_log_load_predict_and_register(store, tiny_with_adapter) -> None:
     base, adapter, image = tiny_with_adapter
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run(experiment_id=exp):
-        info = log_skinr1_model(base, adapter, name="skinr1", input_example_image_path=image,
-                                model_config={"max_new_tokens": 4, "device": "cpu"})
+        info = log_skinr1_model(
+            base,
+            adapter,
+            name="skinr1",
+            input_example_image_path=image,
+            model_config={"max_new_tokens": 4, "device": "cpu"},
+        )
     assert info.signature is not None
     assert [c.name for c in info.signature.inputs.inputs] == ["image", "prompt"]
     outputs = {c.name: c.type.name for c in info.signature.outputs.inputs}
@@ -203,8 +218,12 @@ def test_pyfunc_log_load_predict_and_register(store, tiny_with_adapter) -> None:
     assert info.saved_input_example_info is not None
 
     loaded = mlflow.pyfunc.load_model(info.model_uri)
-    frame = pd.DataFrame({"image": [str(image), _b64((200, 180, 160))],
-                          "prompt": [build_open_prompt(), build_mcq_prompt("Q?", ["melanoma", "melanocytic nevus"])]})
+    frame = pd.DataFrame(
+        {
+            "image": [str(image), _b64((200, 180, 160))],
+            "prompt": [build_open_prompt(), build_mcq_prompt("Q?", ["melanoma", "melanocytic nevus"])],
+        }
+    )
     out = loaded.predict(frame, params={"max_new_tokens": 3})
     assert list(out.columns) == list(OUTPUT_COLUMNS) and len(out) == 2
     assert out["completion"].map(lambda c: isinstance(c, str)).all()
@@ -219,8 +238,7 @@ def test_pyfunc_log_load_predict_and_register(store, tiny_with_adapter) -> None:
     requirements = (local / "requirements.txt").read_text()
     assert "transformers==" in requirements and "peft==" in requirements
 
-    version = register_candidate(info.model_uri, "skinr1-pyfunc", tags={"in_domain_accuracy": 0.1},
-                                 tracking_uri=uri)
+    version = register_candidate(info.model_uri, "skinr1-pyfunc", tags={"in_domain_accuracy": 0.1}, tracking_uri=uri)
     client = mlflow.MlflowClient(tracking_uri=uri)
     assert str(client.get_model_version_by_alias("skinr1-pyfunc", CANDIDATE).version) == version
     again = mlflow.pyfunc.load_model(f"models:/skinr1-pyfunc@{CANDIDATE}")
@@ -249,7 +267,8 @@ def test_base_digest_samples_large_files_and_ignores_markers(tmp_path: Path) -> 
 
 @pytest.mark.slow  # a tiny model through a real MLflow registry
 def test_registered_model_resolves_its_referenced_base_and_refuses_a_missing_or_different_one(
-        store, tmp_path: Path) -> None:
+    store, tmp_path: Path
+) -> None:
     """Registration used to copy the whole base model into the artifacts (about 15 GB for the 7B model)."""
     uri, exp, _ = store
     base, adapter = tiny_base_and_adapter(tmp_path / "base", tmp_path / "adapter")
@@ -257,8 +276,13 @@ def test_registered_model_resolves_its_referenced_base_and_refuses_a_missing_or_
     Image.new("RGB", (64, 48), (150, 90, 70)).save(image)
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run(experiment_id=exp):
-        info = log_skinr1_model(base, adapter, name="referenced", input_example_image_path=image,
-                                model_config={"max_new_tokens": 2, "device": "cpu"})
+        info = log_skinr1_model(
+            base,
+            adapter,
+            name="referenced",
+            input_example_image_path=image,
+            model_config={"max_new_tokens": 2, "device": "cpu"},
+        )
     local = Path(mlflow.artifacts.download_artifacts(info.model_uri))
     stored = sum(p.stat().st_size for p in (local / "artifacts").rglob("*") if p.is_file())
     adapter_bytes = sum(p.stat().st_size for p in adapter.rglob("*") if p.is_file())
@@ -293,7 +317,8 @@ def test_diagnose_reads_the_reference_inside_the_download_and_checks_the_base(tm
     (download / "artifacts" / BASE_REF_FILE).write_text(json.dumps(reference))
     (download / "MLmodel").write_text(
         "flavors:\n  python_function:\n    artifacts:\n"
-        f"      base_model_ref: {{path: 'artifacts/{BASE_REF_FILE}'}}\n      adapter: {{path: 'artifacts/adapter'}}\n")
+        f"      base_model_ref: {{path: 'artifacts/{BASE_REF_FILE}'}}\n      adapter: {{path: 'artifacts/adapter'}}\n"
+    )
     source = model_source(download, "models:/m@champion", "m")
     assert source.base_dir == base and source.adapter_dir == (download / "artifacts" / "adapter").resolve()
     (base / "config.json").write_text('{"changed": true}')

@@ -6,19 +6,22 @@ import math
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from skinr1_pipeline.modeling.prompt_format import (
     SYSTEM_PROMPT,
     build_mcq_prompt,
     build_open_prompt,
+    completion_text,
     format_completion,
     format_mcq_answer,
 )
-from skinr1_pipeline.modeling.prompt_format import completion_text
 from skinr1_pipeline.training.rewards import (
     ACCURACY_REWARD,
     FORMAT_REWARD,
     MALIGNANCY_REWARD,
+    MIN_THINKING_WORD_CHARS,
     NO_GRANULARITY_REWARD_WEIGHTS,
     PAPER_REWARD_WEIGHTS,
     REWARD_FUNCTIONS,
@@ -27,13 +30,9 @@ from skinr1_pipeline.training.rewards import (
     accuracy_reward,
     format_reward,
     granularity_reward,
-    MIN_THINKING_WORD_CHARS,
     make_reward_functions,
     malignancy_reward,
 )
-
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 ALL = [format_reward, granularity_reward, malignancy_reward, accuracy_reward]
 THINK = "Stuck-on appearance, milia-like cysts and comedo-like openings."
@@ -47,18 +46,27 @@ def answer(index, status=None, options=OPTS):
 
 
 def row_kwargs(n, options=OPTS, scores=SCORES, bucket="malignant", prefix="s", prompts=True):
-    kw = {"options": [list(options)] * n, "option_scores": [list(scores)] * n, "bucket": [bucket] * n,
-          "sample_id": [f"{prefix}{i}" for i in range(n)]}
+    kw = {
+        "options": [list(options)] * n,
+        "option_scores": [list(scores)] * n,
+        "bucket": [bucket] * n,
+        "sample_id": [f"{prefix}{i}" for i in range(n)],
+    }
     if prompts:
         kw["prompts"] = [conversational_prompt(options)] * n
     return kw
 
 
 def conversational_prompt(options):
-    text = build_mcq_prompt("What type of abnormality is present in this image?", options) if options \
+    text = (
+        build_mcq_prompt("What type of abnormality is present in this image?", options)
+        if options
         else build_open_prompt()
-    return [{"role": "system", "content": SYSTEM_PROMPT},
-            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+    )
+    return [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]},
+    ]
 
 
 def run_all(completions, **kw):
@@ -92,10 +100,16 @@ def test_reward_constants():
     assert (FORMAT_REWARD, MALIGNANCY_REWARD, ACCURACY_REWARD) == (1.0, 0.25, 1.0)
 
 
-@pytest.mark.parametrize(("bucket", "status", "expected"), [
-    ("benign", "benign", 0.25), ("precancerous_in_situ", "precancerous_in_situ", 0.25), ("malignant", "benign", 0.0),
-    ("precancerous_in_situ", "malignant", 0.0), ("benign", None, 0.0),
-])
+@pytest.mark.parametrize(
+    ("bucket", "status", "expected"),
+    [
+        ("benign", "benign", 0.25),
+        ("precancerous_in_situ", "precancerous_in_situ", 0.25),
+        ("malignant", "benign", 0.0),
+        ("precancerous_in_situ", "malignant", 0.0),
+        ("benign", None, 0.0),
+    ],
+)
 def test_malignancy_reward_values(bucket, status, expected):
     kw = row_kwargs(1, bucket=bucket)
     assert malignancy_reward([answer(1, status)], **kw) == [expected]
@@ -107,11 +121,14 @@ def test_two_statuses_earn_no_malignancy_reward():
     assert format_reward([text], **row_kwargs(1)) == [1.0]
 
 
-@pytest.mark.parametrize("diagnosis", [
-    "D. melanoma in situ; possibly benign; status: malignant",  # a hedge before the clause
-    "D. melanoma in situ; status: malignant\nif regressing then benign",  # a hedge after it, on the next line
-    "D. melanoma in situ, not malignant; status: malignant",  # the clause's own status negated elsewhere
-])
+@pytest.mark.parametrize(
+    "diagnosis",
+    [
+        "D. melanoma in situ; possibly benign; status: malignant",  # a hedge before the clause
+        "D. melanoma in situ; status: malignant\nif regressing then benign",  # a hedge after it, on the next line
+        "D. melanoma in situ, not malignant; status: malignant",  # the clause's own status negated elsewhere
+    ],
+)
 def test_status_word_contradicting_the_clause_earns_no_malignancy_reward(diagnosis):
     text = format_completion(THINK, diagnosis)
     assert malignancy_reward([text], **row_kwargs(1)) == [0.0]
@@ -120,8 +137,10 @@ def test_status_word_contradicting_the_clause_earns_no_malignancy_reward(diagnos
 
 def test_hedged_status_earns_nothing_for_either_bucket():
     opts, scores = ["benign melanocytic lesion", "melanoma"], [0.25, 0.75]
-    for diagnosis in ("B. melanoma; possibly malignant; status: benign",
-                      "B. melanoma; status: benign\nif atypical then malignant"):
+    for diagnosis in (
+        "B. melanoma; possibly malignant; status: benign",
+        "B. melanoma; status: benign\nif atypical then malignant",
+    ):
         text = format_completion(THINK, diagnosis)
         for bucket in ("benign", "malignant"):
             assert malignancy_reward([text], **row_kwargs(1, opts, scores, bucket)) == [0.0]
@@ -157,11 +176,17 @@ def test_thinking_threshold_is_configurable_and_counts_only_letters_and_digits()
 
 
 def test_legitimate_completion_still_earns_full_credit():
-    text = format_completion("Irregular pigment network with regression; melanoma in situ is the deepest fit.",
-                             "D. melanoma in situ; status: malignant")
+    text = format_completion(
+        "Irregular pigment network with regression; melanoma in situ is the deepest fit.",
+        "D. melanoma in situ; status: malignant",
+    )
     got = run_all([text], **row_kwargs(1))
-    assert got == {"format_reward": [1.0], "granularity_reward": [0.75], "malignancy_reward": [0.25],
-                   "accuracy_reward": [1.0]}
+    assert got == {
+        "format_reward": [1.0],
+        "granularity_reward": [0.75],
+        "malignancy_reward": [0.25],
+        "accuracy_reward": [1.0],
+    }
     open_text = format_completion(THINK, "basal cell carcinoma; status: malignant")
     assert malignancy_reward([open_text], bucket=["malignant"]) == [0.25]
 
@@ -173,8 +198,13 @@ def test_correct_status_cannot_pay_for_an_ambiguous_option():
 
 def test_open_ended_rows_are_not_applicable_to_option_rewards():
     completions = [format_completion(THINK, "melanoma in situ; status: malignant"), answer(3, "malignant")]
-    kw = {"options": [None, OPTS], "option_scores": [None, SCORES], "bucket": ["malignant", None],
-          "sample_id": ["open", "mcq"], "prompts": [conversational_prompt(None), conversational_prompt(OPTS)]}
+    kw = {
+        "options": [None, OPTS],
+        "option_scores": [None, SCORES],
+        "bucket": ["malignant", None],
+        "sample_id": ["open", "mcq"],
+        "prompts": [conversational_prompt(None), conversational_prompt(OPTS)],
+    }
     got = run_all(completions, **kw)
     assert got["format_reward"] == [1.0, 1.0]
     assert got["granularity_reward"] == [None, 0.75]
@@ -193,18 +223,27 @@ def test_accuracy_needs_a_positive_maximum():
 def test_conversational_and_string_completions_give_identical_rewards():
     texts = [answer(i, s) for i in range(4) for s in ("benign", "malignant", None)] + ["junk", ""]
     chat = [[{"role": "assistant", "content": t}] for t in texts]
-    parts = [[{"role": "assistant", "content": [{"type": "text", "text": t[:7]}, {"type": "text", "text": t[7:]}]}]
-             for t in texts]
+    parts = [
+        [{"role": "assistant", "content": [{"type": "text", "text": t[:7]}, {"type": "text", "text": t[7:]}]}]
+        for t in texts
+    ]
     kw = row_kwargs(len(texts))
     for f in ALL:
         assert f(texts, **kw) == f(chat, **kw) == f(parts, **kw)
 
 
-@pytest.mark.parametrize("completion", [
-    None, 42, [], [{"role": "user", "content": "x"}],
-    [{"role": "assistant", "content": "a"}, {"role": "assistant", "content": "b"}],
-    [{"role": "assistant", "content": [{"type": "image"}]}], [{"role": "assistant", "content": None}],
-])
+@pytest.mark.parametrize(
+    "completion",
+    [
+        None,
+        42,
+        [],
+        [{"role": "user", "content": "x"}],
+        [{"role": "assistant", "content": "a"}, {"role": "assistant", "content": "b"}],
+        [{"role": "assistant", "content": [{"type": "image"}]}],
+        [{"role": "assistant", "content": None}],
+    ],
+)
 def test_unexpected_completion_shapes_score_zero(completion):
     assert completion_text(completion) is None
     got = run_all([completion], **row_kwargs(1))
@@ -214,8 +253,13 @@ def test_unexpected_completion_shapes_score_zero(completion):
 def test_trl_extra_kwargs_are_accepted_and_logging_hooks_called():
     metrics, extras = {}, {}
     completions = [answer(3, "malignant"), "junk"]
-    kw = row_kwargs(2) | {"completion_ids": [[1, 2], [3]], "trainer_state": object(), "image": [None, None],
-                          "log_metric": metrics.__setitem__, "log_extra": extras.__setitem__}
+    kw = row_kwargs(2) | {
+        "completion_ids": [[1, 2], [3]],
+        "trainer_state": object(),
+        "image": [None, None],
+        "log_metric": metrics.__setitem__,
+        "log_extra": extras.__setitem__,
+    }
     for f in ALL:
         f(completions, **kw)
     assert metrics == {"format/parse_failure_rate": 0.5}
@@ -235,8 +279,13 @@ def test_reward_names_for_trl_logging():
 def test_shuffled_kwargs_column_raises_alignment_error_naming_the_row():
     options = [OPTS, ["nevus", "melanoma", "dermatofibroma", "angioma"], ["basal cell carcinoma", "nevus"]]
     scores = [SCORES, [0.0, 0.75, 0.0, 0.0], [0.75, 0.0]]
-    kw = {"prompts": [conversational_prompt(o) for o in options], "options": options, "option_scores": scores,
-          "bucket": ["malignant", "malignant", "malignant"], "sample_id": ["isic_1", "ham_2", "pad_3"]}
+    kw = {
+        "prompts": [conversational_prompt(o) for o in options],
+        "options": options,
+        "option_scores": scores,
+        "bucket": ["malignant", "malignant", "malignant"],
+        "sample_id": ["isic_1", "ham_2", "pad_3"],
+    }
     completions = [answer(3), answer(1, options=options[1]), answer(0, options=options[2])]
     for f in ALL:
         assert len(f(completions, **kw)) == 3
@@ -270,11 +319,14 @@ def test_prompt_with_options_but_no_options_column_raises():
         format_reward([answer(0)], **kw)
 
 
-@pytest.mark.parametrize(("change", "error"), [
-    ({"bucket": ["cancer"]}, RewardInputError),
-    ({"option_scores": [[0.0, math.nan, 0.5, 0.75]]}, RewardInputError),
-    ({"options": ["melanoma"]}, RewardInputError),
-])
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"bucket": ["cancer"]}, RewardInputError),
+        ({"option_scores": [[0.0, math.nan, 0.5, 0.75]]}, RewardInputError),
+        ({"options": ["melanoma"]}, RewardInputError),
+    ],
+)
 def test_invalid_row_values_raise(change, error):
     kw = row_kwargs(1, prompts=False) | change
     with pytest.raises(error):
@@ -282,8 +334,10 @@ def test_invalid_row_values_raise(change, error):
             f([answer(0)], **kw)
 
 
-@pytest.mark.parametrize(("func", "missing"), [(granularity_reward, "option_scores"), (accuracy_reward, "options"),
-                                               (malignancy_reward, "bucket")])
+@pytest.mark.parametrize(
+    ("func", "missing"),
+    [(granularity_reward, "option_scores"), (accuracy_reward, "options"), (malignancy_reward, "bucket")],
+)
 def test_missing_required_column_is_named(func, missing):
     kw = row_kwargs(1, prompts=False)
     del kw[missing]
@@ -346,13 +400,22 @@ def batches(draw):
         bucket = draw(st.sampled_from(["benign", "precancerous_in_situ", "malignant", None]))
         kind = draw(st.integers(0, 3))
         if kind == 0:
-            completion = answer(draw(st.integers(0, len(options) - 1)),
-                                draw(st.sampled_from(["benign", "precancerous_in_situ", "malignant", None])), options)
+            completion = answer(
+                draw(st.integers(0, len(options) - 1)),
+                draw(st.sampled_from(["benign", "precancerous_in_situ", "malignant", None])),
+                options,
+            )
         elif kind == 1:
             completion = draw(st.text(max_size=80))
         elif kind == 2:
-            completion = format_completion(THINK, draw(st.sampled_from(
-                ["A or B", "A. x; status: benign", "C", "Z", "b", "nevus; status: malignant", "A, B, C, D"])))
+            completion = format_completion(
+                THINK,
+                draw(
+                    st.sampled_from(
+                        ["A or B", "A. x; status: benign", "C", "Z", "b", "nevus; status: malignant", "A, B, C, D"]
+                    )
+                ),
+            )
         else:
             completion = [{"role": "assistant", "content": answer(0, "benign", options)}]
         rows.append((completion, options, scores, bucket, f"id{i}"))
@@ -360,8 +423,13 @@ def batches(draw):
 
 
 def _kwargs(rows):
-    return {"options": [r[1] for r in rows], "option_scores": [r[2] for r in rows], "bucket": [r[3] for r in rows],
-            "sample_id": [r[4] for r in rows], "prompts": [conversational_prompt(r[1]) for r in rows]}
+    return {
+        "options": [r[1] for r in rows],
+        "option_scores": [r[2] for r in rows],
+        "bucket": [r[3] for r in rows],
+        "sample_id": [r[4] for r in rows],
+        "prompts": [conversational_prompt(r[1]) for r in rows],
+    }
 
 
 @settings(max_examples=150, deadline=None)
@@ -380,7 +448,7 @@ def test_property_rewards_are_invariant_to_batch_order(rows, rnd):
 @given(batches())
 def test_property_reward_values_stay_in_their_sets(rows):
     got = run_all([r[0] for r in rows], **_kwargs(rows))
-    for i, (_, options, scores, bucket, _) in enumerate(rows):
+    for i, (_, _options, scores, bucket, _) in enumerate(rows):
         assert got["format_reward"][i] in (0.0, 1.0)
         assert got["granularity_reward"][i] in {0.0, *scores}
         assert got["accuracy_reward"][i] in (0.0, 1.0)

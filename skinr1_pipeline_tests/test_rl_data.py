@@ -9,6 +9,14 @@ import pytest
 from skinr1_pipeline.knowledge.ddx import DDxGraph
 from skinr1_pipeline.knowledge.taxonomy import Taxonomy
 from skinr1_pipeline.modeling.prompt_format import format_completion, format_mcq_answer, prompt_options
+from skinr1_pipeline.tasks.mcq import (
+    ITEM_COLUMNS,
+    TOP_SCORE,
+    build_mcq_items,
+    dataset_pools,
+    hierarchical_scores,
+    option_path,
+)
 from skinr1_pipeline.training.rewards import (
     ACCURACY_REWARD,
     FORMAT_REWARD,
@@ -18,23 +26,28 @@ from skinr1_pipeline.training.rewards import (
     granularity_reward,
     malignancy_reward,
 )
-from skinr1_pipeline.tasks.mcq import (
-    ITEM_COLUMNS,
-    TOP_SCORE,
-    build_mcq_items,
-    dataset_pools,
-    hierarchical_scores,
-    option_path,
-)
 from skinr1_pipeline.training.rl_data import train_subsets
 
 TAX = Taxonomy.load()
 DDX = DDxGraph.load(TAX)
 LABELS = {
-    "ham10000": ["melanoma", "melanocytic_nevus", "benign_keratosis_like", "basal_cell_carcinoma",
-                 "ak_or_scc_in_situ", "dermatofibroma", "benign_vascular"],
-    "pad_ufes_20": ["actinic_keratosis", "basal_cell_carcinoma", "melanoma", "melanocytic_nevus",
-                    "squamous_cell_carcinoma", "seborrheic_keratosis"],
+    "ham10000": [
+        "melanoma",
+        "melanocytic_nevus",
+        "benign_keratosis_like",
+        "basal_cell_carcinoma",
+        "ak_or_scc_in_situ",
+        "dermatofibroma",
+        "benign_vascular",
+    ],
+    "pad_ufes_20": [
+        "actinic_keratosis",
+        "basal_cell_carcinoma",
+        "melanoma",
+        "melanocytic_nevus",
+        "squamous_cell_carcinoma",
+        "seborrheic_keratosis",
+    ],
     "derm7pt": ["melanoma", "dysplastic_nevus", "seborrheic_keratosis", "melanoma_in_situ", "dermatofibroma"],
 }
 
@@ -46,14 +59,25 @@ def make_samples(per_source: int = 30, labels: dict[str, list[str]] = LABELS) ->
         for i in range(per_source):
             node = nodes[i % len(nodes)]
             clinical = source == "pad_ufes_20" or (source == "derm7pt" and i % 2 == 1)
-            rows.append({
-                "sample_id": f"{source}/{i}", "source_dataset": source, "image_path": f"/img/{source}_{i}.jpg",
-                "raw_label": node, "modality": "clinical" if clinical else "dermoscopic", "taxonomy_node": node,
-                "taxonomy_path": TAX.path(node), "taxonomy_depth": TAX.depth(node),
-                "bucket": TAX[node].bucket or "none", "split": ("train", "valid", "test")[i % 3],
-                "image_sha256": f"sha-{source}-{i}", "fitzpatrick": float(i % 6 + 1) if i % 5 else np.nan,
-                "age": 50.0, "sex": "female", "site": "back",
-            })  # fmt: skip
+            rows.append(
+                {
+                    "sample_id": f"{source}/{i}",
+                    "source_dataset": source,
+                    "image_path": f"/img/{source}_{i}.jpg",
+                    "raw_label": node,
+                    "modality": "clinical" if clinical else "dermoscopic",
+                    "taxonomy_node": node,
+                    "taxonomy_path": TAX.path(node),
+                    "taxonomy_depth": TAX.depth(node),
+                    "bucket": TAX[node].bucket or "none",
+                    "split": ("train", "valid", "test")[i % 3],
+                    "image_sha256": f"sha-{source}-{i}",
+                    "fitzpatrick": float(i % 6 + 1) if i % 5 else np.nan,
+                    "age": 50.0,
+                    "sex": "female",
+                    "site": "back",
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -136,15 +160,16 @@ def test_deterministic_and_order_independent():
 
 
 def test_drops_are_counted_with_reasons():
-    extra = pd.concat([
-        one_sample("psoriasis", sample_id="x/no-bucket"),  # inflammatory: no malignancy bucket
-        one_sample("melanoma", sample_id="x/unknown").assign(taxonomy_node="not_a_node"),
-        one_sample("melanoma", source="lonely", sample_id="lonely/1"),  # one-class dataset: no distractors
-    ])
+    extra = pd.concat(
+        [
+            one_sample("psoriasis", sample_id="x/no-bucket"),  # inflammatory: no malignancy bucket
+            one_sample("melanoma", sample_id="x/unknown").assign(taxonomy_node="not_a_node"),
+            one_sample("melanoma", source="lonely", sample_id="lonely/1"),  # one-class dataset: no distractors
+        ]
+    )
     build = build_mcq_items(pd.concat([SAMPLES, extra]), TAX)
     reasons = build.dropped.set_index("sample_id")["reason"].to_dict()
-    assert reasons == {"x/no-bucket": "no_bucket", "x/unknown": "unknown_node",
-                       "lonely/1": "insufficient_distractors"}
+    assert reasons == {"x/no-bucket": "no_bucket", "x/unknown": "unknown_node", "lonely/1": "insufficient_distractors"}
     assert build.drop_counts == {"insufficient_distractors": 1, "no_bucket": 1, "unknown_node": 1}
     assert "needed" in build.dropped.set_index("sample_id").loc["lonely/1", "detail"]
     assert len(build.items) == len(SAMPLES)
@@ -154,8 +179,9 @@ def test_drops_are_counted_with_reasons():
 def test_rewards_give_full_credit_to_gold_completions():
     items = build_mcq_items(SAMPLES, TAX, ddx=DDX, hard_negative_fraction=0.3).items
     thinking = "Features reviewed per option."  # enough word characters for the format reward's minimum
-    completions = [format_completion(thinking, format_mcq_answer(r.options, r.answer_index, r.bucket))
-                   for r in items.itertuples()]
+    completions = [
+        format_completion(thinking, format_mcq_answer(r.options, r.answer_index, r.bucket)) for r in items.itertuples()
+    ]
     cols = {c: items[c].tolist() for c in ("options", "option_scores", "bucket", "sample_id")}
     cols["prompts"] = items["prompt"].tolist()
     assert format_reward(completions, **cols) == [FORMAT_REWARD] * len(items)

@@ -7,7 +7,7 @@ tick asks for and that Dagster can run it, not the models.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import dagster as dg
 import mlflow
@@ -35,9 +35,10 @@ def before_the_tick(tmp_path_factory):
 def test_weekly_tick_requests_one_run_per_variant_and_the_runs_succeed(before_the_tick):
     settings, defs, instance = before_the_tick
     schedule = defs.resolve_schedule_def("weekly_evaluation")
-    tick = datetime(2026, 12, 7, 3, 0, tzinfo=timezone.utc)
-    context = dg.build_schedule_context(instance=instance, scheduled_execution_time=tick,
-                                        repository_def=defs.get_repository_def())
+    tick = datetime(2026, 12, 7, 3, 0, tzinfo=UTC)
+    context = dg.build_schedule_context(
+        instance=instance, scheduled_execution_time=tick, repository_def=defs.get_repository_def()
+    )
     requests = schedule.evaluate_tick(context).run_requests
 
     assert sorted(r.partition_key for r in requests) == sorted(VARIANTS)
@@ -52,8 +53,13 @@ def test_weekly_tick_requests_one_run_per_variant_and_the_runs_succeed(before_th
     lineage = client.get_run(suites_run).data.tags[LINEAGE_TAG]
 
     for request in requests:
-        result = job.execute_in_process(partition_key=request.partition_key, run_config=request.run_config,
-                                        tags=request.tags, instance=instance, raise_on_error=False)
+        result = job.execute_in_process(
+            partition_key=request.partition_key,
+            run_config=request.run_config,
+            tags=request.tags,
+            instance=instance,
+            raise_on_error=False,
+        )
         assert result.success, [e.message for e in result.all_events if e.is_failure]
         (event,) = result.get_asset_materialization_events()
         assert event.partition == request.partition_key and event.asset_key == TARGET

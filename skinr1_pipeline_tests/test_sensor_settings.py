@@ -97,9 +97,13 @@ def test_config_file_with_unknown_dataset_names_the_field(tmp_path):
 
 def test_gpu_settings_read_dataset_roots_and_default_tracking_store(tmp_path):
     config = tmp_path / "skinr1.yaml"
-    config.write_text(f"datasets:\n  pad_ufes_20: {tmp_path / 'pad'}\n  ham10000: {tmp_path / 'ham'}\n"
-                      f"model_dir: {tmp_path / 'qwen'}\nood:\n  sources: [pad_ufes_20]\nlauncher: accelerate\n")
-    settings = load_settings({"SKINR1_PROFILE": "gpu", "SKINR1_CONFIG": str(config), "SKINR1_HOME": str(tmp_path / "h")})
+    config.write_text(
+        f"datasets:\n  pad_ufes_20: {tmp_path / 'pad'}\n  ham10000: {tmp_path / 'ham'}\n"
+        f"model_dir: {tmp_path / 'qwen'}\nood:\n  sources: [pad_ufes_20]\nlauncher: accelerate\n"
+    )
+    settings = load_settings(
+        {"SKINR1_PROFILE": "gpu", "SKINR1_CONFIG": str(config), "SKINR1_HOME": str(tmp_path / "h")}
+    )
     assert settings.datasets == ("ham10000", "pad_ufes_20")
     assert settings.base_model_dir == tmp_path / "qwen" and settings.ood_sources == ("pad_ufes_20",)
     assert settings.ood_modalities == () and settings.compute.launcher == "accelerate"
@@ -109,18 +113,21 @@ def test_gpu_settings_read_dataset_roots_and_default_tracking_store(tmp_path):
         settings.dataset_root("derm7pt")
 
 
-@pytest.mark.parametrize("body, field", [
-    ("datasets: {}\n", "model_dir"),
-    ("model_dir: /m\nlauncher: mpirun\n", "launcher"),
-    ("model_dir: /m\ncompute:\n  kind: slurm\n", "compute.kind"),
-    ("model_dir: /m\ncompute:\n  kind: ray\n", "compute.address"),
-    ("model_dir: /m\ncompute:\n  gpus: 8\n", "compute.gpus"),
-    ("model_dir: /m\ncompute:\n  processes: 4\n", "launcher=python"),
-    ("model_dir: /m\nood:\n  modalities: clinical\n", "ood.modalities"),
-    ("model_dir: /m\nteacher:\n  generator: gpt\n", "teacher.generator"),
-    ("model_dir: /m\nteacher:\n  generator: openai\n", "teacher.base_url"),
-    ("model_dir: /m\nteacher:\n  temperature: 0\n", "teacher.temperature"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ("datasets: {}\n", "model_dir"),
+        ("model_dir: /m\nlauncher: mpirun\n", "launcher"),
+        ("model_dir: /m\ncompute:\n  kind: slurm\n", "compute.kind"),
+        ("model_dir: /m\ncompute:\n  kind: ray\n", "compute.address"),
+        ("model_dir: /m\ncompute:\n  gpus: 8\n", "compute.gpus"),
+        ("model_dir: /m\ncompute:\n  processes: 4\n", "launcher=python"),
+        ("model_dir: /m\nood:\n  modalities: clinical\n", "ood.modalities"),
+        ("model_dir: /m\nteacher:\n  generator: gpt\n", "teacher.generator"),
+        ("model_dir: /m\nteacher:\n  generator: openai\n", "teacher.base_url"),
+        ("model_dir: /m\nteacher:\n  temperature: 0\n", "teacher.temperature"),
+    ],
+)
 def test_gpu_settings_name_the_bad_field(tmp_path, body, field):
     config = tmp_path / "skinr1.yaml"
     config.write_text(body)
@@ -139,10 +146,16 @@ def test_teacher_follows_the_profile_unless_the_config_names_one(tmp_path):
     config.write_text(f"model_dir: {tmp_path / 'qwen'}\n")
     gpu = load_settings({"SKINR1_PROFILE": "gpu", "SKINR1_CONFIG": str(config), "SKINR1_HOME": str(tmp_path)}).teacher
     assert (gpu.generator, gpu.model_dir) == ("vllm", str(tmp_path / "qwen"))
-    config.write_text(f"model_dir: {tmp_path / 'qwen'}\nteacher:\n  generator: openai\n"
-                      "  base_url: http://127.0.0.1:8000/v1\n  api_model: teacher-72b\n")
+    config.write_text(
+        f"model_dir: {tmp_path / 'qwen'}\nteacher:\n  generator: openai\n"
+        "  base_url: http://127.0.0.1:8000/v1\n  api_model: teacher-72b\n"
+    )
     hosted = load_settings({"SKINR1_PROFILE": "gpu", "SKINR1_CONFIG": str(config), "SKINR1_HOME": str(tmp_path)})
-    assert (hosted.teacher.generator, hosted.teacher.api_model, hosted.teacher.model_dir) == ("openai", "teacher-72b", "")
+    assert (hosted.teacher.generator, hosted.teacher.api_model, hosted.teacher.model_dir) == (
+        "openai",
+        "teacher-72b",
+        "",
+    )
     # The asset config wins field by field; switching generator does not inherit the other generator's fields.
     assert teacher_choice(SynthesisConfig(), gpu) == gpu
     assert teacher_choice(SynthesisConfig(generator="template"), gpu).model_dir == ""

@@ -25,18 +25,38 @@ from skinr1_pipeline.training.rl_data import build_rl_items
 TAX = Taxonomy.load()
 DDX = DDxGraph.load(TAX)
 #: Labels at several depths, including a node and its own descendant (nevus / blue nevus) to test the antichain.
-LABELS = ["melanoma", "melanocytic_nevus", "benign_keratosis_like", "basal_cell_carcinoma", "dermatofibroma",
-          "seborrheic_keratosis", "squamous_cell_carcinoma", "actinic_keratosis", "benign_vascular",
-          "blue_nevus", "lentigo_simplex"]
+LABELS = [
+    "melanoma",
+    "melanocytic_nevus",
+    "benign_keratosis_like",
+    "basal_cell_carcinoma",
+    "dermatofibroma",
+    "seborrheic_keratosis",
+    "squamous_cell_carcinoma",
+    "actinic_keratosis",
+    "benign_vascular",
+    "blue_nevus",
+    "lentigo_simplex",
+]
 
 
 def make_samples(per_label: int = 6, source: str = "ham10000", split: str = "test") -> pd.DataFrame:
     rows = []
     for label in LABELS:
         for i in range(per_label):
-            rows.append({"sample_id": f"{source}/{label}/{i}", "source_dataset": source, "modality": "dermoscopic",
-                         "image_path": f"/img/{label}_{i}.jpg", "taxonomy_node": label, "bucket": TAX[label].bucket,
-                         "split": split, "image_sha256": f"sha-{label}-{i}", "fitzpatrick": np.nan})
+            rows.append(
+                {
+                    "sample_id": f"{source}/{label}/{i}",
+                    "source_dataset": source,
+                    "modality": "dermoscopic",
+                    "image_path": f"/img/{label}_{i}.jpg",
+                    "taxonomy_node": label,
+                    "bucket": TAX[label].bucket,
+                    "split": split,
+                    "image_sha256": f"sha-{label}-{i}",
+                    "fitzpatrick": np.nan,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -63,7 +83,9 @@ def test_label_items_are_antichains_with_exactly_one_true_option_and_lca_credit(
         assert item.option_scores[item.answer_index] == 1.0
         for node, score in zip(nodes, item.option_scores):
             lca = TAX.lowest_common_ancestor([node, item.gold_class])
-            assert score == pytest.approx(1.0 if node == item.gold_class else TAX.depth(lca) / TAX.depth(item.gold_class))
+            assert score == pytest.approx(
+                1.0 if node == item.gold_class else TAX.depth(lca) / TAX.depth(item.gold_class)
+            )
 
 
 def test_a_class_is_served_by_images_labelled_below_it():
@@ -90,9 +112,14 @@ def test_every_blind_guesser_scores_chance_on_set_first_items():
     """The property the construction exists for: over many items every image-blind guesser (structure, text,
     DDx centrality, cross-fitted prior and learned model) is within sampling error of 1/n."""
     many = pd.concat([make_samples(per_label=60, source=s) for s in ("ham10000", "derm7pt")], ignore_index=True)
-    items = pd.concat([in_domain_suite(many, TAX, SuiteConfig())[0],
-                       hierarchical_suite(many, TAX, SuiteConfig())[0],
-                       ddx_suite(many, TAX, DDX, SuiteConfig())[0]], ignore_index=True)
+    items = pd.concat(
+        [
+            in_domain_suite(many, TAX, SuiteConfig())[0],
+            hierarchical_suite(many, TAX, SuiteConfig())[0],
+            ddx_suite(many, TAX, DDX, SuiteConfig())[0],
+        ],
+        ignore_index=True,
+    )
     hits = blind_hits(items, TAX, DDX)
     guessers = [c for c in hits.columns if c not in ("item_id", "suite", "sample_id")]
     assert {"most_ancestors", "deepest", "longest_text", "ddx_centrality", "answer_prior", "learned"} <= set(guessers)

@@ -21,8 +21,14 @@ from skinr1_pipeline.modeling.generation import generate
 from skinr1_pipeline.modeling.model_factory import load_adapter_model, load_processor
 from skinr1_pipeline.modeling.tiny_model import build_tiny_model
 from skinr1_pipeline.training.config import ConfigError, from_mapping, parse_overrides
-from skinr1_pipeline.training.sft import (SFTRunConfig, build_trainer, demo_sft_config, last_checkpoint,
-                                          lora_target_pattern, run_sft)
+from skinr1_pipeline.training.sft import (
+    SFTRunConfig,
+    build_trainer,
+    demo_sft_config,
+    last_checkpoint,
+    lora_target_pattern,
+    run_sft,
+)
 
 pytestmark = pytest.mark.slow
 TINY = dict(vocab_size=512, text_hidden=64, text_layers=1, vision_depth=1, vision_hidden=32, max_pixels=56 * 56 * 4)
@@ -47,8 +53,15 @@ def _rows(img_dir: Path) -> list[dict]:
             answer = pf.format_open_answer(OPTIONS[idx], "benign")
         completion = pf.format_completion(f"a {idx} coloured patch with sharp border", answer)
         # relative image paths resolve against the Parquet file's folder
-        rows.append({"sample_id": f"s{i}", "image_path": f"images/{path.name}", "prompt": prompt,
-                     "completion": completion, "extra_column": i})
+        rows.append(
+            {
+                "sample_id": f"s{i}",
+                "image_path": f"images/{path.name}",
+                "prompt": prompt,
+                "completion": completion,
+                "extra_column": i,
+            }
+        )
     return rows
 
 
@@ -59,17 +72,37 @@ def workspace(tmp_path_factory) -> dict[str, Path]:
     rows = _rows(root / "images")
     pd.DataFrame(rows).to_parquet(root / "train.parquet")
     pd.DataFrame(rows[:2]).to_parquet(root / "eval.parquet")
-    model_dir = build_tiny_model(root / "model", [r["prompt"] for r in rows] + [r["completion"] for r in rows],
-                                 seed=0, **TINY)
-    return {"root": root, "model": model_dir, "train": root / "train.parquet", "eval": root / "eval.parquet",
-            "completions": [r["completion"] for r in rows]}
+    model_dir = build_tiny_model(
+        root / "model", [r["prompt"] for r in rows] + [r["completion"] for r in rows], seed=0, **TINY
+    )
+    return {
+        "root": root,
+        "model": model_dir,
+        "train": root / "train.parquet",
+        "eval": root / "eval.parquet",
+        "completions": [r["completion"] for r in rows],
+    }
 
 
 def _cfg(ws: dict, out: Path, **kw) -> SFTRunConfig:
-    values = dict(model_dir=str(ws["model"]), train_path=str(ws["train"]), output_dir=str(out), lora_r=4,
-                  lora_alpha=8, learning_rate=1e-3, max_steps=2, per_device_train_batch_size=2,
-                  gradient_accumulation_steps=1, max_pixels=56 * 56 * 4, max_length=1024, seed=0, save_steps=100,
-                  logging_steps=1, use_cpu=True, warmup_ratio=0.0)
+    values = dict(
+        model_dir=str(ws["model"]),
+        train_path=str(ws["train"]),
+        output_dir=str(out),
+        lora_r=4,
+        lora_alpha=8,
+        learning_rate=1e-3,
+        max_steps=2,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=1,
+        max_pixels=56 * 56 * 4,
+        max_length=1024,
+        seed=0,
+        save_steps=100,
+        logging_steps=1,
+        use_cpu=True,
+        warmup_ratio=0.0,
+    )
     values.update(kw)
     return SFTRunConfig(**values)
 
@@ -104,7 +137,14 @@ def test_default_targets_exclude_vision_tower(workspace, tmp_path) -> None:
     lora = {n.rsplit(".lora_A", 1)[0] for n, _ in trainer.model.named_modules() if n.endswith(".lora_A")}
     assert lora and not any(".visual.blocks." in n for n in lora)
     assert {n.rsplit(".", 1)[-1] for n in lora if "language_model" in n} == {
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    }
     assert any(".visual.merger." in n for n in lora)  # the paper's merger LoRA
     trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
@@ -121,8 +161,10 @@ def test_default_targets_exclude_vision_tower(workspace, tmp_path) -> None:
 def test_run_sft_writes_adapter_with_finite_losses(workspace, tmp_path) -> None:
     out = tmp_path / "out"
     logs: list[dict] = []
-    result = run_sft(_cfg(workspace, out, max_steps=3, eval_path=str(workspace["eval"]), eval_steps=2,
-                          modules_to_save=["lm_head"]), progress=logs.append)
+    result = run_sft(
+        _cfg(workspace, out, max_steps=3, eval_path=str(workspace["eval"]), eval_steps=2, modules_to_save=["lm_head"]),
+        progress=logs.append,
+    )
     assert result.steps == 3 and result.resumed_from is None
     assert [e["step"] for e in result.train_loss] == [1, 2, 3]
     assert all(math.isfinite(e["loss"]) for e in result.train_loss)
@@ -148,8 +190,10 @@ def test_resume_continues_from_last_checkpoint(workspace, tmp_path) -> None:
     assert first.steps == 2
     assert last_checkpoint(out) == str(out / "checkpoint-2")
     seen_steps: list[int] = []
-    second = run_sft(_cfg(workspace, out, max_steps=4, save_steps=1, resume=True),
-                     progress=lambda logs: "loss" in logs and seen_steps.append(logs["step"]))
+    second = run_sft(
+        _cfg(workspace, out, max_steps=4, save_steps=1, resume=True),
+        progress=lambda logs: "loss" in logs and seen_steps.append(logs["step"]),
+    )
     assert second.resumed_from == str(out / "checkpoint-2")
     assert second.steps == 4
     assert seen_steps == [3, 4]  # continued at step 3, did not redo steps 1-2
@@ -157,8 +201,12 @@ def test_resume_continues_from_last_checkpoint(workspace, tmp_path) -> None:
 
 
 def test_config_overrides_and_validation() -> None:
-    assert parse_overrides(["--max_steps", "3", "--report-to", "[]", "--bf16=false", "--learning_rate", "1e-3"]) \
-        == {"max_steps": 3, "report_to": [], "bf16": False, "learning_rate": 1e-3}
+    assert parse_overrides(["--max_steps", "3", "--report-to", "[]", "--bf16=false", "--learning_rate", "1e-3"]) == {
+        "max_steps": 3,
+        "report_to": [],
+        "bf16": False,
+        "learning_rate": 1e-3,
+    }
     base = {"model_dir": "m", "train_path": "t", "output_dir": "o"}
     assert from_mapping(SFTRunConfig, {**base, "learning_rate": 1}).learning_rate == 1.0
     with pytest.raises(ConfigError, match="unknown SFTRunConfig keys"):
@@ -173,15 +221,39 @@ def test_config_overrides_and_validation() -> None:
 
 def test_main_cli_subprocess(workspace, tmp_path) -> None:
     out = tmp_path / "cli_out"
-    cfg = {"model_dir": str(workspace["model"]), "train_path": str(workspace["train"]), "output_dir": str(out),
-           "lora_r": 4, "lora_alpha": 8, "max_steps": 5, "per_device_train_batch_size": 2,
-           "gradient_accumulation_steps": 1, "max_pixels": 56 * 56 * 4, "use_cpu": True, "report_to": []}
+    cfg = {
+        "model_dir": str(workspace["model"]),
+        "train_path": str(workspace["train"]),
+        "output_dir": str(out),
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "max_steps": 5,
+        "per_device_train_batch_size": 2,
+        "gradient_accumulation_steps": 1,
+        "max_pixels": 56 * 56 * 4,
+        "use_cpu": True,
+        "report_to": [],
+    }
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     env = {k: v for k, v in os.environ.items() if k != "DAGSTER_PIPES_CONTEXT"}
-    proc = subprocess.run([sys.executable, "-m", "skinr1_pipeline.training.sft", "--config", str(path),
-                           "--max_steps", "1", "--save_steps", "1"],
-                          capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "skinr1_pipeline.training.sft",
+            "--config",
+            str(path),
+            "--max_steps",
+            "1",
+            "--save_steps",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["steps"] == 1
@@ -197,15 +269,31 @@ def test_training_killed_mid_run_resumes_from_its_last_complete_checkpoint(works
     from skinr1_pipeline.training.config import newest_checkpoint
 
     out = tmp_path / "killed"
-    cfg = {"model_dir": str(workspace["model"]), "train_path": str(workspace["train"]), "output_dir": str(out),
-           "lora_r": 4, "lora_alpha": 8, "max_steps": 400, "save_steps": 1, "save_total_limit": 3,
-           "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1, "max_pixels": 56 * 56 * 4,
-           "use_cpu": True, "report_to": [], "logging_steps": 1}
+    cfg = {
+        "model_dir": str(workspace["model"]),
+        "train_path": str(workspace["train"]),
+        "output_dir": str(out),
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "max_steps": 400,
+        "save_steps": 1,
+        "save_total_limit": 3,
+        "per_device_train_batch_size": 2,
+        "gradient_accumulation_steps": 1,
+        "max_pixels": 56 * 56 * 4,
+        "use_cpu": True,
+        "report_to": [],
+        "logging_steps": 1,
+    }
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     env = {k: v for k, v in os.environ.items() if k != "DAGSTER_PIPES_CONTEXT"}
-    proc = subprocess.Popen([sys.executable, "-m", "skinr1_pipeline.training.sft", "--config", str(path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "skinr1_pipeline.training.sft", "--config", str(path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
     deadline = time.monotonic() + 300
     while newest_checkpoint(out) is None or int(newest_checkpoint(out).name.split("-")[1]) < 2:
         assert proc.poll() is None, "training ended before it could be killed"
@@ -217,7 +305,9 @@ def test_training_killed_mid_run_resumes_from_its_last_complete_checkpoint(works
     assert done is not None and (done / "trainer_state.json").is_file()
     step = int(done.name.split("-")[1])
     seen: list[int] = []
-    resumed = run_sft(_cfg(workspace, out, max_steps=step + 2, save_steps=1, resume=True),
-                      progress=lambda logs: "loss" in logs and seen.append(logs["step"]))
+    resumed = run_sft(
+        _cfg(workspace, out, max_steps=step + 2, save_steps=1, resume=True),
+        progress=lambda logs: "loss" in logs and seen.append(logs["step"]),
+    )
     assert resumed.resumed_from == str(done) and resumed.steps == step + 2
     assert seen == [step + 1, step + 2]

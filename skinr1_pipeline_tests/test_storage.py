@@ -12,8 +12,18 @@ import pytest
 
 from skinr1_pipeline.defs.io_manager import AtomicFilesystemIOManager
 from skinr1_pipeline.storage.atomic import TEMP_SUFFIX, atomic_path, point_symlink, write_parquet, write_text
-from skinr1_pipeline.storage.run_folders import (LATEST_LINK, RunFolderError, is_complete, latest_complete,
-                                                 mark_complete, open_run_folder, pin, pins, prune, run_folders)
+from skinr1_pipeline.storage.run_folders import (
+    LATEST_LINK,
+    RunFolderError,
+    is_complete,
+    latest_complete,
+    mark_complete,
+    open_run_folder,
+    pin,
+    pins,
+    prune,
+    run_folders,
+)
 
 
 def _leftovers(folder: Path) -> list[str]:

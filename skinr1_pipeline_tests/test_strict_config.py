@@ -23,13 +23,16 @@ def settings_from(tmp_path: Path, body: str, profile: str = "gpu", **env: str):
     return load_settings({"SKINR1_PROFILE": profile, "SKINR1_CONFIG": str(config), "SKINR1_HOME": str(tmp_path), **env})
 
 
-@pytest.mark.parametrize("body, key, allowed", [
-    ("model_dir: /m\nsplit_sed: 3\n", "split_sed", "split_seed"),
-    ("model_dir: /m\ndatasets:\n  imagenet: /data/imagenet\n", "datasets.imagenet", "ham10000"),
-    ("model_dir: /m\nood:\n  source: [pad_ufes_20]\n", "ood.source", "modalities, sources"),
-    ("model_dir: /m\ncompute:\n  gpus: 8\n", "compute.gpus", "gpus_per_worker"),
-    ("model_dir: /m\nteacher:\n  temperature: 0\n", "teacher.temperature", "api_model"),
-])
+@pytest.mark.parametrize(
+    "body, key, allowed",
+    [
+        ("model_dir: /m\nsplit_sed: 3\n", "split_sed", "split_seed"),
+        ("model_dir: /m\ndatasets:\n  imagenet: /data/imagenet\n", "datasets.imagenet", "ham10000"),
+        ("model_dir: /m\nood:\n  source: [pad_ufes_20]\n", "ood.source", "modalities, sources"),
+        ("model_dir: /m\ncompute:\n  gpus: 8\n", "compute.gpus", "gpus_per_worker"),
+        ("model_dir: /m\nteacher:\n  temperature: 0\n", "teacher.temperature", "api_model"),
+    ],
+)
 def test_unknown_keys_name_the_file_the_key_and_the_allowed_keys(tmp_path, body, key, allowed) -> None:
     with pytest.raises(SettingsError) as err:
         settings_from(tmp_path, body)
@@ -38,25 +41,28 @@ def test_unknown_keys_name_the_file_the_key_and_the_allowed_keys(tmp_path, body,
     assert "allowed: " in message and allowed in message.split("allowed: ", 1)[1]
 
 
-@pytest.mark.parametrize("body, profile, expected", [
-    ("split_seed: abc\n", "demo", "split_seed='abc' must be an integer >= 0"),
-    ("split_seed: 2.5\n", "demo", "split_seed=2.5 must be an integer >= 0"),
-    ("split_seed: true\n", "demo", "split_seed=True must be an integer >= 0"),
-    ("demo_images_per_class: -3\n", "demo", "demo_images_per_class=-3 must be an integer >= 1"),
-    ("demo_seed: [1]\n", "demo", "demo_seed=[1] must be an integer >= 0"),
-    ("model_dir: 5\n", "gpu", "model_dir must be a non-empty string"),
-    ("model_dir: /m\ndatasets:\n  ham10000: [a, b]\n", "gpu", "datasets.ham10000 must be a non-empty string"),
-    ("model_dir: /m\nmlflow_experiment: ''\n", "gpu", "mlflow_experiment must be a non-empty string"),
-    ("model_dir: /m\nood: [clinical]\n", "gpu", "ood must be a mapping"),
-    ("model_dir: /m\nood:\n  sources: [imagenet]\n", "gpu", "ood.sources: 'imagenet' is not allowed"),
-    ("model_dir: /m\nood:\n  modalities: [xray]\n", "gpu", "ood.modalities: 'xray' is not allowed"),
-    ("model_dir: /m\ncompute: {processes: many}\n", "gpu", "compute.processes='many' must be an integer >= 1"),
-    ("model_dir: /m\ncompute: {workers: 0}\n", "gpu", "compute.workers=0 must be an integer >= 1"),
-    ("model_dir: /m\ncompute: {cpus_per_worker: fast}\n", "gpu", "compute.cpus_per_worker='fast' must be a number"),
-    ("model_dir: /m\ncompute: {launcher_args: --bf16}\n", "gpu", "compute.launcher_args must be a list"),
-    ("model_dir: /m\ncompute: {env: {A: [1]}}\n", "gpu", "compute.env must be a mapping of variable names"),
-    ("model_dir: /m\ncompute: {address: 8265}\n", "gpu", "compute.address must be a string"),
-])
+@pytest.mark.parametrize(
+    "body, profile, expected",
+    [
+        ("split_seed: abc\n", "demo", "split_seed='abc' must be an integer >= 0"),
+        ("split_seed: 2.5\n", "demo", "split_seed=2.5 must be an integer >= 0"),
+        ("split_seed: true\n", "demo", "split_seed=True must be an integer >= 0"),
+        ("demo_images_per_class: -3\n", "demo", "demo_images_per_class=-3 must be an integer >= 1"),
+        ("demo_seed: [1]\n", "demo", "demo_seed=[1] must be an integer >= 0"),
+        ("model_dir: 5\n", "gpu", "model_dir must be a non-empty string"),
+        ("model_dir: /m\ndatasets:\n  ham10000: [a, b]\n", "gpu", "datasets.ham10000 must be a non-empty string"),
+        ("model_dir: /m\nmlflow_experiment: ''\n", "gpu", "mlflow_experiment must be a non-empty string"),
+        ("model_dir: /m\nood: [clinical]\n", "gpu", "ood must be a mapping"),
+        ("model_dir: /m\nood:\n  sources: [imagenet]\n", "gpu", "ood.sources: 'imagenet' is not allowed"),
+        ("model_dir: /m\nood:\n  modalities: [xray]\n", "gpu", "ood.modalities: 'xray' is not allowed"),
+        ("model_dir: /m\ncompute: {processes: many}\n", "gpu", "compute.processes='many' must be an integer >= 1"),
+        ("model_dir: /m\ncompute: {workers: 0}\n", "gpu", "compute.workers=0 must be an integer >= 1"),
+        ("model_dir: /m\ncompute: {cpus_per_worker: fast}\n", "gpu", "compute.cpus_per_worker='fast' must be a number"),
+        ("model_dir: /m\ncompute: {launcher_args: --bf16}\n", "gpu", "compute.launcher_args must be a list"),
+        ("model_dir: /m\ncompute: {env: {A: [1]}}\n", "gpu", "compute.env must be a mapping of variable names"),
+        ("model_dir: /m\ncompute: {address: 8265}\n", "gpu", "compute.address must be a string"),
+    ],
+)
 def test_wrong_types_are_settings_errors_naming_the_key_and_what_was_expected(tmp_path, body, profile, expected):
     with pytest.raises(SettingsError, match=expected.replace("[", r"\[").replace(".", r"\.")):
         settings_from(tmp_path, body, profile)
@@ -70,11 +76,13 @@ def test_keys_one_profile_ignores_are_refused_on_the_other(tmp_path) -> None:
 
 
 def test_every_allowed_key_is_read(tmp_path) -> None:
-    gpu = settings_from(tmp_path, f"""
-datasets: {{ham10000: {tmp_path / 'ham'}}}
-model_dir: {tmp_path / 'qwen'}
-label_map_dir: {tmp_path / 'maps'}
-mlflow_tracking_uri: sqlite:///{tmp_path / 'm.db'}
+    gpu = settings_from(
+        tmp_path,
+        f"""
+datasets: {{ham10000: {tmp_path / "ham"}}}
+model_dir: {tmp_path / "qwen"}
+label_map_dir: {tmp_path / "maps"}
+mlflow_tracking_uri: sqlite:///{tmp_path / "m.db"}
 mlflow_experiment: mine
 split_seed: 7
 ood: {{modalities: [clinical], sources: [pad_ufes_20]}}
@@ -83,21 +91,46 @@ teacher: {{generator: template}}
 automation: {{training: true, interval_seconds: 5}}
 launcher: torchrun
 accelerate_args: [--bf16]
-""")
+""",
+    )
     assert (gpu.dataset_roots, gpu.base_model_dir, gpu.label_map_dir) == (
-        {"ham10000": tmp_path / "ham"}, tmp_path / "qwen", tmp_path / "maps")
+        {"ham10000": tmp_path / "ham"},
+        tmp_path / "qwen",
+        tmp_path / "maps",
+    )
     assert (gpu.mlflow_tracking_uri, gpu.mlflow_experiment, gpu.split_seed) == (
-        f"sqlite:///{tmp_path / 'm.db'}", "mine", 7)
+        f"sqlite:///{tmp_path / 'm.db'}",
+        "mine",
+        7,
+    )
     assert (gpu.ood_modalities, gpu.ood_sources, gpu.teacher.generator) == (("clinical",), ("pad_ufes_20",), "template")
     assert (gpu.compute.launcher, gpu.compute.processes, gpu.compute.launcher_args, gpu.compute.env) == (
-        "torchrun", 2, ("--bf16",), (("OMP_NUM_THREADS", "4"),))
+        "torchrun",
+        2,
+        ("--bf16",),
+        (("OMP_NUM_THREADS", "4"),),
+    )
     assert (gpu.automation.training, gpu.automation.evaluation, gpu.automation.interval_seconds) == (True, True, 5)
     demo = settings_from(tmp_path, "demo_seed: 3\ndemo_images_per_class: 5\nscale: toy\n", "demo")
     assert (demo.demo_seed, demo.demo_images_per_class, demo.split_seed, demo.scale) == (3, 5, 42, "toy")
     assert settings_from(tmp_path, "demo_seed: 3\n", "demo", SKINR1_DEMO_SEED="9").demo_seed == 9  # env wins
-    assert set(FILE_KEYS) == {"datasets", "model_dir", "label_map_dir", "mlflow_tracking_uri", "mlflow_experiment",
-                              "split_seed", "ood", "compute", "teacher", "automation", "scale", "launcher",
-                              "accelerate_args", "demo_seed", "demo_images_per_class"}  # a new key needs a line above
+    assert set(FILE_KEYS) == {
+        "datasets",
+        "model_dir",
+        "label_map_dir",
+        "mlflow_tracking_uri",
+        "mlflow_experiment",
+        "split_seed",
+        "ood",
+        "compute",
+        "teacher",
+        "automation",
+        "scale",
+        "launcher",
+        "accelerate_args",
+        "demo_seed",
+        "demo_images_per_class",
+    }  # a new key needs a line above
 
 
 # ------------------------------------------------------------------------------- split_seed through the asset
@@ -105,12 +138,28 @@ accelerate_args: [--bf16]
 
 def _ingested(dataset: str, n: int) -> IngestResult:
     """`n` one-image lesions without an official split, so only the seed decides where each goes."""
-    rows = [{**dict.fromkeys(SAMPLE_COLUMNS), "sample_id": f"{dataset}/{i}", "source_dataset": dataset,
-             "image_path": f"/x/{dataset}/{i}.jpg", "raw_label": "mel", "modality": "dermoscopic",
-             "lesion_id": f"{dataset}-L{i}", "metadata_file": "m.csv", "metadata_row": i + 1,
-             "taxonomy_node": "melanoma", "taxonomy_path": ["skin_condition", "melanoma"], "taxonomy_depth": 1,
-             "bucket": "malignant", "image_sha256": f"{dataset}{i:064d}"[-64:], "image_width": 4, "image_height": 3,
-             "image_dhash": f"{i:016x}"} for i in range(n)]
+    rows = [
+        {
+            **dict.fromkeys(SAMPLE_COLUMNS),
+            "sample_id": f"{dataset}/{i}",
+            "source_dataset": dataset,
+            "image_path": f"/x/{dataset}/{i}.jpg",
+            "raw_label": "mel",
+            "modality": "dermoscopic",
+            "lesion_id": f"{dataset}-L{i}",
+            "metadata_file": "m.csv",
+            "metadata_row": i + 1,
+            "taxonomy_node": "melanoma",
+            "taxonomy_path": ["skin_condition", "melanoma"],
+            "taxonomy_depth": 1,
+            "bucket": "malignant",
+            "image_sha256": f"{dataset}{i:064d}"[-64:],
+            "image_width": 4,
+            "image_height": 3,
+            "image_dhash": f"{i:016x}",
+        }
+        for i in range(n)
+    ]
     samples = pd.DataFrame(rows).drop(columns=["split", "split_rule"])
     return IngestResult(dataset, "/x", samples, pd.DataFrame(), {})
 
@@ -132,7 +181,6 @@ class _Upstream(dg.ConfigurableIOManager):
         return {name: _ingested(name, 30) for name in ("ham10000", "pad_ufes_20")}
 
 
-
 def _splits(tmp_path: Path, body: str, run_config: dict | None = None) -> pd.Series:
     from skinr1_pipeline.defs.data_assets import build_data_assets
     from skinr1_pipeline.defs.resources import MlflowTracking, PipelineHome
@@ -141,10 +189,15 @@ def _splits(tmp_path: Path, body: str, run_config: dict | None = None) -> pd.Ser
     asset = next(a for a in assets if a.key == dg.AssetKey("unified_samples"))
     upstream = [dg.AssetSpec(key) for key in ("taxonomy_graph", "raw_datasets")]
     result = dg.materialize(
-        [asset, *upstream], selection=[asset.key],
-        resources={"io_manager": _Upstream(), "home": PipelineHome(home=str(tmp_path / "home")),
-                   "mlflow": MlflowTracking(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")},
-        run_config={"ops": {"unified_samples": {"config": run_config or {}}}})
+        [asset, *upstream],
+        selection=[asset.key],
+        resources={
+            "io_manager": _Upstream(),
+            "home": PipelineHome(home=str(tmp_path / "home")),
+            "mlflow": MlflowTracking(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"),
+        },
+        run_config={"ops": {"unified_samples": {"config": run_config or {}}}},
+    )
     assert result.success
     return _OUTPUTS["unified_samples"].set_index("sample_id")["split"].sort_index()
 
@@ -167,12 +220,16 @@ def test_demo_seed_and_images_per_class_from_the_settings_reach_the_demo_data(tm
     untracked = MlflowTracking(tracking_uri="", enabled=False)
 
     def manifest(run_config: dict) -> dict:
-        result = dg.materialize([demo], resources={"home": PipelineHome(home=str(tmp_path / "home")),
-                                                   "mlflow": untracked},
-                                run_config={"ops": {"demo_source_data": {"config": run_config}}})
+        result = dg.materialize(
+            [demo],
+            resources={"home": PipelineHome(home=str(tmp_path / "home")), "mlflow": untracked},
+            run_config={"ops": {"demo_source_data": {"config": run_config}}},
+        )
         return result.output_for_node("demo_source_data")
 
     assert {k: manifest({"include_broken_files": False})[k] for k in ("seed", "n_per_class")} == {
-        "seed": 5, "n_per_class": 2}
+        "seed": 5,
+        "n_per_class": 2,
+    }
     explicit = manifest({"include_broken_files": False, "seed": 1, "images_per_class": 3})
     assert (explicit["seed"], explicit["n_per_class"]) == (1, 3)  # the run config still wins

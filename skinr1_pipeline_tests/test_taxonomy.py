@@ -73,18 +73,35 @@ def test_packaged_taxonomy_loads_with_enough_diagnoses(tax: Taxonomy) -> None:
 def test_level_one_categories(tax: Taxonomy) -> None:
     level1 = {n.id for n in tax if n.level == 1}
     assert level1 == {
-        "neoplastic", "inflammatory", "infectious", "pigmentary", "hair_and_nail",
-        "physical_environmental", "metabolic_deposition", "genodermatoses", "other_indeterminate",
-    }  # fmt: skip
+        "neoplastic",
+        "inflammatory",
+        "infectious",
+        "pigmentary",
+        "hair_and_nail",
+        "physical_environmental",
+        "metabolic_deposition",
+        "genodermatoses",
+        "other_indeterminate",
+    }
     assert all(tax[n].kind == "category" for n in level1)
 
 
 def test_neoplastic_levels_are_behaviour_then_lineage(tax: Taxonomy) -> None:
     behaviour_level = set(tax["neoplastic"].children)
-    assert behaviour_level == {"benign_neoplasm", "premalignant_in_situ", "indeterminate_neoplasm", "malignant_neoplasm"}
+    assert behaviour_level == {
+        "benign_neoplasm",
+        "premalignant_in_situ",
+        "indeterminate_neoplasm",
+        "malignant_neoplasm",
+    }
     assert tax.path("nodular_bcc") == [
-        "skin_condition", "neoplastic", "malignant_neoplasm", "keratinocyte_carcinoma", "basal_cell_carcinoma", "nodular_bcc",
-    ]  # fmt: skip
+        "skin_condition",
+        "neoplastic",
+        "malignant_neoplasm",
+        "keratinocyte_carcinoma",
+        "basal_cell_carcinoma",
+        "nodular_bcc",
+    ]
     assert tax["dermatofibroma"].lineage == "fibrohistiocytic"  # inherited from its family node
 
 

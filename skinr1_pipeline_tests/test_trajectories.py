@@ -21,9 +21,8 @@ from skinr1_pipeline.synthesis import (
     synthesize,
 )
 from skinr1_pipeline.synthesis.trajectories import STYLES
-from skinr1_pipeline.tasks.mcq import option_scan_lines
 from skinr1_pipeline.synthesis.verify import VerifyConfig
-from skinr1_pipeline.tasks.mcq import TOP_SCORE, option_path
+from skinr1_pipeline.tasks.mcq import TOP_SCORE, option_path, option_scan_lines
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +101,8 @@ def test_contrast_picks_a_non_neighbour(knowledge, demo):
 
 
 def test_mcq_options(knowledge, demo):
-    """Options as in tasks.mcq.build_mcq_items: 1-3 nodes of the label's path (scored by depth) + same-dataset distractors."""
+    """Options as in tasks.mcq.build_mcq_items: 1-3 nodes of the label's path (scored by depth) + same-dataset
+    distractors."""
     tax, ddx, kb = knowledge
     samples, features = demo
     row = _row(samples, "basal_cell_carcinoma")
@@ -135,10 +135,20 @@ def test_mcq_options(knowledge, demo):
 def test_compact_style_is_short_and_verified(knowledge, demo):
     tax, ddx, kb = knowledge
     samples, features = demo
-    full = synthesize(samples, tax, ddx, kb, TemplateGenerator(), seed=0, splits=("train", "valid", "test"),
-                      image_features=features)
-    compact = synthesize(samples, tax, ddx, kb, TemplateGenerator(), seed=0, splits=("train", "valid", "test"),
-                         image_features=features, style="compact")
+    full = synthesize(
+        samples, tax, ddx, kb, TemplateGenerator(), seed=0, splits=("train", "valid", "test"), image_features=features
+    )
+    compact = synthesize(
+        samples,
+        tax,
+        ddx,
+        kb,
+        TemplateGenerator(),
+        seed=0,
+        splits=("train", "valid", "test"),
+        image_features=features,
+        style="compact",
+    )
     assert compact.counts["rejected"] == 0, compact.rejections[["trajectory_type", "reason", "detail"]].head()
     assert compact.counts["accepted"] == full.counts["accepted"]
     assert list(compact.trajectories["prompt"]) == list(full.trajectories["prompt"])  # same questions, same facts
@@ -167,8 +177,17 @@ def test_compact_style_is_short_and_verified(knowledge, demo):
         assert f"<diagnosis>{best}. {list(row.options)[ord(best) - 65]};" in row.completion
     assert mcq["completion"].str.contains("does not fit").all()
     # the explicit generator style overrides the context's; an unknown style is an error
-    forced = synthesize(samples.head(4), tax, ddx, kb, TemplateGenerator(style="compact"), seed=0,
-                        splits=("train", "valid", "test"), image_features=features, verify_config=VerifyConfig(min_chars=50))
+    forced = synthesize(
+        samples.head(4),
+        tax,
+        ddx,
+        kb,
+        TemplateGenerator(style="compact"),
+        seed=0,
+        splits=("train", "valid", "test"),
+        image_features=features,
+        verify_config=VerifyConfig(min_chars=50),
+    )
     assert forced.trajectories["completion"].str.split().str.len().max() <= 100
     with pytest.raises(ValueError, match="style"):
         synthesize(samples, tax, ddx, kb, TemplateGenerator(), style="tiny")
@@ -178,12 +197,26 @@ def test_compact_style_is_short_and_verified(knowledge, demo):
 
 def test_real_sample_uses_knowledge_base_features_and_skips_unknown(knowledge):
     tax, ddx, kb = knowledge
-    samples = pd.DataFrame([
-        {"sample_id": "r/1", "source_dataset": "r", "image_path": "/i/1.jpg", "taxonomy_node": "psoriasis",
-         "bucket": "none", "split": "train"},
-        {"sample_id": "r/2", "source_dataset": "r", "image_path": "/i/2.jpg", "taxonomy_node": "inflammatory",
-         "bucket": "none", "split": "train"},
-    ])
+    samples = pd.DataFrame(
+        [
+            {
+                "sample_id": "r/1",
+                "source_dataset": "r",
+                "image_path": "/i/1.jpg",
+                "taxonomy_node": "psoriasis",
+                "bucket": "none",
+                "split": "train",
+            },
+            {
+                "sample_id": "r/2",
+                "source_dataset": "r",
+                "image_path": "/i/2.jpg",
+                "taxonomy_node": "inflammatory",
+                "bucket": "none",
+                "split": "train",
+            },
+        ]
+    )
     result = synthesize(samples, tax, ddx, kb, TemplateGenerator(), per_sample=2, seed=5)
     assert result.counts["skipped"] == {"no_knowledge": 10}
     assert len(result.rejections) == 0 or set(result.rejections["reason"]) == {"near_duplicate"}
@@ -196,14 +229,35 @@ def test_real_sample_uses_knowledge_base_features_and_skips_unknown(knowledge):
 def test_template_passes_its_own_verifier_on_demo(knowledge, demo):
     tax, ddx, kb = knowledge
     samples, features = demo
-    result = synthesize(samples, tax, ddx, kb, TemplateGenerator(), per_sample=1, seed=0,
-                        splits=("train", "valid", "test"), image_features=features)
+    result = synthesize(
+        samples,
+        tax,
+        ddx,
+        kb,
+        TemplateGenerator(),
+        per_sample=1,
+        seed=0,
+        splits=("train", "valid", "test"),
+        image_features=features,
+    )
     assert result.counts["rejected"] == 0, result.rejections[["trajectory_type", "reason", "detail"]].head()
     assert result.counts["accepted"] == len(samples) * len(TYPES)
     assert set(result.trajectories["question_form"]) == {"open", "mcq"}
     assert list(result.trajectories.columns) == [
-        "sample_id", "image_path", "source_dataset", "split", "trajectory_type", "question_form", "prompt",
-        "options", "completion", "taxonomy_node", "bucket", "citations", "generator"]
+        "sample_id",
+        "image_path",
+        "source_dataset",
+        "split",
+        "trajectory_type",
+        "question_form",
+        "prompt",
+        "options",
+        "completion",
+        "taxonomy_node",
+        "bucket",
+        "citations",
+        "generator",
+    ]
     assert result.counts["per_type"]["hierarchy"] == {"accepted": len(samples), "rejected": 0}
 
 
@@ -228,8 +282,11 @@ def test_generator_interface(knowledge, demo):
     samples, features = demo
     assert isinstance(TemplateGenerator(), Generator)
     rows = samples.to_dict("records")
-    requests = [TYPES[t].build(r, tax, ddx, kb, random.Random(i), BuildExtras(image_features=features[r["sample_id"]]))
-                for i, r in enumerate(rows * 10) for t in TYPES]
+    requests = [
+        TYPES[t].build(r, tax, ddx, kb, random.Random(i), BuildExtras(image_features=features[r["sample_id"]]))
+        for i, r in enumerate(rows * 10)
+        for t in TYPES
+    ]
     texts = TemplateGenerator().generate(requests)
     assert len(texts) == len(requests) and all(texts)
     verifier = Verifier(tax, ddx, kb)
@@ -247,18 +304,30 @@ def test_llm_style_generator_receives_messages_and_failures_are_counted(knowledg
         seen.extend(requests)
         return ["I think it is a mole." for _ in requests]
 
-    result = synthesize(samples.head(3), tax, ddx, kb, CallableGenerator(fake_llm, "fake"), types=("ddx",),
-                        splits=("train", "valid", "test"), image_features=features)
+    result = synthesize(
+        samples.head(3),
+        tax,
+        ddx,
+        kb,
+        CallableGenerator(fake_llm, "fake"),
+        types=("ddx",),
+        splits=("train", "valid", "test"),
+        image_features=features,
+    )
     assert seen and all(r.messages[0]["role"] == "system" and r.sampling.seed is not None for r in seen)
     assert result.counts["rejections"] == {"bad_format": len(seen)}
 
 
 def test_option_scan_places_each_option_on_the_path():
     path = ["neoplastic", "benign_neoplasm", "benign_melanocytic", "melanocytic_nevus"]
-    lines = option_scan_lines(["melanoma", "benign neoplasm", "melanocytic nevus"],
-                              ["melanoma", "benign_neoplasm", "melanocytic_nevus"], path)
-    assert lines == ["A. melanoma: does not fit.", "B. benign neoplasm: fits, level 2.",
-                     "C. melanocytic nevus: fits, level 4."]
+    lines = option_scan_lines(
+        ["melanoma", "benign neoplasm", "melanocytic nevus"], ["melanoma", "benign_neoplasm", "melanocytic_nevus"], path
+    )
+    assert lines == [
+        "A. melanoma: does not fit.",
+        "B. benign neoplasm: fits, level 2.",
+        "C. melanocytic nevus: fits, level 4.",
+    ]
     assert option_scan_lines([], [], path) == []
     with pytest.raises(ValueError, match="2 option texts but 1 option nodes"):
         option_scan_lines(["a", "b"], ["a"], path)

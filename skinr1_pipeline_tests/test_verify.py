@@ -8,12 +8,23 @@ import pytest
 
 from skinr1_pipeline.synthesis import REASONS, TYPES, BuildExtras, TemplateGenerator, Verifier, VerifyConfig
 
-MEL_FEATURES = {"asymmetry": 0.8, "border_irregularity": 0.7, "border_sharpness": 0.5,
-                "colours": ["dark_brown", "black"],
-                "diameter_mm": 11.0, "elevation": "flat", "vessels": "none", "scale": "none", "surface": "smooth",
-                "structures": ["atypical_network", "irregular_dots"], "domain": "dermoscopic"}
-OBS = ("The lesion is flat, clearly asymmetric and about 11 mm across. Colours present: dark brown and black. "
-       "It has a smooth surface. I can see atypical network and irregular dots. ")
+MEL_FEATURES = {
+    "asymmetry": 0.8,
+    "border_irregularity": 0.7,
+    "border_sharpness": 0.5,
+    "colours": ["dark_brown", "black"],
+    "diameter_mm": 11.0,
+    "elevation": "flat",
+    "vessels": "none",
+    "scale": "none",
+    "surface": "smooth",
+    "structures": ["atypical_network", "irregular_dots"],
+    "domain": "dermoscopic",
+}
+OBS = (
+    "The lesion is flat, clearly asymmetric and about 11 mm across. Colours present: dark brown and black. "
+    "It has a smooth surface. I can see atypical network and irregular dots. "
+)
 ANSWER = "<diagnosis>melanoma; status: malignant</diagnosis>"
 seen_reasons: set[str] = set()
 
@@ -26,11 +37,22 @@ def verifier(knowledge):
 
 def _req(knowledge, ttype="contrast", node="melanoma", bucket="malignant", mcq=0.0, features=MEL_FEATURES, seed=0):
     tax, ddx, kb = knowledge
-    sample = {"sample_id": f"t/{node}", "source_dataset": "t", "image_path": "/i.jpg", "taxonomy_node": node,
-              "bucket": bucket}
+    sample = {
+        "sample_id": f"t/{node}",
+        "source_dataset": "t",
+        "image_path": "/i.jpg",
+        "taxonomy_node": node,
+        "bucket": bucket,
+    }
     pool = ["melanoma", "melanocytic_nevus", "seborrheic_keratosis", "basal_cell_carcinoma", "dermatofibroma"]
-    return TYPES[ttype].build(sample, tax, ddx, kb, random.Random(seed),
-                              BuildExtras(image_features=features, options_pool=pool, mcq_fraction=mcq))
+    return TYPES[ttype].build(
+        sample,
+        tax,
+        ddx,
+        kb,
+        random.Random(seed),
+        BuildExtras(image_features=features, options_pool=pool, mcq_fraction=mcq),
+    )
 
 
 def _check(verifier, text, req, reason=None, **kw):
@@ -77,18 +99,32 @@ def test_length_bounds(knowledge, verifier):
 
 def test_open_answers(knowledge, verifier):
     req = _req(knowledge)
-    _check(verifier, _think(OBS * 2, "<diagnosis>melanoma or seborrheic keratosis; status: malignant</diagnosis>"), req,
-           "ambiguous_diagnosis")
-    _check(verifier, _think(OBS * 2, "<diagnosis>basal cell carcinoma; status: malignant</diagnosis>"), req,
-           "wrong_diagnosis")
+    _check(
+        verifier,
+        _think(OBS * 2, "<diagnosis>melanoma or seborrheic keratosis; status: malignant</diagnosis>"),
+        req,
+        "ambiguous_diagnosis",
+    )
+    _check(
+        verifier,
+        _think(OBS * 2, "<diagnosis>basal cell carcinoma; status: malignant</diagnosis>"),
+        req,
+        "wrong_diagnosis",
+    )
     # a non-category ancestor is allowed (coarser but correct), a synonym too
     _check(verifier, _think(OBS * 2, "<diagnosis>malignant melanocytic neoplasm; status: malignant</diagnosis>"), req)
     _check(verifier, _think(OBS * 2, "<diagnosis>Malignant melanoma; status: malignant</diagnosis>"), req)
 
 
 def test_group_label_accepts_a_member(knowledge, verifier):
-    feats = {"colours": ["tan"], "elevation": "raised", "vessels": "none", "scale": "none", "surface": "verrucous",
-             "structures": ["milia_like_cysts"]}
+    feats = {
+        "colours": ["tan"],
+        "elevation": "raised",
+        "vessels": "none",
+        "scale": "none",
+        "surface": "verrucous",
+        "structures": ["milia_like_cysts"],
+    }
     req = _req(knowledge, node="benign_keratosis_like", bucket="benign", features=feats)
     body = "It is raised and tan. It has a verrucous surface. I can see milia-like cysts. " * 3
     _check(verifier, _think(body, "<diagnosis>seborrheic keratosis; status: benign</diagnosis>"), req)
@@ -99,8 +135,12 @@ def test_mcq_answers(knowledge, verifier):
     right = req.context.answer_index
     wrong = (right + 1) % 4
     letter = "ABCD"[wrong]
-    _check(verifier, _think(OBS * 2, f"<diagnosis>{letter}. {req.options[wrong]}; status: malignant</diagnosis>"), req,
-           "wrong_diagnosis")
+    _check(
+        verifier,
+        _think(OBS * 2, f"<diagnosis>{letter}. {req.options[wrong]}; status: malignant</diagnosis>"),
+        req,
+        "wrong_diagnosis",
+    )
     ok_letter = "ABCD"[right]
     _check(verifier, _think(OBS * 2, f"<diagnosis>{ok_letter}; status: malignant</diagnosis>"), req)
 
@@ -112,8 +152,10 @@ def test_status(knowledge, verifier):
 
 
 def test_no_features_cited(knowledge, verifier):
-    body = ("The lesion looks worrying to me and I have considered it carefully from several angles. "
-            "Overall the appearance is what one sees in this condition, and it has changed recently. ") * 2
+    body = (
+        "The lesion looks worrying to me and I have considered it carefully from several angles. "
+        "Overall the appearance is what one sees in this condition, and it has changed recently. "
+    ) * 2
     _check(verifier, _think(body), _req(knowledge), "no_features_cited")
 
 
@@ -122,8 +164,11 @@ def test_kb_contradiction_and_negation(knowledge, verifier):
     # melanoma's KB entry lists milia-like cysts as absent
     _check(verifier, _think(OBS + "Milia-like cysts are present as well. " + OBS), req, "kb_contradiction")
     # negated or hedged mentions are not claims
-    _check(verifier, _think(OBS + "There are no milia-like cysts. Seborrheic keratosis would show milia-like cysts. "
-                         + OBS), req)
+    _check(
+        verifier,
+        _think(OBS + "There are no milia-like cysts. Seborrheic keratosis would show milia-like cysts. " + OBS),
+        req,
+    )
 
 
 def test_unsupported_feature(knowledge, verifier):
@@ -138,29 +183,48 @@ def test_unsupported_feature(knowledge, verifier):
 def test_ddx_rules(knowledge, verifier):
     req = _req(knowledge, "ddx")
     _check(verifier, _think(OBS * 2), req, "ddx_missing")
-    _check(verifier, _think(OBS * 2 + "Psoriasis is less likely because it shows thick scale."), req,
-           "ddx_not_neighbour")
+    _check(
+        verifier, _think(OBS * 2 + "Psoriasis is less likely because it shows thick scale."), req, "ddx_not_neighbour"
+    )
     _check(verifier, _think(OBS * 2 + "Seborrheic keratosis is less likely: there are no milia-like cysts."), req)
     # an offered option may be named in a DDx rationale (the compact option check names every option); a
     # non-neighbour that is not offered still fails
     tax, ddx, kb = knowledge
     pool = ["melanoma", "melanocytic_nevus", "psoriasis", "basal_cell_carcinoma", "dermatofibroma"]
-    reqs = [TYPES["ddx"].build({"sample_id": "t/melanoma", "source_dataset": "t", "image_path": "/i.jpg",
-                                "taxonomy_node": "melanoma", "bucket": "malignant"}, tax, ddx, kb, random.Random(seed),
-                               BuildExtras(image_features=MEL_FEATURES, options_pool=pool, mcq_fraction=1.0,
-                                           style="compact"))
-            for seed in range(40)]
+    reqs = [
+        TYPES["ddx"].build(
+            {
+                "sample_id": "t/melanoma",
+                "source_dataset": "t",
+                "image_path": "/i.jpg",
+                "taxonomy_node": "melanoma",
+                "bucket": "malignant",
+            },
+            tax,
+            ddx,
+            kb,
+            random.Random(seed),
+            BuildExtras(image_features=MEL_FEATURES, options_pool=pool, mcq_fraction=1.0, style="compact"),
+        )
+        for seed in range(40)
+    ]
     offered = next(r for r in reqs if "psoriasis" in r.context.option_nodes)
     text = TemplateGenerator().generate([offered])[0]
     assert "psoriasis: does not fit" in text
     _check(verifier, text, offered)
     other = next(r for r in reqs if "psoriasis" not in r.context.option_nodes)
-    text = TemplateGenerator().generate([other])[0].replace(
-        "</thinking>", "Psoriasis is less likely because it shows thick scale.\n</thinking>")
+    text = (
+        TemplateGenerator()
+        .generate([other])[0]
+        .replace("</thinking>", "Psoriasis is less likely because it shows thick scale.\n</thinking>")
+    )
     _check(verifier, text, other, "ddx_not_neighbour")
     # random-comparison types may name any diagnosis
-    _check(verifier, _think(OBS * 2 + "Psoriasis is less likely because it shows thick scale."),
-           _req(knowledge, "contrast"))
+    _check(
+        verifier,
+        _think(OBS * 2 + "Psoriasis is less likely because it shows thick scale."),
+        _req(knowledge, "contrast"),
+    )
 
 
 def test_hierarchy_incomplete(knowledge, verifier):

@@ -12,26 +12,26 @@ import os
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
-import dataclasses  # noqa: E402
-import random  # noqa: E402
-from pathlib import Path  # noqa: E402
+import dataclasses
+import random
+from pathlib import Path
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import pytest
+import torch
 
-from skinr1_pipeline.data.demo.generate import generate_demo_data  # noqa: E402
-from skinr1_pipeline.evaluation.metrics import score_predictions  # noqa: E402
-from skinr1_pipeline.evaluation.runners import HFRunner, VllmRunner, answer_prefix, load_image  # noqa: E402
-from skinr1_pipeline.evaluation.suites import SuiteConfig, build_suites  # noqa: E402
-from skinr1_pipeline.modeling import vllm_engine  # noqa: E402
-from skinr1_pipeline.modeling.chat import build_messages, render_prompt  # noqa: E402
-from skinr1_pipeline.modeling.model_factory import load_adapter_model, load_model, validate_model_dir  # noqa: E402
-from skinr1_pipeline.modeling.vllm_engine import EngineOptions, VllmEngine, engine_kwargs  # noqa: E402
-from skinr1_pipeline.synthesis.pipeline import demo_samples, synthesize  # noqa: E402
-from skinr1_pipeline.synthesis.trajectories import TYPES, BuildExtras, SamplingParams  # noqa: E402
-from skinr1_pipeline.synthesis.verify import REASONS  # noqa: E402
-from skinr1_pipeline.synthesis.vllm_generator import VllmGenerator  # noqa: E402
+from skinr1_pipeline.data.demo.generate import generate_demo_data
+from skinr1_pipeline.evaluation.metrics import score_predictions
+from skinr1_pipeline.evaluation.runners import HFRunner, VllmRunner, answer_prefix, load_image
+from skinr1_pipeline.evaluation.suites import SuiteConfig, build_suites
+from skinr1_pipeline.modeling import vllm_engine
+from skinr1_pipeline.modeling.chat import build_messages, render_prompt
+from skinr1_pipeline.modeling.model_factory import load_adapter_model, load_model, validate_model_dir
+from skinr1_pipeline.modeling.vllm_engine import EngineOptions, VllmEngine, engine_kwargs
+from skinr1_pipeline.synthesis.pipeline import demo_samples, synthesize
+from skinr1_pipeline.synthesis.trajectories import TYPES, BuildExtras, SamplingParams
+from skinr1_pipeline.synthesis.verify import REASONS
+from skinr1_pipeline.synthesis.vllm_generator import VllmGenerator
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 ALL_SPLITS = ("train", "valid", "test")
@@ -64,8 +64,10 @@ def adapter_dir(tmp_path_factory, model_dir) -> Path:
     """A LoRA adapter with large non-zero B, so "adapter applied" visibly differs from the base model."""
     from peft import LoraConfig, get_peft_model
 
-    model = get_peft_model(load_model(model_dir, dtype="float32", device="cpu"),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        load_model(model_dir, dtype="float32", device="cpu"),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+    )
     gen = torch.Generator().manual_seed(0)
     for name, param in model.named_parameters():
         if "lora_B" in name:
@@ -99,8 +101,11 @@ def requests_for(demo, knowledge, n: int, ttype: str = "hierarchy", max_tokens: 
     out = []
     for i in range(n):
         row = samples.iloc[i].to_dict()
-        extras = BuildExtras(image_features=feats[row["sample_id"]], mcq_fraction=0.0,
-                             sampling=SamplingParams(temperature=0.7, top_p=0.95, max_tokens=max_tokens, seed=i))
+        extras = BuildExtras(
+            image_features=feats[row["sample_id"]],
+            mcq_fraction=0.0,
+            sampling=SamplingParams(temperature=0.7, top_p=0.95, max_tokens=max_tokens, seed=i),
+        )
         out.append(TYPES[ttype].build(row, tax, ddx, kb, random.Random(i), extras))
     return out
 
@@ -144,8 +149,17 @@ def test_synthesize_with_vllm_rejects_garbage_and_counts_reasons(engine, demo, k
     samples, feats = demo
     tax, ddx, kb = knowledge
     gen = VllmGenerator(engine=engine, batch_size=4)
-    result = synthesize(samples.head(3), tax, ddx, kb, gen, types=("hierarchy", "ddx"), splits=ALL_SPLITS,
-                        image_features=feats, sampling=SamplingParams(max_tokens=24))
+    result = synthesize(
+        samples.head(3),
+        tax,
+        ddx,
+        kb,
+        gen,
+        types=("hierarchy", "ddx"),
+        splits=ALL_SPLITS,
+        image_features=feats,
+        sampling=SamplingParams(max_tokens=24),
+    )
     counts = result.counts
     assert counts["requests"] >= 3 and counts["accepted"] == 0 and len(result.trajectories) == 0
     assert counts["rejected"] == counts["requests"] == sum(counts["rejections"].values())
@@ -256,9 +270,10 @@ def test_answer_scores_agree_between_backends_and_sum_the_answer_tokens(engine, 
         assert all(x < y for x, y in zip(a, lone))
     # By hand for one option: one forward pass over prompt + answer prefix + answer, sum of the answer's tokens.
     row, completion = subset.iloc[0], completions[0]
-    image = load_image(row["image_path"])
-    prefix = render_prompt(hf_runner.processor, build_messages(row["prompt"], system=hf_runner.system,
-                                                               with_image=True)) + answer_prefix(completion)
+    image = load_image(row["image_path"], hf_runner.pixels)
+    prefix = render_prompt(
+        hf_runner.processor, build_messages(row["prompt"], system=hf_runner.system, with_image=True)
+    ) + answer_prefix(completion)
     answer = f"B. {row['options'][1]}"
     n = len(tokenizer(answer, add_special_tokens=False)["input_ids"])
     inputs = hf_runner.processor(text=[prefix + answer], images=[image], return_tensors="pt")
@@ -277,8 +292,10 @@ def test_auto_serves_natively_only_adapters_vllm_lora_covers(tmp_path, model_dir
     from skinr1_pipeline.modeling.vllm_engine import lora_servable
 
     assert lora_servable(adapter_dir)  # q_proj/v_proj: language-model LoRA only
-    for name, extra in (("full_head", dict(target_modules=["q_proj"], modules_to_save=["lm_head"])),
-                        ("merger", dict(target_modules=r".*visual\.merger\.mlp\.0"))):
+    for name, extra in (
+        ("full_head", dict(target_modules=["q_proj"], modules_to_save=["lm_head"])),
+        ("merger", dict(target_modules=r".*visual\.merger\.mlp\.0")),
+    ):
         model = get_peft_model(load_model(model_dir, dtype="float32", device="cpu"), LoraConfig(r=4, **extra))
         model.save_pretrained(tmp_path / name)
         assert not lora_servable(tmp_path / name), name  # vLLM would ignore these tensors: merge instead

@@ -49,8 +49,10 @@ def _train(step: ComputeStep, call: int) -> dict[str, Any]:
 
     config = yaml.safe_load(Path(step.args[step.args.index("--config") + 1]).read_text("utf-8"))
     adapter_dir = Path(config["output_dir"]) / "adapter"
-    model = get_peft_model(load_model(config["model_dir"], device="cpu"),
-                           LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"], lora_dropout=0.0))
+    model = get_peft_model(
+        load_model(config["model_dir"], device="cpu"),
+        LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"], lora_dropout=0.0),
+    )
     model.save_pretrained(adapter_dir)
     losses = [{"step": s, "loss": float(100 * call + s)} for s in (1, 2, 3)]  # tells one run's curve from another's
     if step.env.get("MLFLOW_RUN_ID"):
@@ -59,8 +61,18 @@ def _train(step: ComputeStep, call: int) -> dict[str, Any]:
             client.log_metric(step.env["MLFLOW_RUN_ID"], "loss", point["loss"], step=point["step"])
             if step.args[0] == "grpo":
                 client.log_metric(step.env["MLFLOW_RUN_ID"], "reward", -point["loss"], step=point["step"])
-    gate = {"n": 2, "parse_rate": 1.0, "accuracy": 0.5, "answer_likelihood_accuracy": 0.5, "credit": 0.5,
-            "examples": [{"item_id": "stand-in", "completion": ANSWER}]} if "--gate" in step.args else None
+    gate = (
+        {
+            "n": 2,
+            "parse_rate": 1.0,
+            "accuracy": 0.5,
+            "answer_likelihood_accuracy": 0.5,
+            "credit": 0.5,
+            "examples": [{"item_id": "stand-in", "completion": ANSWER}],
+        }
+        if "--gate" in step.args
+        else None
+    )
     return {"adapter_dir": str(adapter_dir), "train_loss": losses, "gate": gate, "steps": 3, "processes": 1}
 
 
@@ -68,8 +80,13 @@ def _answer(step: ComputeStep) -> dict[str, Any]:
     cfg = load_answer_config(step.args[step.args.index("--config") + 1])
     items = pd.read_parquet(cfg.items_path)
     write_parquet(items.assign(completion=[ANSWER] * len(items)), cfg.output_path)
-    return {"answers_path": cfg.output_path, "items": len(items), "generation_seconds": 0.01, "runner": "stand-in",
-            "adapter_served_as": "stand-in"}
+    return {
+        "answers_path": cfg.output_path,
+        "items": len(items),
+        "generation_seconds": 0.01,
+        "runner": "stand-in",
+        "adapter_served_as": "stand-in",
+    }
 
 
 def toy_run_config(defs: dg.Definitions, changes: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:

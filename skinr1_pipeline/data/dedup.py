@@ -164,8 +164,13 @@ def near_duplicates(samples: pd.DataFrame, max_distance: int) -> pd.DataFrame:
     a, b = np.where(swap, b, a), np.where(swap, a, b)
     out = pd.DataFrame(
         {
-            "sample_id_a": ids[a], "sample_id_b": ids[b], "source_a": sources[a], "source_b": sources[b],
-            "split_a": splits[a], "split_b": splits[b], "distance": dist.astype("int64"),
+            "sample_id_a": ids[a],
+            "sample_id_b": ids[b],
+            "source_a": sources[a],
+            "source_b": sources[b],
+            "split_a": splits[a],
+            "split_b": splits[b],
+            "distance": dist.astype("int64"),
         },
         columns=list(NEAR_DUPLICATE_COLUMNS),
     )
@@ -238,8 +243,9 @@ def _require_dhash(samples: pd.DataFrame) -> None:
         )
 
 
-def calibrated_distance(setting: int, samples: pd.DataFrame, *, seed: int = 0,
-                            max_images: int = 2000) -> tuple[int | None, str]:
+def calibrated_distance(
+    setting: int, samples: pd.DataFrame, *, seed: int = 0, max_images: int = 2000
+) -> tuple[int | None, str]:
     """The dHash distance to flag copies with, and how it was set.
 
     `setting` >= 0 is used as given; -1 calibrates on re-encoded copies of the samples' images

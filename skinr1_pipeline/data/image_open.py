@@ -137,8 +137,9 @@ def open_rgb(
         return im.convert("RGB")
 
 
-def model_size(width: int, height: int, *, max_pixels: int, min_pixels: int = DEFAULT_MIN_MODEL_PIXELS,
-               grid: int = GRID) -> tuple[int, int]:
+def model_size(
+    width: int, height: int, *, max_pixels: int, min_pixels: int = DEFAULT_MIN_MODEL_PIXELS, grid: int = GRID
+) -> tuple[int, int]:
     """(width, height) the Qwen2-VL image processor turns a `width` x `height` image into: each side rounded to the
     nearest multiple of `grid`, then, keeping the aspect ratio, scaled down into `max_pixels` or up to `min_pixels`
     total pixels (sides floored, respectively ceiled, to the grid)."""
@@ -157,8 +158,9 @@ def model_size(width: int, height: int, *, max_pixels: int, min_pixels: int = DE
     return max(grid, w), max(grid, h)
 
 
-def fit_for_model(image: Image.Image, *, max_pixels: int | None,
-                  min_pixels: int = DEFAULT_MIN_MODEL_PIXELS) -> Image.Image:
+def fit_for_model(
+    image: Image.Image, *, max_pixels: int | None, min_pixels: int = DEFAULT_MIN_MODEL_PIXELS
+) -> Image.Image:
     """`image` resized (bicubic, as the processor does) to `model_size`; unchanged when it already has that size or
     when `max_pixels` is None (the processor's saved bounds then decide)."""
     if max_pixels is None:
@@ -167,7 +169,12 @@ def fit_for_model(image: Image.Image, *, max_pixels: int | None,
     return image if size == image.size else image.resize(size, Image.BICUBIC)
 
 
-def model_image(source: str | os.PathLike[str] | bytes, *, max_pixels: int | None,
-                min_pixels: int = DEFAULT_MIN_MODEL_PIXELS, name: str | None = None) -> Image.Image:
+def model_image(
+    source: str | os.PathLike[str] | bytes,
+    *,
+    max_pixels: int | None,
+    min_pixels: int = DEFAULT_MIN_MODEL_PIXELS,
+    name: str | None = None,
+) -> Image.Image:
     """The image a model stage gives its processor: `open_rgb` (bounded), then `fit_for_model`."""
     return fit_for_model(open_rgb(source, name=name), max_pixels=max_pixels, min_pixels=min_pixels)

@@ -84,6 +84,7 @@ from skinr1_pipeline.data.image_open import (
     refused_by_pillow,
     too_many_pixels,
 )
+
 # DRAFT_SIZE is the JPEG draft request `dhash_bytes` makes: the check decodes at that scale so its decode can be
 # hashed (the tests pin that the two stay equal).
 from skinr1_pipeline.data.perceptual_hash import (
@@ -215,7 +216,7 @@ def inspect_image(
         decoded_hash = _check_bytes(data, header, max_pixels, min_side, decode, perceptual_hash)
     except _Reject as rej:
         return _verdict(spath, rej.reason, rej.detail, sha, header)
-    except Exception as exc:  # a decoder surprise must not take the batch down
+    except Exception as exc:  # noqa: BLE001 - a decoder surprise must not take the batch down
         return _verdict(spath, "corrupt", f"unexpected {type(exc).__name__}: {exc}", sha, header)
     image_dhash: str | None = None
     if perceptual_hash:
@@ -245,9 +246,7 @@ def _file_sha256(path: str, max_bytes: int) -> str | None:
         return None
 
 
-def _verdict(
-    path: str, reason: str, detail: str, sha: str | None = None, header: list | None = None
-) -> ImageCheck:
+def _verdict(path: str, reason: str, detail: str, sha: str | None = None, header: list | None = None) -> ImageCheck:
     width, height, fmt, mode = header or (None, None, None, None)
     return ImageCheck(path, False, reason, detail, sha, width, height, fmt, mode, None)
 
@@ -364,15 +363,24 @@ _MODE_NAMES = {
 
 
 # Signatures of image formats, named in a quarantine detail instead of the file's own bytes.
-_SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG", "PNG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
-               (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"RIFF", "RIFF/WebP"))
+_SIGNATURES = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG", "PNG"),
+    (b"GIF8", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"RIFF", "RIFF/WebP"),
+)
 
 
 def _not_an_image(data: bytes, exc: BaseException) -> str:
     """Why bytes did not decode, naming the format signature found, never the bytes: a quarantine detail reaches
     Parquet, Dagster metadata and logs, and the file may be anything (a mis-pointed path could be a secrets file)."""
-    found = next((f"a {name} signature ({magic.hex(' ')})" for magic, name in _SIGNATURES if data.startswith(magic)),
-                 "no known image signature")
+    found = next(
+        (f"a {name} signature ({magic.hex(' ')})" for magic, name in _SIGNATURES if data.startswith(magic)),
+        "no known image signature",
+    )
     if isinstance(exc, UnidentifiedImageError):  # its message names a buffer object, not the file
         return f"not a recognised image format ({found})"
     return f"not a decodable image ({found}): {type(exc).__name__}: {str(exc)[:200]}"
@@ -551,11 +559,15 @@ def _inspect_chunk(
 ) -> list[tuple]:
     rows = []  # tuples pickle back from a worker faster than dataclasses
     for p in paths:
-        c = inspect_image(p, max_pixels=max_pixels, min_side=min_side, decode=decode, perceptual_hash=perceptual_hash,
-                          max_bytes=max_bytes)
-        rows.append(
-            (c.image_path, c.ok, c.reason, c.detail, c.sha256, c.dhash, c.width, c.height, c.format, c.mode)
+        c = inspect_image(
+            p,
+            max_pixels=max_pixels,
+            min_side=min_side,
+            decode=decode,
+            perceptual_hash=perceptual_hash,
+            max_bytes=max_bytes,
         )
+        rows.append((c.image_path, c.ok, c.reason, c.detail, c.sha256, c.dhash, c.width, c.height, c.format, c.mode))
     return rows
 
 

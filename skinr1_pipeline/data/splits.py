@@ -112,8 +112,14 @@ def assign_splits(samples: pd.DataFrame, policy: SplitPolicy = SplitPolicy()) ->
         if {"train", "test"} <= present and "valid" not in present and policy.valid_from_train > 0:
             train_groups = sorted({g for g in rows["_group"] if split.get(g) == "train" and rule[g] == "official"})
             _assign_stratified(
-                frame, train_groups, (1 - policy.valid_from_train, policy.valid_from_train, 0.0),
-                policy.seed, split, rule, "carved_valid", only_dataset=str(dataset),
+                frame,
+                train_groups,
+                (1 - policy.valid_from_train, policy.valid_from_train, 0.0),
+                policy.seed,
+                split,
+                rule,
+                "carved_valid",
+                only_dataset=str(dataset),
             )
 
     unassigned = sorted(set(frame["_group"]) - set(split))
@@ -161,8 +167,14 @@ def leakage_report(samples: pd.DataFrame) -> dict[str, list[str]]:
     """Image hashes, lesion ids and patient ids found in more than one split (empty lists = no leakage)."""
     out: dict[str, list[str]] = {}
     keyed = samples.assign(
-        _lesion=[f"{_namespace(d)}:{v}" if _present(v) else None for d, v in zip(samples["source_dataset"], samples["lesion_id"])],
-        _patient=[f"{_namespace(d)}:{v}" if _present(v) else None for d, v in zip(samples["source_dataset"], samples["patient_id"])],
+        _lesion=[
+            f"{_namespace(d)}:{v}" if _present(v) else None
+            for d, v in zip(samples["source_dataset"], samples["lesion_id"])
+        ],
+        _patient=[
+            f"{_namespace(d)}:{v}" if _present(v) else None
+            for d, v in zip(samples["source_dataset"], samples["patient_id"])
+        ],
     )
     for label, column in (("image_sha256", "image_sha256"), ("lesion_id", "_lesion"), ("patient_id", "_patient")):
         present = keyed.dropna(subset=[column])

@@ -21,8 +21,13 @@ from skinr1_pipeline.presets import run_config_for
 from skinr1_pipeline.settings import AUTOMATION_STAGES, Settings
 
 # Stages of the `automation:` settings, by Dagster asset group (what the UI shows).
-STAGE_OF_GROUP = {"knowledge": "ingest", "data": "ingest", "synthesis": "training", "training": "training",
-                  "evaluation": "evaluation"}
+STAGE_OF_GROUP = {
+    "knowledge": "ingest",
+    "data": "ingest",
+    "synthesis": "training",
+    "training": "training",
+    "evaluation": "evaluation",
+}
 # Materialized on request only: `demo_source_data` would overwrite the folders a person edits, and `raw_datasets`
 # is requested by the dataset sensor (a condition too would ingest a new folder twice).
 NOT_BY_CONDITION = frozenset({"demo_source_data", "raw_datasets"})
@@ -37,18 +42,21 @@ def follows_inputs(ignore: Iterable[dg.AssetKey] = ()) -> dg.AutomationCondition
     the chain stops wherever the data stops changing. Changes of the inputs in `ignore` do not trigger (see
     `trigger_ignores`); they still hold the asset back while missing or running."""
     ac = dg.AutomationCondition
-    changed = ((ac.data_version_changed() & ~ac.executed_with_root_target()).with_label("input data changed")
-               | ac.will_be_requested())
+    changed = (ac.data_version_changed() & ~ac.executed_with_root_target()).with_label(
+        "input data changed"
+    ) | ac.will_be_requested()
     inputs = ac.any_deps_match(changed)
     if ignore:
         inputs = inputs.ignore(dg.AssetSelection.assets(*ignore))
     trigger = ac.newly_missing() | ac.code_version_changed() | inputs.with_label("inputs changed")
-    return (trigger.since_last_handled() & ~ac.any_deps_missing() & ~ac.any_deps_in_progress()
-            & ~ac.in_progress()).with_label("follows_inputs")
+    return (
+        trigger.since_last_handled() & ~ac.any_deps_missing() & ~ac.any_deps_in_progress() & ~ac.in_progress()
+    ).with_label("follows_inputs")
 
 
-def trigger_ignores(parents: Mapping[dg.AssetKey, set[dg.AssetKey]],
-                    automated: set[dg.AssetKey]) -> dict[dg.AssetKey, set[dg.AssetKey]]:
+def trigger_ignores(
+    parents: Mapping[dg.AssetKey, set[dg.AssetKey]], automated: set[dg.AssetKey]
+) -> dict[dg.AssetKey, set[dg.AssetKey]]:
     """Per asset, the inputs whose changes reach it anyway through another of its inputs, by automated assets only.
 
     Why: an asset must run once, after the last of its inputs changed. `ablation_table` reads `eval_suites` and the
@@ -66,8 +74,10 @@ def trigger_ignores(parents: Mapping[dg.AssetKey, set[dg.AssetKey]],
                 reach[key] |= {parent, *(upstream(parent) if parent in automated else ())}
         return reach[key]
 
-    return {key: {a for a in deps for b in deps if b != a and b in automated and a in upstream(b)}
-            for key, deps in parents.items()}
+    return {
+        key: {a for a in deps for b in deps if b != a and b in automated and a in upstream(b)}
+        for key, deps in parents.items()
+    }
 
 
 def stage_of(spec: dg.AssetSpec) -> str | None:
@@ -120,31 +130,50 @@ class PresetAutomationSensor(dg.AutomationConditionSensorDefinition):
             requests.append(request.with_replaced_attrs(run_config=config) if config else request)
         return copy(data, run_requests=requests)
 
-    def with_attributes(self, *, jobs=None, metadata=None) -> "PresetAutomationSensor":
+    def with_attributes(self, *, jobs=None, metadata=None) -> PresetAutomationSensor:
         """Dagster copies sensors when it resolves definitions; the copy must keep the preset."""
         return PresetAutomationSensor(
-            self.name, scale=self._scale, target=self._sensor_target, tags=self._tags, run_tags=self.run_tags,
-            default_status=self.default_status, minimum_interval_seconds=self.minimum_interval_seconds,
-            description=self.description, metadata=metadata if metadata is not None else self._metadata,
-            emit_backfills=self.emit_backfills)
+            self.name,
+            scale=self._scale,
+            target=self._sensor_target,
+            tags=self._tags,
+            run_tags=self.run_tags,
+            default_status=self.default_status,
+            minimum_interval_seconds=self.minimum_interval_seconds,
+            description=self.description,
+            metadata=metadata if metadata is not None else self._metadata,
+            emit_backfills=self.emit_backfills,
+        )
 
 
-def build_sensors(settings: Settings, assets: Sequence[dg.AssetsDefinition],
-                  raw_datasets_key: dg.AssetKey) -> list[dg.SensorDefinition]:
+def build_sensors(
+    settings: Settings, assets: Sequence[dg.AssetsDefinition], raw_datasets_key: dg.AssetKey
+) -> list[dg.SensorDefinition]:
     """The dataset sensor (running when ingest is automatic) and the automation condition sensor over every asset
     with a condition (running when any stage is). Both tick every `automation.interval_seconds`."""
     running, stopped = dg.DefaultSensorStatus.RUNNING, dg.DefaultSensorStatus.STOPPED
     interval = settings.automation.interval_seconds
-    sensors: list[dg.SensorDefinition] = [build_dataset_change_sensor(
-        settings, raw_datasets_key, default_status=running if settings.automation.ingest else stopped,
-        minimum_interval_seconds=interval)]
+    sensors: list[dg.SensorDefinition] = [
+        build_dataset_change_sensor(
+            settings,
+            raw_datasets_key,
+            default_status=running if settings.automation.ingest else stopped,
+            minimum_interval_seconds=interval,
+        )
+    ]
     keys = automated_keys(assets)
     if keys:
-        sensors.append(PresetAutomationSensor(
-            SENSOR_NAME, scale=settings.scale, target=dg.AssetSelection.assets(*keys), default_status=running,
-            minimum_interval_seconds=interval,
-            # One run per partition (variants, datasets) rather than a backfill, so each run carries the preset.
-            emit_backfills=False,
-            description="Evaluates the automation conditions of the stages the profile's `automation:` settings "
-                        "make automatic; launches each asset once its inputs' data changed."))
+        sensors.append(
+            PresetAutomationSensor(
+                SENSOR_NAME,
+                scale=settings.scale,
+                target=dg.AssetSelection.assets(*keys),
+                default_status=running,
+                minimum_interval_seconds=interval,
+                # One run per partition (variants, datasets) rather than a backfill, so each run carries the preset.
+                emit_backfills=False,
+                description="Evaluates the automation conditions of the stages the profile's `automation:` settings "
+                "make automatic; launches each asset once its inputs' data changed.",
+            )
+        )
     return sensors

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ast
 import hashlib
 from collections.abc import Iterable
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 PACKAGE = "skinr1_pipeline"
@@ -69,7 +69,7 @@ def _expand(pattern: str) -> tuple[str, ...]:
     return (package, *sorted(f"{package}.{p.stem}" for p in folder.glob("*.py") if p.stem != "__init__"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _module_path(name: str) -> Path:
     if name != PACKAGE and not name.startswith(PACKAGE + "."):
         raise ValueError(f"{name!r} is not a module of {PACKAGE}")
@@ -80,12 +80,12 @@ def _module_path(name: str) -> Path:
     raise ModuleNotFoundError(f"code_version_of: no module {name} under {ROOT}")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _imports(name: str) -> tuple[str, ...]:
     """The modules of this package that `name` imports, absolute or relative, at any depth of its source."""
     path = _module_path(name)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import shlex
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import dagster as dg
 from pydantic import Field
@@ -70,8 +71,10 @@ class Compute(dg.ConfigurableResource):
             ranks = rank_failures(failures)
             if not ranks:
                 raise
-            raise StepFailed(description=f"{step.module} failed on {self.describe()}: {failure_summary(ranks)}",
-                             metadata={"failed_ranks": [r for r, _ in ranks]}) from exc
+            raise StepFailed(
+                description=f"{step.module} failed on {self.describe()}: {failure_summary(ranks)}",
+                metadata={"failed_ranks": [r for r, _ in ranks]},
+            ) from exc
         return dict(invocation.get_materialize_result().metadata or {})
 
 
@@ -79,7 +82,8 @@ class LocalCompute(Compute):
     """Child processes on this machine: one for gates and evaluation, `processes` for a trainer under `launcher`."""
 
     launcher: Literal["python", "torchrun", "accelerate"] = Field(
-        default="python", description="python (one process) | torchrun | accelerate (accelerate launch)")
+        default="python", description="python (one process) | torchrun | accelerate (accelerate launch)"
+    )
     processes: int = Field(default=1, ge=1, description="processes per training step (one per GPU)")
     launcher_args: list[str] = Field(default_factory=list, description="extra torchrun / accelerate launch arguments")
 
@@ -88,8 +92,9 @@ class LocalCompute(Compute):
 
     def command(self, step: ComputeStep) -> list[str]:
         if step.trainer:
-            return launch_command(self.launcher, step.module, step.args, processes=self.processes,
-                                  launcher_args=self.launcher_args)
+            return launch_command(
+                self.launcher, step.module, step.args, processes=self.processes, launcher_args=self.launcher_args
+            )
         return launch_command("python", step.module, step.args)
 
     def run(self, context: dg.AssetExecutionContext, step: ComputeStep) -> dict[str, Any]:
@@ -122,9 +127,23 @@ class RayCompute(Compute):
 
         python = self.python or sys.executable
         if step.trainer:
-            return ([python, "-m", RAY_TRAINING_JOB, *step.args, "--workers", str(self.workers),
-                     "--cpus-per-worker", str(self.cpus_per_worker), "--gpus-per-worker", str(self.gpus_per_worker),
-                     "--storage", self.storage_path], {"entrypoint_num_cpus": 0})
+            return (
+                [
+                    python,
+                    "-m",
+                    RAY_TRAINING_JOB,
+                    *step.args,
+                    "--workers",
+                    str(self.workers),
+                    "--cpus-per-worker",
+                    str(self.cpus_per_worker),
+                    "--gpus-per-worker",
+                    str(self.gpus_per_worker),
+                    "--storage",
+                    self.storage_path,
+                ],
+                {"entrypoint_num_cpus": 0},
+            )
         request = {"entrypoint_num_cpus": self.cpus_per_worker}
         if self.gpus_per_worker:
             request["entrypoint_num_gpus"] = self.gpus_per_worker
@@ -149,6 +168,12 @@ def compute_resource(settings: Settings) -> Compute:
     c = settings.compute
     env = dict(c.env)
     if c.kind == "ray":
-        return RayCompute(address=c.address, workers=c.workers, cpus_per_worker=c.cpus_per_worker,
-                          gpus_per_worker=c.gpus_per_worker, storage_path=c.storage_path, env=env)
+        return RayCompute(
+            address=c.address,
+            workers=c.workers,
+            cpus_per_worker=c.cpus_per_worker,
+            gpus_per_worker=c.gpus_per_worker,
+            storage_path=c.storage_path,
+            env=env,
+        )
     return LocalCompute(launcher=c.launcher, processes=c.processes, launcher_args=list(c.launcher_args), env=env)

@@ -1,6 +1,5 @@
 """Data assets: demo sources, one ingest partition per source dataset, and the unified, split sample table."""
 
-
 import time
 
 import dagster as dg
@@ -38,7 +37,9 @@ class SplitConfig(dg.Config):
     valid_from_train: float = 0.25  # for datasets with official train/test only (Skin-R1 carves 25 %)
 
 
-def build_data_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition], list[dg.AssetChecksDefinition], dg.StaticPartitionsDefinition]:
+def build_data_assets(
+    settings: Settings,
+) -> tuple[list[dg.AssetsDefinition], list[dg.AssetChecksDefinition], dg.StaticPartitionsDefinition]:
     partitions = dg.StaticPartitionsDefinition(list(settings.datasets))
     assets: list[dg.AssetsDefinition] = []
     upstream_deps: list[dg.AssetKey] = []
@@ -46,8 +47,9 @@ def build_data_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition], li
     if settings.profile == "demo":
 
         @dg.asset(group_name="data", code_version=code_version_of(__name__, "data.demo"), kinds={"python"})
-        def demo_source_data(context: dg.AssetExecutionContext, config: DemoDataConfig, home: PipelineHome,
-                             mlflow: MlflowTracking) -> dict:
+        def demo_source_data(
+            context: dg.AssetExecutionContext, config: DemoDataConfig, home: PipelineHome, mlflow: MlflowTracking
+        ) -> dict:
             """Dermatology-like images written in the real HAM10000, PAD-UFES-20 and Derm7pt layouts."""
             from skinr1_pipeline.data.demo import generate_demo_data
 
@@ -55,13 +57,19 @@ def build_data_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition], li
             manifest = generate_demo_data(
                 home.path("demo_sources", mkdir=True),
                 seed=settings.demo_seed if config.seed is None else config.seed,
-                n_per_class=(settings.demo_images_per_class if config.images_per_class is None
-                             else config.images_per_class),
+                n_per_class=(
+                    settings.demo_images_per_class if config.images_per_class is None else config.images_per_class
+                ),
                 include_broken=config.include_broken_files,
             ).to_dict()
-            rows = [{"dataset": d, "label": label, "images": n} for d, counts in manifest["class_counts"].items() for label, n in counts.items()]
-            with mlflow.asset_run(context, params={"seed": manifest.get("seed", ""), "root": str(home.path(
-                    "demo_sources", mkdir=False))}) as run:
+            rows = [
+                {"dataset": d, "label": label, "images": n}
+                for d, counts in manifest["class_counts"].items()
+                for label, n in counts.items()
+            ]
+            with mlflow.asset_run(
+                context, params={"seed": manifest.get("seed", ""), "root": str(home.path("demo_sources", mkdir=False))}
+            ) as run:
                 if run is not None:
                     import mlflow as mlf
 
@@ -87,7 +95,9 @@ def build_data_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition], li
         code_version=code_version_of(__name__, "data.ingest", "data.loaders.*"),
         kinds={"pandas"},
         check_specs=[
-            dg.AssetCheckSpec("every_label_mapped", asset="raw_datasets", description="Every raw label maps to a taxonomy node"),
+            dg.AssetCheckSpec(
+                "every_label_mapped", asset="raw_datasets", description="Every raw label maps to a taxonomy node"
+            ),
             dg.AssetCheckSpec("quarantine_rate", asset="raw_datasets", description="Under 5 % of rows quarantined"),
         ],
     )
@@ -104,7 +114,11 @@ def build_data_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition], li
         root = settings.dataset_root(dataset)
         start = time.perf_counter()
         result = ingest_dataset(
-            dataset, root, taxonomy_graph, label_mapping[dataset], workers=config.image_workers or None,
+            dataset,
+            root,
+            taxonomy_graph,
+            label_mapping[dataset],
+            workers=config.image_workers or None,
             progress=LogProgress(f"{dataset} image checks", context.log.info, unit="img"),
         )
         seconds = time.perf_counter() - start
@@ -118,8 +132,9 @@ def build_data_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition], li
             if run is not None:
                 import mlflow as mlf
 
-                mlf.log_metrics({"samples": len(result.samples), "quarantined": len(result.quarantine),
-                                 "ingest_seconds": seconds})
+                mlf.log_metrics(
+                    {"samples": len(result.samples), "quarantined": len(result.quarantine), "ingest_seconds": seconds}
+                )
                 log_dataframe_input(result.samples, name=f"raw_{dataset}", source=str(root), context="ingest")
         for note in result.notes:
             context.log.info(f"{dataset}: {note}")
@@ -136,14 +151,23 @@ def build_data_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition], li
                 "images_per_second": round(result.rows_seen / max(seconds, 1e-9), 1),
                 "per_class": md(markdown_table(counts, max_rows=120)),
                 "quarantine": md(markdown_table(result.quarantine, max_rows=50)),
-                "quarantine_reasons": md(markdown_table(pd.DataFrame(
-                    {"reason": list(result.quarantine_counts()), "rows": list(result.quarantine_counts().values())}
-                ))),
+                "quarantine_reasons": md(
+                    markdown_table(
+                        pd.DataFrame(
+                            {
+                                "reason": list(result.quarantine_counts()),
+                                "rows": list(result.quarantine_counts().values()),
+                            }
+                        )
+                    )
+                ),
                 "notes": md("\n".join(f"- {n}" for n in result.notes) or "_none_"),
                 "export": dg.MetadataValue.path(str(export)),
             },
         )
-        yield dg.AssetCheckResult(check_name="every_label_mapped", passed=coverage == 1.0, metadata={"coverage": coverage})
+        yield dg.AssetCheckResult(
+            check_name="every_label_mapped", passed=coverage == 1.0, metadata={"coverage": coverage}
+        )
         yield dg.AssetCheckResult(
             check_name="quarantine_rate",
             passed=rate < 0.05,
@@ -165,8 +189,9 @@ def build_data_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition], li
         combined = pd.concat([f.astype(object) for f in frames], ignore_index=True).infer_objects()
         dedup = deduplicate(combined, taxonomy_graph, dataset_priority=list(settings.datasets))
         seed = settings.split_seed if config.seed is None else config.seed
-        policy = SplitPolicy(seed=seed, ratios=(config.train, config.valid, config.test),
-                             valid_from_train=config.valid_from_train)
+        policy = SplitPolicy(
+            seed=seed, ratios=(config.train, config.valid, config.test), valid_from_train=config.valid_from_train
+        )
         samples = assign_splits(dedup.samples, policy)
         folder = home.run_dir(context, "outputs", "unified_samples")
         export = write_parquet(samples, folder / "unified_samples.parquet")
@@ -174,15 +199,18 @@ def build_data_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition], li
         home.seal(context, folder)
         # The pipeline's data version: every MLflow run downstream is tagged with it (`skinr1.lineage`).
         digest = frame_digest(samples)
-        with mlflow.asset_run(context, params={"split_seed": policy.seed, "ratios": list(policy.ratios)},
-                              lineage=digest) as run:
+        with mlflow.asset_run(
+            context, params={"split_seed": policy.seed, "ratios": list(policy.ratios)}, lineage=digest
+        ) as run:
             if run is not None:
                 import mlflow as mlf
 
                 for split, part in samples.groupby("split"):
                     log_dataframe_input(part, name=f"unified_{split}", source=str(export), context=str(split))
                 mlf.log_metrics({"samples": len(samples), "duplicates_removed": len(dedup.duplicates)})
-        by_split = samples.pivot_table(index="taxonomy_node", columns="split", values="sample_id", aggfunc="count", fill_value=0).reset_index()
+        by_split = samples.pivot_table(
+            index="taxonomy_node", columns="split", values="sample_id", aggfunc="count", fill_value=0
+        ).reset_index()
         by_level = samples.groupby(["taxonomy_depth", "split"]).size().unstack(fill_value=0).reset_index()
         by_source = samples.groupby(["source_dataset", "split"]).size().unstack(fill_value=0).reset_index()
         context.add_output_metadata(
@@ -193,7 +221,9 @@ def build_data_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition], li
                 "per_class_and_split": md(markdown_table(by_split, max_rows=100)),
                 "per_depth_and_split": md(markdown_table(by_level)),
                 "per_source_and_split": md(markdown_table(by_source)),
-                "split_rules": md(markdown_table(samples["split_rule"].value_counts().rename_axis("rule").reset_index(name="samples"))),
+                "split_rules": md(
+                    markdown_table(samples["split_rule"].value_counts().rename_axis("rule").reset_index(name="samples"))
+                ),
                 "duplicates": md(markdown_table(dedup.duplicates, max_rows=30)),
                 "export": dg.MetadataValue.path(str(export)),
             }
@@ -206,7 +236,8 @@ def build_data_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition], li
         leaked = {k: v for k, v in report.items() if v}
         return dg.AssetCheckResult(
             passed=not leaked,
-            metadata={k: len(v) for k, v in report.items()} | {"examples": str({k: v[:5] for k, v in leaked.items()}) or "none"},
+            metadata={k: len(v) for k, v in report.items()}
+            | {"examples": str({k: v[:5] for k, v in leaked.items()}) or "none"},
         )
 
     @dg.asset_check(asset=unified_samples, description="Every split has samples and every sample has a split")
@@ -219,8 +250,11 @@ def build_data_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition], li
             metadata={"counts": str({str(k): int(v) for k, v in counts.items()}), "unassigned": unassigned},
         )
 
-    @dg.asset_check(asset=unified_samples, description="Near-duplicate images (perceptual hash within the distance "
-                    "calibrated on re-encoded copies) across datasets or splits: copies that exact-hash dedup misses")
+    @dg.asset_check(
+        asset=unified_samples,
+        description="Near-duplicate images (perceptual hash within the distance "
+        "calibrated on re-encoded copies) across datasets or splits: copies that exact-hash dedup misses",
+    )
     def near_duplicates_across_splits(unified_samples: pd.DataFrame) -> dg.AssetCheckResult:
         distance, how = calibrated_distance(-1, unified_samples, seed=settings.split_seed)
         if distance is None:
@@ -228,11 +262,17 @@ def build_data_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition], li
         pairs = near_duplicates(unified_samples, distance)
         cross_split = pairs[pairs["split_a"] != pairs["split_b"]]
         return dg.AssetCheckResult(
-            passed=cross_split.empty, severity=dg.AssetCheckSeverity.WARN,
-            metadata={"distance": distance, "calibration": md(how), "pairs": len(pairs),
-                      "cross_split_pairs": len(cross_split),
-                      "cross_dataset_pairs": int((pairs["source_a"] != pairs["source_b"]).sum()),
-                      "examples": md(markdown_table(pairs, max_rows=20))})
+            passed=cross_split.empty,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={
+                "distance": distance,
+                "calibration": md(how),
+                "pairs": len(pairs),
+                "cross_split_pairs": len(cross_split),
+                "cross_dataset_pairs": int((pairs["source_a"] != pairs["source_b"]).sum()),
+                "examples": md(markdown_table(pairs, max_rows=20)),
+            },
+        )
 
     assets += [raw_datasets, unified_samples]
     return assets, [no_split_leakage, splits_populated, near_duplicates_across_splits], partitions

@@ -1,6 +1,5 @@
 """Knowledge assets: the taxonomy tree, the differential-diagnosis graph and the per-dataset label maps."""
 
-
 import dagster as dg
 import pandas as pd
 
@@ -17,8 +16,11 @@ MIN_DIAGNOSIS_NODES = 150
 MIN_DDX_GROUPS = 40
 
 
-@dg.asset(group_name="knowledge", kinds={"networkx"},
-          code_version=code_version_of(__name__, "knowledge.taxonomy", data=("knowledge/data/taxonomy.yaml",)))
+@dg.asset(
+    group_name="knowledge",
+    kinds={"networkx"},
+    code_version=code_version_of(__name__, "knowledge.taxonomy", data=("knowledge/data/taxonomy.yaml",)),
+)
 def taxonomy_graph(context: dg.AssetExecutionContext, mlflow: MlflowTracking) -> Taxonomy:
     """The hierarchical disease taxonomy (root -> category -> behaviour -> lineage -> diagnosis -> subtype)."""
     taxonomy = Taxonomy.load()
@@ -36,17 +38,27 @@ def taxonomy_graph(context: dg.AssetExecutionContext, mlflow: MlflowTracking) ->
             "edges": summary["edges"],
             "diagnosis_nodes": summary["diagnosis_nodes"],
             "max_depth": summary["max_depth"],
-            "nodes_per_level": md(markdown_table(pd.DataFrame(
-                {"level": list(summary["nodes_per_level"]), "nodes": list(summary["nodes_per_level"].values())}
-            ))),
-            "diagnoses_per_bucket": md(markdown_table(pd.DataFrame({"bucket": list(by_bucket), "diagnoses": list(by_bucket.values())}))),
+            "nodes_per_level": md(
+                markdown_table(
+                    pd.DataFrame(
+                        {"level": list(summary["nodes_per_level"]), "nodes": list(summary["nodes_per_level"].values())}
+                    )
+                )
+            ),
+            "diagnoses_per_bucket": md(
+                markdown_table(pd.DataFrame({"bucket": list(by_bucket), "diagnoses": list(by_bucket.values())}))
+            ),
             "tree": md(taxonomy.render_markdown(max_depth=3)),
         }
     )
     return taxonomy
 
 
-@dg.asset_check(asset=taxonomy_graph, blocking=True, description="One root, a tree, unique names/synonyms, derivable buckets, enough diagnoses")
+@dg.asset_check(
+    asset=taxonomy_graph,
+    blocking=True,
+    description="One root, a tree, unique names/synonyms, derivable buckets, enough diagnoses",
+)
 def taxonomy_invariants(taxonomy_graph: Taxonomy) -> dg.AssetCheckResult:
     problems: list[str] = []
     try:
@@ -56,11 +68,16 @@ def taxonomy_invariants(taxonomy_graph: Taxonomy) -> dg.AssetCheckResult:
     n_dx = len(taxonomy_graph.diagnosis_nodes())
     if n_dx < MIN_DIAGNOSIS_NODES:
         problems.append(f"only {n_dx} diagnosis nodes, expected at least {MIN_DIAGNOSIS_NODES}")
-    return dg.AssetCheckResult(passed=not problems, metadata={"diagnosis_nodes": n_dx, "problems": "\n".join(problems) or "none"})
+    return dg.AssetCheckResult(
+        passed=not problems, metadata={"diagnosis_nodes": n_dx, "problems": "\n".join(problems) or "none"}
+    )
 
 
-@dg.asset(group_name="knowledge", kinds={"networkx"},
-          code_version=code_version_of(__name__, "knowledge.ddx", data=("knowledge/data/ddx.yaml",)))
+@dg.asset(
+    group_name="knowledge",
+    kinds={"networkx"},
+    code_version=code_version_of(__name__, "knowledge.ddx", data=("knowledge/data/ddx.yaml",)),
+)
 def ddx_graph(context: dg.AssetExecutionContext, mlflow: MlflowTracking, taxonomy_graph: Taxonomy) -> DDxGraph:
     """Differential-diagnosis graph over taxonomy nodes; each edge says why two conditions are confused."""
     graph = DDxGraph.load(taxonomy_graph)
@@ -72,7 +89,10 @@ def ddx_graph(context: dg.AssetExecutionContext, mlflow: MlflowTracking, taxonom
             mlf.log_metrics({f"ddx_{k}": v for k, v in summary.items() if isinstance(v, (int, float))})
     edges = pd.DataFrame(graph.to_records())
     context.add_output_metadata(
-        {**{k: v for k, v in summary.items() if isinstance(v, (int, float, str))}, "edges_sample": md(markdown_table(edges, max_rows=25))}
+        {
+            **{k: v for k, v in summary.items() if isinstance(v, (int, float, str))},
+            "edges_sample": md(markdown_table(edges, max_rows=25)),
+        }
     )
     return graph
 
@@ -87,21 +107,34 @@ def ddx_graph_valid(ddx_graph: DDxGraph, taxonomy_graph: Taxonomy) -> dg.AssetCh
     unknown = sorted(n for n in ddx_graph.graph.nodes if n not in taxonomy_graph)
     groups = ddx_graph.summary().get("groups", 0)
     passed = not unknown and groups >= MIN_DDX_GROUPS
-    return dg.AssetCheckResult(passed=passed, metadata={"unknown_nodes": ", ".join(unknown) or "none", "groups": groups})
+    return dg.AssetCheckResult(
+        passed=passed, metadata={"unknown_nodes": ", ".join(unknown) or "none", "groups": groups}
+    )
 
 
 def build_label_mapping_asset(settings: Settings) -> dg.AssetsDefinition:
-    @dg.asset(name="label_mapping", group_name="knowledge",
-              code_version=code_version_of(__name__, "knowledge.label_maps",
-                                           data=("knowledge/data/label_maps/*.yaml",)))
-    def label_mapping(context: dg.AssetExecutionContext, mlflow: MlflowTracking,
-                      taxonomy_graph: Taxonomy) -> dict[str, LabelMap]:
+    @dg.asset(
+        name="label_mapping",
+        group_name="knowledge",
+        code_version=code_version_of(__name__, "knowledge.label_maps", data=("knowledge/data/label_maps/*.yaml",)),
+    )
+    def label_mapping(
+        context: dg.AssetExecutionContext, mlflow: MlflowTracking, taxonomy_graph: Taxonomy
+    ) -> dict[str, LabelMap]:
         """Every raw label of every supported dataset -> a taxonomy node (group labels map to internal nodes)."""
         maps = load_label_maps(taxonomy_graph, extra_dir=settings.label_map_dir)
         rows = []
         for name, label_map in sorted(maps.items()):
             for raw, node in sorted(label_map.labels.items()):
-                rows.append({"dataset": name, "label": raw, "node": node, "depth": taxonomy_graph.depth(node), "bucket": taxonomy_graph[node].bucket})
+                rows.append(
+                    {
+                        "dataset": name,
+                        "label": raw,
+                        "node": node,
+                        "depth": taxonomy_graph.depth(node),
+                        "bucket": taxonomy_graph[node].bucket,
+                    }
+                )
         table = pd.DataFrame(rows)
         per_dataset = table.groupby("dataset").size().to_dict()
         with mlflow.asset_run(context, params={"extra_dir": str(settings.label_map_dir or "")}) as run:
@@ -114,7 +147,9 @@ def build_label_mapping_asset(settings: Settings) -> dg.AssetsDefinition:
             {
                 "datasets": len(maps),
                 "labels": len(table),
-                "labels_per_dataset": md(markdown_table(pd.DataFrame({"dataset": list(per_dataset), "labels": list(per_dataset.values())}))),
+                "labels_per_dataset": md(
+                    markdown_table(pd.DataFrame({"dataset": list(per_dataset), "labels": list(per_dataset.values())}))
+                ),
                 "configured_datasets": ", ".join(settings.datasets),
                 "mapping": md(markdown_table(table[table["dataset"].isin(settings.datasets)], max_rows=120)),
             }

@@ -65,7 +65,8 @@ class LineSafeFileMessageReader(dg.PipesMessageReader):
                 message = json.loads(line)
             except json.JSONDecodeError:  # a stray write, not ours: say so in the run and keep reading the rest
                 handler.report_pipes_framework_exception(
-                    f"{type(self).__name__}: unreadable Pipes message line {line[:200]!r}", sys.exc_info())
+                    f"{type(self).__name__}: unreadable Pipes message line {line[:200]!r}", sys.exc_info()
+                )
                 return
             handler.handle_message(message)
 

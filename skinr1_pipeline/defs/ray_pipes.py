@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import dagster as dg
 from dagster._core.pipes.utils import extract_message_or_forward_to_stdout
@@ -65,8 +66,16 @@ class FreshReaderPipesRayJobClient(PipesRayJobClient):
 
     def __init__(self, *args: Any, reader_factory: Callable[[], dg.PipesMessageReader] | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self._reader_factory = reader_factory or (lambda: PipesRayJobLogPollReader(job_submission_client_kwargs={
-            "headers": self._headers, "verify": self._verify, "cookies": self._cookies, "metadata": self._metadata}))
+        self._reader_factory = reader_factory or (
+            lambda: PipesRayJobLogPollReader(
+                job_submission_client_kwargs={
+                    "headers": self._headers,
+                    "verify": self._verify,
+                    "cookies": self._cookies,
+                    "metadata": self._metadata,
+                }
+            )
+        )
 
     def run(self, *, context, submit_job_params, extras=None):  # type: ignore[override]
         self._message_reader = self._reader_factory()

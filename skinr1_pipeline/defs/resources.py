@@ -1,9 +1,9 @@
 """Dagster resources: where the pipeline writes (its home) and how it tracks runs (MLflow)."""
 
-
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import dagster as dg
 from pydantic import Field
@@ -12,8 +12,13 @@ from skinr1_pipeline.storage.run_folders import DEFAULT_KEEP, mark_complete, ope
 from skinr1_pipeline.tracking import mlflow_runs
 
 DATA_VERSION_TAG = "dagster/data_version"  # where Dagster stores a materialization's data version
-LIVE_RUN_STATUSES = (dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
-                     dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING)
+LIVE_RUN_STATUSES = (
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+)
 
 
 class PipelineHome(dg.ConfigurableResource):
@@ -24,8 +29,12 @@ class PipelineHome(dg.ConfigurableResource):
     """
 
     home: str
-    keep_runs: int = Field(default=DEFAULT_KEEP, ge=1, description="run folders kept per asset (and partition); "
-                           "the newest complete one and those of live runs are never removed")
+    keep_runs: int = Field(
+        default=DEFAULT_KEEP,
+        ge=1,
+        description="run folders kept per asset (and partition); "
+        "the newest complete one and those of live runs are never removed",
+    )
 
     def path(self, *parts: str, mkdir: bool = True) -> Path:
         target = Path(self.home, *parts)
@@ -52,8 +61,9 @@ class PipelineHome(dg.ConfigurableResource):
         mark_complete(folder, context.run.run_id)
         removed = prune(folder.parent, keep=self.keep_runs, protect={folder.name, *live_run_ids(context)})
         if removed:
-            context.log.info(f"pruned {len(removed)} older run folder(s) under {folder.parent}: "
-                             f"{', '.join(p.name for p in removed)}")
+            context.log.info(
+                f"pruned {len(removed)} older run folder(s) under {folder.parent}: {', '.join(p.name for p in removed)}"
+            )
 
 
 def live_run_ids(context: dg.AssetExecutionContext) -> set[str]:
@@ -85,8 +95,13 @@ class MlflowTracking(dg.ConfigurableResource):
 
     @contextmanager
     def asset_run(
-        self, context: dg.AssetExecutionContext, params: Mapping[str, Any] | None = None, *,
-        lineage: str = "", upstream: Mapping[str, str] | None = None, tags: Mapping[str, str] | None = None,
+        self,
+        context: dg.AssetExecutionContext,
+        params: Mapping[str, Any] | None = None,
+        *,
+        lineage: str = "",
+        upstream: Mapping[str, str] | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> Iterator[Any]:
         """A nested MLflow run for this materialisation, active inside the block; yields None when disabled.
 
@@ -131,9 +146,10 @@ class MlflowTracking(dg.ConfigurableResource):
                 yield run
             status = "FINISHED"
             # Downstream assets find this run from the materialization (see the class docstring).
-            context.add_output_metadata({"mlflow_run_id": run.info.run_id,
-                                         **({"skinr1_lineage": lineage} if lineage else {})},
-                                        output_name=context.assets_def.get_output_name_for_asset_key(context.asset_key))
+            context.add_output_metadata(
+                {"mlflow_run_id": run.info.run_id, **({"skinr1_lineage": lineage} if lineage else {})},
+                output_name=context.assets_def.get_output_name_for_asset_key(context.asset_key),
+            )
         finally:
             # The parent's status follows its latest child, so the MLflow UI never shows it running forever.
             mlflow_runs.finish_parent_run(self.tracking_uri, parent, status)
@@ -164,12 +180,14 @@ def consumed_inputs(context: dg.AssetExecutionContext) -> dict[str, tuple[str, s
         for partition in partitions:
             records = context.instance.fetch_materializations(
                 dg.AssetRecordsFilter(asset_key=parent_key, asset_partitions=[partition] if partition else None),
-                limit=1).records
+                limit=1,
+            ).records
             if not records or records[0].asset_materialization is None:
                 continue
             materialization = records[0].asset_materialization
             run_id = materialization.metadata.get("mlflow_run_id")
             out[mlflow_runs.input_label(parent_key.to_user_string(), partition)] = (
                 str(run_id.value) if run_id is not None else "",
-                materialization.tags.get(DATA_VERSION_TAG, "") if materialization.tags else "")
+                materialization.tags.get(DATA_VERSION_TAG, "") if materialization.tags else "",
+            )
     return out

@@ -5,9 +5,10 @@ so the same entry points serve one CPU, eight GPUs and a cluster."""
 import json
 import math
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import dagster as dg
 import pandas as pd
@@ -28,34 +29,52 @@ GPU_POOL = "gpu"
 
 
 class BaseModelConfig(dg.Config):
-    warmup_steps: int = Field(default=2000, description="demo only: image -> diagnosis-name captioning steps on train "
-                              "images, merged into the tiny model (what pretraining gives a real VLM); 0 = none")
-    warmup_views: int = Field(default=4, description="demo only: flipped/rotated views per warm-up image (1 = the "
-                              "image only); more views, less memorising of ~200 train images")
-    option_drill_steps: int = Field(default=1500, description="demo only: option-reading drill steps on synthetic "
-                                    "MCQs from the train labels and images (the copying from context a pretrained "
-                                    "LM has); 0 = none")
+    warmup_steps: int = Field(
+        default=2000,
+        description="demo only: image -> diagnosis-name captioning steps on train "
+        "images, merged into the tiny model (what pretraining gives a real VLM); 0 = none",
+    )
+    warmup_views: int = Field(
+        default=4,
+        description="demo only: flipped/rotated views per warm-up image (1 = the "
+        "image only); more views, less memorising of ~200 train images",
+    )
+    option_drill_steps: int = Field(
+        default=1500,
+        description="demo only: option-reading drill steps on synthetic "
+        "MCQs from the train labels and images (the copying from context a pretrained "
+        "LM has); 0 = none",
+    )
 
 
 class SFTAssetConfig(dg.Config):
     overrides: str = Field(default="{}", description="JSON object of SFTRunConfig fields over the profile preset")
     gate_items: int = Field(default=48, description="held-out MCQ items generated for the format gate")
-    option_drill_rows: int = Field(default=1500, description="demo only: option-reading drill rows (train labels and "
-                                   "images) mixed into the SFT data, the reading of an option list a pretrained LM "
-                                   "brings; 0 = the trajectories alone")
+    option_drill_rows: int = Field(
+        default=1500,
+        description="demo only: option-reading drill rows (train labels and "
+        "images) mixed into the SFT data, the reading of an option list a pretrained LM "
+        "brings; 0 = the trajectories alone",
+    )
     max_new_tokens: int = 512
     format_floor: float = Field(default=0.95, description="share of held-out generations that must parse")
-    resume: bool = Field(default=False, description="continue the newest run folder of this asset that holds a "
-                         "checkpoint (after a crash or kill) instead of starting a new run in a new folder")
+    resume: bool = Field(
+        default=False,
+        description="continue the newest run folder of this asset that holds a "
+        "checkpoint (after a crash or kill) instead of starting a new run in a new folder",
+    )
 
 
 class RLDataConfig(dg.Config):
     construction: Literal["set_first", "paper"] = Field(
-        default="set_first", description="set_first: options fixed before the gold (no image-blind policy beats the "
-        "uniform one's accuracy), LCA partial credit; paper: the authors' gold-first items, for exact reproduction")
+        default="set_first",
+        description="set_first: options fixed before the gold (no image-blind policy beats the "
+        "uniform one's accuracy), LCA partial credit; paper: the authors' gold-first items, for exact reproduction",
+    )
     n_options: int = 4
-    hard_negative_fraction: float = Field(default=0.0, description="paper construction: share of distractors drawn "
-                                          "from DDx neighbours")
+    hard_negative_fraction: float = Field(
+        default=0.0, description="paper construction: share of distractors drawn from DDx neighbours"
+    )
     seed: int = 42
 
 
@@ -64,14 +83,20 @@ class GRPOAssetConfig(dg.Config):
     gate_items: int = 48
     max_new_tokens: int = 512
     accuracy_margin: float = Field(default=0.05, description="GRPO may trail SFT held-out accuracy by at most this")
-    resume: bool = Field(default=False, description="continue the newest run folder of this asset that holds a "
-                         "checkpoint (after a crash or kill) instead of starting a new run in a new folder")
+    resume: bool = Field(
+        default=False,
+        description="continue the newest run folder of this asset that holds a "
+        "checkpoint (after a crash or kill) instead of starting a new run in a new folder",
+    )
 
 
 class RLOnlyConfig(dg.Config):
     overrides: str = Field(default="{}", description="JSON object of GRPORunConfig fields over the profile preset")
-    resume: bool = Field(default=False, description="continue the newest run folder under models/rl_only that holds a "
-                         "checkpoint instead of starting a new run in a new folder")
+    resume: bool = Field(
+        default=False,
+        description="continue the newest run folder under models/rl_only that holds a "
+        "checkpoint instead of starting a new run in a new folder",
+    )
 
 
 def training_dir(context: dg.AssetExecutionContext, home: PipelineHome, name: str, *, resume: bool) -> Path:
@@ -105,12 +130,14 @@ def run_overrides(overrides_json: str, resume: bool, run_config: type) -> dict[s
     except json.JSONDecodeError as exc:
         raise dg.Failure(f"config.overrides is not valid JSON ({exc}): {overrides_json[:200]!r}") from exc
     if not isinstance(overrides, dict):
-        raise dg.Failure(f"config.overrides must be a JSON object of {run_config.__name__} fields, got "
-                         f"{type(overrides).__name__}")
+        raise dg.Failure(
+            f"config.overrides must be a JSON object of {run_config.__name__} fields, got {type(overrides).__name__}"
+        )
     overrides = {**overrides, **({"resume": True} if resume else {})}
     try:
-        check_overrides(run_config, overrides, set_by_asset=("model_dir", "adapter_dir", "items_path", "train_path",
-                                                              "output_dir"))
+        check_overrides(
+            run_config, overrides, set_by_asset=("model_dir", "adapter_dir", "items_path", "train_path", "output_dir")
+        )
     except ConfigError as exc:
         raise dg.Failure(f"config.overrides: {exc}") from exc
     return overrides
@@ -121,12 +148,20 @@ BLIND_REWARD_FILE = "blind_policy_reward.json"
 
 def _blind_reward_metrics(blind_reward: dict[str, Any]) -> dict[str, float]:
     """`baselines.best_blind_policy_reward` as MLflow metrics (expected granularity reward per policy)."""
-    return {f"blind_reward_{k}": float(v) for k, v in blind_reward.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {
+        f"blind_reward_{k}": float(v)
+        for k, v in blind_reward.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
-def _log_base_model(context: dg.AssetExecutionContext, mlflow: MlflowTracking, model_dir: str | Path,
-                    params: dict[str, Any], metrics: dict[str, float] | None = None) -> None:
+def _log_base_model(
+    context: dg.AssetExecutionContext,
+    mlflow: MlflowTracking,
+    model_dir: str | Path,
+    params: dict[str, Any],
+    metrics: dict[str, float] | None = None,
+) -> None:
     """The base model's MLflow run, tagged with the digest a registered adapter's base reference is checked
     against (`tracking.pyfunc_model.base_model_digest`)."""
     from skinr1_pipeline.tracking.pyfunc_model import base_model_digest
@@ -136,15 +171,26 @@ def _log_base_model(context: dg.AssetExecutionContext, mlflow: MlflowTracking, m
         if run is not None:
             import mlflow as mlf
 
-            mlf.log_metrics({"bytes_on_disk": fingerprint["bytes"], "model_files": fingerprint["files"],
-                             **(metrics or {})})
+            mlf.log_metrics(
+                {"bytes_on_disk": fingerprint["bytes"], "model_files": fingerprint["files"], **(metrics or {})}
+            )
     context.add_output_metadata({"base_model_digest": fingerprint["digest"]})
 
 
-def train_and_gate(context: dg.AssetExecutionContext, compute: Compute, mlflow: MlflowTracking, settings: Settings, *,
-                   step: str, cfg: Any, out_dir: Path, artifact: str, gate: GateConfig | None,
-                   inputs: Sequence[tuple[str, str, str, str | None]] = (), upstream: Mapping[str, str] | None = None,
-                   ) -> tuple[dict[str, Any], str, dict[str, Any] | None, str]:
+def train_and_gate(
+    context: dg.AssetExecutionContext,
+    compute: Compute,
+    mlflow: MlflowTracking,
+    settings: Settings,
+    *,
+    step: str,
+    cfg: Any,
+    out_dir: Path,
+    artifact: str,
+    gate: GateConfig | None,
+    inputs: Sequence[tuple[str, str, str, str | None]] = (),
+    upstream: Mapping[str, str] | None = None,
+) -> tuple[dict[str, Any], str, dict[str, Any] | None, str]:
     """One training stage where the model is (`compute`): train into this asset's MLflow run, then, in the same job,
     score the adapter on the held-out slice (`gate`). Returns (reported metadata, adapter dir, gate scores, MLflow
     run id).
@@ -165,18 +211,31 @@ def train_and_gate(context: dg.AssetExecutionContext, compute: Compute, mlflow: 
         if run is not None:
             for path, name, usage, split in inputs:
                 log_parquet_input(path, name, usage, split=split)
-        env = {} if run is None else {"MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
-                                      "MLFLOW_RUN_ID": run.info.run_id, "MLFLOW_EXPERIMENT_ID": run.info.experiment_id}
-        reported = compute.run(context, ComputeStep(module=TRAINING_CLI, args=args, workdir=out_dir, trainer=True,
-                                                    env=env))
+        env = (
+            {}
+            if run is None
+            else {
+                "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
+                "MLFLOW_RUN_ID": run.info.run_id,
+                "MLFLOW_EXPERIMENT_ID": run.info.experiment_id,
+            }
+        )
+        reported = compute.run(
+            context, ComputeStep(module=TRAINING_CLI, args=args, workdir=out_dir, trainer=True, env=env)
+        )
         adapter_dir = str(raw_value(reported.get("adapter_dir")) or out_dir / "adapter")
         scores = raw_value(reported.get("gate"))
         if run is not None:
             import mlflow as mlf
 
             if scores:
-                mlf.log_metrics({"heldout_parse_rate": scores["parse_rate"], "heldout_accuracy": scores["accuracy"],
-                                 "heldout_answer_likelihood_accuracy": scores["answer_likelihood_accuracy"]})
+                mlf.log_metrics(
+                    {
+                        "heldout_parse_rate": scores["parse_rate"],
+                        "heldout_accuracy": scores["accuracy"],
+                        "heldout_answer_likelihood_accuracy": scores["answer_likelihood_accuracy"],
+                    }
+                )
             blind_reward = Path(getattr(cfg, "items_path", "") or out_dir).with_name(BLIND_REWARD_FILE)
             if step == "grpo" and blind_reward.is_file():
                 # Beside the reward curves: what a policy that never looks at the image would have been paid.
@@ -185,15 +244,23 @@ def train_and_gate(context: dg.AssetExecutionContext, compute: Compute, mlflow: 
     return reported, adapter_dir, scores, run.info.run_id if run is not None else ""
 
 
-def heldout_gate(items_path: str, model_dir: str, limit: int, max_new_tokens: int,
-                 max_pixels: int | None) -> GateConfig:
+def heldout_gate(
+    items_path: str, model_dir: str, limit: int, max_new_tokens: int, max_pixels: int | None
+) -> GateConfig:
     """The gate every training stage runs on the valid split of the RL items (same slice for every stage)."""
-    return GateConfig(items_path=items_path, model_dir=model_dir, split="valid", limit=limit,
-                      max_new_tokens=max_new_tokens, max_pixels=max_pixels)
+    return GateConfig(
+        items_path=items_path,
+        model_dir=model_dir,
+        split="valid",
+        limit=limit,
+        max_new_tokens=max_new_tokens,
+        max_pixels=max_pixels,
+    )
 
 
-def grpo_config(demo: bool, base_model: str, adapter_dir: str | None, items_path: str, out_dir: Path,
-                overrides: dict[str, Any]):
+def grpo_config(
+    demo: bool, base_model: str, adapter_dir: str | None, items_path: str, out_dir: Path, overrides: dict[str, Any]
+):
     """Demo preset or the paper defaults, plus the user's checked overrides; `adapter_dir=None` is RL-only."""
     from skinr1_pipeline.training.grpo import GRPORunConfig, demo_grpo_config
 
@@ -204,12 +271,28 @@ def grpo_config(demo: bool, base_model: str, adapter_dir: str | None, items_path
 def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition], list[dg.AssetChecksDefinition]]:
     demo = settings.profile == "demo"
 
-    @dg.asset(group_name="training", kinds={"pytorch"}, code_version=code_version_of(
-        __name__, "modeling.model_factory", "modeling.tiny_model", "training.demo_pretraining", "training.option_drill",
-        "data.holdout", "tracking.pyfunc_model"))
-    def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, home: PipelineHome,
-                   mlflow: MlflowTracking, taxonomy_graph: Taxonomy, unified_samples: pd.DataFrame,
-                   skin_rationale_trajectories: str) -> str:
+    @dg.asset(
+        group_name="training",
+        kinds={"pytorch"},
+        code_version=code_version_of(
+            __name__,
+            "modeling.model_factory",
+            "modeling.tiny_model",
+            "training.demo_pretraining",
+            "training.option_drill",
+            "data.holdout",
+            "tracking.pyfunc_model",
+        ),
+    )
+    def base_model(
+        context: dg.AssetExecutionContext,
+        config: BaseModelConfig,
+        home: PipelineHome,
+        mlflow: MlflowTracking,
+        taxonomy_graph: Taxonomy,
+        unified_samples: pd.DataFrame,
+        skin_rationale_trajectories: str,
+    ) -> str:
         """The model every stage starts from: demo = a tiny Qwen2.5-VL with a tokenizer trained here on the
         taxonomy, knowledge and trajectory text, warmed up on train images, then drilled on reading multiple-choice
         options; gpu = the local Qwen2.5-VL-7B-Instruct directory."""
@@ -218,8 +301,12 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
         if not demo:
             model_config = validate_model_dir(settings.base_model_dir)
             _log_base_model(context, mlflow, settings.base_model_dir, {"model_dir": str(settings.base_model_dir)})
-            context.add_output_metadata({"model_dir": dg.MetadataValue.path(str(settings.base_model_dir)),
-                                         "model_type": model_config.get("model_type", "")})
+            context.add_output_metadata(
+                {
+                    "model_dir": dg.MetadataValue.path(str(settings.base_model_dir)),
+                    "model_type": model_config.get("model_type", ""),
+                }
+            )
             return str(settings.base_model_dir)
         from skinr1_pipeline.modeling.tiny_model import build_tiny_model, default_corpus
 
@@ -235,50 +322,92 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
         if config.warmup_steps:
             from skinr1_pipeline.training.demo_pretraining import warm_up
 
-            warmup = warm_up(out_dir, samples, taxonomy_graph, steps=config.warmup_steps, views=config.warmup_views,
-                             seed=settings.demo_seed)
+            warmup = warm_up(
+                out_dir,
+                samples,
+                taxonomy_graph,
+                steps=config.warmup_steps,
+                views=config.warmup_views,
+                seed=settings.demo_seed,
+            )
         drill: dict[str, Any] = {"steps": 0}
         if config.option_drill_steps:  # after the warm-up: its full embedding/head update erased a drill run before it
             from skinr1_pipeline.training.option_drill import train_option_drill
 
             train = samples[samples["split"] == "train"]
-            drill = train_option_drill(out_dir, train["taxonomy_node"], taxonomy_graph,
-                                       steps=config.option_drill_steps, seed=settings.demo_seed,
-                                       image_paths=train.groupby("taxonomy_node")["image_path"].agg(list).to_dict())
-            context.log.info(f"option drill: {drill['steps']} steps in {drill['seconds']} s, held-out letter "
-                             f"accuracy {drill['held_out_accuracy']:.0%} on {drill['held_out_items']} fresh items")
+            drill = train_option_drill(
+                out_dir,
+                train["taxonomy_node"],
+                taxonomy_graph,
+                steps=config.option_drill_steps,
+                seed=settings.demo_seed,
+                image_paths=train.groupby("taxonomy_node")["image_path"].agg(list).to_dict(),
+            )
+            context.log.info(
+                f"option drill: {drill['steps']} steps in {drill['seconds']} s, held-out letter "
+                f"accuracy {drill['held_out_accuracy']:.0%} on {drill['held_out_items']} fresh items"
+            )
         model_config = validate_model_dir(out_dir)
         home.seal(context, out_dir)
-        _log_base_model(context, mlflow, out_dir, {**config.model_dump(), "model_dir": str(out_dir)}, {
-            "warmup_steps": warmup["steps"], "option_drill_steps": drill["steps"],
-            **({"option_drill_accuracy": drill["held_out_accuracy"]} if "held_out_accuracy" in drill else {})})
+        _log_base_model(
+            context,
+            mlflow,
+            out_dir,
+            {**config.model_dump(), "model_dir": str(out_dir)},
+            {
+                "warmup_steps": warmup["steps"],
+                "option_drill_steps": drill["steps"],
+                **({"option_drill_accuracy": drill["held_out_accuracy"]} if "held_out_accuracy" in drill else {}),
+            },
+        )
         size = sum(p.stat().st_size for p in out_dir.rglob("*") if p.is_file())
-        context.add_output_metadata({
-            "model_dir": dg.MetadataValue.path(str(out_dir)), "model_type": model_config.get("model_type", ""),
-            "corpus_texts": len(corpus), "bytes_on_disk": size, "seconds": round(time.perf_counter() - start, 2),
-            "warmup_steps": warmup["steps"], "warmup_images": warmup.get("images", 0),
-            "warmup_views": warmup.get("views", 0),
-            "warmup_final_loss": warmup["train_loss"][-1]["loss"] if warmup.get("train_loss") else float("nan"),
-            "option_drill_steps": drill["steps"],
-            "option_drill_accuracy": drill.get("held_out_accuracy", float("nan")),
-            "option_drill_final_loss": drill["train_loss"][-1]["loss"] if drill.get("train_loss") else float("nan"),
-        })
+        context.add_output_metadata(
+            {
+                "model_dir": dg.MetadataValue.path(str(out_dir)),
+                "model_type": model_config.get("model_type", ""),
+                "corpus_texts": len(corpus),
+                "bytes_on_disk": size,
+                "seconds": round(time.perf_counter() - start, 2),
+                "warmup_steps": warmup["steps"],
+                "warmup_images": warmup.get("images", 0),
+                "warmup_views": warmup.get("views", 0),
+                "warmup_final_loss": warmup["train_loss"][-1]["loss"] if warmup.get("train_loss") else float("nan"),
+                "option_drill_steps": drill["steps"],
+                "option_drill_accuracy": drill.get("held_out_accuracy", float("nan")),
+                "option_drill_final_loss": drill["train_loss"][-1]["loss"] if drill.get("train_loss") else float("nan"),
+            }
+        )
         return str(out_dir)
 
-    @dg.asset(group_name="training", kinds={"parquet"},
-              code_version=code_version_of(__name__, "training.rl_data", "evaluation.baselines", "data.holdout"))
-    def rl_mcq_dataset(context: dg.AssetExecutionContext, config: RLDataConfig, home: PipelineHome,
-                       mlflow: MlflowTracking, unified_samples: pd.DataFrame, taxonomy_graph: Taxonomy,
-                       ddx_graph: DDxGraph) -> str:
+    @dg.asset(
+        group_name="training",
+        kinds={"parquet"},
+        code_version=code_version_of(__name__, "training.rl_data", "evaluation.baselines", "data.holdout"),
+    )
+    def rl_mcq_dataset(
+        context: dg.AssetExecutionContext,
+        config: RLDataConfig,
+        home: PipelineHome,
+        mlflow: MlflowTracking,
+        unified_samples: pd.DataFrame,
+        taxonomy_graph: Taxonomy,
+        ddx_graph: DDxGraph,
+    ) -> str:
         """Multiple-choice GRPO items on in-distribution samples (set-first by default; the paper's construction on
         request), with the granularity reward an image-blind policy would collect beside the uniform policy's."""
         from skinr1_pipeline.evaluation.baselines import best_blind_policy_reward
         from skinr1_pipeline.training.rl_data import build_rl_items
 
         samples = training_rows(unified_samples, settings.ood_modalities, settings.ood_sources)
-        build = build_rl_items(samples, taxonomy_graph, construction=config.construction, ddx=ddx_graph,
-                               n_options=config.n_options, hard_negative_fraction=config.hard_negative_fraction,
-                               seed=config.seed)
+        build = build_rl_items(
+            samples,
+            taxonomy_graph,
+            construction=config.construction,
+            ddx=ddx_graph,
+            n_options=config.n_options,
+            hard_negative_fraction=config.hard_negative_fraction,
+            seed=config.seed,
+        )
         items = build.items
         folder = home.run_dir(context, "outputs", "rl_mcq_dataset")
         path = write_parquet(items, folder / "items.parquet")
@@ -297,24 +426,44 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
                 mlf.log_metrics(_blind_reward_metrics(blind_reward))
         per_split = items.groupby(["source_dataset", "split"]).size().rename("items").reset_index()
         example = items.iloc[0]
-        context.add_output_metadata({
-            "path": dg.MetadataValue.path(str(path)),
-            "items": len(items),
-            "per_source_and_split": md(markdown_table(per_split)),
-            "dropped_by_reason": md(counts_table({str(k): int(v) for k, v in build.drop_counts.items()}, "reason")),
-            "blind_policy_reward": md(counts_table({k: round(float(v), 4) for k, v in blind_reward.items()
-                                                    if isinstance(v, (int, float))}, "policy")),
-            "example": md(f"```\n{example['prompt']}\n```\noptions scores: {list(example['option_scores'])}, "
-                          f"bucket: {example['bucket']}"),
-        })
+        context.add_output_metadata(
+            {
+                "path": dg.MetadataValue.path(str(path)),
+                "items": len(items),
+                "per_source_and_split": md(markdown_table(per_split)),
+                "dropped_by_reason": md(counts_table({str(k): int(v) for k, v in build.drop_counts.items()}, "reason")),
+                "blind_policy_reward": md(
+                    counts_table(
+                        {k: round(float(v), 4) for k, v in blind_reward.items() if isinstance(v, (int, float))},
+                        "policy",
+                    )
+                ),
+                "example": md(
+                    f"```\n{example['prompt']}\n```\noptions scores: {list(example['option_scores'])}, "
+                    f"bucket: {example['bucket']}"
+                ),
+            }
+        )
         return str(path)
 
-    @dg.asset(group_name="training", kinds={"pytorch", "mlflow"}, pool=GPU_POOL, code_version=code_version_of(
-        __name__, "training.cli", "training.option_drill", "data.holdout"))
-    def sft_checkpoint(context: dg.AssetExecutionContext, config: SFTAssetConfig, home: PipelineHome,
-                       mlflow: MlflowTracking, compute: Compute,
-                       base_model: str, skin_rationale_trajectories: str, rl_mcq_dataset: str,
-                       unified_samples: pd.DataFrame, taxonomy_graph: Taxonomy) -> dict:
+    @dg.asset(
+        group_name="training",
+        kinds={"pytorch", "mlflow"},
+        pool=GPU_POOL,
+        code_version=code_version_of(__name__, "training.cli", "training.option_drill", "data.holdout"),
+    )
+    def sft_checkpoint(
+        context: dg.AssetExecutionContext,
+        config: SFTAssetConfig,
+        home: PipelineHome,
+        mlflow: MlflowTracking,
+        compute: Compute,
+        base_model: str,
+        skin_rationale_trajectories: str,
+        rl_mcq_dataset: str,
+        unified_samples: pd.DataFrame,
+        taxonomy_graph: Taxonomy,
+    ) -> dict:
         """LoRA SFT on the SkinRationale trajectories (TRL SFTTrainer, loss on the assistant turn); on the demo,
         with option-reading drill rows mixed in."""
         from skinr1_pipeline.training.sft import SFTRunConfig, demo_sft_config
@@ -327,53 +476,99 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
 
             samples = training_rows(unified_samples, settings.ood_modalities, settings.ood_sources)
             train_path = str(out_dir / "sft_data.parquet")
-            mixed = mix_drill_rows(skin_rationale_trajectories, train_path, samples[samples["split"] == "train"],
-                                   taxonomy_graph, config.option_drill_rows, settings.demo_seed)
+            mixed = mix_drill_rows(
+                skin_rationale_trajectories,
+                train_path,
+                samples[samples["split"] == "train"],
+                taxonomy_graph,
+                config.option_drill_rows,
+                settings.demo_seed,
+            )
             context.log.info(f"SFT data: {mixed['trajectories']} trajectories + {mixed['drill_rows']} drill rows")
-        cfg = (demo_sft_config(base_model, train_path, out_dir, **overrides) if demo
-               else SFTRunConfig(model_dir=base_model, train_path=skin_rationale_trajectories, output_dir=str(out_dir),
-                                 **overrides))
-        inputs = [(skin_rationale_trajectories, "skin_rationale_trajectories", "training", None),
-                  *([(train_path, "sft_data", "training_mix", None)] if mixed else []),
-                  (rl_mcq_dataset, "rl_mcq_valid", "gate", "valid")]
+        cfg = (
+            demo_sft_config(base_model, train_path, out_dir, **overrides)
+            if demo
+            else SFTRunConfig(
+                model_dir=base_model, train_path=skin_rationale_trajectories, output_dir=str(out_dir), **overrides
+            )
+        )
+        inputs = [
+            (skin_rationale_trajectories, "skin_rationale_trajectories", "training", None),
+            *([(train_path, "sft_data", "training_mix", None)] if mixed else []),
+            (rl_mcq_dataset, "rl_mcq_valid", "gate", "valid"),
+        ]
         reported, adapter_dir, gate, run_id = train_and_gate(
-            context, compute, mlflow, settings, step="sft", cfg=cfg, out_dir=out_dir, artifact="sft_adapter",
+            context,
+            compute,
+            mlflow,
+            settings,
+            step="sft",
+            cfg=cfg,
+            out_dir=out_dir,
+            artifact="sft_adapter",
             gate=heldout_gate(rl_mcq_dataset, base_model, config.gate_items, config.max_new_tokens, cfg.max_pixels),
-            inputs=inputs)
+            inputs=inputs,
+        )
         home.seal(context, out_dir)
         losses = [float(p["loss"]) for p in raw_value(reported.get("train_loss")) or []]
         metadata = {
             **{k: v for k, v in reported.items() if k not in ("train_loss", "eval_loss", "metrics", "gate")},
             "loss_curve": md(markdown_table(pd.DataFrame(raw_value(reported.get("train_loss")) or []), 40)),
             "sft_drill_rows": mixed.get("drill_rows", 0),
-            "heldout_parse_rate": gate["parse_rate"], "heldout_accuracy": gate["accuracy"], "heldout_n": gate["n"],
+            "heldout_parse_rate": gate["parse_rate"],
+            "heldout_accuracy": gate["accuracy"],
+            "heldout_n": gate["n"],
             "heldout_answer_likelihood_accuracy": gate["answer_likelihood_accuracy"],
             "sample_generation": md(f"```\n{gate['examples'][0]['completion']}\n```"),
         }
         # A Pipes step must hand back a MaterializeResult; its `value` still goes through the IO manager.
-        return dg.MaterializeResult(metadata=metadata, value={
-            "adapter_dir": adapter_dir, "losses": losses, "gate": gate, "max_pixels": cfg.max_pixels,
-            "format_floor": config.format_floor, "mlflow_run_id": run_id})
+        return dg.MaterializeResult(
+            metadata=metadata,
+            value={
+                "adapter_dir": adapter_dir,
+                "losses": losses,
+                "gate": gate,
+                "max_pixels": cfg.max_pixels,
+                "format_floor": config.format_floor,
+                "mlflow_run_id": run_id,
+            },
+        )
 
     @dg.asset_check(asset=sft_checkpoint, blocking=True, description="Every logged SFT loss is finite")
     def sft_losses_finite(sft_checkpoint: dict) -> dg.AssetCheckResult:
         losses = sft_checkpoint["losses"]
         bad = [x for x in losses if not math.isfinite(x)]
-        return dg.AssetCheckResult(passed=bool(losses) and not bad,
-                                   metadata={"logged": len(losses), "non_finite": len(bad)})
+        return dg.AssetCheckResult(
+            passed=bool(losses) and not bad, metadata={"logged": len(losses), "non_finite": len(bad)}
+        )
 
-    @dg.asset_check(asset=sft_checkpoint, blocking=True,
-                    description="Enough held-out generations parse in the strict format (95% by default)")
+    @dg.asset_check(
+        asset=sft_checkpoint,
+        blocking=True,
+        description="Enough held-out generations parse in the strict format (95% by default)",
+    )
     def sft_format_compliance(sft_checkpoint: dict) -> dg.AssetCheckResult:
         rate, floor = sft_checkpoint["gate"]["parse_rate"], sft_checkpoint["format_floor"]
-        return dg.AssetCheckResult(passed=rate >= floor, metadata={"parse_rate": rate, "n": sft_checkpoint["gate"]["n"],
-                                                                    "floor": floor})
+        return dg.AssetCheckResult(
+            passed=rate >= floor, metadata={"parse_rate": rate, "n": sft_checkpoint["gate"]["n"], "floor": floor}
+        )
 
-    @dg.asset(group_name="training", kinds={"pytorch", "mlflow"}, pool=GPU_POOL,
-              code_version=code_version_of(__name__, "training.cli"))
-    def grpo_checkpoint(context: dg.AssetExecutionContext, config: GRPOAssetConfig, home: PipelineHome,
-                        mlflow: MlflowTracking, compute: Compute,
-                        base_model: str, sft_checkpoint: dict, rl_mcq_dataset: str) -> dict:
+    @dg.asset(
+        group_name="training",
+        kinds={"pytorch", "mlflow"},
+        pool=GPU_POOL,
+        code_version=code_version_of(__name__, "training.cli"),
+    )
+    def grpo_checkpoint(
+        context: dg.AssetExecutionContext,
+        config: GRPOAssetConfig,
+        home: PipelineHome,
+        mlflow: MlflowTracking,
+        compute: Compute,
+        base_model: str,
+        sft_checkpoint: dict,
+        rl_mcq_dataset: str,
+    ) -> dict:
         """GRPO continuing the SFT LoRA adapter, rewarded by format + hierarchical granularity + malignancy."""
         from skinr1_pipeline.training.grpo import GRPORunConfig
 
@@ -382,34 +577,74 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
         cfg = grpo_config(demo, base_model, sft_checkpoint["adapter_dir"], rl_mcq_dataset, out_dir, overrides)
         sft_run = sft_checkpoint.get("mlflow_run_id", "")  # values from before lineage lack it
         reported, adapter_dir, gate, run_id = train_and_gate(
-            context, compute, mlflow, settings, step="grpo", cfg=cfg, out_dir=out_dir, artifact="grpo_adapter",
-            gate=heldout_gate(rl_mcq_dataset, base_model, config.gate_items, config.max_new_tokens,
-                              sft_checkpoint["max_pixels"]),
-            inputs=[(rl_mcq_dataset, "rl_mcq_train", "grpo", "train"),
-                    (rl_mcq_dataset, "rl_mcq_valid", "gate", "valid")],
-            upstream={"sft_checkpoint": sft_run})
+            context,
+            compute,
+            mlflow,
+            settings,
+            step="grpo",
+            cfg=cfg,
+            out_dir=out_dir,
+            artifact="grpo_adapter",
+            gate=heldout_gate(
+                rl_mcq_dataset, base_model, config.gate_items, config.max_new_tokens, sft_checkpoint["max_pixels"]
+            ),
+            inputs=[
+                (rl_mcq_dataset, "rl_mcq_train", "grpo", "train"),
+                (rl_mcq_dataset, "rl_mcq_valid", "gate", "valid"),
+            ],
+            upstream={"sft_checkpoint": sft_run},
+        )
         home.seal(context, out_dir)
         metadata = {
             **{k: v for k, v in reported.items() if k not in ("reward_history", "metrics", "gate")},
-            "heldout_parse_rate": gate["parse_rate"], "heldout_accuracy": gate["accuracy"],
+            "heldout_parse_rate": gate["parse_rate"],
+            "heldout_accuracy": gate["accuracy"],
             "heldout_answer_likelihood_accuracy": gate["answer_likelihood_accuracy"],
-            "sft_heldout_accuracy": sft_checkpoint["gate"]["accuracy"], "heldout_n": gate["n"],
+            "sft_heldout_accuracy": sft_checkpoint["gate"]["accuracy"],
+            "heldout_n": gate["n"],
         }
-        return dg.MaterializeResult(metadata=metadata, value={
-            "adapter_dir": adapter_dir, "gate": gate, "sft_gate": sft_checkpoint["gate"],
-            "margin": config.accuracy_margin, "mlflow_run_id": run_id, "sft_mlflow_run_id": sft_run})
+        return dg.MaterializeResult(
+            metadata=metadata,
+            value={
+                "adapter_dir": adapter_dir,
+                "gate": gate,
+                "sft_gate": sft_checkpoint["gate"],
+                "margin": config.accuracy_margin,
+                "mlflow_run_id": run_id,
+                "sft_mlflow_run_id": sft_run,
+            },
+        )
 
-    @dg.asset_check(asset=grpo_checkpoint, blocking=True,
-                    description="GRPO keeps held-out in-domain accuracy within the margin of SFT's")
+    @dg.asset_check(
+        asset=grpo_checkpoint,
+        blocking=True,
+        description="GRPO keeps held-out in-domain accuracy within the margin of SFT's",
+    )
     def grpo_keeps_sft_accuracy(grpo_checkpoint: dict) -> dg.AssetCheckResult:
-        grpo, sft, margin = grpo_checkpoint["gate"]["accuracy"], grpo_checkpoint["sft_gate"]["accuracy"], grpo_checkpoint["margin"]
-        return dg.AssetCheckResult(passed=grpo >= sft - margin,
-                                   metadata={"grpo_accuracy": grpo, "sft_accuracy": sft, "margin": margin})
+        grpo, sft, margin = (
+            grpo_checkpoint["gate"]["accuracy"],
+            grpo_checkpoint["sft_gate"]["accuracy"],
+            grpo_checkpoint["margin"],
+        )
+        return dg.AssetCheckResult(
+            passed=grpo >= sft - margin, metadata={"grpo_accuracy": grpo, "sft_accuracy": sft, "margin": margin}
+        )
 
-    @dg.asset(group_name="training", kinds={"pytorch", "mlflow"}, pool=GPU_POOL,
-              code_version=code_version_of(__name__, "training.cli"))
-    def rl_only_checkpoint(context: dg.AssetExecutionContext, config: RLOnlyConfig, home: PipelineHome,
-                           mlflow: MlflowTracking, compute: Compute, base_model: str, rl_mcq_dataset: str) -> dict:
+    @dg.asset(
+        group_name="training",
+        kinds={"pytorch", "mlflow"},
+        pool=GPU_POOL,
+        code_version=code_version_of(__name__, "training.cli"),
+    )
+    def rl_only_checkpoint(
+        context: dg.AssetExecutionContext,
+        config: RLOnlyConfig,
+        home: PipelineHome,
+        mlflow: MlflowTracking,
+        compute: Compute,
+        base_model: str,
+        rl_mcq_dataset: str,
+    ) -> dict:
         """The RL-only ablation: GRPO from the base model with a fresh LoRA, no SFT."""
         from skinr1_pipeline.training.grpo import GRPORunConfig
 
@@ -417,12 +652,24 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
         out_dir = training_dir(context, home, "rl_only", resume=config.resume)
         cfg = grpo_config(demo, base_model, None, rl_mcq_dataset, out_dir, overrides)
         reported, adapter_dir, _, run_id = train_and_gate(
-            context, compute, mlflow, settings, step="grpo", cfg=cfg, out_dir=out_dir, artifact="rl_only_adapter",
-            gate=None, inputs=[(rl_mcq_dataset, "rl_mcq_train", "grpo", "train")])
+            context,
+            compute,
+            mlflow,
+            settings,
+            step="grpo",
+            cfg=cfg,
+            out_dir=out_dir,
+            artifact="rl_only_adapter",
+            gate=None,
+            inputs=[(rl_mcq_dataset, "rl_mcq_train", "grpo", "train")],
+        )
         home.seal(context, out_dir)
         return dg.MaterializeResult(
             metadata={k: v for k, v in reported.items() if k not in ("reward_history", "metrics")},
-            value={"adapter_dir": adapter_dir, "mlflow_run_id": run_id})
+            value={"adapter_dir": adapter_dir, "mlflow_run_id": run_id},
+        )
 
-    return ([base_model, rl_mcq_dataset, sft_checkpoint, grpo_checkpoint, rl_only_checkpoint],
-            [sft_losses_finite, sft_format_compliance, grpo_keeps_sft_accuracy])
+    return (
+        [base_model, rl_mcq_dataset, sft_checkpoint, grpo_checkpoint, rl_only_checkpoint],
+        [sft_losses_finite, sft_format_compliance, grpo_keeps_sft_accuracy],
+    )

@@ -40,12 +40,29 @@ from skinr1_pipeline.evaluation.suites import SUITES
 from skinr1_pipeline.knowledge.ddx import DDxGraph
 from skinr1_pipeline.knowledge.taxonomy import Taxonomy, normalize_label
 
-GUESSERS = ("uniform", "answer_prior", "most_ancestors", "deepest", "longest_text", "lexical", "ddx_centrality",
-            "learned")
+GUESSERS = (
+    "uniform",
+    "answer_prior",
+    "most_ancestors",
+    "deepest",
+    "longest_text",
+    "lexical",
+    "ddx_centrality",
+    "learned",
+)
 #: Guessers whose choice is a fixed rule of one item (no fitting), so they also act as policies on RL rewards.
 RULE_GUESSERS = ("most_ancestors", "deepest", "longest_text", "lexical", "ddx_centrality")
-BASELINE_COLUMNS = ("suite", "n", *GUESSERS, "best", "best_guesser", "chance", "best_margin", "best_ci_low",
-                    "best_ci_high")
+BASELINE_COLUMNS = (
+    "suite",
+    "n",
+    *GUESSERS,
+    "best",
+    "best_guesser",
+    "chance",
+    "best_margin",
+    "best_ci_low",
+    "best_ci_high",
+)
 K_FOLDS = 5
 _NEEDED = ("suite", "item_id", "options", "option_nodes", "answer_index", "taxonomy_node")
 _MAX_POSITION = 4  # positions 0..3 get their own feature; 4 and later share one
@@ -74,8 +91,9 @@ def _check(items: pd.DataFrame, needed: Sequence[str] = _NEEDED) -> None:
         if len(row.option_nodes) != n:
             raise ValueError(f"item {row.item_id}: {len(row.option_nodes)} option_nodes for {n} options")
         if "answer_index" in needed and n and not 0 <= int(row.answer_index) < n:
-            raise ValueError(f"item {row.item_id}: answer_index {row.answer_index} is not an offered option "
-                             f"(0..{n - 1})")
+            raise ValueError(
+                f"item {row.item_id}: answer_index {row.answer_index} is not an offered option (0..{n - 1})"
+            )
         if "option_scores" in needed and len(row.option_scores) != n:
             raise ValueError(f"item {row.item_id}: {len(row.option_scores)} option_scores for {n} options")
 
@@ -88,8 +106,9 @@ def _fold_keys(items: pd.DataFrame) -> list[str]:
 def fold_ids(items: pd.DataFrame, k: int = K_FOLDS, *, seed: int = 0) -> np.ndarray:
     """Fold (0..k-1) of each item: a stable hash of its `cluster` when that column is present and set, else of its
     `item_id`. Stable across runs and machines (no Python `hash`), so cross-fitted numbers are reproducible."""
-    return np.array([int(hashlib.sha256(f"{seed}/{key}".encode()).hexdigest()[:12], 16) % k
-                     for key in _fold_keys(items)], dtype=int)
+    return np.array(
+        [int(hashlib.sha256(f"{seed}/{key}".encode()).hexdigest()[:12], 16) % k for key in _fold_keys(items)], dtype=int
+    )
 
 
 def _option_key(node: Any, text: Any) -> Hashable:
@@ -124,12 +143,16 @@ class _Blind:
         return self._lookalikes[node]
 
     def ancestors(self, nodes: Sequence[Any]) -> list[int]:
-        return [sum(1 for m in nodes if m != n and self.known(m) and m in self.path(n)) if self.known(n) else 0
-                for n in nodes]
+        return [
+            sum(1 for m in nodes if m != n and self.known(m) and m in self.path(n)) if self.known(n) else 0
+            for n in nodes
+        ]
 
     def descendants(self, nodes: Sequence[Any]) -> list[int]:
-        return [sum(1 for m in nodes if m != n and self.known(m) and n in self.path(m)) if self.known(n) else 0
-                for n in nodes]
+        return [
+            sum(1 for m in nodes if m != n and self.known(m) and n in self.path(m)) if self.known(n) else 0
+            for n in nodes
+        ]
 
     def ddx_degree(self, nodes: Sequence[Any]) -> list[int]:
         return [sum(1 for m in nodes if m != n and m in self.lookalikes(n)) for n in nodes]
@@ -187,8 +210,10 @@ def uniform_hits(items: pd.DataFrame) -> np.ndarray:
 
 
 def _gold_keys(items: pd.DataFrame) -> list[Hashable]:
-    return [_option_key(row.option_nodes[int(row.answer_index)], row.options[int(row.answer_index)])
-            for row in items.itertuples(index=False)]
+    return [
+        _option_key(row.option_nodes[int(row.answer_index)], row.options[int(row.answer_index)])
+        for row in items.itertuples(index=False)
+    ]
 
 
 def answer_prior_hits(items: pd.DataFrame, *, seed: int = 0) -> np.ndarray:
@@ -233,10 +258,16 @@ def _features(items: pd.DataFrame, blind: _Blind) -> tuple[np.ndarray, np.ndarra
     for i, row in enumerate(items.itertuples(index=False)):
         nodes, options, n = list(row.option_nodes), list(row.options), len(row.options)
         mask[i, :n] = True
-        cols = [blind.ancestors(nodes), blind.descendants(nodes), [max(blind.depth(v), 0) for v in nodes],
-                [float(blind.known(v)) for v in nodes], [len(str(o).strip()) for o in options],
-                lexical_scores(options), blind.ddx_degree(nodes)]
-        x[i, :n, :len(names)] = np.array(cols, dtype=float).T
+        cols = [
+            blind.ancestors(nodes),
+            blind.descendants(nodes),
+            [max(blind.depth(v), 0) for v in nodes],
+            [float(blind.known(v)) for v in nodes],
+            [len(str(o).strip()) for o in options],
+            lexical_scores(options),
+            blind.ddx_degree(nodes),
+        ]
+        x[i, :n, : len(names)] = np.array(cols, dtype=float).T
         x[i, np.arange(n), len(names) + np.minimum(np.arange(n), _MAX_POSITION)] = 1.0
         keys.append([_option_key(v, o) for v, o in zip(nodes, options)])
     return x, mask, keys
@@ -249,8 +280,9 @@ def _softmax(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _fit_conditional_logit(x: np.ndarray, mask: np.ndarray, gold: np.ndarray, l2: float = _L2,
-                           iterations: int = 50) -> np.ndarray:
+def _fit_conditional_logit(
+    x: np.ndarray, mask: np.ndarray, gold: np.ndarray, l2: float = _L2, iterations: int = 50
+) -> np.ndarray:
     """Ridge conditional logit (softmax over each item's options) by damped Newton: concave, so deterministic and
     fast for a dozen features; the ridge keeps the weights finite when a feature separates the gold perfectly."""
     d = x.shape[2]
@@ -286,8 +318,7 @@ def _fit_conditional_logit(x: np.ndarray, mask: np.ndarray, gold: np.ndarray, l2
     return w
 
 
-def learned_hits(items: pd.DataFrame, taxonomy: Taxonomy, ddx: DDxGraph | None = None, *,
-                 seed: int = 0) -> np.ndarray:
+def learned_hits(items: pd.DataFrame, taxonomy: Taxonomy, ddx: DDxGraph | None = None, *, seed: int = 0) -> np.ndarray:
     """Per item, the expected hit of the argmax of a conditional logit fitted on the other folds (ties share).
 
     Features: offered ancestors and descendants, depth, in-taxonomy flag, text length, `lexical_scores`, DDx degree
@@ -313,7 +344,7 @@ def learned_hits(items: pd.DataFrame, taxonomy: Taxonomy, ddx: DDxGraph | None =
         prior = np.zeros(mask.shape)
         for i in range(len(items)):
             own = group_counts[groups[i]] if folds[i] != k else Counter()
-            prior[i, :len(keys[i])] = [np.log1p(counts[key] - own[key]) for key in keys[i]]
+            prior[i, : len(keys[i])] = [np.log1p(counts[key] - own[key]) for key in keys[i]]
         xk = np.concatenate([x, prior[:, :, None]], axis=2)
         if len(train):
             flat = xk[train][mask[train]]
@@ -363,8 +394,11 @@ def open_baselines(items: pd.DataFrame, taxonomy: Taxonomy, *, seed: int = 0) ->
     """Uniform guess among the suite's classes, and the cross-fitted single answer right most often;
     `prior_answer` is that answer fitted on the whole suite (what the guesser would say, not how it is scored)."""
     hits = _open_hits(items, taxonomy, seed)
-    return {**{g: float("nan") for g in GUESSERS}, **{g: float(v.mean()) for g, v in hits.items()},
-            "prior_answer": _prior_answer(list(items["taxonomy_node"]), taxonomy)}
+    return {
+        **{g: float("nan") for g in GUESSERS},
+        **{g: float(v.mean()) for g, v in hits.items()},
+        "prior_answer": _prior_answer(list(items["taxonomy_node"]), taxonomy),
+    }
 
 
 # ---- tables ---------------------------------------------------------------------------------------------------------
@@ -373,8 +407,13 @@ def _suite_order(groups: Sequence[str]) -> list[str]:
 
 
 def _suite_hits(items: pd.DataFrame, taxonomy: Taxonomy, ddx: DDxGraph | None, seed: int) -> pd.DataFrame:
-    out = pd.DataFrame({"item_id": items["item_id"].to_numpy(), "suite": items["suite"].to_numpy(),
-                        **{g: np.full(len(items), np.nan) for g in GUESSERS}})
+    out = pd.DataFrame(
+        {
+            "item_id": items["item_id"].to_numpy(),
+            "suite": items["suite"].to_numpy(),
+            **{g: np.full(len(items), np.nan) for g in GUESSERS},
+        }
+    )
     is_open = (items["options"].map(len) == 0).to_numpy()
     if is_open.all():
         for g, v in _open_hits(items, taxonomy, seed).items():
@@ -390,8 +429,7 @@ def _suite_hits(items: pd.DataFrame, taxonomy: Taxonomy, ddx: DDxGraph | None, s
     return out
 
 
-def blind_hits(items: pd.DataFrame, taxonomy: Taxonomy, ddx: DDxGraph | None = None, *,
-               seed: int = 0) -> pd.DataFrame:
+def blind_hits(items: pd.DataFrame, taxonomy: Taxonomy, ddx: DDxGraph | None = None, *, seed: int = 0) -> pd.DataFrame:
     """Per item (suites in `SUITES` order, items in input order within a suite): item_id, suite and each guesser's
     expected hit (NaN where a guesser does not apply), for paired tests of a model against the best guesser.
     Cross-fitting is within each suite."""
@@ -403,8 +441,9 @@ def blind_hits(items: pd.DataFrame, taxonomy: Taxonomy, ddx: DDxGraph | None = N
     return pd.concat(frames, ignore_index=True)
 
 
-def blind_baselines(items: pd.DataFrame, taxonomy: Taxonomy, ddx: DDxGraph | None = None, *,
-                    seed: int = 0) -> pd.DataFrame:
+def blind_baselines(
+    items: pd.DataFrame, taxonomy: Taxonomy, ddx: DDxGraph | None = None, *, seed: int = 0
+) -> pd.DataFrame:
     """One row per suite (in `SUITES` order, then others): n, each guesser's expected accuracy, the best of them
     (the bar to clear), `chance` (mean 1/n; open-ended: `uniform`), `best_margin` = best - chance, and a 95% Wilson
     interval of the best guesser's accuracy on the summed expected hits."""
@@ -422,8 +461,19 @@ def summarize_hits(hits: pd.DataFrame) -> pd.DataFrame:
         value = known.get(best, float("nan"))
         low, high = wilson_interval(float(group[best].sum()), len(group)) if best else (float("nan"), float("nan"))
         chance = scores["uniform"]
-        rows.append({"suite": suite, "n": len(group), **scores, "best": value, "best_guesser": best,
-                     "chance": chance, "best_margin": value - chance, "best_ci_low": low, "best_ci_high": high})
+        rows.append(
+            {
+                "suite": suite,
+                "n": len(group),
+                **scores,
+                "best": value,
+                "best_guesser": best,
+                "chance": chance,
+                "best_margin": value - chance,
+                "best_ci_low": low,
+                "best_ci_high": high,
+            }
+        )
     return pd.DataFrame(rows, columns=list(BASELINE_COLUMNS))
 
 
@@ -453,9 +503,14 @@ def best_blind_policy_reward(items: pd.DataFrame, taxonomy: Taxonomy, ddx: DDxGr
     means = {g: float(np.mean(v)) if v else float("nan") for g, v in totals.items()}
     candidates = {g: v for g, v in means.items() if g != "oracle" and not math.isnan(v)}
     best = max(candidates, key=candidates.get) if candidates else ""
-    return {**{g: v for g, v in means.items() if g != "oracle"}, "best": best,
-            "best_reward": candidates.get(best, float("nan")), "oracle": means["oracle"], "n": len(totals["oracle"]),
-            "best_margin": candidates.get(best, float("nan")) - means["uniform"]}
+    return {
+        **{g: v for g, v in means.items() if g != "oracle"},
+        "best": best,
+        "best_reward": candidates.get(best, float("nan")),
+        "oracle": means["oracle"],
+        "n": len(totals["oracle"]),
+        "best_margin": candidates.get(best, float("nan")) - means["uniform"],
+    }
 
 
 def above_chance(hits: pd.DataFrame, *, alpha: float = 0.05) -> pd.DataFrame:
@@ -464,15 +519,30 @@ def above_chance(hits: pd.DataFrame, *, alpha: float = 0.05) -> pd.DataFrame:
     the *best* of many guessers beats chance, and with eight guessers on a small suite one of them will look lucky.
     Set-first suites must show no row with `above_chance`; the paper's construction shows many."""
     guessers = [g for g in GUESSERS if g in hits and g != "uniform"]
-    pairs = [(suite, g, group) for suite, group in hits.groupby("suite", sort=False) for g in guessers
-             if group[g].notna().all()]
+    pairs = [
+        (suite, g, group)
+        for suite, group in hits.groupby("suite", sort=False)
+        for g in guessers
+        if group[g].notna().all()
+    ]
     level = alpha / max(len(pairs), 1)
     rows = []
     for suite, g, group in pairs:
         chance, n = float(group["uniform"].mean()), len(group)
         accuracy = float(group[g].mean())
         low, _ = wilson_interval(float(group[g].sum()), n, alpha=level)
-        rows.append({"suite": suite, "guesser": g, "n": n, "accuracy": accuracy, "chance": chance, "ci_low": low,
-                     "alpha": level, "above_chance": low > chance})
-    return pd.DataFrame(rows, columns=["suite", "guesser", "n", "accuracy", "chance", "ci_low", "alpha",
-                                       "above_chance"])
+        rows.append(
+            {
+                "suite": suite,
+                "guesser": g,
+                "n": n,
+                "accuracy": accuracy,
+                "chance": chance,
+                "ci_low": low,
+                "alpha": level,
+                "above_chance": low > chance,
+            }
+        )
+    return pd.DataFrame(
+        rows, columns=["suite", "guesser", "n", "accuracy", "chance", "ci_low", "alpha", "above_chance"]
+    )

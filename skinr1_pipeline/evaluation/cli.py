@@ -16,9 +16,10 @@ import dataclasses
 import json
 import os
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from skinr1_pipeline.storage.atomic import write_parquet
 
@@ -54,11 +55,23 @@ def build_runner(cfg: AnswerConfig):
 
     if cfg.runner == "vllm":
         extra = {"tensor_parallel_size": cfg.tensor_parallel_size} if cfg.tensor_parallel_size > 1 else {}
-        return VllmRunner(cfg.model_dir, adapter_dir=cfg.adapter_dir, lora_mode=cfg.lora_mode,
-                          max_new_tokens=cfg.max_new_tokens, max_pixels=cfg.max_pixels, seed=cfg.seed,
-                          options=EngineOptions(seed=cfg.seed, extra=extra))
-    return HFRunner(cfg.model_dir, adapter_dir=cfg.adapter_dir, max_new_tokens=cfg.max_new_tokens,
-                    batch_size=cfg.batch_size, max_pixels=cfg.max_pixels, seed=cfg.seed)
+        return VllmRunner(
+            cfg.model_dir,
+            adapter_dir=cfg.adapter_dir,
+            lora_mode=cfg.lora_mode,
+            max_new_tokens=cfg.max_new_tokens,
+            max_pixels=cfg.max_pixels,
+            seed=cfg.seed,
+            options=EngineOptions(seed=cfg.seed, extra=extra),
+        )
+    return HFRunner(
+        cfg.model_dir,
+        adapter_dir=cfg.adapter_dir,
+        max_new_tokens=cfg.max_new_tokens,
+        batch_size=cfg.batch_size,
+        max_pixels=cfg.max_pixels,
+        seed=cfg.seed,
+    )
 
 
 def answer(cfg: AnswerConfig, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
@@ -70,16 +83,22 @@ def answer(cfg: AnswerConfig, progress: Callable[[int, int], None] | None = None
     items = pd.read_parquet(cfg.items_path)
     runner = build_runner(cfg)
     try:
-        answered = answer_items(runner, items, calibration=cfg.calibration, answer_likelihood=cfg.answer_likelihood,
-                                progress=progress)
+        answered = answer_items(
+            runner, items, calibration=cfg.calibration, answer_likelihood=cfg.answer_likelihood, progress=progress
+        )
     finally:
         if hasattr(runner, "engine"):
             runner.engine.close()
     path = write_parquet(answered.answers, cfg.output_path)
     lora_mode = getattr(getattr(runner, "engine", None), "lora_mode", "hf")
-    return {"answers_path": str(path), "items": len(items), "generation_seconds": round(answered.generation_seconds, 2),
-            "option_scoring_seconds": round(answered.scoring_seconds, 2), "runner": cfg.runner,
-            "adapter_served_as": lora_mode}
+    return {
+        "answers_path": str(path),
+        "items": len(items),
+        "generation_seconds": round(answered.generation_seconds, 2),
+        "option_scoring_seconds": round(answered.scoring_seconds, 2),
+        "runner": cfg.runner,
+        "adapter_served_as": lora_mode,
+    }
 
 
 def load_config(path: str | Path) -> AnswerConfig:
@@ -96,8 +115,9 @@ def load_config(path: str | Path) -> AnswerConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m skinr1_pipeline.evaluation.cli",
-                                     description="answer evaluation items with one model variant")
+    parser = argparse.ArgumentParser(
+        prog="python -m skinr1_pipeline.evaluation.cli", description="answer evaluation items with one model variant"
+    )
     parser.add_argument("--config", required=True, help="YAML/JSON file with AnswerConfig fields")
     cfg = load_config(parser.parse_args(argv).config)
     if not os.environ.get("DAGSTER_PIPES_CONTEXT"):

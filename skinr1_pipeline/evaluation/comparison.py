@@ -43,22 +43,47 @@ def suite_summary(scored: pd.DataFrame, suite: str, *, n_boot: int = 2000, seed:
     """Accuracy with its 95% bootstrap CI, mean credit, format compliance (+ malignancy safety for that suite)."""
     excluded = int(scored.attrs.get("excluded", 0))
     if len(scored) == 0:
-        out: dict[str, Any] = {"suite": suite, "n": 0, "accuracy": _nan(), "ci_low": _nan(), "ci_high": _nan(),
-                               "mean_credit": _nan(), "format_ok_rate": _nan(), "parsed_rate": _nan(),
-                               "format_errors": {}, "excluded": excluded}
+        out: dict[str, Any] = {
+            "suite": suite,
+            "n": 0,
+            "accuracy": _nan(),
+            "ci_low": _nan(),
+            "ci_high": _nan(),
+            "mean_credit": _nan(),
+            "format_ok_rate": _nan(),
+            "parsed_rate": _nan(),
+            "format_errors": {},
+            "excluded": excluded,
+        }
     else:
         acc = accuracy(scored["correct"], n_boot=n_boot, seed=seed)
         fmt = format_compliance(scored)
-        out = {"suite": suite, **acc, "mean_credit": float(scored["credit"].mean()),
-               "format_ok_rate": fmt["format_ok_rate"], "parsed_rate": fmt["parsed_rate"],
-               "format_errors": fmt["errors"], "excluded": excluded}
+        out = {
+            "suite": suite,
+            **acc,
+            "mean_credit": float(scored["credit"].mean()),
+            "format_ok_rate": fmt["format_ok_rate"],
+            "parsed_rate": fmt["parsed_rate"],
+            "format_errors": fmt["errors"],
+            "excluded": excluded,
+        }
         if "likely_correct" in scored and scored["answer_logprobs"].map(_scored).all():
             out["likelihood"] = accuracy(scored["likely_correct"], n_boot=n_boot, seed=seed)
     if suite == MALIGNANCY_SUITE:
-        out["malignancy"] = malignancy_metrics(scored, n_boot=n_boot, seed=seed) if len(scored) else {
-            "n_positive": 0, "n_benign": 0, "sensitivity": _nan(), "malignant_miss_rate": _nan(),
-            "miss_rate_ci_low": _nan(), "miss_rate_ci_high": _nan(), "specificity": _nan(),
-            "bucket_accuracy": _nan()}
+        out["malignancy"] = (
+            malignancy_metrics(scored, n_boot=n_boot, seed=seed)
+            if len(scored)
+            else {
+                "n_positive": 0,
+                "n_benign": 0,
+                "sensitivity": _nan(),
+                "malignant_miss_rate": _nan(),
+                "miss_rate_ci_low": _nan(),
+                "miss_rate_ci_high": _nan(),
+                "specificity": _nan(),
+                "bucket_accuracy": _nan(),
+            }
+        )
     return out
 
 
@@ -66,11 +91,14 @@ def _scored(logprobs: Any) -> bool:
     return logprobs is not None and len(logprobs) > 0
 
 
-def variant_summary(scored_by_suite: Mapping[str, pd.DataFrame], *, n_boot: int = 2000,
-                    seed: int = 0) -> dict[str, dict[str, Any]]:
+def variant_summary(
+    scored_by_suite: Mapping[str, pd.DataFrame], *, n_boot: int = 2000, seed: int = 0
+) -> dict[str, dict[str, Any]]:
     """suite -> `suite_summary` for one variant; plain numbers and strings so it can go to `mlflow.log_dict`."""
-    return {suite: suite_summary(frame, suite, n_boot=n_boot, seed=seed)
-            for suite, frame in _ordered(scored_by_suite).items()}
+    return {
+        suite: suite_summary(frame, suite, n_boot=n_boot, seed=seed)
+        for suite, frame in _ordered(scored_by_suite).items()
+    }
 
 
 def _ordered(by_suite: Mapping[str, Any]) -> dict[str, Any]:
@@ -79,7 +107,7 @@ def _ordered(by_suite: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def format_accuracy(acc: float, lo: float, hi: float) -> str:
-    """"0.62 [0.55, 0.69]"; "n/a" when nothing was evaluated."""
+    """ "0.62 [0.55, 0.69]"; "n/a" when nothing was evaluated."""
     if acc is None or (isinstance(acc, float) and math.isnan(acc)):
         return "n/a"
     return f"{acc:.2f} [{lo:.2f}, {hi:.2f}]"
@@ -100,16 +128,27 @@ def ablation_table(summaries: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> 
             s = summaries[variant].get(suite, {})
             acc, lo, hi = s.get("accuracy", _nan()), s.get("ci_low", _nan()), s.get("ci_high", _nan())
             row[suite] = format_accuracy(acc, lo, hi)
-            row.update({f"{suite}_acc": acc, f"{suite}_ci_low": lo, f"{suite}_ci_high": hi,
-                        f"{suite}_n": s.get("n", 0), f"{suite}_format_ok": s.get("format_ok_rate", _nan())})
+            row.update(
+                {
+                    f"{suite}_acc": acc,
+                    f"{suite}_ci_low": lo,
+                    f"{suite}_ci_high": hi,
+                    f"{suite}_n": s.get("n", 0),
+                    f"{suite}_format_ok": s.get("format_ok_rate", _nan()),
+                }
+            )
             if suite in CREDIT_SUITES:
                 row[f"{suite}_credit"] = s.get("mean_credit", _nan())
             if suite == MALIGNANCY_SUITE:
                 mal = s.get("malignancy", {})
-                row.update({"malignant_miss_rate": mal.get("malignant_miss_rate", _nan()),
-                            "malignant_miss_ci_low": mal.get("miss_rate_ci_low", _nan()),
-                            "malignant_miss_ci_high": mal.get("miss_rate_ci_high", _nan()),
-                            "specificity": mal.get("specificity", _nan())})
+                row.update(
+                    {
+                        "malignant_miss_rate": mal.get("malignant_miss_rate", _nan()),
+                        "malignant_miss_ci_low": mal.get("miss_rate_ci_low", _nan()),
+                        "malignant_miss_ci_high": mal.get("miss_rate_ci_high", _nan()),
+                        "specificity": mal.get("specificity", _nan()),
+                    }
+                )
         rows.append(row)
     table = pd.DataFrame(rows).set_index("variant") if rows else pd.DataFrame(index=pd.Index([], name="variant"))
     table.attrs["suites"] = suites
@@ -119,15 +158,19 @@ def ablation_table(summaries: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> 
 def likelihood_table(summaries: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> pd.DataFrame:
     """Rows = variants, columns = the suites that have answer log-probs: answer-likelihood accuracy with its 95% CI
     ("0.49 [0.39, 0.59]"), next to which the ablation table's generated-answer accuracy reads."""
-    suites = [s for s in _ordered({s: None for summary in summaries.values() for s in summary})
-              if any("likelihood" in summaries[v].get(s, {}) for v in summaries)]
+    suites = [
+        s
+        for s in _ordered({s: None for summary in summaries.values() for s in summary})
+        if any("likelihood" in summaries[v].get(s, {}) for v in summaries)
+    ]
     rows = []
     for variant in variant_order(list(summaries)):
         row: dict[str, Any] = {"variant": variant}
         for suite in suites:
             lik = summaries[variant].get(suite, {}).get("likelihood", {})
-            row[suite] = format_accuracy(lik.get("accuracy", _nan()), lik.get("ci_low", _nan()),
-                                         lik.get("ci_high", _nan()))
+            row[suite] = format_accuracy(
+                lik.get("accuracy", _nan()), lik.get("ci_low", _nan()), lik.get("ci_high", _nan())
+            )
         rows.append(row)
     return pd.DataFrame(rows, columns=["variant", *suites]).set_index("variant")
 
@@ -140,8 +183,9 @@ def _interval(summary: Mapping[str, Any]) -> tuple[float, float, float] | None:
     return None if acc is None or math.isnan(acc) else (acc, summary["ci_low"], summary["ci_high"])
 
 
-def versus_guessing(summaries: Mapping[str, Mapping[str, Mapping[str, Any]]], baselines: pd.DataFrame, *,
-                    likelihood: bool = False) -> pd.DataFrame:
+def versus_guessing(
+    summaries: Mapping[str, Mapping[str, Mapping[str, Any]]], baselines: pd.DataFrame, *, likelihood: bool = False
+) -> pd.DataFrame:
     """Rows = variants, columns = suites: is the accuracy above the best image-blind guess (`baselines.best`)?
 
     "above guessing" when the 95% interval lies above that bar, "below guessing" when it lies below, else "within
@@ -193,21 +237,37 @@ def image_use(scored: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0) -> lis
         for condition in ("shuffled", "blank"):
             other = controls[controls["condition"] == condition].set_index("base_item_id")
             common = mine.index.intersection(other.index)
-            result = compare_paired(mine.loc[common, "correct"].astype(float).to_numpy(),
-                                    other.loc[common, "correct"].astype(float).to_numpy(),
-                                    clusters=mine.loc[common, "sample_id"].tolist(), n_boot=n_boot, seed=seed)
-            row.update({condition: result["b_accuracy"], f"real_minus_{condition}": result["difference"],
-                        f"{condition}_ci_low": result["ci_low"], f"{condition}_ci_high": result["ci_high"],
-                        f"{condition}_mcnemar_p": result["mcnemar_p"], f"{condition}_n": result["n"]})
+            result = compare_paired(
+                mine.loc[common, "correct"].astype(float).to_numpy(),
+                other.loc[common, "correct"].astype(float).to_numpy(),
+                clusters=mine.loc[common, "sample_id"].tolist(),
+                n_boot=n_boot,
+                seed=seed,
+            )
+            row.update(
+                {
+                    condition: result["b_accuracy"],
+                    f"real_minus_{condition}": result["difference"],
+                    f"{condition}_ci_low": result["ci_low"],
+                    f"{condition}_ci_high": result["ci_high"],
+                    f"{condition}_mcnemar_p": result["mcnemar_p"],
+                    f"{condition}_n": result["n"],
+                }
+            )
         low = row.get("shuffled_ci_low", _nan())
         row["verdict"] = USES_IMAGE if low == low and low > 0 else NO_EVIDENCE
         rows.append(row)
     return rows
 
 
-def paired_claims(scored_by_variant: Mapping[str, pd.DataFrame], *, suites: Sequence[str] | None = None,
-                  claims: Sequence[tuple[str, str]] = PAPER_CLAIMS, n_boot: int = 2000,
-                  seed: int = 0) -> pd.DataFrame:
+def paired_claims(
+    scored_by_variant: Mapping[str, pd.DataFrame],
+    *,
+    suites: Sequence[str] | None = None,
+    claims: Sequence[tuple[str, str]] = PAPER_CLAIMS,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Each claim "better > worse" on each suite, tested on the items both variants answered (real images only):
     exact McNemar, a bootstrap interval of the difference resampling images, and Holm-adjusted McNemar p across
     every claim tested. A claim holds when the difference is positive and its adjusted p < 0.05."""
@@ -226,11 +286,21 @@ def paired_claims(scored_by_variant: Mapping[str, pd.DataFrame], *, suites: Sequ
             if len(common) == 0:
                 rows.append({**row, "verdict": NOT_EVALUATED, "detail": "no item answered by both"})
                 continue
-            result = compare_paired(a.loc[common, "correct"].astype(float).to_numpy(),
-                                    b.loc[common, "correct"].astype(float).to_numpy(),
-                                    clusters=a.loc[common, "sample_id"].tolist(), n_boot=n_boot, seed=seed)
-            rows.append({**row, **result, "detail": f"{better} {result['a_accuracy']:.2f} vs {worse} "
-                         f"{result['b_accuracy']:.2f} on {result['n']} paired items"})
+            result = compare_paired(
+                a.loc[common, "correct"].astype(float).to_numpy(),
+                b.loc[common, "correct"].astype(float).to_numpy(),
+                clusters=a.loc[common, "sample_id"].tolist(),
+                n_boot=n_boot,
+                seed=seed,
+            )
+            rows.append(
+                {
+                    **row,
+                    **result,
+                    "detail": f"{better} {result['a_accuracy']:.2f} vs {worse} "
+                    f"{result['b_accuracy']:.2f} on {result['n']} paired items",
+                }
+            )
     frame = pd.DataFrame(rows)
     if frame.empty:
         return pd.DataFrame(columns=["claim", "suite", "better", "worse", "verdict", "detail"])
@@ -244,8 +314,9 @@ def paired_claims(scored_by_variant: Mapping[str, pd.DataFrame], *, suites: Sequ
     return frame
 
 
-def versus_blind(scored_by_variant: Mapping[str, pd.DataFrame], hits: pd.DataFrame, *, n_boot: int = 2000,
-                 seed: int = 0) -> pd.DataFrame:
+def versus_blind(
+    scored_by_variant: Mapping[str, pd.DataFrame], hits: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0
+) -> pd.DataFrame:
     """Each variant against each suite's best image-blind guesser, paired on the same items.
 
     `hits` is `baselines.blind_hits`: per item each guesser's expected hit. The best guesser is the one with the
@@ -266,14 +337,27 @@ def versus_blind(scored_by_variant: Mapping[str, pd.DataFrame], hits: pd.DataFra
                 rows.append({**row, "verdict": NOT_EVALUATED})
                 continue
             best = max(means, key=means.get)
-            result = paired_bootstrap(mine.loc[common, "correct"].astype(float).to_numpy(),
-                                      by_item.loc[common, best].to_numpy(dtype=float),
-                                      clusters=mine.loc[common, "sample_id"].tolist(), n_boot=n_boot, seed=seed)
-            verdict = ABOVE_GUESSING if result["ci_low"] > 0 else BELOW_GUESSING if result["ci_high"] < 0 \
-                else WITHIN_CI
-            rows.append({**row, "accuracy": float(mine.loc[common, "correct"].mean()), "best_guesser": best,
-                         "best_blind": means[best], "difference": result["difference"], "ci_low": result["ci_low"],
-                         "ci_high": result["ci_high"], "p_value": result["p_value"], "verdict": verdict})
+            result = paired_bootstrap(
+                mine.loc[common, "correct"].astype(float).to_numpy(),
+                by_item.loc[common, best].to_numpy(dtype=float),
+                clusters=mine.loc[common, "sample_id"].tolist(),
+                n_boot=n_boot,
+                seed=seed,
+            )
+            verdict = ABOVE_GUESSING if result["ci_low"] > 0 else BELOW_GUESSING if result["ci_high"] < 0 else WITHIN_CI
+            rows.append(
+                {
+                    **row,
+                    "accuracy": float(mine.loc[common, "correct"].mean()),
+                    "best_guesser": best,
+                    "best_blind": means[best],
+                    "difference": result["difference"],
+                    "ci_low": result["ci_low"],
+                    "ci_high": result["ci_high"],
+                    "p_value": result["p_value"],
+                    "verdict": verdict,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -295,21 +379,26 @@ def paper_shape(claims: pd.DataFrame, *, primary: str = "in_domain") -> dict[str
     for suite, group in claims.groupby("suite", sort=False):
         records = group.drop(columns="suite").to_dict("records")
         per_suite[suite] = {"verdict": _overall([c["verdict"] for c in records]), "claims": records}
-    return {"primary_suite": primary, "verdict": per_suite.get(primary, {}).get("verdict", NOT_EVALUATED),
-            "suites": per_suite,
-            "rule": "a > b holds when a is right on more of the paired items and the exact McNemar test, "
-                    "Holm-adjusted over every claim, gives p < 0.05"}
+    return {
+        "primary_suite": primary,
+        "verdict": per_suite.get(primary, {}).get("verdict", NOT_EVALUATED),
+        "suites": per_suite,
+        "rule": "a > b holds when a is right on more of the paired items and the exact McNemar test, "
+        "Holm-adjusted over every claim, gives p < 0.05",
+    }
 
 
-def promotion_evidence(blind: pd.DataFrame, uses_image: pd.DataFrame, *, variant: str,
-                       suite: str) -> dict[str, bool]:
+def promotion_evidence(blind: pd.DataFrame, uses_image: pd.DataFrame, *, variant: str, suite: str) -> dict[str, bool]:
     """What a promotion gate must see before a model can become champion: above the best image-blind guesser and
     above its own shuffled-image control on `suite`, each by its whole 95% interval (missing evidence is False)."""
+
     def verdict(frame: pd.DataFrame, wanted: str) -> bool:
         if frame.empty or not {"variant", "suite", "verdict"} <= set(frame.columns):
             return False
         rows = frame[(frame["variant"] == variant) & (frame["suite"] == suite)]
         return bool(len(rows)) and bool((rows["verdict"] == wanted).all())
 
-    return {"beats_blind_guessers": verdict(blind, ABOVE_GUESSING),
-            "beats_shuffled_image": verdict(uses_image, USES_IMAGE)}
+    return {
+        "beats_blind_guessers": verdict(blind, ABOVE_GUESSING),
+        "beats_shuffled_image": verdict(uses_image, USES_IMAGE),
+    }

@@ -18,12 +18,28 @@ import numpy as np
 import pandas as pd
 
 FLAG_COLUMNS = (
-    "item_id", "suite", "sample_id", "image_sha256", "image_dhash", "by_hash", "by_sample_id", "by_near_duplicate",
-    "nearest_distance", "nearest_sample_id", "contaminated",
-)  # fmt: skip
+    "item_id",
+    "suite",
+    "sample_id",
+    "image_sha256",
+    "image_dhash",
+    "by_hash",
+    "by_sample_id",
+    "by_near_duplicate",
+    "nearest_distance",
+    "nearest_sample_id",
+    "contaminated",
+)
 SUMMARY_COLUMNS = (
-    "suite", "n_items", "contaminated", "by_hash", "by_sample_id", "by_near_duplicate", "without_dhash", "fraction",
-)  # fmt: skip
+    "suite",
+    "n_items",
+    "contaminated",
+    "by_hash",
+    "by_sample_id",
+    "by_near_duplicate",
+    "without_dhash",
+    "fraction",
+)
 
 
 @dataclass
@@ -118,17 +134,32 @@ def check_contamination(
                 by_near.loc[checked] = dist <= applied
             by_near &= ~by_hash
 
-    flags = pd.DataFrame({
-        "item_id": items["item_id"], "suite": items["suite"] if "suite" in items else "all",
-        "sample_id": items["sample_id"], "image_sha256": sha, "image_dhash": dh, "by_hash": by_hash,
-        "by_sample_id": by_id, "by_near_duplicate": by_near.astype(bool), "nearest_distance": nearest,
-        "nearest_sample_id": nearest_id, "contaminated": by_hash | by_id | by_near, "_no_dhash": ~has_dhash,
-    }).reset_index(drop=True)  # fmt: skip
+    flags = pd.DataFrame(
+        {
+            "item_id": items["item_id"],
+            "suite": items["suite"] if "suite" in items else "all",
+            "sample_id": items["sample_id"],
+            "image_sha256": sha,
+            "image_dhash": dh,
+            "by_hash": by_hash,
+            "by_sample_id": by_id,
+            "by_near_duplicate": by_near.astype(bool),
+            "nearest_distance": nearest,
+            "nearest_sample_id": nearest_id,
+            "contaminated": by_hash | by_id | by_near,
+            "_no_dhash": ~has_dhash,
+        }
+    ).reset_index(drop=True)
     summary = (
         flags.groupby("suite", sort=True)
-        .agg(n_items=("item_id", "size"), contaminated=("contaminated", "sum"), by_hash=("by_hash", "sum"),
-             by_sample_id=("by_sample_id", "sum"), by_near_duplicate=("by_near_duplicate", "sum"),
-             without_dhash=("_no_dhash", "sum"))
+        .agg(
+            n_items=("item_id", "size"),
+            contaminated=("contaminated", "sum"),
+            by_hash=("by_hash", "sum"),
+            by_sample_id=("by_sample_id", "sum"),
+            by_near_duplicate=("by_near_duplicate", "sum"),
+            without_dhash=("_no_dhash", "sum"),
+        )
         .reset_index()
     )
     summary["fraction"] = summary["contaminated"] / summary["n_items"]

@@ -15,7 +15,6 @@ rewards, so an answer the reward would not honour never counts as correct here. 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
@@ -29,9 +28,24 @@ from skinr1_pipeline.modeling.prompt_format import STATUSES, completion_text, pa
 POSITIVE_BUCKETS = ("malignant", "precancerous_in_situ")
 OPTION_ERRORS = ("no_option", "option_not_offered", "ambiguous_option")
 NO_ANSWER = "<no answer>"
-_CARRIED = ("item_id", "suite", "sample_id", "source_dataset", "modality", "taxonomy_node", "taxonomy_depth",
-            "fitzpatrick", "bucket", "answer_index", "option_logprobs", "answer_logprobs", "level", "construction",
-            "condition", "base_item_id")
+_CARRIED = (
+    "item_id",
+    "suite",
+    "sample_id",
+    "source_dataset",
+    "modality",
+    "taxonomy_node",
+    "taxonomy_depth",
+    "fitzpatrick",
+    "bucket",
+    "answer_index",
+    "option_logprobs",
+    "answer_logprobs",
+    "level",
+    "construction",
+    "condition",
+    "base_item_id",
+)
 
 
 class AnswerMapper:
@@ -72,19 +86,22 @@ class AnswerMapper:
         spans = []
         for i in range(len(words)):
             for n in range(min(self.max_words, len(words) - i), 0, -1):
-                node = self.surfaces.get(tuple(words[i:i + n]))
+                node = self.surfaces.get(tuple(words[i : i + n]))
                 if node:
                     spans.append((i, i + n, node))
-        return {node for s, e, node in spans if not any(s2 <= s and e <= e2 and (e2 - s2) > (e - s)
-                                                        for s2, e2, _ in spans)}
+        return {
+            node for s, e, node in spans if not any(s2 <= s and e <= e2 and (e2 - s2) > (e - s) for s2, e2, _ in spans)
+        }
 
 
 def _texts(items: pd.DataFrame, completions: Sequence[Any] | Mapping[str, Any]) -> list[str | None]:
     if isinstance(completions, Mapping):
         return [completion_text(completions.get(i)) for i in items["item_id"]]
     if isinstance(completions, str) or len(completions) != len(items):
-        raise ValueError(f"completions must align with the {len(items)} items (a list of that length or a mapping "
-                         "item_id -> completion)")
+        raise ValueError(
+            f"completions must align with the {len(items)} items (a list of that length or a mapping "
+            "item_id -> completion)"
+        )
     return [completion_text(c) for c in completions]
 
 
@@ -99,9 +116,17 @@ def _score_open(text: str | None, row: Any, mapper: AnswerMapper) -> dict[str, A
         correct = lca == row.taxonomy_node
     status = parsed.status if parsed.ok else None
     bucket = (mapper.taxonomy[node].bucket if node else None) or status
-    return {"parsed": node is not None, "format_ok": parsed.ok, "error": parsed.error, "chosen_index": -1,
-            "chosen_node": node, "correct": correct, "credit": credit, "predicted_status": status,
-            "predicted_bucket": bucket}
+    return {
+        "parsed": node is not None,
+        "format_ok": parsed.ok,
+        "error": parsed.error,
+        "chosen_index": -1,
+        "chosen_node": node,
+        "correct": correct,
+        "credit": credit,
+        "predicted_status": status,
+        "predicted_bucket": bucket,
+    }
 
 
 def _score_mcq(text: str | None, row: Any) -> dict[str, Any]:
@@ -112,14 +137,26 @@ def _score_mcq(text: str | None, row: Any) -> dict[str, Any]:
     best = max(scores) if scores else 0.0
     status = parsed.status if ok else None
     bucket = (row.option_buckets[idx] if ok and "option_buckets" in row._fields else None) or status
-    return {"parsed": ok, "format_ok": ok or parsed.error in OPTION_ERRORS, "error": parsed.error,
-            "chosen_index": idx, "chosen_node": row.option_nodes[idx] if ok else None,
-            "correct": ok and idx == row.answer_index, "credit": float(scores[idx]) / best if ok and best > 0 else 0.0,
-            "predicted_status": status, "predicted_bucket": bucket}
+    return {
+        "parsed": ok,
+        "format_ok": ok or parsed.error in OPTION_ERRORS,
+        "error": parsed.error,
+        "chosen_index": idx,
+        "chosen_node": row.option_nodes[idx] if ok else None,
+        "correct": ok and idx == row.answer_index,
+        "credit": float(scores[idx]) / best if ok and best > 0 else 0.0,
+        "predicted_status": status,
+        "predicted_bucket": bucket,
+    }
 
 
-def score_predictions(items: pd.DataFrame, completions: Sequence[Any] | Mapping[str, Any], *,
-                      taxonomy: Taxonomy | None = None, exclude: Collection[str] = ()) -> pd.DataFrame:
+def score_predictions(
+    items: pd.DataFrame,
+    completions: Sequence[Any] | Mapping[str, Any],
+    *,
+    taxonomy: Taxonomy | None = None,
+    exclude: Collection[str] = (),
+) -> pd.DataFrame:
     """One row per item: parsed, format_ok, error, chosen_index/node, correct, credit, predicted status/bucket.
 
     `completions` align with `items` by position, or map item_id -> completion. Items in `exclude` (e.g. those the
@@ -164,8 +201,9 @@ def likeliest(logprobs: Any) -> int:
 # ---- statistics ---------------------------------------------------------------------------------------------
 
 
-def bootstrap_ci(values: Sequence[float] | np.ndarray, *, n_boot: int = 2000, alpha: float = 0.05,
-                 seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(
+    values: Sequence[float] | np.ndarray, *, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean, seeded and vectorised.
 
     For 0/1 data the resampled sum is exactly Binomial(n, p̂), so one binomial draw per replicate replaces an
@@ -180,14 +218,16 @@ def bootstrap_ci(values: Sequence[float] | np.ndarray, *, n_boot: int = 2000, al
         means = rng.binomial(n, x.mean(), size=n_boot) / n
     else:
         chunk = max(1, 4_000_000 // n)
-        means = np.concatenate([x[rng.integers(0, n, size=(min(chunk, n_boot - s), n))].mean(axis=1)
-                                for s in range(0, n_boot, chunk)])
+        means = np.concatenate(
+            [x[rng.integers(0, n, size=(min(chunk, n_boot - s), n))].mean(axis=1) for s in range(0, n_boot, chunk)]
+        )
     lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
     return float(lo), float(hi)
 
 
-def accuracy(correct: Sequence[bool] | pd.Series | np.ndarray, *, n_boot: int = 2000, alpha: float = 0.05,
-             seed: int = 0) -> dict[str, float]:
+def accuracy(
+    correct: Sequence[bool] | pd.Series | np.ndarray, *, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0
+) -> dict[str, float]:
     """Accuracy with its (1 - alpha) interval: Wilson for 0/1 outcomes (a percentile bootstrap collapses to zero width
     at 0 or 1), the seeded bootstrap for fractional scores."""
     x = np.asarray(correct, dtype=float)
@@ -281,8 +321,16 @@ def expected_calibration_error(frame: pd.DataFrame, *, n_bins: int = 10) -> dict
         if mask.any():
             gap = abs(hit_a[mask].mean() - conf_a[mask].mean())
             ece += mask.mean() * gap
-            rows.append({"bin": b, "low": edges[b], "high": edges[b + 1], "n": int(mask.sum()),
-                         "accuracy": float(hit_a[mask].mean()), "confidence": float(conf_a[mask].mean())})
+            rows.append(
+                {
+                    "bin": b,
+                    "low": edges[b],
+                    "high": edges[b + 1],
+                    "n": int(mask.sum()),
+                    "accuracy": float(hit_a[mask].mean()),
+                    "confidence": float(conf_a[mask].mean()),
+                }
+            )
     return {"ece": float(ece), "n": int(len(conf_a)), "bins": pd.DataFrame(rows)}
 
 
@@ -291,8 +339,14 @@ def summarize(scored: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0) -> pd.
     rows = []
     for suite, group in scored.groupby("suite", sort=True):
         mal = malignancy_metrics(group, n_boot=n_boot, seed=seed)
-        rows.append({"suite": suite, **accuracy(group["correct"], n_boot=n_boot, seed=seed),
-                     "mean_credit": float(group["credit"].mean()),
-                     "format_ok_rate": float(group["format_ok"].mean()),
-                     "malignant_miss_rate": mal["malignant_miss_rate"], "specificity": mal["specificity"]})
+        rows.append(
+            {
+                "suite": suite,
+                **accuracy(group["correct"], n_boot=n_boot, seed=seed),
+                "mean_credit": float(group["credit"].mean()),
+                "format_ok_rate": float(group["format_ok"].mean()),
+                "malignant_miss_rate": mal["malignant_miss_rate"],
+                "specificity": mal["specificity"],
+            }
+        )
     return pd.DataFrame(rows)

@@ -107,8 +107,10 @@ def _incbeta_fraction(a: float, b: float, x: float) -> float:
     result = den
     for m in range(1, 100_000):
         # even term d_{2m}, then odd term d_{2m+1} of the continued fraction
-        for coef in (m * (b - m) * x / ((a + 2 * m - 1.0) * (a + 2 * m)),
-                     -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1.0))):
+        for coef in (
+            m * (b - m) * x / ((a + 2 * m - 1.0) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1.0)),
+        ):
             den = 1.0 + coef * den
             den = 1.0 / (den if abs(den) > floor else floor)
             num = 1.0 + coef / num
@@ -274,8 +276,15 @@ def _cluster_codes(clusters: Sequence[Hashable | None], n: int) -> np.ndarray:
     return out
 
 
-def paired_bootstrap(a: Sequence[float], b: Sequence[float], *, clusters: Sequence[Hashable | None] | None = None,
-                     n_boot: int = 2000, alpha: float = 0.05, seed: int = 0) -> dict[str, Any]:
+def paired_bootstrap(
+    a: Sequence[float],
+    b: Sequence[float],
+    *,
+    clusters: Sequence[Hashable | None] | None = None,
+    n_boot: int = 2000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Paired (optionally cluster) bootstrap of mean(a) - mean(b) over per-item scores.
 
     Resampling the per-item differences keeps the pairing. With `clusters` (one hashable id per item; None or NaN
@@ -293,8 +302,7 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], *, clusters: Sequen
     n = len(a_arr)
     codes = np.arange(n, dtype=np.int64) if clusters is None else _cluster_codes(clusters, n)
     if n == 0:
-        return {"n": 0, "n_clusters": 0, "difference": _nan(), "ci_low": _nan(), "ci_high": _nan(),
-                "p_value": _nan()}
+        return {"n": 0, "n_clusters": 0, "difference": _nan(), "ci_low": _nan(), "ci_high": _nan(), "p_value": _nan()}
     n_clusters = int(codes.max()) + 1
     diff_sums = np.bincount(codes, weights=a_arr - b_arr, minlength=n_clusters)
     sizes = np.bincount(codes, minlength=n_clusters).astype(float)
@@ -348,8 +356,15 @@ def _as_scores_allow_nan(p_values: Sequence[float]) -> np.ndarray:
     return ps
 
 
-def compare_paired(a: Sequence[float], b: Sequence[float], *, clusters: Sequence[Hashable | None] | None = None,
-                   n_boot: int = 2000, alpha: float = 0.05, seed: int = 0) -> dict[str, Any]:
+def compare_paired(
+    a: Sequence[float],
+    b: Sequence[float],
+    *,
+    clusters: Sequence[Hashable | None] | None = None,
+    n_boot: int = 2000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> dict[str, Any]:
     """One row of a model comparison: exact McNemar (when both score vectors are 0/1) plus the paired bootstrap.
 
     Keys: n, a_accuracy, b_accuracy, difference, a_only, b_only, mcnemar_p, ci_low, ci_high, bootstrap_p,
@@ -361,8 +376,13 @@ def compare_paired(a: Sequence[float], b: Sequence[float], *, clusters: Sequence
     boot = paired_bootstrap(a_arr, b_arr, clusters=clusters, n_boot=n_boot, alpha=alpha, seed=seed)
     if _is_binary(a_arr) and _is_binary(b_arr):
         mc = mcnemar_exact(a_arr, b_arr)
-        mc_fields = {"a_accuracy": mc["a_accuracy"], "b_accuracy": mc["b_accuracy"], "a_only": mc["a_only"],
-                     "b_only": mc["b_only"], "mcnemar_p": mc["p_value"]}
+        mc_fields = {
+            "a_accuracy": mc["a_accuracy"],
+            "b_accuracy": mc["b_accuracy"],
+            "a_only": mc["a_only"],
+            "b_only": mc["b_only"],
+            "mcnemar_p": mc["p_value"],
+        }
     else:
         mc_fields = {"a_accuracy": _nan(), "b_accuracy": _nan(), "a_only": None, "b_only": None, "mcnemar_p": _nan()}
     return {

@@ -14,7 +14,7 @@ import io
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +34,8 @@ from skinr1_pipeline.evaluation.comparison import (
     variant_order,
     versus_guessing,
 )
-from skinr1_pipeline.evaluation.suites import PAPER_SUFFIX
 from skinr1_pipeline.evaluation.metrics import NO_ANSWER, confusion_matrix, grouped_accuracy
+from skinr1_pipeline.evaluation.suites import PAPER_SUFFIX
 from skinr1_pipeline.storage.atomic import write_bytes, write_text
 
 LOSS_KEYS = ("loss", "train_loss", "train/loss")
@@ -43,26 +43,28 @@ REWARD_PREFIXES = ("rewards/", "reward")
 OOD_SUITES = ("ood", "ood_omnimedvqa")
 SUITE_DESCRIPTIONS = {
     "in_domain": "set-first: 4 of the dataset's classes (none an ancestor of another) fixed before the gold is drawn "
-                 "uniformly among them, then an in-distribution test image of the gold; blind guessing scores 1/4.",
+    "uniformly among them, then an in-distribution test image of the gold; blind guessing scores 1/4.",
     "hierarchical": "set-first at each taxonomy level with at least 4 classes (options all at that level); credit = "
-                    "depth of the lowest common ancestor with the gold over the gold's depth.",
+    "depth of the lowest common ancestor with the gold over the gold's depth.",
     "ddx": "set-first: a cluster of mutual look-alikes from the differential-diagnosis graph, then the gold.",
     "ood": "set-first, as in_domain, on held-out sources / modalities (out of distribution).",
     "malignancy": "benign / malignant / precancerous in situ, 3 options.",
     "open_ended": "free-text diagnosis mapped onto the taxonomy; credit = shared depth with the label.",
     "ood_omnimedvqa": "OmniMedVQA skin questions with their own options (out of distribution, never trained on).",
     "in_domain_paper": "paper-comparable (leaks): 1-3 nodes of the label's own path + same-dataset distractors; gold "
-                       "= the deepest path node offered.",
+    "= the deepest path node offered.",
     "hierarchical_paper": "paper-comparable (leaks): every node of the label's path plus one distractor; gold = the "
-                          "finest node (\"pick the deepest option\" answers it).",
+    'finest node ("pick the deepest option" answers it).',
     "ddx_paper": "paper-comparable (leaks): the label against its DDx look-alikes (the most central option is gold).",
     "ood_paper": "paper-comparable (leaks): as in_domain_paper on held-out sources / modalities.",
 }
 _PNG_META = {"Software": None}  # no version string in the PNG, so bytes depend on the data only
-_CSS = ("body{font-family:system-ui,Arial,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-        "table{border-collapse:collapse;margin:1em 0;font-size:.9em}th,td{border:1px solid #bbb;padding:.3em .6em;"
-        "text-align:left}th{background:#eee}img{max-width:100%;border:1px solid #ddd;margin:.5em 0}"
-        ".note{color:#555;font-size:.9em}")
+_CSS = (
+    "body{font-family:system-ui,Arial,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+    "table{border-collapse:collapse;margin:1em 0;font-size:.9em}th,td{border:1px solid #bbb;padding:.3em .6em;"
+    "text-align:left}th{background:#eee}img{max-width:100%;border:1px solid #ddd;margin:.5em 0}"
+    ".note{color:#555;font-size:.9em}"
+)
 
 
 # ---- training curves from MLflow ------------------------------------------------------------------------------
@@ -101,8 +103,10 @@ def read_curves(tracking_uri: str, run_ids: Mapping[str, str]) -> Curves:
         if not losses:
             curves.missing.append(f"{label}: no loss metric in run {run_id} (looked for {', '.join(LOSS_KEYS)})")
         if not rewards:
-            curves.missing.append(f"{label}: no reward metric in run {run_id} (looked for keys starting with "
-                                  f"{' or '.join(repr(p) for p in REWARD_PREFIXES)})")
+            curves.missing.append(
+                f"{label}: no reward metric in run {run_id} (looked for keys starting with "
+                f"{' or '.join(repr(p) for p in REWARD_PREFIXES)})"
+            )
         series = {}
         for key in losses + rewards:
             history = sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
@@ -137,9 +141,11 @@ def confusion_figure(scored: pd.DataFrame, variant: str, *, max_classes: int = 2
     rows = cm.groupby(lambda n: n if n in keep else "(other)").sum()
     cols = rows.T.groupby(lambda n: n if n in keep or n == NO_ANSWER else "(other)").sum().T
     row_order = sorted(rows.index, key=lambda n: (n == "(other)", n))
-    col_order = [c for c in row_order if c in cols.columns] + sorted(
-        c for c in cols.columns if c not in row_order and c != NO_ANSWER) + (
-        [NO_ANSWER] if NO_ANSWER in cols.columns else [])
+    col_order = (
+        [c for c in row_order if c in cols.columns]
+        + sorted(c for c in cols.columns if c not in row_order and c != NO_ANSWER)
+        + ([NO_ANSWER] if NO_ANSWER in cols.columns else [])
+    )
     mat = cols.reindex(index=row_order, columns=col_order, fill_value=0)
     counts = mat.to_numpy(dtype=float)
     share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
@@ -151,8 +157,15 @@ def confusion_figure(scored: pd.DataFrame, variant: str, *, max_classes: int = 2
     for i in range(counts.shape[0]):
         for j in range(counts.shape[1]):
             if counts[i, j]:
-                ax.text(j, i, str(int(counts[i, j])), ha="center", va="center", fontsize=6,
-                        color="white" if share[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(int(counts[i, j])),
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if share[i, j] > 0.5 else "black",
+                )
     ax.set_xlabel("predicted (chosen option's node)")
     ax.set_ylabel("true (sample's label)")
     ax.set_title(f"{variant}: confusion matrix (n={int(counts.sum())})", fontsize=9)
@@ -286,8 +299,13 @@ class _Doc:
     def table(self, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         cells = [[_fmt(v) for v in row] for row in rows]
         esc = [[c.replace("|", "\\|") for c in row] for row in cells]
-        self.md.append("\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-                                 + ["| " + " | ".join(r) + " |" for r in esc]) + "\n")
+        self.md.append(
+            "\n".join(
+                ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                + ["| " + " | ".join(r) + " |" for r in esc]
+            )
+            + "\n"
+        )
         head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
         body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in cells)
         self.html.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
@@ -295,8 +313,10 @@ class _Doc:
     def image(self, rel_path: str, png: bytes, caption: str) -> None:
         self.md.append(f"![{caption}]({rel_path})\n\n_{caption}_\n")
         data = base64.b64encode(png).decode("ascii")
-        self.html.append(f"<figure><img alt=\"{html.escape(caption)}\" src=\"data:image/png;base64,{data}\">"
-                         f"<figcaption class=\"note\">{html.escape(caption)}</figcaption></figure>")
+        self.html.append(
+            f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+            f'<figcaption class="note">{html.escape(caption)}</figcaption></figure>'
+        )
 
 
 def _contamination_rows(contamination: Any) -> list[list[Any]]:
@@ -306,18 +326,29 @@ def _contamination_rows(contamination: Any) -> list[list[Any]]:
     if isinstance(frame, Mapping):
         return [[suite, "", count, "", "", ""] for suite, count in sorted(frame.items())]
     if "item_id" in frame and "contaminated" in frame:  # per-item flags: summarise per suite
-        frame = frame.groupby("suite", sort=True).agg(
-            n_items=("item_id", "size"), contaminated=("contaminated", "sum"), by_hash=("by_hash", "sum"),
-            by_sample_id=("by_sample_id", "sum"),
-            **({"by_near_duplicate": ("by_near_duplicate", "sum")} if "by_near_duplicate" in frame else {}),
-        ).reset_index()
+        frame = (
+            frame.groupby("suite", sort=True)
+            .agg(
+                n_items=("item_id", "size"),
+                contaminated=("contaminated", "sum"),
+                by_hash=("by_hash", "sum"),
+                by_sample_id=("by_sample_id", "sum"),
+                **({"by_near_duplicate": ("by_near_duplicate", "sum")} if "by_near_duplicate" in frame else {}),
+            )
+            .reset_index()
+        )
         frame["fraction"] = frame["contaminated"] / frame["n_items"]
     cols = ("suite", "n_items", "contaminated", "by_hash", "by_sample_id", "by_near_duplicate", "fraction")
     return [[row.get(c, "") for c in cols] for row in frame.to_dict("records")]
 
 
-def _evaluated_section(doc: _Doc, variants: list[str], summaries: Mapping[str, Mapping[str, Any]],
-                       suites: list[str], description: str | None) -> None:
+def _evaluated_section(
+    doc: _Doc,
+    variants: list[str],
+    summaries: Mapping[str, Mapping[str, Any]],
+    suites: list[str],
+    description: str | None,
+) -> None:
     doc.heading("What was evaluated")
     if description:
         doc.para(description)
@@ -327,16 +358,20 @@ def _evaluated_section(doc: _Doc, variants: list[str], summaries: Mapping[str, M
         ns = [summaries[v].get(suite, {}).get("n", 0) for v in variants]
         rows.append([suite, "/".join(str(n) for n in sorted(set(ns))), SUITE_DESCRIPTIONS.get(suite, "")])
     doc.table(["suite", "items scored", "what it asks"], rows)
-    doc.para("Every answer is read by the same strict parser that pays the training rewards: a completion that is "
-             "not in the required `<thinking>`/`<diagnosis>` format, or that names no single offered option, counts "
-             "as wrong. Intervals of single accuracies are 95% Wilson intervals; differences between variants are "
-             "tested on paired items (exact McNemar, bootstrap intervals resampling images). Suites named "
-             "`<suite>_paper` keep the paper's item construction, whose option lists give the answer away to a "
-             "guesser that never sees the image; read them only beside their blind ceiling.", note=True)
+    doc.para(
+        "Every answer is read by the same strict parser that pays the training rewards: a completion that is "
+        "not in the required `<thinking>`/`<diagnosis>` format, or that names no single offered option, counts "
+        "as wrong. Intervals of single accuracies are 95% Wilson intervals; differences between variants are "
+        "tested on paired items (exact McNemar, bootstrap intervals resampling images). Suites named "
+        "`<suite>_paper` keep the paper's item construction, whose option lists give the answer away to a "
+        "guesser that never sees the image; read them only beside their blind ceiling.",
+        note=True,
+    )
 
 
-def _suite_details(doc: _Doc, variants: list[str], summaries: Mapping[str, Mapping[str, Any]],
-                   suites: list[str]) -> None:
+def _suite_details(
+    doc: _Doc, variants: list[str], summaries: Mapping[str, Mapping[str, Any]], suites: list[str]
+) -> None:
     doc.heading("Per-suite details")
     for suite in suites:
         doc.heading(suite, 3)
@@ -345,12 +380,38 @@ def _suite_details(doc: _Doc, variants: list[str], summaries: Mapping[str, Mappi
             s = summaries[v].get(suite)
             if not s:
                 continue
-            errors = ", ".join(f"{k}: {n}" for k, n in sorted(s.get("format_errors", {}).items(),
-                                                             key=lambda kv: (-kv[1], kv[0]))[:3]) or "none"
-            rows.append([v, s["n"], format_accuracy(s["accuracy"], s["ci_low"], s["ci_high"]), s["mean_credit"],
-                         s["format_ok_rate"], s["parsed_rate"], s.get("excluded", 0), errors])
-        doc.table(["variant", "n", "accuracy [95% CI]", "mean credit", "format ok", "answer read",
-                   "excluded (contaminated)", "most frequent format errors"], rows)
+            errors = (
+                ", ".join(
+                    f"{k}: {n}"
+                    for k, n in sorted(s.get("format_errors", {}).items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+                )
+                or "none"
+            )
+            rows.append(
+                [
+                    v,
+                    s["n"],
+                    format_accuracy(s["accuracy"], s["ci_low"], s["ci_high"]),
+                    s["mean_credit"],
+                    s["format_ok_rate"],
+                    s["parsed_rate"],
+                    s.get("excluded", 0),
+                    errors,
+                ]
+            )
+        doc.table(
+            [
+                "variant",
+                "n",
+                "accuracy [95% CI]",
+                "mean credit",
+                "format ok",
+                "answer read",
+                "excluded (contaminated)",
+                "most frequent format errors",
+            ],
+            rows,
+        )
 
 
 def _likelihood_section(doc: _Doc, variants: list[str], summaries: Mapping[str, Mapping[str, Any]]) -> None:
@@ -358,38 +419,49 @@ def _likelihood_section(doc: _Doc, variants: list[str], summaries: Mapping[str, 
     if likelihood.empty or not len(likelihood.columns):
         return
     doc.heading("Answer likelihood")
-    doc.para("Accuracy [95% CI] when the answer is the offered option whose whole answer text (\"B. benign "
-             "neoplasm\") the model finds most probable after its own reasoning, instead of the option it wrote. "
-             "Read it next to the ablation table: far above the generated-answer accuracy means the model knows the "
-             "answer but does not write it down in the required form. It never replaces the generated answer; biases "
-             "of an untrained model (short or frequent option texts) show in the base row.")
+    doc.para(
+        'Accuracy [95% CI] when the answer is the offered option whose whole answer text ("B. benign '
+        'neoplasm") the model finds most probable after its own reasoning, instead of the option it wrote. '
+        "Read it next to the ablation table: far above the generated-answer accuracy means the model knows the "
+        "answer but does not write it down in the required form. It never replaces the generated answer; biases "
+        "of an untrained model (short or frequent option texts) show in the base row."
+    )
     doc.table(["variant", *likelihood.columns], [[v, *likelihood.loc[v]] for v in likelihood.index])
 
 
-def _guessing_section(doc: _Doc, summaries: Mapping[str, Mapping[str, Any]], baselines: pd.DataFrame | None,
-                      suites: list[str], blind: pd.DataFrame | None = None) -> None:
+def _guessing_section(
+    doc: _Doc,
+    summaries: Mapping[str, Mapping[str, Any]],
+    baselines: pd.DataFrame | None,
+    suites: list[str],
+    blind: pd.DataFrame | None = None,
+) -> None:
     doc.heading("Against image-blind guessing")
     _paired_blind_table(doc, blind, suites)
     if baselines is None or baselines.empty:
         doc.para("No image-blind baselines were supplied; accuracies cannot be read against guessing.", note=True)
         return
-    doc.para("What a guesser that never looks at the image scores on the same items (expected accuracy; it sees only "
-             "the option texts, the public taxonomy and DDx graph): a uniformly random option; the option gold most "
-             "often in the other folds (cross-fitted); the option with the most offered taxonomy ancestors; the "
-             "deepest; the longest text; the most lexically central; the most DDx-central; and a cross-fitted model "
-             "on all of these. The paired table above is the verdict for generated answers; answer-likelihood "
-             "accuracy is read against the best guess by its 95% interval.")
+    doc.para(
+        "What a guesser that never looks at the image scores on the same items (expected accuracy; it sees only "
+        "the option texts, the public taxonomy and DDx graph): a uniformly random option; the option gold most "
+        "often in the other folds (cross-fitted); the option with the most offered taxonomy ancestors; the "
+        "deepest; the longest text; the most lexically central; the most DDx-central; and a cross-fitted model "
+        "on all of these. The paired table above is the verdict for generated answers; answer-likelihood "
+        "accuracy is read against the best guess by its 95% interval."
+    )
     columns = list(baselines.columns)
-    guessers = columns[columns.index("n") + 1:columns.index("best")]  # whichever guessers the table was built with
-    rows = [[r["suite"], r["n"], *(r[g] for g in guessers), r["best"], r["best_guesser"]]
-            for r in baselines.to_dict("records") if r["suite"] in suites]
+    guessers = columns[columns.index("n") + 1 : columns.index("best")]  # whichever guessers the table was built with
+    rows = [
+        [r["suite"], r["n"], *(r[g] for g in guessers), r["best"], r["best_guesser"]]
+        for r in baselines.to_dict("records")
+        if r["suite"] in suites
+    ]
     doc.table(["suite", "n", *(g.replace("_", " ") for g in guessers), "best guess", "best guesser"], rows)
     for title, likelihood in (("Generated answer", False), ("Answer likelihood", True)):
         if not likelihood and blind is not None and len(blind):
             continue  # the paired table above replaces the interval-against-a-bar verdicts
         verdicts = versus_guessing(summaries, baselines, likelihood=likelihood)
-        verdicts = verdicts[[c for c in verdicts.columns if c in suites and
-                             (verdicts[c] != NOT_EVALUATED).any()]]
+        verdicts = verdicts[[c for c in verdicts.columns if c in suites and (verdicts[c] != NOT_EVALUATED).any()]]
         if len(verdicts.columns):
             doc.para(f"{title} against the best guess:")
             doc.table(["variant", *verdicts.columns], [[v, *verdicts.loc[v]] for v in verdicts.index])
@@ -401,18 +473,37 @@ def _malignancy_section(doc: _Doc, variants: list[str], summaries: Mapping[str, 
     for v in variants:
         mal = summaries[v].get(MALIGNANCY_SUITE, {}).get("malignancy")
         if mal:
-            rows.append([v, mal["n_positive"], mal["n_benign"],
-                         format_accuracy(mal["malignant_miss_rate"], mal["miss_rate_ci_low"],
-                                         mal["miss_rate_ci_high"]),
-                         mal["sensitivity"], mal["specificity"], mal["bucket_accuracy"]])
+            rows.append(
+                [
+                    v,
+                    mal["n_positive"],
+                    mal["n_benign"],
+                    format_accuracy(mal["malignant_miss_rate"], mal["miss_rate_ci_low"], mal["miss_rate_ci_high"]),
+                    mal["sensitivity"],
+                    mal["specificity"],
+                    mal["bucket_accuracy"],
+                ]
+            )
     if not rows:
         doc.para("The malignancy suite was not evaluated.", note=True)
         return
-    doc.para("The malignant-miss rate is the share of malignant or precancerous lesions the model did not call "
-             "malignant or precancerous. It is the number that matters most clinically: lower is safer. An "
-             "unreadable answer counts as a miss.")
-    doc.table(["variant", "malignant + precancerous", "benign", "miss rate [95% CI]", "sensitivity",
-               "specificity", "3-way agreement"], rows)
+    doc.para(
+        "The malignant-miss rate is the share of malignant or precancerous lesions the model did not call "
+        "malignant or precancerous. It is the number that matters most clinically: lower is safer. An "
+        "unreadable answer counts as a miss."
+    )
+    doc.table(
+        [
+            "variant",
+            "malignant + precancerous",
+            "benign",
+            "miss rate [95% CI]",
+            "sensitivity",
+            "specificity",
+            "3-way agreement",
+        ],
+        rows,
+    )
 
 
 def _ood_section(doc: _Doc, table: pd.DataFrame, variants: list[str]) -> None:
@@ -435,13 +526,27 @@ def _ood_section(doc: _Doc, table: pd.DataFrame, variants: list[str]) -> None:
 def _paired_blind_table(doc: _Doc, blind: pd.DataFrame | None, suites: list[str]) -> None:
     if blind is None or blind.empty or "best_guesser" not in blind:
         return
-    doc.para("Generated answers against the suite's best blind guesser on the same items (difference with a "
-             "bootstrap 95% interval resampling images; \"above guessing\" needs the whole interval above 0):")
+    doc.para(
+        "Generated answers against the suite's best blind guesser on the same items (difference with a "
+        'bootstrap 95% interval resampling images; "above guessing" needs the whole interval above 0):'
+    )
     shown = blind[blind["suite"].isin(suites) & blind["best_guesser"].notna()]
-    doc.table(["variant", "suite", "n", "accuracy", "best guesser", "its accuracy", "difference [95% CI]", "verdict"],
-              [[r["variant"], r["suite"], r["n"], r["accuracy"], r["best_guesser"], r["best_blind"],
-                f"{r['difference']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]", r["verdict"]]
-               for r in shown.to_dict("records")])
+    doc.table(
+        ["variant", "suite", "n", "accuracy", "best guesser", "its accuracy", "difference [95% CI]", "verdict"],
+        [
+            [
+                r["variant"],
+                r["suite"],
+                r["n"],
+                r["accuracy"],
+                r["best_guesser"],
+                r["best_blind"],
+                f"{r['difference']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]",
+                r["verdict"],
+            ]
+            for r in shown.to_dict("records")
+        ],
+    )
 
 
 def _p(value: Any) -> str:
@@ -464,17 +569,42 @@ def _image_use_section(doc: _Doc, image_use: pd.DataFrame | None) -> None:
     if image_use is None or image_use.empty:
         doc.para("No image controls were evaluated; whether a variant reads the image is unknown.", note=True)
         return
-    doc.para("The same items answered again with the image replaced by another item's image of the suite "
-             "(shuffled) and by a blank grey image. A model that reads the lesion loses accuracy when the image no "
-             "longer belongs to the question; one that answers from the option list does not. \"uses the image\" "
-             "needs real minus shuffled above 0 with its whole 95% interval (bootstrap resampling images); McNemar p "
-             "is the exact paired test of the same difference.")
-    doc.table(["variant", "suite", "n", "real", "shuffled", "blank", "real - shuffled [95% CI]", "McNemar p",
-               "real - blank", "verdict"],
-              [[r["variant"], r["suite"], r["n"], r["real"], r["shuffled"], r["blank"],
+    doc.para(
+        "The same items answered again with the image replaced by another item's image of the suite "
+        "(shuffled) and by a blank grey image. A model that reads the lesion loses accuracy when the image no "
+        'longer belongs to the question; one that answers from the option list does not. "uses the image" '
+        "needs real minus shuffled above 0 with its whole 95% interval (bootstrap resampling images); McNemar p "
+        "is the exact paired test of the same difference."
+    )
+    doc.table(
+        [
+            "variant",
+            "suite",
+            "n",
+            "real",
+            "shuffled",
+            "blank",
+            "real - shuffled [95% CI]",
+            "McNemar p",
+            "real - blank",
+            "verdict",
+        ],
+        [
+            [
+                r["variant"],
+                r["suite"],
+                r["n"],
+                r["real"],
+                r["shuffled"],
+                r["blank"],
                 f"{r['real_minus_shuffled']:+.3f} [{r['shuffled_ci_low']:+.3f}, {r['shuffled_ci_high']:+.3f}]",
-                _p(r["shuffled_mcnemar_p"]), f"{r['real_minus_blank']:+.3f}", r["verdict"]]
-               for r in image_use.to_dict("records")])
+                _p(r["shuffled_mcnemar_p"]),
+                f"{r['real_minus_blank']:+.3f}",
+                r["verdict"],
+            ]
+            for r in image_use.to_dict("records")
+        ],
+    )
 
 
 def _shape_section(doc: _Doc, claims: pd.DataFrame | None) -> None:
@@ -483,17 +613,21 @@ def _shape_section(doc: _Doc, claims: pd.DataFrame | None) -> None:
         doc.para("No paired comparison of the variants was supplied.", note=True)
         return
     shape = paper_shape(claims)
-    doc.para(f"Paper claim: SFT+GRPO > SFT > base and RL-only < SFT+GRPO. On the primary suite "
-             f"({shape['primary_suite']}): {shape['verdict']}. Rule: {shape['rule']}. Claims on `_paper` suites can "
-             "be won by reading the option list; the set-first suites are the evidence.")
+    doc.para(
+        f"Paper claim: SFT+GRPO > SFT > base and RL-only < SFT+GRPO. On the primary suite "
+        f"({shape['primary_suite']}): {shape['verdict']}. Rule: {shape['rule']}. Claims on `_paper` suites can "
+        "be won by reading the option list; the set-first suites are the evidence."
+    )
     rows = []
     for suite, block in shape["suites"].items():
         for c in block["claims"]:
             numbers = c.get("detail", "")
             if isinstance(c.get("ci_low"), float) and c["ci_low"] == c["ci_low"]:
-                numbers += (f"; difference {c['difference']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}], "
-                            f"{c['a_only']} vs {c['b_only']} discordant, McNemar p {_p(c['mcnemar_p'])}, "
-                            f"Holm {_p(c['holm_p'])}")
+                numbers += (
+                    f"; difference {c['difference']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}], "
+                    f"{c['a_only']} vs {c['b_only']} discordant, McNemar p {_p(c['mcnemar_p'])}, "
+                    f"Holm {_p(c['holm_p'])}"
+                )
             rows.append([suite, c["claim"], c["verdict"], numbers])
     doc.table(["suite", "claim", "verdict", "numbers"], rows)
 
@@ -509,13 +643,25 @@ def _auto_caveats(table: pd.DataFrame, summaries: Mapping[str, Mapping[str, Any]
     return out
 
 
-def write_report(out_dir: str | Path, *, table: pd.DataFrame, summaries: Mapping[str, Mapping[str, Any]],
-                 scored: Mapping[str, Mapping[str, pd.DataFrame]], curves: Curves | None = None,
-                 contamination: Any = None, baselines: pd.DataFrame | None = None,
-                 versus_blind: pd.DataFrame | None = None, claims: pd.DataFrame | None = None,
-                 image_use: pd.DataFrame | None = None, title: str = "Skin-R1 evaluation report",
-                 caveats: Sequence[str] = (), description: str | None = None, depth_suite: str = "in_domain",
-                 confusion_suite: str = "in_domain", generated_at: str | None = None) -> ReportFiles:
+def write_report(
+    out_dir: str | Path,
+    *,
+    table: pd.DataFrame,
+    summaries: Mapping[str, Mapping[str, Any]],
+    scored: Mapping[str, Mapping[str, pd.DataFrame]],
+    curves: Curves | None = None,
+    contamination: Any = None,
+    baselines: pd.DataFrame | None = None,
+    versus_blind: pd.DataFrame | None = None,
+    claims: pd.DataFrame | None = None,
+    image_use: pd.DataFrame | None = None,
+    title: str = "Skin-R1 evaluation report",
+    caveats: Sequence[str] = (),
+    description: str | None = None,
+    depth_suite: str = "in_domain",
+    confusion_suite: str = "in_domain",
+    generated_at: str | None = None,
+) -> ReportFiles:
     """Write report.md, report.html (self-contained) and figures/*.png under `out_dir`.
 
     `table` from `comparison.ablation_table`, `summaries` variant -> `variant_summary`, `scored` variant -> suite ->
@@ -527,7 +673,7 @@ def write_report(out_dir: str | Path, *, table: pd.DataFrame, summaries: Mapping
     (out / "figures").mkdir(parents=True, exist_ok=True)
     variants = [v for v in table.index if v in summaries]
     suites = table_suites(table)
-    stamp = generated_at or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = generated_at or datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     doc = _Doc()
     doc.heading(title, 1)
     doc.para(f"Generated {stamp}.", note=True)
@@ -536,16 +682,23 @@ def write_report(out_dir: str | Path, *, table: pd.DataFrame, summaries: Mapping
     doc.heading("Ablation table")
     headline = [s for s in suites if not s.endswith(PAPER_SUFFIX)]
     paper = [s for s in suites if s.endswith(PAPER_SUFFIX)]
-    doc.para("Accuracy [95% CI] per suite; rows follow the paper's ablation (base, SFT only, RL only, SFT+GRPO). "
-             "The multiple-choice suites here are set-first: no image-blind guesser beats chance on them.")
+    doc.para(
+        "Accuracy [95% CI] per suite; rows follow the paper's ablation (base, SFT only, RL only, SFT+GRPO). "
+        "The multiple-choice suites here are set-first: no image-blind guesser beats chance on them."
+    )
     doc.table(["variant", *headline], [[v, *[table.at[v, s] for s in headline]] for v in variants])
     if paper:
         ceiling = _blind_ceiling(baselines)
-        doc.para("Paper-comparable suites (the authors' item construction), each beside the best image-blind "
-                 "guesser's accuracy on the same items: a number at or below that ceiling says nothing about the "
-                 "image.")
-        doc.table(["variant", *paper], [[v, *[table.at[v, s] for s in paper]] for v in variants]
-                  + [["best blind guesser", *[ceiling.get(s, "n/a") for s in paper]]])
+        doc.para(
+            "Paper-comparable suites (the authors' item construction), each beside the best image-blind "
+            "guesser's accuracy on the same items: a number at or below that ceiling says nothing about the "
+            "image."
+        )
+        doc.table(
+            ["variant", *paper],
+            [[v, *[table.at[v, s] for s in paper]] for v in variants]
+            + [["best blind guesser", *[ceiling.get(s, "n/a") for s in paper]]],
+        )
     _likelihood_section(doc, variants, summaries)
     _guessing_section(doc, {v: summaries[v] for v in variants}, baselines, suites, versus_blind)
     _image_use_section(doc, image_use)
@@ -557,18 +710,34 @@ def write_report(out_dir: str | Path, *, table: pd.DataFrame, summaries: Mapping
     figures: dict[str, Path] = {}
     doc.heading("Figures")
     pictures: list[tuple[str, Figure | None, str]] = [
-        ("suite_accuracy", suite_accuracy_figure(table) if variants else None, "Accuracy per suite and variant.")]
+        ("suite_accuracy", suite_accuracy_figure(table) if variants else None, "Accuracy per suite and variant.")
+    ]
     depth_frames = {v: scored[v][depth_suite] for v in variants if depth_suite in scored.get(v, {})}
     if depth_frames:
-        pictures.append(("depth_accuracy", depth_accuracy_figure(depth_frames, suite=depth_suite),
-                         f"Accuracy by taxonomy depth of the label ({depth_suite} suite)."))
+        pictures.append(
+            (
+                "depth_accuracy",
+                depth_accuracy_figure(depth_frames, suite=depth_suite),
+                f"Accuracy by taxonomy depth of the label ({depth_suite} suite).",
+            )
+        )
     for v in variants:
         frame = scored.get(v, {}).get(confusion_suite)
         if frame is not None and len(frame):
-            pictures.append((f"confusion_{v}", confusion_figure(frame, v),
-                             f"{v}: true label node vs chosen option node ({confusion_suite} suite)."))
-    pictures.append(("training_curves", curves_figure(curves) if curves else None,
-                     "Training loss and reward curves read back from MLflow."))
+            pictures.append(
+                (
+                    f"confusion_{v}",
+                    confusion_figure(frame, v),
+                    f"{v}: true label node vs chosen option node ({confusion_suite} suite).",
+                )
+            )
+    pictures.append(
+        (
+            "training_curves",
+            curves_figure(curves) if curves else None,
+            "Training loss and reward curves read back from MLflow.",
+        )
+    )
     for name, fig, caption in pictures:
         if fig is None:
             continue
@@ -586,19 +755,27 @@ def write_report(out_dir: str | Path, *, table: pd.DataFrame, summaries: Mapping
     doc.heading("Contamination")
     rows = _contamination_rows(contamination)
     if rows:
-        doc.para("Evaluation items whose image (SHA-256), a near-duplicate of it (perceptual hash within the "
-                 "calibrated distance) or whose sample id also occurs in training data were removed before scoring.")
-        doc.table(["suite", "items checked", "excluded", "by image hash", "by sample id", "by near-duplicate",
-                   "fraction"], rows)
+        doc.para(
+            "Evaluation items whose image (SHA-256), a near-duplicate of it (perceptual hash within the "
+            "calibrated distance) or whose sample id also occurs in training data were removed before scoring."
+        )
+        doc.table(
+            ["suite", "items checked", "excluded", "by image hash", "by sample id", "by near-duplicate", "fraction"],
+            rows,
+        )
     else:
-        doc.para("No contamination check was supplied; overlap between training and evaluation data is unknown.",
-                 note=True)
+        doc.para(
+            "No contamination check was supplied; overlap between training and evaluation data is unknown.", note=True
+        )
 
     doc.heading("Caveats")
     doc.bullets([*caveats, *_auto_caveats(table, summaries)] or ["none stated"])
 
     md_path, html_path = out / "report.md", out / "report.html"
     write_text(md_path, "\n".join(doc.md))
-    write_text(html_path, f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}"
-               f"</title><style>{_CSS}</style></head><body>\n" + "\n".join(doc.html) + "\n</body></html>\n")
+    write_text(
+        html_path,
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}'
+        f"</title><style>{_CSS}</style></head><body>\n" + "\n".join(doc.html) + "\n</body></html>\n",
+    )
     return ReportFiles(md_path, html_path, figures)

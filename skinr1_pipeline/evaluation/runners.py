@@ -26,16 +26,17 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 import pandas as pd
 from PIL import Image
 
 from skinr1_pipeline.data.image_open import model_image
 from skinr1_pipeline.modeling.chat import build_messages, render_prompt
-from skinr1_pipeline.modeling.prompt_format import DIAG_OPEN, SYSTEM_PROMPT, format_mcq_answer
 from skinr1_pipeline.modeling.model_factory import pixel_limits
+from skinr1_pipeline.modeling.prompt_format import DIAG_OPEN, SYSTEM_PROMPT, format_mcq_answer
 from skinr1_pipeline.modeling.vllm_engine import EngineOptions, VllmEngine
 
 Progress = Callable[[int, int], None]
@@ -46,7 +47,7 @@ class Runner(Protocol):
 
     def run(self, items: pd.DataFrame, progress: Progress | None = None) -> list[str]: ...
 
-    def option_scores(self, items: pd.DataFrame, completions: Sequence[str]) -> "OptionScores": ...
+    def option_scores(self, items: pd.DataFrame, completions: Sequence[str]) -> OptionScores: ...
 
 
 def _has_image(path: Any) -> bool:
@@ -67,7 +68,7 @@ def answer_prefix(completion: str) -> str:
     """The completion up to and including `<diagnosis>`, or the completion + a newline + the tag when it has none."""
     i = completion.find(DIAG_OPEN)
     if i >= 0:
-        return completion[:i + len(DIAG_OPEN)]
+        return completion[: i + len(DIAG_OPEN)]
     return completion.rstrip() + "\n" + DIAG_OPEN
 
 
@@ -89,9 +90,11 @@ class OptionScores:
     answers: list[list[float]]
 
     @classmethod
-    def from_tokens(cls, per_item: list[list[list[float]]]) -> "OptionScores":
-        return cls([[t[0] if t else -math.inf for t in item] for item in per_item],
-                   [[math.fsum(t) if t else -math.inf for t in item] for item in per_item])
+    def from_tokens(cls, per_item: list[list[list[float]]]) -> OptionScores:
+        return cls(
+            [[t[0] if t else -math.inf for t in item] for item in per_item],
+            [[math.fsum(t) if t else -math.inf for t in item] for item in per_item],
+        )
 
 
 def continuation_lengths(tokenizer: Any, prefix: str, continuations: Sequence[str]) -> list[int]:
@@ -120,8 +123,14 @@ class Answers:
     scoring_seconds: float
 
 
-def answer_items(runner: Runner, items: pd.DataFrame, *, calibration: bool = True, answer_likelihood: bool = True,
-                 progress: Progress | None = None) -> Answers:
+def answer_items(
+    runner: Runner,
+    items: pd.DataFrame,
+    *,
+    calibration: bool = True,
+    answer_likelihood: bool = True,
+    progress: Progress | None = None,
+) -> Answers:
     """Every item answered by `runner`: what evaluation scores, and what a training gate scores too (one loop, so
     the gate and the evaluation cannot drift apart)."""
     started = time.perf_counter()
@@ -141,18 +150,32 @@ class HFRunner:
 
     name = "hf"
 
-    def __init__(self, model_dir: str | Path | None = None, *, adapter_dir: str | Path | None = None,
-                 max_new_tokens: int = 512, batch_size: int = 8, seed: int = 0, system: str | None = SYSTEM_PROMPT,
-                 max_pixels: int | None = None, device: str | None = None, dtype: str = "auto",
-                 model: Any = None, processor: Any = None) -> None:
+    def __init__(
+        self,
+        model_dir: str | Path | None = None,
+        *,
+        adapter_dir: str | Path | None = None,
+        max_new_tokens: int = 512,
+        batch_size: int = 8,
+        seed: int = 0,
+        system: str | None = SYSTEM_PROMPT,
+        max_pixels: int | None = None,
+        device: str | None = None,
+        dtype: str = "auto",
+        model: Any = None,
+        processor: Any = None,
+    ) -> None:
         from skinr1_pipeline.modeling.model_factory import load_adapter_model, load_model, load_processor
 
         if model is None or processor is None:
             if model_dir is None:
                 raise ValueError("give model_dir, or both model and processor")
             processor = load_processor(model_dir, max_pixels=max_pixels)
-            model = (load_adapter_model(model_dir, adapter_dir, trainable=False, dtype=dtype, device=device)
-                     if adapter_dir else load_model(model_dir, dtype=dtype, device=device))
+            model = (
+                load_adapter_model(model_dir, adapter_dir, trainable=False, dtype=dtype, device=device)
+                if adapter_dir
+                else load_model(model_dir, dtype=dtype, device=device)
+            )
         self.model, self.processor = model, processor
         self.pixels = pixel_limits(processor)
         self.max_new_tokens, self.batch_size, self.seed, self.system = max_new_tokens, batch_size, seed, system
@@ -161,9 +184,18 @@ class HFRunner:
         from skinr1_pipeline.modeling.generation import generate
 
         images = [load_image(p, self.pixels) for p in items["image_path"]]
-        return generate(self.model, self.processor, images, list(items["prompt"]),
-                        max_new_tokens=self.max_new_tokens, do_sample=False, batch_size=self.batch_size,
-                        seed=self.seed, system=self.system, progress=progress)
+        return generate(
+            self.model,
+            self.processor,
+            images,
+            list(items["prompt"]),
+            max_new_tokens=self.max_new_tokens,
+            do_sample=False,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            system=self.system,
+            progress=progress,
+        )
 
     def option_scores(self, items: pd.DataFrame, completions: Sequence[str]) -> OptionScores:
         """Letter and whole-answer log-probs of every option after the completion's answer prefix (module
@@ -179,20 +211,26 @@ class HFRunner:
                     out.append([])
                     continue
                 image = load_image(row.image_path, self.pixels)
-                prefix = render_prompt(self.processor, build_messages(row.prompt, system=self.system,
-                                                                      with_image=image is not None))
+                prefix = render_prompt(
+                    self.processor, build_messages(row.prompt, system=self.system, with_image=image is not None)
+                )
                 prefix += answer_prefix(completion or "")
                 answers = answer_continuations(_options(row))
                 texts = [prefix + c for c in answers]
                 lengths = continuation_lengths(tokenizer, prefix, answers)
-                inputs = self.processor(text=texts, images=[image] * len(texts) if image is not None else None,
-                                        padding=True, padding_side="left", return_tensors="pt")
+                inputs = self.processor(
+                    text=texts,
+                    images=[image] * len(texts) if image is not None else None,
+                    padding=True,
+                    padding_side="left",
+                    return_tensors="pt",
+                )
                 inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
                 span = max(lengths)  # only the positions that predict continuation tokens go through the softmax
-                logp = torch.log_softmax(self.model(**inputs).logits[:, -span - 1:-1, :].float(), dim=-1)
+                logp = torch.log_softmax(self.model(**inputs).logits[:, -span - 1 : -1, :].float(), dim=-1)
                 targets = inputs["input_ids"][:, -span:]
                 token_lp = logp.gather(2, targets[..., None]).squeeze(2)
-                out.append([[float(v) for v in token_lp[k, span - n:]] for k, n in enumerate(lengths)])
+                out.append([[float(v) for v in token_lp[k, span - n :]] for k, n in enumerate(lengths)])
         return OptionScores.from_tokens(out)
 
 
@@ -201,10 +239,20 @@ class VllmRunner:
 
     name = "vllm"
 
-    def __init__(self, model_dir: str | Path | None = None, *, adapter_dir: str | Path | None = None,
-                 lora_mode: str = "auto", max_new_tokens: int = 512, batch_size: int = 256, seed: int = 0,
-                 system: str | None = SYSTEM_PROMPT, max_pixels: int | None = None,
-                 options: EngineOptions = EngineOptions(), engine: VllmEngine | None = None) -> None:
+    def __init__(
+        self,
+        model_dir: str | Path | None = None,
+        *,
+        adapter_dir: str | Path | None = None,
+        lora_mode: str = "auto",
+        max_new_tokens: int = 512,
+        batch_size: int = 256,
+        seed: int = 0,
+        system: str | None = SYSTEM_PROMPT,
+        max_pixels: int | None = None,
+        options: EngineOptions = EngineOptions(),
+        engine: VllmEngine | None = None,
+    ) -> None:
         if engine is None:
             if model_dir is None:
                 raise ValueError("give model_dir or an engine")
@@ -224,7 +272,7 @@ class VllmRunner:
         rows = list(zip(items["prompt"], items["image_path"]))
         out: list[str] = []
         for start in range(0, len(rows), self.batch_size):
-            chunk = rows[start:start + self.batch_size]
+            chunk = rows[start : start + self.batch_size]
             prompts = [self._prompt(p, load_image(path, self.pixels)) for p, path in chunk]
             results = self.engine.generate(prompts, [params] * len(prompts))
             out += [r.outputs[0].text if r.outputs else "" for r in results]
@@ -256,5 +304,6 @@ def _prompt_tail_logprobs(result: Any, n: int) -> list[float]:
     tokens = result.prompt_token_ids[-n:]
     entries = list(result.prompt_logprobs or [])[-n:]
     entries = [None] * (n - len(entries)) + entries
-    return [float(entry[token].logprob) if entry and token in entry else -math.inf
-            for token, entry in zip(tokens, entries)]
+    return [
+        float(entry[token].logprob) if entry and token in entry else -math.inf for token, entry in zip(tokens, entries)
+    ]

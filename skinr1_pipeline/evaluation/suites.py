@@ -42,7 +42,6 @@ from skinr1_pipeline.modeling.prompt_format import (
     build_mcq_prompt,
     build_open_prompt,
 )
-from skinr1_pipeline.tasks.set_first import SetFirstConfig, build_set_first_items
 from skinr1_pipeline.tasks.mcq import (
     MALIGNANCY_OPTIONS,
     build_mcq_items,
@@ -55,6 +54,7 @@ from skinr1_pipeline.tasks.mcq import (
     option_path,
     sample_rng,
 )
+from skinr1_pipeline.tasks.set_first import SetFirstConfig, build_set_first_items
 
 HEADLINE_SUITES = ("in_domain", "hierarchical", "ddx", "ood")
 PAPER_SUFFIX = "_paper"
@@ -63,13 +63,35 @@ SUITES = (*HEADLINE_SUITES, "malignancy", "open_ended", "ood_omnimedvqa", *PAPER
 #: Image conditions: the item's own image, another item's image of the same suite, a blank image.
 CONDITIONS = ("real", "shuffled", "blank")
 SUITE_COLUMNS = (
-    "suite", "item_id", "sample_id", "image_path", "prompt", "options", "option_nodes", "option_scores",
-    "option_buckets", "answer_index", "bucket", "taxonomy_node", "taxonomy_depth", "source_dataset", "modality",
-    "split", "fitzpatrick", "image_sha256", "level", "construction", "gold_class", "condition", "base_item_id",
-)  # fmt: skip
+    "suite",
+    "item_id",
+    "sample_id",
+    "image_path",
+    "prompt",
+    "options",
+    "option_nodes",
+    "option_scores",
+    "option_buckets",
+    "answer_index",
+    "bucket",
+    "taxonomy_node",
+    "taxonomy_depth",
+    "source_dataset",
+    "modality",
+    "split",
+    "fitzpatrick",
+    "image_sha256",
+    "level",
+    "construction",
+    "gold_class",
+    "condition",
+    "base_item_id",
+)
 DROP_COLUMNS = ("suite", "sample_id", "source_dataset", "split", "reason", "detail")
-HIERARCHICAL_QUESTION = ("Which of these diagnoses describes the skin lesion in this image? Several may be true at "
-                         "different levels of detail.")
+HIERARCHICAL_QUESTION = (
+    "Which of these diagnoses describes the skin lesion in this image? Several may be true at "
+    "different levels of detail."
+)
 DDX_QUESTION = "Which of these look-alike diagnoses is the skin lesion in this image?"
 LEVEL_QUESTION = "Which of these describes the skin lesion in this image?"
 
@@ -92,8 +114,14 @@ class SuiteConfig:
     paper_suites: bool = True  # also build the paper-comparable (leaky) suites
 
     def set_first(self, question: str) -> SetFirstConfig:
-        return SetFirstConfig(n_options=self.n_options, seed=self.seed, closeness=self.closeness,
-                              items_per_pool=self.items_per_pool, question=question, ask_status=self.ask_status)
+        return SetFirstConfig(
+            n_options=self.n_options,
+            seed=self.seed,
+            closeness=self.closeness,
+            items_per_pool=self.items_per_pool,
+            question=question,
+            ask_status=self.ask_status,
+        )
 
 
 @dataclass
@@ -137,8 +165,10 @@ def _real(frame: pd.DataFrame) -> pd.DataFrame:
     """Mark items as shown with their own image (`image_controls` adds the other conditions); `gold_class` names
     the right option's node (the label itself for open-ended items)."""
     if "gold_class" not in frame or frame["gold_class"].isna().all():
-        frame["gold_class"] = [nodes[int(i)] if len(nodes) else node for nodes, i, node in
-                               zip(frame["option_nodes"], frame["answer_index"], frame["taxonomy_node"])]
+        frame["gold_class"] = [
+            nodes[int(i)] if len(nodes) else node
+            for nodes, i, node in zip(frame["option_nodes"], frame["answer_index"], frame["taxonomy_node"])
+        ]
     frame["condition"] = "real"
     frame["base_item_id"] = frame["item_id"]
     return frame
@@ -157,70 +187,108 @@ def _dropped(records: list[dict[str, Any]], suite: str) -> pd.DataFrame:
     return pd.DataFrame([{"suite": suite, **r} for r in records], columns=list(DROP_COLUMNS))
 
 
-def _rl_style(samples: pd.DataFrame, taxonomy: Taxonomy, config: SuiteConfig, suite: str,
-              ood: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _rl_style(
+    samples: pd.DataFrame, taxonomy: Taxonomy, config: SuiteConfig, suite: str, ood: bool
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     # Distractor pools come from every split of the same domain; items only from `config.splits`.
     domain = _domain(samples, config, ood=ood)
-    build = build_mcq_items(domain, taxonomy, n_options=config.n_options, seed=config.seed,
-                            ask_status=config.ask_status, splits=config.splits, item_prefix=suite)
+    build = build_mcq_items(
+        domain,
+        taxonomy,
+        n_options=config.n_options,
+        seed=config.seed,
+        ask_status=config.ask_status,
+        splits=config.splits,
+        item_prefix=suite,
+    )
     items = _with_suite(build.items, suite)[list(SUITE_COLUMNS)]
     return items, _dropped(build.dropped.to_dict("records"), suite)
 
 
-def paper_in_domain_suite(samples: pd.DataFrame, taxonomy: Taxonomy,
-                          config: SuiteConfig = SuiteConfig()) -> tuple[pd.DataFrame, pd.DataFrame]:
+def paper_in_domain_suite(
+    samples: pd.DataFrame, taxonomy: Taxonomy, config: SuiteConfig = SuiteConfig()
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The authors' RL-style items on in-distribution test images (leaks: see module docstring)."""
     return _rl_style(samples, taxonomy, config, "in_domain_paper", ood=False)
 
 
-def paper_ood_suite(samples: pd.DataFrame, taxonomy: Taxonomy,
-                    config: SuiteConfig = SuiteConfig()) -> tuple[pd.DataFrame, pd.DataFrame]:
+def paper_ood_suite(
+    samples: pd.DataFrame, taxonomy: Taxonomy, config: SuiteConfig = SuiteConfig()
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     return _rl_style(samples, taxonomy, config, "ood_paper", ood=True)
 
 
-def _set_first(samples: pd.DataFrame, taxonomy: Taxonomy, config: SuiteConfig, suite: str, *, pool: str, ood: bool,
-               question: str, ddx: DDxGraph | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    build = build_set_first_items(_domain(samples, config, ood=ood), taxonomy, pool=pool,
-                                  config=config.set_first(question), splits=config.splits, ddx=ddx, item_prefix=suite)
+def _set_first(
+    samples: pd.DataFrame,
+    taxonomy: Taxonomy,
+    config: SuiteConfig,
+    suite: str,
+    *,
+    pool: str,
+    ood: bool,
+    question: str,
+    ddx: DDxGraph | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    build = build_set_first_items(
+        _domain(samples, config, ood=ood),
+        taxonomy,
+        pool=pool,
+        config=config.set_first(question),
+        splits=config.splits,
+        ddx=ddx,
+        item_prefix=suite,
+    )
     items = build.items.copy()
     items.insert(0, "suite", suite)
     items = _real(items)
     return items[list(SUITE_COLUMNS)], _dropped(build.dropped.to_dict("records"), suite)
 
 
-def in_domain_suite(samples: pd.DataFrame, taxonomy: Taxonomy,
-                    config: SuiteConfig = SuiteConfig()) -> tuple[pd.DataFrame, pd.DataFrame]:
+def in_domain_suite(
+    samples: pd.DataFrame, taxonomy: Taxonomy, config: SuiteConfig = SuiteConfig()
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Set-first items over each in-distribution dataset's label classes."""
     return _set_first(samples, taxonomy, config, "in_domain", pool="label", ood=False, question=DEFAULT_MCQ_QUESTION)
 
 
-def ood_suite(samples: pd.DataFrame, taxonomy: Taxonomy,
-              config: SuiteConfig = SuiteConfig()) -> tuple[pd.DataFrame, pd.DataFrame]:
+def ood_suite(
+    samples: pd.DataFrame, taxonomy: Taxonomy, config: SuiteConfig = SuiteConfig()
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Set-first items over each held-out dataset's label classes."""
     return _set_first(samples, taxonomy, config, "ood", pool="label", ood=True, question=DEFAULT_MCQ_QUESTION)
 
 
-def hierarchical_suite(samples: pd.DataFrame, taxonomy: Taxonomy,
-                       config: SuiteConfig = SuiteConfig()) -> tuple[pd.DataFrame, pd.DataFrame]:
+def hierarchical_suite(
+    samples: pd.DataFrame, taxonomy: Taxonomy, config: SuiteConfig = SuiteConfig()
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Set-first items at every taxonomy level where a dataset has enough classes (per-level accuracy)."""
     return _set_first(samples, taxonomy, config, "hierarchical", pool="level", ood=False, question=LEVEL_QUESTION)
 
 
-def ddx_suite(samples: pd.DataFrame, taxonomy: Taxonomy, ddx: DDxGraph,
-              config: SuiteConfig = SuiteConfig()) -> tuple[pd.DataFrame, pd.DataFrame]:
+def ddx_suite(
+    samples: pd.DataFrame, taxonomy: Taxonomy, ddx: DDxGraph, config: SuiteConfig = SuiteConfig()
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Set-first clusters of DDx look-alikes, then the gold."""
     return _set_first(samples, taxonomy, config, "ddx", pool="ddx", ood=False, question=DDX_QUESTION, ddx=ddx)
 
 
 def _base(row: Any, taxonomy: Taxonomy, suite: str) -> dict[str, Any]:
     return {
-        "suite": suite, "item_id": f"{suite}/{row.sample_id}", "sample_id": row.sample_id,
-        "image_path": row.image_path, "bucket": row.bucket, "taxonomy_node": row.taxonomy_node,
-        "taxonomy_depth": taxonomy.depth(row.taxonomy_node), "source_dataset": row.source_dataset,
-        "modality": row.modality, "split": getattr(row, "split", None),
-        "fitzpatrick": getattr(row, "fitzpatrick", None), "image_sha256": getattr(row, "image_sha256", None),
-        "level": None, "construction": _construction(suite),
-    }  # fmt: skip
+        "suite": suite,
+        "item_id": f"{suite}/{row.sample_id}",
+        "sample_id": row.sample_id,
+        "image_path": row.image_path,
+        "bucket": row.bucket,
+        "taxonomy_node": row.taxonomy_node,
+        "taxonomy_depth": taxonomy.depth(row.taxonomy_node),
+        "source_dataset": row.source_dataset,
+        "modality": row.modality,
+        "split": getattr(row, "split", None),
+        "fitzpatrick": getattr(row, "fitzpatrick", None),
+        "image_sha256": getattr(row, "image_sha256", None),
+        "level": None,
+        "construction": _construction(suite),
+    }
 
 
 def _construction(suite: str) -> str:
@@ -230,8 +298,9 @@ def _construction(suite: str) -> str:
     return {"malignancy": "fixed_options", "open_ended": "open", "ood_omnimedvqa": "benchmark"}.get(suite, "set_first")
 
 
-def malignancy_suite(samples: pd.DataFrame, taxonomy: Taxonomy,
-                     config: SuiteConfig = SuiteConfig()) -> tuple[pd.DataFrame, pd.DataFrame]:
+def malignancy_suite(
+    samples: pd.DataFrame, taxonomy: Taxonomy, config: SuiteConfig = SuiteConfig()
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """3-way status question; the options are the statuses, so the prompt does not ask for a status again."""
     options = [text for text, _ in MALIGNANCY_OPTIONS]
     buckets = [b for _, b in MALIGNANCY_OPTIONS]
@@ -239,22 +308,36 @@ def malignancy_suite(samples: pd.DataFrame, taxonomy: Taxonomy,
     items, dropped = [], []
     for row in labelled_rows(_eval_rows(samples, config, ood=False), taxonomy, dropped):
         gold = buckets.index(row.bucket)
-        items.append({**_base(row, taxonomy, "malignancy"), "prompt": prompt, "options": list(options),
-                      "option_nodes": list(buckets), "option_scores": [float(i == gold) for i in range(3)],
-                      "option_buckets": list(buckets), "answer_index": gold})
+        items.append(
+            {
+                **_base(row, taxonomy, "malignancy"),
+                "prompt": prompt,
+                "options": list(options),
+                "option_nodes": list(buckets),
+                "option_scores": [float(i == gold) for i in range(3)],
+                "option_buckets": list(buckets),
+                "answer_index": gold,
+            }
+        )
     return _frame(items), _dropped(dropped, "malignancy")
 
 
-def _mcq(row: Any, taxonomy: Taxonomy, suite: str, nodes: list[str], scores: list[float], question: str,
-         config: SuiteConfig) -> dict[str, Any]:
+def _mcq(
+    row: Any, taxonomy: Taxonomy, suite: str, nodes: list[str], scores: list[float], question: str, config: SuiteConfig
+) -> dict[str, Any]:
     order = sample_rng(config.seed, f"{suite}/{row.sample_id}").permutation(len(nodes))
     item = make_item(row, taxonomy, nodes, scores, order, question, config.ask_status, suite)
-    return {**_base(row, taxonomy, suite), **{k: item[k] for k in
-            ("prompt", "options", "option_nodes", "option_scores", "option_buckets", "answer_index")}}
+    return {
+        **_base(row, taxonomy, suite),
+        **{
+            k: item[k] for k in ("prompt", "options", "option_nodes", "option_scores", "option_buckets", "answer_index")
+        },
+    }
 
 
-def paper_hierarchical_suite(samples: pd.DataFrame, taxonomy: Taxonomy,
-                             config: SuiteConfig = SuiteConfig()) -> tuple[pd.DataFrame, pd.DataFrame]:
+def paper_hierarchical_suite(
+    samples: pd.DataFrame, taxonomy: Taxonomy, config: SuiteConfig = SuiteConfig()
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The earlier hierarchical suite (answered 1.0 by "pick the deepest option"): whole path + one same-depth
     distractor, preferring nodes the sample's dataset uses (else any taxonomy node at
     that depth; `distractor_source` records which)."""
@@ -283,8 +366,9 @@ def paper_hierarchical_suite(samples: pd.DataFrame, taxonomy: Taxonomy,
     return _frame(items), _dropped(dropped, "hierarchical_paper")
 
 
-def paper_ddx_suite(samples: pd.DataFrame, taxonomy: Taxonomy, ddx: DDxGraph,
-                    config: SuiteConfig = SuiteConfig()) -> tuple[pd.DataFrame, pd.DataFrame]:
+def paper_ddx_suite(
+    samples: pd.DataFrame, taxonomy: Taxonomy, ddx: DDxGraph, config: SuiteConfig = SuiteConfig()
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The paper's DDx items (answered 0.96 on the demo by DDx-graph centrality): gold + look-alikes only; too few
     look-alikes means the sample is skipped and counted."""
     rows = _eval_rows(samples, config, ood=False)
@@ -298,8 +382,11 @@ def paper_ddx_suite(samples: pd.DataFrame, taxonomy: Taxonomy, ddx: DDxGraph,
         if config.ddx_restrict_to_labels:
             look_alikes &= labels
         if len(look_alikes) < needed:
-            dropped.append(drop_record(row, "too_few_ddx_neighbours",
-                                       f"{node} has {len(look_alikes)} DDx look-alike(s), {needed} required"))
+            dropped.append(
+                drop_record(
+                    row, "too_few_ddx_neighbours", f"{node} has {len(look_alikes)} DDx look-alike(s), {needed} required"
+                )
+            )
             continue
         rng = sample_rng(config.seed, f"ddx/{row.sample_id}")
         ordered = sorted(look_alikes)
@@ -309,19 +396,30 @@ def paper_ddx_suite(samples: pd.DataFrame, taxonomy: Taxonomy, ddx: DDxGraph,
     return _frame(items), _dropped(dropped, "ddx_paper")
 
 
-def open_ended_suite(samples: pd.DataFrame, taxonomy: Taxonomy,
-                     config: SuiteConfig = SuiteConfig()) -> tuple[pd.DataFrame, pd.DataFrame]:
+def open_ended_suite(
+    samples: pd.DataFrame, taxonomy: Taxonomy, config: SuiteConfig = SuiteConfig()
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Free-text items: no options (empty lists, answer_index -1); scored against the taxonomy in `metrics`."""
     prompt = build_open_prompt(DEFAULT_OPEN_QUESTION, config.ask_status)
     items, dropped = [], []
     for row in labelled_rows(_eval_rows(samples, config, ood=False), taxonomy, dropped):
-        items.append({**_base(row, taxonomy, "open_ended"), "prompt": prompt, "options": [], "option_nodes": [],
-                      "option_scores": [], "option_buckets": [], "answer_index": -1})
+        items.append(
+            {
+                **_base(row, taxonomy, "open_ended"),
+                "prompt": prompt,
+                "options": [],
+                "option_nodes": [],
+                "option_scores": [],
+                "option_buckets": [],
+                "answer_index": -1,
+            }
+        )
     return _frame(items), _dropped(dropped, "open_ended")
 
 
-def omnimedvqa_suite(questions: pd.DataFrame, taxonomy: Taxonomy, *, records: pd.DataFrame | None = None,
-                     ask_status: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+def omnimedvqa_suite(
+    questions: pd.DataFrame, taxonomy: Taxonomy, *, records: pd.DataFrame | None = None, ask_status: bool = True
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """OmniMedVQA questions (`data.loaders.omnimedvqa.load_questions`) as suite items with their own options.
 
     Options and the gold answer are mapped onto the taxonomy where their text resolves (else node None), so the
@@ -348,21 +446,42 @@ def omnimedvqa_suite(questions: pd.DataFrame, taxonomy: Taxonomy, *, records: pd
         nodes = [taxonomy.resolve(o) for o in q.options]
         gold = letters.index(q.answer_letter)
         gold_node = nodes[gold]
-        items.append({
-            "suite": "ood_omnimedvqa", "item_id": f"ood_omnimedvqa/{q.sample_id}", "sample_id": q.sample_id,
-            "image_path": q.image_path, "prompt": prompt, "options": [o.strip() for o in q.options],
-            "option_nodes": nodes, "option_scores": [float(i == gold) for i in range(len(nodes))],
-            "option_buckets": [taxonomy[n].bucket if n else None for n in nodes], "answer_index": gold,
-            "bucket": taxonomy[gold_node].bucket if gold_node else None, "taxonomy_node": gold_node,
-            "taxonomy_depth": taxonomy.depth(gold_node) if gold_node else None, "source_dataset": source,
-            "modality": q.modality, "split": "test", "fitzpatrick": np.nan,
-            "image_sha256": hashes.get(q.sample_id), "level": None, "construction": "benchmark",
-        })  # fmt: skip
+        items.append(
+            {
+                "suite": "ood_omnimedvqa",
+                "item_id": f"ood_omnimedvqa/{q.sample_id}",
+                "sample_id": q.sample_id,
+                "image_path": q.image_path,
+                "prompt": prompt,
+                "options": [o.strip() for o in q.options],
+                "option_nodes": nodes,
+                "option_scores": [float(i == gold) for i in range(len(nodes))],
+                "option_buckets": [taxonomy[n].bucket if n else None for n in nodes],
+                "answer_index": gold,
+                "bucket": taxonomy[gold_node].bucket if gold_node else None,
+                "taxonomy_node": gold_node,
+                "taxonomy_depth": taxonomy.depth(gold_node) if gold_node else None,
+                "source_dataset": source,
+                "modality": q.modality,
+                "split": "test",
+                "fitzpatrick": np.nan,
+                "image_sha256": hashes.get(q.sample_id),
+                "level": None,
+                "construction": "benchmark",
+            }
+        )
     return _frame(items), _dropped(dropped, "ood_omnimedvqa")
 
 
-def build_suites(samples: pd.DataFrame, taxonomy: Taxonomy, ddx: DDxGraph, config: SuiteConfig = SuiteConfig(), *,
-                 omnimedvqa: pd.DataFrame | None = None, omnimedvqa_records: pd.DataFrame | None = None) -> SuiteBuild:
+def build_suites(
+    samples: pd.DataFrame,
+    taxonomy: Taxonomy,
+    ddx: DDxGraph,
+    config: SuiteConfig = SuiteConfig(),
+    *,
+    omnimedvqa: pd.DataFrame | None = None,
+    omnimedvqa_records: pd.DataFrame | None = None,
+) -> SuiteBuild:
     """All suites in one frame (column `suite`), plus every skipped sample with its suite and reason."""
     parts = [
         in_domain_suite(samples, taxonomy, config),
@@ -383,8 +502,11 @@ def build_suites(samples: pd.DataFrame, taxonomy: Taxonomy, ddx: DDxGraph, confi
         ]
     built = [p[0] for p in parts if len(p[0])]
     items = pd.concat(built, ignore_index=True) if built else pd.DataFrame(columns=list(SUITE_COLUMNS))
-    dropped = pd.concat([p[1] for p in parts if len(p[1])], ignore_index=True) if any(len(p[1]) for p in parts) \
+    dropped = (
+        pd.concat([p[1] for p in parts if len(p[1])], ignore_index=True)
+        if any(len(p[1]) for p in parts)
         else pd.DataFrame(columns=list(DROP_COLUMNS))
+    )
     return SuiteBuild(items, dropped)
 
 

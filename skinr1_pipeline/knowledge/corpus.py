@@ -12,9 +12,9 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from skinr1_pipeline.knowledge.taxonomy import Taxonomy
 
@@ -146,7 +146,7 @@ class Corpus:
         self._by_id = {c.chunk_id: c for c in self.chunks}
 
     @classmethod
-    def from_dir(cls, root: str | Path, *, max_chars: int = 1200) -> "Corpus":
+    def from_dir(cls, root: str | Path, *, max_chars: int = 1200) -> Corpus:
         """Read every .txt/.md (and .pdf if pypdf is installed) below `root`, in sorted order."""
         root = Path(root)
         chunks: list[Chunk] = []
@@ -168,7 +168,7 @@ class Corpus:
         return cls(chunks, skipped)
 
     @classmethod
-    def from_texts(cls, texts: dict[str, str], *, max_chars: int = 1200) -> "Corpus":
+    def from_texts(cls, texts: dict[str, str], *, max_chars: int = 1200) -> Corpus:
         """In-memory corpus: source name -> text (tests, notebooks)."""
         return cls([c for name in sorted(texts) for c in chunk_text(texts[name], name, max_chars=max_chars)])
 

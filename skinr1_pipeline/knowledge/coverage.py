@@ -10,7 +10,8 @@ Pure pandas over the taxonomy, the label maps and the set of nodes with an entry
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -24,8 +25,16 @@ if TYPE_CHECKING:
 #: with `include_refinement=True`) any other node a fine name may refine to under the map's rules.
 SOURCES = ("label", "fine_label", "refinement")
 COVERAGE_COLUMNS = ["dataset", "node", "name", "kind", "bucket", "source", "raw_labels", "entry", "covered_by"]
-SUMMARY_COLUMNS = ["dataset", "classes", "covered", "own_entry", "ancestor_entry", "uncovered", "coverage",
-                   "uncovered_nodes"]
+SUMMARY_COLUMNS = [
+    "dataset",
+    "classes",
+    "covered",
+    "own_entry",
+    "ancestor_entry",
+    "uncovered",
+    "coverage",
+    "uncovered_nodes",
+]
 
 
 def nearest_entry(taxonomy: Taxonomy, entry_nodes: Collection[str], node: str) -> str | None:
@@ -39,8 +48,13 @@ def nearest_entry(taxonomy: Taxonomy, entry_nodes: Collection[str], node: str) -
     return None
 
 
-def producible_classes(label_maps: Mapping[str, LabelMap], taxonomy: Taxonomy, *,
-                       datasets: Iterable[str] | None = None, include_refinement: bool = False) -> pd.DataFrame:
+def producible_classes(
+    label_maps: Mapping[str, LabelMap],
+    taxonomy: Taxonomy,
+    *,
+    datasets: Iterable[str] | None = None,
+    include_refinement: bool = False,
+) -> pd.DataFrame:
     """One row per (dataset, taxonomy node) a dataset's label map can produce: columns dataset, node, source,
     raw_labels (sorted normalised raw labels and fine labels naming the node; empty for refinement rows).
 
@@ -67,8 +81,12 @@ def producible_classes(label_maps: Mapping[str, LabelMap], taxonomy: Taxonomy, *
         rows += [{**row, "raw_labels": tuple(sorted(row["raw_labels"]))} for row in found.values()]
     frame = pd.DataFrame(rows, columns=["dataset", "node", "source", "raw_labels"])
     order = {s: i for i, s in enumerate(SOURCES)}
-    return (frame.assign(_o=frame["source"].map(order)).sort_values(["dataset", "_o", "node"], kind="stable")
-            .drop(columns="_o").reset_index(drop=True))
+    return (
+        frame.assign(_o=frame["source"].map(order))
+        .sort_values(["dataset", "_o", "node"], kind="stable")
+        .drop(columns="_o")
+        .reset_index(drop=True)
+    )
 
 
 def _refinable(lmap: LabelMap, taxonomy: Taxonomy) -> set[str]:
@@ -84,9 +102,14 @@ def _refinable(lmap: LabelMap, taxonomy: Taxonomy) -> set[str]:
     return out
 
 
-def knowledge_coverage(taxonomy: Taxonomy, knowledge_base: "KnowledgeBase | Collection[str]",
-                       label_maps: Mapping[str, LabelMap], *, datasets: Iterable[str] | None = None,
-                       include_refinement: bool = False) -> pd.DataFrame:
+def knowledge_coverage(
+    taxonomy: Taxonomy,
+    knowledge_base: KnowledgeBase | Collection[str],
+    label_maps: Mapping[str, LabelMap],
+    *,
+    datasets: Iterable[str] | None = None,
+    include_refinement: bool = False,
+) -> pd.DataFrame:
     """One row per (dataset, producible taxonomy node) with the knowledge entry rationale synthesis would use.
 
     `knowledge_base` is a loaded `KnowledgeBase` or just the node ids that have an entry. Columns (COVERAGE_COLUMNS):
@@ -101,8 +124,11 @@ def knowledge_coverage(taxonomy: Taxonomy, knowledge_base: "KnowledgeBase | Coll
         kind=[taxonomy[n].kind if n in taxonomy else None for n in classes["node"]],
         bucket=[taxonomy[n].bucket if n in taxonomy else None for n in classes["node"]],
         entry=pd.Series(entries, index=classes.index, dtype="object"),
-        covered_by=pd.Series([None if e is None else ("self" if e == n else "ancestor")
-                              for n, e in zip(classes["node"], entries)], index=classes.index, dtype="object"),
+        covered_by=pd.Series(
+            [None if e is None else ("self" if e == n else "ancestor") for n, e in zip(classes["node"], entries)],
+            index=classes.index,
+            dtype="object",
+        ),
     )
     return out[COVERAGE_COLUMNS]
 
@@ -115,16 +141,18 @@ def coverage_summary(coverage: pd.DataFrame) -> pd.DataFrame:
         how = group["covered_by"]
         missing = sorted(group.loc[how.isna(), "node"])
         total = len(group)
-        rows.append({
-            "dataset": dataset,
-            "classes": total,
-            "covered": int(how.notna().sum()),
-            "own_entry": int((how == "self").sum()),
-            "ancestor_entry": int((how == "ancestor").sum()),
-            "uncovered": len(missing),
-            "coverage": (total - len(missing)) / total if total else 1.0,
-            "uncovered_nodes": missing,
-        })
+        rows.append(
+            {
+                "dataset": dataset,
+                "classes": total,
+                "covered": int(how.notna().sum()),
+                "own_entry": int((how == "self").sum()),
+                "ancestor_entry": int((how == "ancestor").sum()),
+                "uncovered": len(missing),
+                "coverage": (total - len(missing)) / total if total else 1.0,
+                "uncovered_nodes": missing,
+            }
+        )
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 

@@ -46,7 +46,7 @@ class DDxGraph:
 
     # ---- construction -------------------------------------------------------------------------------
     @classmethod
-    def load(cls, taxonomy: Taxonomy, path: str | Path | None = None) -> "DDxGraph":
+    def load(cls, taxonomy: Taxonomy, path: str | Path | None = None) -> DDxGraph:
         if path is None:
             text = resources.files("skinr1_pipeline.knowledge").joinpath("data/ddx.yaml").read_text("utf-8")
             source = "skinr1_pipeline/knowledge/data/ddx.yaml"
@@ -60,7 +60,7 @@ class DDxGraph:
         return cls.from_dict(data, taxonomy, source=source)
 
     @classmethod
-    def from_dict(cls, data: Any, taxonomy: Taxonomy, source: str = "<memory>") -> "DDxGraph":
+    def from_dict(cls, data: Any, taxonomy: Taxonomy, source: str = "<memory>") -> DDxGraph:
         problems: list[str] = []
         if not isinstance(data, dict) or not isinstance(data.get("groups"), list):
             raise DDxError(f"{source}: expected a mapping with a 'groups' list")
@@ -199,7 +199,9 @@ def _parse_group(raw: Any, position: int, taxonomy: Taxonomy, problems: list[str
             problems.append(f"{field}: must be a mapping with node, shared, distinguish")
             continue
         if set(item) - _NEIGHBOUR_KEYS:
-            problems.append(f"{field}: unknown keys {sorted(set(item) - _NEIGHBOUR_KEYS)}; allowed {sorted(_NEIGHBOUR_KEYS)}")
+            problems.append(
+                f"{field}: unknown keys {sorted(set(item) - _NEIGHBOUR_KEYS)}; allowed {sorted(_NEIGHBOUR_KEYS)}"
+            )
         node = item.get("node")
         if not isinstance(node, str) or node not in taxonomy:
             problems.append(f"{field}.node: {node!r} is not a taxonomy node id")

@@ -10,10 +10,11 @@ taxonomy, the DDx graph and the demo feature profiles, and reports every problem
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -50,32 +51,55 @@ Feature = tuple[str, str]  # (kind, value)
 #: Surface forms of each checkable feature, as they are written in rationales (normalised like taxonomy labels).
 LEXICON: dict[Feature, tuple[str, ...]] = {
     ("structures", "network"): ("regular pigment network", "regular network", "pigment network", "typical network"),
-    ("structures", "atypical_network"): ("atypical pigment network", "atypical network", "irregular pigment network",
-                                         "irregular network"),
-    ("structures", "peripheral_network"): ("delicate peripheral network", "peripheral pigment network",
-                                           "peripheral network"),
-    ("structures", "regular_globules"): ("regular dots and globules", "regular brown globules", "regular globules",
-                                         "evenly spread globules"),
+    ("structures", "atypical_network"): (
+        "atypical pigment network",
+        "atypical network",
+        "irregular pigment network",
+        "irregular network",
+    ),
+    ("structures", "peripheral_network"): (
+        "delicate peripheral network",
+        "peripheral pigment network",
+        "peripheral network",
+    ),
+    ("structures", "regular_globules"): (
+        "regular dots and globules",
+        "regular brown globules",
+        "regular globules",
+        "evenly spread globules",
+    ),
     ("structures", "irregular_dots"): ("irregular dots and globules", "irregular dots", "irregular globules"),
     ("structures", "blue_white_veil"): ("blue white veil", "blue whitish veil"),
     ("structures", "regression"): ("regression structures", "regression areas", "regression", "peppering"),
     ("structures", "milia_like_cysts"): ("milia like cysts", "milia like cyst"),
     ("structures", "comedo_like_openings"): ("comedo like openings", "comedo like opening"),
-    ("structures", "central_white_patch"): ("central white scar like patch", "central white patch",
-                                            "white scar like patch"),
+    ("structures", "central_white_patch"): (
+        "central white scar like patch",
+        "central white patch",
+        "white scar like patch",
+    ),
     ("structures", "pearly_border"): ("pearly rolled border", "rolled pearly border", "pearly border", "pearly edge"),
     ("structures", "blue_grey_ovoid_nests"): ("blue grey ovoid nests", "blue gray ovoid nests", "ovoid nests"),
     ("structures", "red_lacunae"): ("red to purple lacunae", "red purple lacunae", "red lacunae"),
     ("structures", "keratin_mass"): ("central keratin mass", "keratin mass", "keratin plug"),
     ("structures", "strawberry_pattern"): ("strawberry pattern",),
-    ("vessels", "arborizing"): ("arborizing vessels", "arborising vessels", "branching vessels", "arborizing",
-                                "arborising"),
+    ("vessels", "arborizing"): (
+        "arborizing vessels",
+        "arborising vessels",
+        "branching vessels",
+        "arborizing",
+        "arborising",
+    ),
     ("vessels", "dotted"): ("dotted vessels", "pinpoint vessels"),
     ("vessels", "glomerular"): ("glomerular vessels", "coiled vessels"),
     ("vessels", "lacunae"): ("lacunar vascular pattern", "lacunar pattern", "vascular lacunae", "lacunae"),
     ("scale", "fine"): ("fine white scale", "fine scale", "powdery scale"),
-    ("scale", "thick"): ("thick white yellow keratin scale", "thick keratin scale", "thick white yellow scale",
-                         "thick scale"),
+    ("scale", "thick"): (
+        "thick white yellow keratin scale",
+        "thick keratin scale",
+        "thick white yellow scale",
+        "thick scale",
+    ),
     ("surface", "verrucous"): ("verrucous surface", "verrucous", "warty surface"),
     ("surface", "ulcerated"): ("ulcerated surface", "ulcerated", "ulceration"),
     ("surface", "keratotic"): ("keratotic surface", "keratotic"),
@@ -121,8 +145,9 @@ _PREFERRED: dict[Feature, str] = {
 }
 
 _MENTION_RE = re.compile(
-    r"(?<![a-z0-9])(" + "|".join(sorted({re.escape(f) for forms in LEXICON.values() for f in forms},
-                                         key=len, reverse=True)) + r")(?![a-z0-9])"
+    r"(?<![a-z0-9])("
+    + "|".join(sorted({re.escape(f) for forms in LEXICON.values() for f in forms}, key=len, reverse=True))
+    + r")(?![a-z0-9])"
 )
 _FORM_TO_FEATURE = {form: feat for feat, forms in LEXICON.items() for form in forms}
 
@@ -187,8 +212,9 @@ class LevelNote:
 class KnowledgeBase:
     """Validated entries plus lookups that follow the taxonomy and the DDx graph. Build with `load_knowledge_base`."""
 
-    def __init__(self, entries: dict[str, KBEntry], levels: dict[str, LevelNote], taxonomy: Taxonomy,
-                 ddx: DDxGraph, source: str) -> None:
+    def __init__(
+        self, entries: dict[str, KBEntry], levels: dict[str, LevelNote], taxonomy: Taxonomy, ddx: DDxGraph, source: str
+    ) -> None:
         self.entries, self.levels, self.taxonomy, self.ddx, self.source = entries, levels, taxonomy, ddx, source
 
     def __contains__(self, node: object) -> bool:
@@ -237,8 +263,13 @@ class KnowledgeBase:
         return f"kb:{entry.node} ({entry.source})" if entry else None
 
 
-def load_knowledge_base(taxonomy: Taxonomy, ddx: DDxGraph, path: str | Path | None = None, *,
-                        profiles: Mapping[str, LesionFeatureProfile] | None = None) -> KnowledgeBase:
+def load_knowledge_base(
+    taxonomy: Taxonomy,
+    ddx: DDxGraph,
+    path: str | Path | None = None,
+    *,
+    profiles: Mapping[str, LesionFeatureProfile] | None = None,
+) -> KnowledgeBase:
     """Load and validate; raises KnowledgeBaseError listing every problem. `profiles` default to the demo profiles."""
     source = Path(path) if path is not None else DEFAULT_PATH
     try:
@@ -247,12 +278,19 @@ def load_knowledge_base(taxonomy: Taxonomy, ddx: DDxGraph, path: str | Path | No
         raise KnowledgeBaseError(f"{source}: cannot read knowledge base ({exc})") from exc
     except yaml.YAMLError as exc:
         raise KnowledgeBaseError(f"{source}: not valid YAML ({exc})") from exc
-    return knowledge_base_from_dict(data, taxonomy, ddx, source=str(source),
-                                    profiles=load_lesion_features() if profiles is None else profiles)
+    return knowledge_base_from_dict(
+        data, taxonomy, ddx, source=str(source), profiles=load_lesion_features() if profiles is None else profiles
+    )
 
 
-def knowledge_base_from_dict(data: Any, taxonomy: Taxonomy, ddx: DDxGraph, *, source: str = "<memory>",
-                             profiles: Mapping[str, LesionFeatureProfile] | None = None) -> KnowledgeBase:
+def knowledge_base_from_dict(
+    data: Any,
+    taxonomy: Taxonomy,
+    ddx: DDxGraph,
+    *,
+    source: str = "<memory>",
+    profiles: Mapping[str, LesionFeatureProfile] | None = None,
+) -> KnowledgeBase:
     problems: list[str] = []
     if not isinstance(data, dict) or not isinstance(data.get("entries"), dict) or not data["entries"]:
         raise KnowledgeBaseError(f"{source}: expected a top-level mapping 'entries' of taxonomy node id -> entry")
@@ -272,8 +310,10 @@ def knowledge_base_from_dict(data: Any, taxonomy: Taxonomy, ddx: DDxGraph, *, so
     for node in entries:
         for ancestor in taxonomy.path(node)[:-1]:
             if ancestor not in entries and ancestor not in levels:
-                problems.append(f"{source}: entry {node!r}, field 'levels': expected a level note for its ancestor "
-                                f"{ancestor!r} (taxonomy path level), got nothing")
+                problems.append(
+                    f"{source}: entry {node!r}, field 'levels': expected a level note for its ancestor "
+                    f"{ancestor!r} (taxonomy path level), got nothing"
+                )
     for dx, profile in (profiles or {}).items():
         _check_against_profile(source, dx, profile, entries, taxonomy, problems)
     if problems:
@@ -288,24 +328,35 @@ def _drawable(profile: LesionFeatureProfile) -> set[Feature]:
     return out
 
 
-def _check_against_profile(source: str, dx: str, profile: LesionFeatureProfile, entries: dict[str, KBEntry],
-                           taxonomy: Taxonomy, problems: list[str]) -> None:
+def _check_against_profile(
+    source: str,
+    dx: str,
+    profile: LesionFeatureProfile,
+    entries: dict[str, KBEntry],
+    taxonomy: Taxonomy,
+    problems: list[str],
+) -> None:
     """Demo images must never show what the KB calls absent, and the KB must list what they typically show."""
     if dx not in entries:
-        problems.append(f"{source}: entry {dx!r}: expected an entry for this demo diagnosis (lesion_features.yaml), "
-                        "got nothing")
+        problems.append(
+            f"{source}: entry {dx!r}: expected an entry for this demo diagnosis (lesion_features.yaml), got nothing"
+        )
         return
     drawable = _drawable(profile)
     missing = sorted(f"{k}={v}" for k, v in drawable if v != "none" and (k, v) not in entries[dx].feature_set)
     if missing:
-        problems.append(f"{source}: entry {dx!r}, field 'features': expected every feature the demo images can show, "
-                        f"missing {missing}")
+        problems.append(
+            f"{source}: entry {dx!r}, field 'features': expected every feature the demo images can show, "
+            f"missing {missing}"
+        )
     for node in taxonomy.path(dx):
         if node in entries:
             clash = sorted(f"{k}={v}" for k, v in drawable if (k, v) in entries[node].absent_set)
             if clash:
-                problems.append(f"{source}: entry {node!r}, field 'absent': expected no feature the {dx} demo images "
-                                f"show, got {clash}")
+                problems.append(
+                    f"{source}: entry {node!r}, field 'absent': expected no feature the {dx} demo images "
+                    f"show, got {clash}"
+                )
 
 
 class _Checker:
@@ -315,8 +366,9 @@ class _Checker:
         self.source, self.what, self.node, self.problems = source, what, node, problems
 
     def fail(self, field: str, expected: str, got: Any) -> None:
-        self.problems.append(f"{self.source}: {self.what} {self.node!r}, field {field!r}: expected {expected}, "
-                             f"got {got!r}")
+        self.problems.append(
+            f"{self.source}: {self.what} {self.node!r}, field {field!r}: expected {expected}, got {got!r}"
+        )
 
     def text(self, field: str, value: Any) -> str:
         if not isinstance(value, str) or not value.strip():
@@ -370,16 +422,20 @@ class _Checker:
         absent = self.features("absent", raw["absent"], allow_none=False)
         citable = [(k, v) for k in CHECKABLE_KINDS for v in features.get(k, ()) if v != "none"]
         if isinstance(raw["features"], dict) and not citable:
-            self.fail("features", "at least one citable feature (vessels, scale, surface or structures other than "
-                      "none)", raw["features"])
+            self.fail(
+                "features",
+                "at least one citable feature (vessels, scale, surface or structures other than none)",
+                raw["features"],
+            )
         clash = sorted(f"{k}={v}" for k, vs in absent.items() for v in vs if v in features.get(k, ()))
         if clash:
             self.fail("absent", "no value that is also listed under 'features'", clash)
         table = self.ddx_map(raw["ddx"], ddx) if ok else {}
         if len(self.problems) > before or not ok:
             return None
-        return KBEntry(node=self.node, sites=tuple(s.strip() for s in sites), features=features, absent=absent,
-                       ddx=table, **texts)
+        return KBEntry(
+            node=self.node, sites=tuple(s.strip() for s in sites), features=features, absent=absent, ddx=table, **texts
+        )
 
     def ddx_map(self, value: Any, ddx: DDxGraph) -> dict[str, str | None]:
         neighbours = ddx.neighbours(self.node)
@@ -468,8 +524,9 @@ class MentionFinder:
         for node in taxonomy:
             for surface in (node.name, *node.synonyms):
                 words = tuple(normalize_label(surface).split())
-                if not words or (len(words) == 1 and (len(words[0]) <= 3 or words[0] in _AMBIGUOUS_WORDS
-                                                       or node.kind != "diagnosis")):
+                if not words or (
+                    len(words) == 1 and (len(words[0]) <= 3 or words[0] in _AMBIGUOUS_WORDS or node.kind != "diagnosis")
+                ):
                     continue
                 self.forms.setdefault(words, node.id)
         self.first_len: dict[str, int] = {}
@@ -482,7 +539,7 @@ class MentionFinder:
         while i < len(words):
             longest = self.first_len.get(words[i], 0)
             for n in range(min(longest, len(words) - i), 0, -1):
-                node = self.forms.get(tuple(words[i:i + n]))
+                node = self.forms.get(tuple(words[i : i + n]))
                 if node is not None:
                     out.append(node)
                     i += n

@@ -9,16 +9,17 @@ and anything unlisted stops the run with the full list of what is missing (rows 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 import yaml
 
-from skinr1_pipeline.messages import capped, capped_list
 from skinr1_pipeline.knowledge.taxonomy import Taxonomy, normalize_label
+from skinr1_pipeline.messages import capped, capped_list
 
 PACKAGED_DIR = "data/label_maps"
 _FILE_KEYS = {"dataset", "label_field", "labels", "refine", "fine_labels", "refine_within", "extends"}
@@ -102,7 +103,8 @@ class LabelMap:
         return None
 
     def map_frame(self, records: pd.DataFrame, taxonomy: Taxonomy) -> tuple[pd.DataFrame, dict[str, Any]]:
-        """A copy of `records` with MAPPED_COLUMNS added, plus a report; raises UnmappedLabelsError, never drops rows."""
+        """A copy of `records` with MAPPED_COLUMNS added, plus a report; raises UnmappedLabelsError, never drops
+        rows."""
         if "raw_label" not in records.columns:
             raise ValueError(f"{self.dataset}: records have no 'raw_label' column (columns: {list(records.columns)})")
         files = records["metadata_file"] if "metadata_file" in records.columns else pd.Series(None, index=records.index)
@@ -139,7 +141,9 @@ class LabelMap:
         ]
         return unmapped, [None if pd.isna(first[key]) else int(first[key]) for key in counts.index]
 
-    def _report(self, keys: pd.Series, resolved: dict[str, tuple[str, bool] | None], nodes: pd.Series) -> dict[str, Any]:
+    def _report(
+        self, keys: pd.Series, resolved: dict[str, tuple[str, bool] | None], nodes: pd.Series
+    ) -> dict[str, Any]:
         per_label = {
             key: {"node": resolved[key][0], "count": int(n), "refined": bool(resolved[key][1])}  # type: ignore[index]
             for key, n in keys.value_counts().items()
@@ -184,7 +188,9 @@ def load_label_maps(taxonomy: Taxonomy, extra_dir: Path | str | None = None) -> 
         if not extra.is_dir():
             raise LabelMapError(f"label-map override directory {extra} does not exist or is not a folder")
         for path in sorted([*extra.glob("*.yaml"), *extra.glob("*.yml")]):
-            _merge_doc(docs, _parse(str(path), path.read_text("utf-8"), problems), str(path), override=True, problems=problems)
+            _merge_doc(
+                docs, _parse(str(path), path.read_text("utf-8"), problems), str(path), override=True, problems=problems
+            )
     maps = {key: _build(key, docs, taxonomy, problems) for key in sorted(docs)}
     problems = list(dict.fromkeys(problems))  # a parent reached through 'extends' is checked more than once
     if problems:
@@ -238,8 +244,10 @@ def _normalised(entries: dict[Any, Any], source: str, key: str, problems: list[s
             problems.append(f"{source}: {key}[{capped(raw)!r}] must name one taxonomy node id, got {capped(node)!r}")
             continue
         if norm in out and out[norm] != node:
-            problems.append(f"{source}: {key} {capped(raw)!r} and {capped(raw_of[norm])!r} are the same label but map "
-                            f"to {capped(node)} and {capped(out[norm])}")
+            problems.append(
+                f"{source}: {key} {capped(raw)!r} and {capped(raw_of[norm])!r} are the same label but map "
+                f"to {capped(node)} and {capped(out[norm])}"
+            )
             continue
         out[norm], raw_of[norm] = node, raw
         sources[(key, norm)] = (source, raw)
@@ -287,11 +295,14 @@ def _build(key: str, docs: dict, taxonomy: Taxonomy, problems: list[str], seen: 
         ids = _as_list(ids)
         for node in ids:
             if node not in taxonomy:
-                problems.append(f"dataset {capped(key)!r}: refine_within[{capped(folder)!r}] -> {capped(node)!r} "
-                                "is not a taxonomy node id")
+                problems.append(
+                    f"dataset {capped(key)!r}: refine_within[{capped(folder)!r}] -> {capped(node)!r} "
+                    "is not a taxonomy node id"
+                )
         if folder not in labels:
-            problems.append(f"dataset {capped(key)!r}: refine_within names folder {capped(folder)!r} that is not in "
-                            "'labels'")
+            problems.append(
+                f"dataset {capped(key)!r}: refine_within names folder {capped(folder)!r} that is not in 'labels'"
+            )
         refine_within[folder] = tuple(ids)
     if not labels:
         problems.append(f"dataset {capped(key)!r}: no labels")

@@ -19,21 +19,47 @@ import yaml
 DEFAULT_PATH = Path(__file__).resolve().parent / "data" / "lesion_features.yaml"
 
 PALETTE: tuple[str, ...] = (
-    "light_brown", "dark_brown", "black", "blue_grey", "red", "pink", "white", "yellow", "tan",
+    "light_brown",
+    "dark_brown",
+    "black",
+    "blue_grey",
+    "red",
+    "pink",
+    "white",
+    "yellow",
+    "tan",
 )
 ELEVATIONS: tuple[str, ...] = ("flat", "raised", "nodular")
 VESSELS: tuple[str, ...] = ("none", "arborizing", "dotted", "glomerular", "lacunae")
 SCALES: tuple[str, ...] = ("none", "fine", "thick")
 SURFACES: tuple[str, ...] = ("smooth", "verrucous", "ulcerated", "keratotic", "waxy")
 STRUCTURES: tuple[str, ...] = (
-    "network", "atypical_network", "peripheral_network", "regular_globules", "irregular_dots",
-    "blue_white_veil", "regression", "milia_like_cysts", "comedo_like_openings", "central_white_patch",
-    "pearly_border", "blue_grey_ovoid_nests", "red_lacunae", "keratin_mass", "strawberry_pattern",
+    "network",
+    "atypical_network",
+    "peripheral_network",
+    "regular_globules",
+    "irregular_dots",
+    "blue_white_veil",
+    "regression",
+    "milia_like_cysts",
+    "comedo_like_openings",
+    "central_white_patch",
+    "pearly_border",
+    "blue_grey_ovoid_nests",
+    "red_lacunae",
+    "keratin_mass",
+    "strawberry_pattern",
 )
 # The eight taxonomy node ids the embedded demo renders.
 DEMO_DIAGNOSES: tuple[str, ...] = (
-    "melanoma", "melanocytic_nevus", "seborrheic_keratosis", "basal_cell_carcinoma",
-    "squamous_cell_carcinoma", "actinic_keratosis", "dermatofibroma", "benign_vascular",
+    "melanoma",
+    "melanocytic_nevus",
+    "seborrheic_keratosis",
+    "basal_cell_carcinoma",
+    "squamous_cell_carcinoma",
+    "actinic_keratosis",
+    "dermatofibroma",
+    "benign_vascular",
 )
 
 # feature -> (lower bound, upper bound, integer?)
@@ -45,7 +71,10 @@ RANGE_FEATURES: dict[str, tuple[float, float, bool]] = {
     "diameter_mm": (0.5, 100.0, False),
 }
 CHOICE_FEATURES: dict[str, tuple[str, ...]] = {
-    "elevation": ELEVATIONS, "vessels": VESSELS, "scale": SCALES, "surface": SURFACES,
+    "elevation": ELEVATIONS,
+    "vessels": VESSELS,
+    "scale": SCALES,
+    "surface": SURFACES,
 }
 FEATURES: tuple[str, ...] = (*RANGE_FEATURES, "colours", *CHOICE_FEATURES, "structures")
 _ENTRY_KEYS = {"name", "summary", *FEATURES}
@@ -152,9 +181,7 @@ class _EntryChecker:
         self.source, self.dx, self.problems = source, dx, problems
 
     def fail(self, field: str, expected: str, got: Any) -> None:
-        self.problems.append(
-            f"{self.source}: diagnosis {self.dx!r}, field {field!r}: expected {expected}, got {got!r}"
-        )
+        self.problems.append(f"{self.source}: diagnosis {self.dx!r}, field {field!r}: expected {expected}, got {got!r}")
 
     def profile(self, entry: Any) -> LesionFeatureProfile | None:
         before = len(self.problems)
@@ -210,7 +237,8 @@ class _EntryChecker:
         kind = "integers" if integer else "numbers"
         expected = f"[lo, hi] {kind} with {lo_bound} <= lo <= hi <= {hi_bound}"
         ok = (
-            isinstance(value, (list, tuple)) and len(value) == 2
+            isinstance(value, (list, tuple))
+            and len(value) == 2
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
         )
         if ok and integer:
@@ -250,8 +278,10 @@ class _EntryChecker:
     def colour_list(self, field: str, value: Any, required: bool) -> tuple[str, ...]:
         expected = f"a list of distinct colours from {list(PALETTE)}" + (" (at least one)" if required else "")
         if (
-            not isinstance(value, list) or (required and not value)
-            or any(v not in PALETTE for v in value) or len(set(value)) != len(value)
+            not isinstance(value, list)
+            or (required and not value)
+            or any(v not in PALETTE for v in value)
+            or len(set(value)) != len(value)
         ):
             self.fail(field, expected, value)
             return ()
@@ -265,8 +295,9 @@ class _EntryChecker:
         if len(required) > lo:
             self.fail("colour_count.range", f"lo >= number of required colours ({len(required)})", [lo, hi])
         if len(required) + len(optional) < hi:
-            self.fail("colour_count.range", f"hi <= required + optional colours ({len(required) + len(optional)})",
-                      [lo, hi])
+            self.fail(
+                "colour_count.range", f"hi <= required + optional colours ({len(required) + len(optional)})", [lo, hi]
+            )
 
 
 def _positive(weight: Any) -> bool:

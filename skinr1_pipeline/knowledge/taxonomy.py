@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import networkx as nx
 import yaml
@@ -107,7 +108,7 @@ class Taxonomy:
 
     # ---- construction -------------------------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | Path | None = None) -> "Taxonomy":
+    def load(cls, path: str | Path | None = None) -> Taxonomy:
         if path is None:
             text = resources.files("skinr1_pipeline.knowledge").joinpath("data/taxonomy.yaml").read_text("utf-8")
             source = "skinr1_pipeline/knowledge/data/taxonomy.yaml"
@@ -121,7 +122,7 @@ class Taxonomy:
         return cls.from_dict(data, source=source)
 
     @classmethod
-    def from_dict(cls, data: Any, source: str = "<memory>") -> "Taxonomy":
+    def from_dict(cls, data: Any, source: str = "<memory>") -> Taxonomy:
         if not isinstance(data, dict) or not isinstance(data.get("root"), dict):
             raise TaxonomyError(f"{source}: expected a mapping with a 'root' node mapping at the top level")
         problems: list[str] = []
@@ -335,7 +336,9 @@ class Taxonomy:
         return "\n".join(lines)
 
 
-def _derive_buckets(nodes: dict[str, TaxonomyNode], children_of: dict[str, list[str]], root: str) -> dict[str, TaxonomyNode]:
+def _derive_buckets(
+    nodes: dict[str, TaxonomyNode], children_of: dict[str, list[str]], root: str
+) -> dict[str, TaxonomyNode]:
     """Fill `bucket` and `children`: from behaviour, or for `mixed` nodes the one bucket all children share."""
     out: dict[str, TaxonomyNode] = {}
 

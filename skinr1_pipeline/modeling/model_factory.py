@@ -30,8 +30,11 @@ def validate_model_dir(model_dir: str | Path) -> dict[str, Any]:
         raise ModelDirError(f"model directory {path} does not exist or is not a directory")
     cfg_path = path / "config.json"
     if not cfg_path.is_file():
-        hint = " (it looks like a LoRA adapter dir; pass it as adapter_dir)" if (path / "adapter_config.json").is_file() \
+        hint = (
+            " (it looks like a LoRA adapter dir; pass it as adapter_dir)"
+            if (path / "adapter_config.json").is_file()
             else ""
+        )
         raise ModelDirError(f"{path} has no config.json; expected a saved Qwen2.5-VL model directory{hint}")
     try:
         config = json.loads(cfg_path.read_text(encoding="utf-8"))
@@ -94,7 +97,8 @@ def pixel_limits(processor) -> tuple[int, int | None]:
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: str) -> torch.dtype | str:
-    """"auto" means bf16 on a bf16-capable GPU and fp32 on CPU (CPU bf16 matmuls are slow and lossy for tiny models)."""
+    """`dtype="auto"`: bf16 on a bf16-capable GPU, fp32 on CPU (CPU bf16 matmuls are slow and lossy for tiny
+    models)."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
@@ -102,8 +106,14 @@ def resolve_dtype(dtype: str | torch.dtype, device: str) -> torch.dtype | str:
             return torch.bfloat16
         return torch.float32
     try:
-        return {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-                "fp32": torch.float32, "float32": torch.float32}[dtype]
+        return {
+            "bf16": torch.bfloat16,
+            "bfloat16": torch.bfloat16,
+            "fp16": torch.float16,
+            "float16": torch.float16,
+            "fp32": torch.float32,
+            "float32": torch.float32,
+        }[dtype]
     except KeyError:
         raise ValueError(f"unknown dtype {dtype!r}; expected auto, bfloat16, float16 or float32") from None
 
@@ -112,8 +122,13 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_model(model_dir: str | Path, *, dtype: str | torch.dtype = "auto", device: str | None = None,
-               attn_implementation: str | None = None):
+def load_model(
+    model_dir: str | Path,
+    *,
+    dtype: str | torch.dtype = "auto",
+    device: str | None = None,
+    attn_implementation: str | None = None,
+):
     """Load a Qwen2(.5)-VL for conditional generation from a validated local directory, in eval mode."""
     from transformers import AutoModelForImageTextToText
 
@@ -137,9 +152,15 @@ def validate_adapter_dir(adapter_dir: str | Path) -> dict[str, Any]:
     return json.loads(cfg.read_text(encoding="utf-8"))
 
 
-def load_adapter_model(model_dir: str | Path, adapter_dir: str | Path, *, trainable: bool,
-                       dtype: str | torch.dtype = "auto", device: str | None = None,
-                       attn_implementation: str | None = None):
+def load_adapter_model(
+    model_dir: str | Path,
+    adapter_dir: str | Path,
+    *,
+    trainable: bool,
+    dtype: str | torch.dtype = "auto",
+    device: str | None = None,
+    attn_implementation: str | None = None,
+):
     """Base model + LoRA adapter. `trainable=True` keeps the adapter's weights trainable (GRPO continues from SFT)."""
     from peft import PeftModel
 

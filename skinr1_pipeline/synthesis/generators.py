@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import random
 import zlib
-from typing import Protocol, Sequence, runtime_checkable
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 from skinr1_pipeline.synthesis.trajectories import STYLES, TYPES, GenerationRequest
 

@@ -41,9 +41,10 @@ import ssl
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from PIL import Image
@@ -150,14 +151,18 @@ def openai_messages(request: GenerationRequest) -> list[dict[str, Any]]:
             if isinstance(part, dict) and part.get("type") == "image_url":
                 parts.append(part)
             elif isinstance(part, dict) and (part.get("type") == "image" or "image" in part):
-                source = part.get("image") if isinstance(part.get("image"), (str, Path, Image.Image)) \
-                    else request.image_path
+                source = (
+                    part.get("image") if isinstance(part.get("image"), (str, Path, Image.Image)) else request.image_path
+                )
                 if source is None:
                     raise RequestFailed("image_missing", "an image part without an image or request.image_path")
                 parts.append({"type": "image_url", "image_url": {"url": image_data_url(source)}})
             else:
-                parts.append({"type": "text", "text": part.get("text", "")} if isinstance(part, dict)
-                             else {"type": "text", "text": str(part)})
+                parts.append(
+                    {"type": "text", "text": part.get("text", "")}
+                    if isinstance(part, dict)
+                    else {"type": "text", "text": str(part)}
+                )
         out.append({"role": message["role"], "content": parts})
     return out
 
@@ -187,24 +192,41 @@ def load_progress(path: str | Path) -> dict[str, str]:
 class OpenAICompatibleGenerator:
     """Chat completions over HTTP, concurrent, retried, bounded and resumable (see the module docstring)."""
 
-    def __init__(self, base_url: str, model: str, *, api_key: str | None = None, timeout: float = 120.0,
-                 max_retries: int = 5, backoff: float = 1.0, max_backoff: float = 60.0, concurrency: int = 8,
-                 progress_path: str | Path | None = None, extra_body: dict[str, Any] | None = None,
-                 send_seed: bool = True, name: str | None = None, max_response_bytes: int = 8 * 2**20,
-                 max_consecutive_failures: int = 8,
-                 progress: Callable[[int, int], None] | None = None,
-                 sleep: Callable[[float], Any] | None = None, rng: random.Random | None = None) -> None:
-        if concurrency < 1 or max_retries < 0 or timeout <= 0 or max_response_bytes < 1 \
-                or max_consecutive_failures < 1:
-            raise ValueError("concurrency, max_response_bytes and max_consecutive_failures must be >= 1, "
-                             "max_retries >= 0 and timeout > 0")
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key: str | None = None,
+        timeout: float = 120.0,
+        max_retries: int = 5,
+        backoff: float = 1.0,
+        max_backoff: float = 60.0,
+        concurrency: int = 8,
+        progress_path: str | Path | None = None,
+        extra_body: dict[str, Any] | None = None,
+        send_seed: bool = True,
+        name: str | None = None,
+        max_response_bytes: int = 8 * 2**20,
+        max_consecutive_failures: int = 8,
+        progress: Callable[[int, int], None] | None = None,
+        sleep: Callable[[float], Any] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if concurrency < 1 or max_retries < 0 or timeout <= 0 or max_response_bytes < 1 or max_consecutive_failures < 1:
+            raise ValueError(
+                "concurrency, max_response_bytes and max_consecutive_failures must be >= 1, "
+                "max_retries >= 0 and timeout > 0"
+            )
         reserved = sorted(RESERVED_BODY_KEYS & set(extra_body or {}))
         if reserved:
             raise ValueError(f"extra_body may not set {reserved}: the generator owns them")
         self._scheme, self._host, self._port, self._target = _endpoint(base_url)
         if api_key and self._scheme == "http" and not is_loopback_host(self._host):
-            raise ValueError(f"refusing to send an API key over plain http to {self._host}: use https "
-                             "(plain http is allowed only for a loopback host: localhost, 127.0.0.0/8, ::1)")
+            raise ValueError(
+                f"refusing to send an API key over plain http to {self._host}: use https "
+                "(plain http is allowed only for a loopback host: localhost, 127.0.0.0/8, ::1)"
+            )
         self._tls = ssl.create_default_context() if self._scheme == "https" else None
         self.url = f"{self._scheme}://{_netloc(self._host, self._port)}{self._target}"
         self.safe_url = redact_url(self.url)
@@ -232,8 +254,13 @@ class OpenAICompatibleGenerator:
 
     def payload(self, request: GenerationRequest) -> dict[str, Any]:
         s = request.sampling
-        body: dict[str, Any] = {"model": self.model, "messages": openai_messages(request),
-                                "temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens}
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": openai_messages(request),
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+            "max_tokens": s.max_tokens,
+        }
         if self.send_seed:
             body["seed"] = request_seed(request)
         body.update(self.extra_body)
@@ -247,7 +274,8 @@ class OpenAICompatibleGenerator:
         deadline = time.monotonic() + self.timeout
         if self._tls is not None:
             conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-                self._host, self._port, timeout=self.timeout, context=self._tls)
+                self._host, self._port, timeout=self.timeout, context=self._tls
+            )
         else:
             conn = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
         expired = threading.Event()
@@ -274,9 +302,12 @@ class OpenAICompatibleGenerator:
             status = resp.status
             if 300 <= status < 400:
                 location = redact_url(resp.getheader("Location") or "") or "(no Location)"
-                raise RequestFailed("redirect", f"HTTP {status} redirect to {location} refused: redirects are not "
-                                    "followed (the API key must not reach another origin); set base_url to the "
-                                    "final URL")
+                raise RequestFailed(
+                    "redirect",
+                    f"HTTP {status} redirect to {location} refused: redirects are not "
+                    "followed (the API key must not reach another origin); set base_url to the "
+                    "final URL",
+                )
             if status < 200 or status >= 300:
                 snippet = self._read(resp, sockets[0], deadline, _ERROR_SNIPPET, strict=False)
                 detail = f"HTTP {status}: {snippet.decode('utf-8', 'replace').strip()}"
@@ -303,8 +334,9 @@ class OpenAICompatibleGenerator:
             raise RetryableError("timeout", detail=f"no complete reply within {self.timeout:g}s")
         return _content(raw)
 
-    def _read(self, resp: http.client.HTTPResponse, sock: socket.socket, deadline: float, cap: int, *,
-              strict: bool) -> bytes:
+    def _read(
+        self, resp: http.client.HTTPResponse, sock: socket.socket, deadline: float, cap: int, *, strict: bool
+    ) -> bytes:
         """The body in chunks, each socket wait bounded by what is left of the deadline; at most `cap` bytes
         (strict: more is `too_large`, reading stops there; else the body is cut at `cap`)."""
         declared = resp.getheader("Content-Length")
@@ -331,7 +363,7 @@ class OpenAICompatibleGenerator:
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         """Exponential backoff with "equal jitter": half the step fixed, half random; Retry-After as a floor."""
-        step = min(self.max_backoff, self.backoff * 2 ** attempt)
+        step = min(self.max_backoff, self.backoff * 2**attempt)
         delay = step / 2 + self._rng.uniform(0, step / 2)
         if retry_after is not None:
             delay = max(delay, min(retry_after, self.max_backoff))
@@ -347,8 +379,9 @@ class OpenAICompatibleGenerator:
             except RetryableError as exc:
                 self._count(f"retryable:{exc.reason}")
                 if attempt == self.max_retries:
-                    raise RequestFailed(f"gave_up:{exc.reason}",
-                                        f"{self.max_retries + 1} attempts; last: {exc.detail or exc.reason}") from None
+                    raise RequestFailed(
+                        f"gave_up:{exc.reason}", f"{self.max_retries + 1} attempts; last: {exc.detail or exc.reason}"
+                    ) from None
                 self._count("retries")
                 self._sleep(self._delay(attempt, exc.retry_after))
         raise AssertionError("unreachable")
@@ -407,9 +440,11 @@ class OpenAICompatibleGenerator:
 
     def _trip_message(self, finished: int, total: int) -> str:
         kept = f"; answers so far are kept in {self.progress_path}, a rerun resumes" if self.progress_path else ""
-        return (f"teacher endpoint {self.safe_url} looks unavailable: {self._consecutive} consecutive requests "
-                f"failed after {self.max_retries + 1} attempts each (last: {self._last_failure}); stopped after "
-                f"{finished} of {total} requests{kept}")
+        return (
+            f"teacher endpoint {self.safe_url} looks unavailable: {self._consecutive} consecutive requests "
+            f"failed after {self.max_retries + 1} attempts each (last: {self._last_failure}); stopped after "
+            f"{finished} of {total} requests{kept}"
+        )
 
     def _run_one(self, request: GenerationRequest, sink, records: list[dict[str, Any]] | None) -> str:
         try:
@@ -419,8 +454,9 @@ class OpenAICompatibleGenerator:
         except (OSError, ValueError) as exc:  # unreadable image and the like: this request only
             return self._fail(request, type(exc).__name__, str(exc))
         key = (self.safe_url, self.model, hashlib.sha256(body).hexdigest())
-        record = next((r for r in reversed(records or []) if (r["base_url"], r["model"], r["body_sha256"]) == key),
-                      None)
+        record = next(
+            (r for r in reversed(records or []) if (r["base_url"], r["model"], r["body_sha256"]) == key), None
+        )
         if record is not None:
             self._count("resumed")
             text, finish = record["text"], record.get("finish_reason")
@@ -436,15 +472,24 @@ class OpenAICompatibleGenerator:
                 return self._fail(request, exc.reason, exc.detail)
             self._breaker(None)
             if sink is not None:
-                line = json.dumps({"request_id": request.request_id, "text": text, "finish_reason": finish,
-                                   "model": self.model, "base_url": self.safe_url, "body_sha256": key[2]},
-                                  ensure_ascii=False)
+                line = json.dumps(
+                    {
+                        "request_id": request.request_id,
+                        "text": text,
+                        "finish_reason": finish,
+                        "model": self.model,
+                        "base_url": self.safe_url,
+                        "body_sha256": key[2],
+                    },
+                    ensure_ascii=False,
+                )
                 with self._lock:
                     sink.write(line + "\n")
                     sink.flush()
         if finish == "length":
-            return self._fail(request, "truncated",
-                              f"finish_reason=length at max_tokens={request.sampling.max_tokens}", text)
+            return self._fail(
+                request, "truncated", f"finish_reason=length at max_tokens={request.sampling.max_tokens}", text
+            )
         self._count("ok")
         return text
 
@@ -480,8 +525,9 @@ def _endpoint(base_url: str) -> tuple[str, str, int | None, str]:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"base_url must be an http(s) URL with a host, got {redact_url(base_url)!r}")
     if parts.username is not None or parts.password is not None:
-        raise ValueError(f"base_url must not carry credentials (user:password@): pass api_key instead "
-                         f"({redact_url(base_url)})")
+        raise ValueError(
+            f"base_url must not carry credentials (user:password@): pass api_key instead ({redact_url(base_url)})"
+        )
     path = parts.path.rstrip("/")
     if not path.endswith("/chat/completions"):
         path += "/chat/completions"

@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 import random
 import zlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -38,8 +39,19 @@ from skinr1_pipeline.synthesis.trajectories import (
 from skinr1_pipeline.synthesis.verify import Verdict, Verifier, VerifyConfig
 
 TRAJECTORY_COLUMNS = (
-    "sample_id", "image_path", "source_dataset", "split", "trajectory_type", "question_form", "prompt", "options",
-    "completion", "taxonomy_node", "bucket", "citations", "generator",
+    "sample_id",
+    "image_path",
+    "source_dataset",
+    "split",
+    "trajectory_type",
+    "question_form",
+    "prompt",
+    "options",
+    "completion",
+    "taxonomy_node",
+    "bucket",
+    "citations",
+    "generator",
 )
 REJECTION_COLUMNS = ("sample_id", "trajectory_type", "reason", "detail", "text")
 _DEMO_SPLITS = ("train",) * 14 + ("valid",) * 3 + ("test",) * 3  # 70/15/15 by id hash
@@ -102,8 +114,14 @@ def synthesize(
     verify_config = verify_config if verify_config is not None else VerifyConfig.for_style(style)
     rows = samples[samples["split"].isin(list(splits))] if "split" in samples else samples
     pools = {ds: sorted(set(g["taxonomy_node"])) for ds, g in rows.groupby("source_dataset")} if len(rows) else {}
-    mcq_pools = ({str(ds): sorted({n for n in g["taxonomy_node"] if isinstance(n, str)})
-                  for ds, g in samples.groupby("source_dataset")} if len(samples) else {})
+    mcq_pools = (
+        {
+            str(ds): sorted({n for n in g["taxonomy_node"] if isinstance(n, str)})
+            for ds, g in samples.groupby("source_dataset")
+        }
+        if len(samples)
+        else {}
+    )
     passages: dict[str, list[Passage]] = {}
     requests: list[tuple[GenerationRequest, dict[str, Any]]] = []
     skips: dict[str, int] = {}
@@ -116,9 +134,13 @@ def synthesize(
             for k in range(per_sample):
                 rng = random.Random(_seed(seed, row["sample_id"], ttype, k))
                 extras = BuildExtras(
-                    image_features=feats, options_pool=pools.get(row["source_dataset"], ()),
-                    mcq_pool=mcq_pools.get(str(row["source_dataset"]), ()), style=style,
-                    mcq_fraction=mcq_fraction, passages=passages.get(node, ()), index=k,
+                    image_features=feats,
+                    options_pool=pools.get(row["source_dataset"], ()),
+                    mcq_pool=mcq_pools.get(str(row["source_dataset"]), ()),
+                    style=style,
+                    mcq_fraction=mcq_fraction,
+                    passages=passages.get(node, ()),
+                    index=k,
                     sampling=SamplingParams(**{**sampling.__dict__, "seed": _seed(seed, row["sample_id"], ttype, k)}),
                 )
                 try:
@@ -130,7 +152,7 @@ def synthesize(
     texts: list[str] = []
     failures: dict[str, Any] = {}
     for start in range(0, len(requests), batch_size):
-        batch = [r for r, _ in requests[start:start + batch_size]]
+        batch = [r for r, _ in requests[start : start + batch_size]]
         texts += generator.generate(batch)
         failures.update(getattr(generator, "failed_requests", None) or {})
         if progress is not None:  # generation is the slow part with an LLM teacher; verification is not
@@ -173,17 +195,33 @@ def _result(requests, texts, verdicts, skips, generator_name) -> SynthesisResult
     kept, rejected = [], []
     for (req, row), text, verdict in zip(requests, texts, verdicts):
         if verdict.ok:
-            kept.append({
-                "sample_id": req.sample_id, "image_path": row.get("image_path"),
-                "source_dataset": row.get("source_dataset"), "split": row.get("split"),
-                "trajectory_type": req.trajectory_type, "question_form": req.context.question_form,
-                "prompt": req.prompt, "options": list(req.options), "completion": text,
-                "taxonomy_node": req.context.node, "bucket": row.get("bucket"),
-                "citations": list(req.context.citations), "generator": generator_name,
-            })
+            kept.append(
+                {
+                    "sample_id": req.sample_id,
+                    "image_path": row.get("image_path"),
+                    "source_dataset": row.get("source_dataset"),
+                    "split": row.get("split"),
+                    "trajectory_type": req.trajectory_type,
+                    "question_form": req.context.question_form,
+                    "prompt": req.prompt,
+                    "options": list(req.options),
+                    "completion": text,
+                    "taxonomy_node": req.context.node,
+                    "bucket": row.get("bucket"),
+                    "citations": list(req.context.citations),
+                    "generator": generator_name,
+                }
+            )
         else:
-            rejected.append({"sample_id": req.sample_id, "trajectory_type": req.trajectory_type,
-                             "reason": verdict.reason, "detail": verdict.detail, "text": text})
+            rejected.append(
+                {
+                    "sample_id": req.sample_id,
+                    "trajectory_type": req.trajectory_type,
+                    "reason": verdict.reason,
+                    "detail": verdict.detail,
+                    "text": text,
+                }
+            )
     traj = pd.DataFrame(kept, columns=list(TRAJECTORY_COLUMNS))
     rej = pd.DataFrame(rejected, columns=list(REJECTION_COLUMNS))
     failed = rej["reason"].map(_is_generation_failure).astype(bool)
@@ -195,9 +233,13 @@ def _result(requests, texts, verdicts, skips, generator_name) -> SynthesisResult
         "rejected": len(verified),  # by the verifier; generation failures are counted apart
         "transport_failed": len(transport),
         "skipped": dict(sorted(skips.items())),
-        "per_type": {t: {"accepted": int((traj["trajectory_type"] == t).sum()),
-                         "rejected": int((verified["trajectory_type"] == t).sum())}
-                     for t in sorted({r.trajectory_type for r, _ in requests})},
+        "per_type": {
+            t: {
+                "accepted": int((traj["trajectory_type"] == t).sum()),
+                "rejected": int((verified["trajectory_type"] == t).sum()),
+            }
+            for t in sorted({r.trajectory_type for r, _ in requests})
+        },
         "per_class": {str(k): int(v) for k, v in traj["taxonomy_node"].value_counts().sort_index().items()},
         "per_question_form": {str(k): int(v) for k, v in traj["question_form"].value_counts().sort_index().items()},
         "rejections": {str(k): int(v) for k, v in verified["reason"].value_counts().sort_index().items()},
@@ -206,8 +248,9 @@ def _result(requests, texts, verdicts, skips, generator_name) -> SynthesisResult
     return SynthesisResult(traj, rej, counts)
 
 
-def demo_samples(out_dir: str | Path, taxonomy: Taxonomy, *, label_maps: Mapping[str, Any] | None = None,
-                 seed: int = 0) -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
+def demo_samples(
+    out_dir: str | Path, taxonomy: Taxonomy, *, label_maps: Mapping[str, Any] | None = None, seed: int = 0
+) -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
     """Unified-style samples and their per-image features from a demo folder's `demo_features.jsonl`.
 
     Labels go through the datasets' label maps (HAM10000 `bkl` → benign_keratosis_like, Derm7pt `clark nevus` →
@@ -234,12 +277,24 @@ def demo_samples(out_dir: str | Path, taxonomy: Taxonomy, *, label_maps: Mapping
         sample_id = f"{dataset}/{rec['sample_id']}"
         bucket = taxonomy[node].bucket
         split = "test" if dataset == "isic2018_task3_test" else _DEMO_SPLITS[_seed(seed, sample_id) % 20]
-        rows.append({
-            "sample_id": sample_id, "source_dataset": source, "image_path": str((out_dir / rec["path"]).resolve()),
-            "raw_label": rec["raw_label"], "modality": rec["features"].get("domain", "dermoscopic"),
-            "taxonomy_node": node, "taxonomy_path": taxonomy.path(node), "taxonomy_depth": taxonomy.depth(node),
-            "bucket": bucket or "none", "split": split, "image_sha256": None, "age": None, "sex": None,
-            "site": None, "fitzpatrick": rec["features"].get("fitzpatrick"),
-        })
+        rows.append(
+            {
+                "sample_id": sample_id,
+                "source_dataset": source,
+                "image_path": str((out_dir / rec["path"]).resolve()),
+                "raw_label": rec["raw_label"],
+                "modality": rec["features"].get("domain", "dermoscopic"),
+                "taxonomy_node": node,
+                "taxonomy_path": taxonomy.path(node),
+                "taxonomy_depth": taxonomy.depth(node),
+                "bucket": bucket or "none",
+                "split": split,
+                "image_sha256": None,
+                "age": None,
+                "sex": None,
+                "site": None,
+                "fitzpatrick": rec["features"].get("fitzpatrick"),
+            }
+        )
         features[sample_id] = rec["features"]
     return pd.DataFrame(rows), features

@@ -23,9 +23,10 @@ for MCQs, a walk up the label's path to the first offered option; about 50-100 t
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from skinr1_pipeline.knowledge.corpus import Passage
 from skinr1_pipeline.knowledge.ddx import DDxGraph
@@ -42,14 +43,6 @@ from skinr1_pipeline.knowledge.knowledge_base import (
     value_kind,
 )
 from skinr1_pipeline.knowledge.taxonomy import Taxonomy
-from skinr1_pipeline.tasks.mcq import (
-    MAX_CORRECT,
-    hierarchical_scores,
-    impression_line,
-    ineligible_distractors,
-    option_path,
-    option_scan_lines,
-)
 from skinr1_pipeline.modeling.prompt_format import (
     DEFAULT_MCQ_QUESTION,
     DEFAULT_OPEN_QUESTION,
@@ -60,6 +53,14 @@ from skinr1_pipeline.modeling.prompt_format import (
     format_completion,
     format_mcq_answer,
     format_open_answer,
+)
+from skinr1_pipeline.tasks.mcq import (
+    MAX_CORRECT,
+    hierarchical_scores,
+    impression_line,
+    ineligible_distractors,
+    option_path,
+    option_scan_lines,
 )
 
 QUESTION_FORMS = ("open", "mcq")
@@ -208,7 +209,8 @@ def taxonomy_sentence(node: str, taxonomy: Taxonomy, bucket: str | None) -> str:
     name = taxonomy[node].name
     ancestors = [taxonomy[a].name for a in reversed(taxonomy.path(node)[1:-1]) if taxonomy[a].kind != "category"]
     cls = {"benign": "benign", "precancerous_in_situ": "precancerous (in situ)", "malignant": "malignant"}.get(
-        bucket or "", "")
+        bucket or "", ""
+    )
     parts = [_cap(name)]
     if ancestors:
         parts.append(f" is a subtype of {_join(ancestors)}")
@@ -247,9 +249,15 @@ def _support_phrase(kind: str, value: str) -> str:
     return phrase(kind, value)
 
 
-def _question(sample: Mapping[str, Any], node: str, taxonomy: Taxonomy, ddx: DDxGraph, knowledge: KnowledgeBase,
-              rng: random.Random, extras: BuildExtras
-              ) -> tuple[str, tuple[str, ...], tuple[str, ...], int | None, tuple[float, ...]]:
+def _question(
+    sample: Mapping[str, Any],
+    node: str,
+    taxonomy: Taxonomy,
+    ddx: DDxGraph,
+    knowledge: KnowledgeBase,
+    rng: random.Random,
+    extras: BuildExtras,
+) -> tuple[str, tuple[str, ...], tuple[str, ...], int | None, tuple[float, ...]]:
     """(form, options, option nodes, answer index, option scores).
 
     MCQs follow `tasks.mcq.build_mcq_items`: k ~ U{1..min(3, L)} nodes of the label's path below the root
@@ -312,26 +320,47 @@ def _names_only(text: str | None, allowed: frozenset[str], taxonomy: Taxonomy) -
     return text if named <= allowed else None
 
 
-def _alternative(node: str, other: str, relation: str, observed: set[Feature], taxonomy: Taxonomy, ddx: DDxGraph,
-                 knowledge: KnowledgeBase) -> Alternative:
+def _alternative(
+    node: str,
+    other: str,
+    relation: str,
+    observed: set[Feature],
+    taxonomy: Taxonomy,
+    ddx: DDxGraph,
+    knowledge: KnowledgeBase,
+) -> Alternative:
     other_entry = knowledge.entry_for(other)
     missing: tuple[str, ...] = ()
     against: tuple[str, ...] = ()
     if other_entry is not None:
-        typical = [(k, v) for k in ("structures", "vessels", "scale", "surface")
-                   for v in other_entry.features.get(k, ()) if v != "none"]
+        typical = [
+            (k, v)
+            for k in ("structures", "vessels", "scale", "surface")
+            for v in other_entry.features.get(k, ())
+            if v != "none"
+        ]
         missing = tuple(phrase(k, v) for k, v in typical if (k, v) not in observed)[:2]
         against = tuple(phrase(k, v) for k, v in sorted(observed) if (k, v) in other_entry.absent_set)[:2]
     allowed = _related(taxonomy, node) | _related(taxonomy, other)
     disc = _names_only(knowledge.discriminator(node, other), allowed, taxonomy) if relation == "ddx" else None
     if disc is None and other_entry is not None:
-        disc = _names_only(f"{_cap(taxonomy[other].name)} typically presents differently: "
-                           f"{_one_sentence(other_entry.morphology)}.", allowed, taxonomy)
+        disc = _names_only(
+            f"{_cap(taxonomy[other].name)} typically presents differently: {_one_sentence(other_entry.morphology)}.",
+            allowed,
+            taxonomy,
+        )
     if disc is None:
         disc = f"The visible features fit {taxonomy[node].name} better than {taxonomy[other].name}."
-    return Alternative(other, taxonomy[other].name, relation, disc,
-                       _names_only(knowledge.shared(node, other), allowed, taxonomy) if relation == "ddx" else None,
-                       missing, against, ddx.is_do_not_miss(other))
+    return Alternative(
+        other,
+        taxonomy[other].name,
+        relation,
+        disc,
+        _names_only(knowledge.shared(node, other), allowed, taxonomy) if relation == "ddx" else None,
+        missing,
+        against,
+        ddx.is_do_not_miss(other),
+    )
 
 
 def _ddx_candidates(node: str, taxonomy: Taxonomy, ddx: DDxGraph, extras: BuildExtras) -> list[str]:
@@ -347,8 +376,14 @@ def _random_candidates(node: str, taxonomy: Taxonomy, ddx: DDxGraph, knowledge: 
     return [n for n in sorted(knowledge.entries) if n not in excluded]
 
 
-def _context(sample: Mapping[str, Any], taxonomy: Taxonomy, ddx: DDxGraph, knowledge: KnowledgeBase,
-             rng: random.Random, extras: BuildExtras) -> tuple[TrajectoryContext, KBEntry]:
+def _context(
+    sample: Mapping[str, Any],
+    taxonomy: Taxonomy,
+    ddx: DDxGraph,
+    knowledge: KnowledgeBase,
+    rng: random.Random,
+    extras: BuildExtras,
+) -> tuple[TrajectoryContext, KBEntry]:
     node = str(sample["taxonomy_node"])
     if node not in taxonomy:
         raise NotApplicable("unknown_node", node)
@@ -357,8 +392,7 @@ def _context(sample: Mapping[str, Any], taxonomy: Taxonomy, ddx: DDxGraph, knowl
         raise NotApplicable("no_knowledge", f"no knowledge-base entry for {node} or its ancestors")
     record, source = _feature_record(entry, extras)
     observed_all = _all_observed(record)
-    key = tuple(_support_phrase(k, v) for k, v in observed_all
-                if k in CHECKABLE_KINDS and (k, v) in entry.feature_set)
+    key = tuple(_support_phrase(k, v) for k, v in observed_all if k in CHECKABLE_KINDS and (k, v) in entry.feature_set)
     if not key:
         key = tuple(_support_phrase(k, v) for k, v in observed_all if k in CHECKABLE_KINDS)
     levels = []
@@ -379,19 +413,37 @@ def _context(sample: Mapping[str, Any], taxonomy: Taxonomy, ddx: DDxGraph, knowl
     form, options, option_nodes, answer, scores = _question(sample, node, taxonomy, ddx, knowledge, rng, extras)
     citations = tuple(x for x in (knowledge.citation(node),) if x) + tuple(p.chunk_id for p in extras.passages)
     ctx = TrajectoryContext(
-        node=node, name=taxonomy[node].name, bucket=_bucket(sample), path=tuple(taxonomy.path(node)),
-        levels=tuple(levels), observed=dict(record), observed_source=source,
+        node=node,
+        name=taxonomy[node].name,
+        bucket=_bucket(sample),
+        path=tuple(taxonomy.path(node)),
+        levels=tuple(levels),
+        observed=dict(record),
+        observed_source=source,
         modality=str(sample.get("modality") or record.get("domain") or "dermoscopic"),
-        key_features=key[:3], rule=entry.morphology,
+        key_features=key[:3],
+        rule=entry.morphology,
         taxonomy_sentence=taxonomy_sentence(node, taxonomy, _bucket(sample)),
-        question_form=form, options=options, option_nodes=option_nodes, answer_index=answer,
-        citations=citations, passages=tuple(extras.passages), option_scores=scores, style=extras.style,
+        question_form=form,
+        options=options,
+        option_nodes=option_nodes,
+        answer_index=answer,
+        citations=citations,
+        passages=tuple(extras.passages),
+        option_scores=scores,
+        style=extras.style,
     )
     return ctx, entry
 
 
-def _with_alternatives(ctx: TrajectoryContext, alts: Sequence[Alternative], first: Alternative | None,
-                       taxonomy: Taxonomy, ddx: DDxGraph, knowledge: KnowledgeBase) -> TrajectoryContext:
+def _with_alternatives(
+    ctx: TrajectoryContext,
+    alts: Sequence[Alternative],
+    first: Alternative | None,
+    taxonomy: Taxonomy,
+    ddx: DDxGraph,
+    knowledge: KnowledgeBase,
+) -> TrajectoryContext:
     extra = []
     for alt in ([first] if first else []) + list(alts):
         _, edge = knowledge._edge(ctx.node, alt.node)
@@ -400,8 +452,14 @@ def _with_alternatives(ctx: TrajectoryContext, alts: Sequence[Alternative], firs
         cite = knowledge.citation(alt.node)
         if cite:
             extra.append(cite)
-    return TrajectoryContext(**{**ctx.__dict__, "alternatives": tuple(alts), "first": first,
-                                "citations": tuple(dict.fromkeys(ctx.citations + tuple(extra)))})
+    return TrajectoryContext(
+        **{
+            **ctx.__dict__,
+            "alternatives": tuple(alts),
+            "first": first,
+            "citations": tuple(dict.fromkeys(ctx.citations + tuple(extra))),
+        }
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- teacher prompt
@@ -415,15 +473,15 @@ TEACHER_SYSTEM = (
 
 _TYPE_INSTRUCTIONS = {
     "hierarchy": "Describe the visible features, then walk the disease hierarchy from the broadest level down to the "
-                 "answer, naming each level in order ({levels}) and justifying each from visible features.",
+    "answer, naming each level in order ({levels}) and justifying each from visible features.",
     "ddx": "Describe the visible features, propose the answer, then name each of these differential diagnoses "
-           "({alternatives}) and rule each out with its discriminating feature. Name no other diagnosis.",
+    "({alternatives}) and rule each out with its discriminating feature. Name no other diagnosis.",
     "ddx_switch": "Describe the visible features, state {first} as the first impression and why it is tempting, then "
-                  "notice the discriminating features and revise the diagnosis to the answer. Name no other diagnosis.",
+    "notice the discriminating features and revise the diagnosis to the answer. Name no other diagnosis.",
     "contrast": "Describe the visible features, propose the answer, then compare it with {alternatives} to strengthen "
-                "the argument, naming the signs of that diagnosis that are absent here.",
+    "the argument, naming the signs of that diagnosis that are absent here.",
     "contrast_switch": "Describe the visible features, state {first} as the first impression, then compare and revise "
-                       "the diagnosis to the answer.",
+    "the diagnosis to the answer.",
 }
 
 
@@ -443,25 +501,34 @@ def teacher_messages(ttype: str, ctx: TrajectoryContext, prompt: str, image_path
         f"Textbook rule for {ctx.name}: {ctx.rule}",
     ]
     for alt in ([ctx.first] if ctx.first else []) + list(ctx.alternatives):
-        facts.append(f"Alternative {alt.name}: {alt.discriminator}"
-                     + (f" Typical of it but absent here: {_join(alt.missing_here)}." if alt.missing_here else ""))
+        facts.append(
+            f"Alternative {alt.name}: {alt.discriminator}"
+            + (f" Typical of it but absent here: {_join(alt.missing_here)}." if alt.missing_here else "")
+        )
     for p in ctx.passages:
         facts.append(f"Textbook passage [{p.chunk_id}]: {p.text}")
     instruction = _TYPE_INSTRUCTIONS[ttype].format(
         levels=", ".join(level.name for level in ctx.levels),
         alternatives=", ".join(a.name for a in ctx.alternatives) or "the alternatives",
-        first=ctx.first.name if ctx.first else "the alternative")
+        first=ctx.first.name if ctx.first else "the alternative",
+    )
     if ctx.question_form == "mcq" and ctx.answer_node != ctx.node:
-        instruction += (f" {_cap(ctx.name)} is not among the options; explain that the most specific correct option "
-                        f"is {ctx.answer_name}.")
+        instruction += (
+            f" {_cap(ctx.name)} is not among the options; explain that the most specific correct option "
+            f"is {ctx.answer_name}."
+        )
     if ctx.style == "compact":
-        instruction += (" Be very brief (under 60 words): open with 'Impression: <diagnosis>.' (or 'First thought: "
-                        "<diagnosis>.' when you revise it), the visible features in one short sentence, one short "
-                        "sentence per reasoning step, then the chosen option.")
+        instruction += (
+            " Be very brief (under 60 words): open with 'Impression: <diagnosis>.' (or 'First thought: "
+            "<diagnosis>.' when you revise it), the visible features in one short sentence, one short "
+            "sentence per reasoning step, then the chosen option."
+        )
         if ctx.question_form == "mcq":
-            instruction += (" Before the answer, check each option in the order offered against the diagnosis's "
-                            "taxonomy path, one line each ('<letter>. <option>: fits, level <depth>.' or '<letter>. "
-                            "<option>: does not fit.'); answer with the deepest fitting option.")
+            instruction += (
+                " Before the answer, check each option in the order offered against the diagnosis's "
+                "taxonomy path, one line each ('<letter>. <option>: fits, level <depth>.' or '<letter>. "
+                "<option>: does not fit.'); answer with the deepest fitting option."
+            )
     text = f"Student question:\n{prompt}\n\nReference facts:\n- " + "\n- ".join(facts) + f"\n\nTask: {instruction}"
     user: list[dict[str, Any]] = [{"type": "image", "image": image_path}] if image_path else []
     user.append({"type": "text", "text": text})
@@ -488,12 +555,18 @@ def describe_features(record: Mapping[str, Any]) -> str:
 def describe_sentences(record: Mapping[str, Any], rng: random.Random) -> list[str]:
     """Observation sentences for a feature record; only features present in it are claimed."""
     out = []
-    shape = [w for w in (
-        _grade(record.get("asymmetry"), [(0.25, "symmetric"), (0.5, "mildly asymmetric")], "clearly asymmetric"),
-        _grade(record.get("border_irregularity"),
-               [(0.25, "with a regular border"), (0.5, "with a slightly irregular border")],
-               "with an irregular, notched border"),
-    ) if w]
+    shape = [
+        w
+        for w in (
+            _grade(record.get("asymmetry"), [(0.25, "symmetric"), (0.5, "mildly asymmetric")], "clearly asymmetric"),
+            _grade(
+                record.get("border_irregularity"),
+                [(0.25, "with a regular border"), (0.5, "with a slightly irregular border")],
+                "with an irregular, notched border",
+            ),
+        )
+        if w
+    ]
     size = record.get("diameter_mm")
     opener = rng.choice(("The lesion is", "It is", "This lesion is"))
     bits = []
@@ -504,8 +577,11 @@ def describe_sentences(record: Mapping[str, Any], rng: random.Random) -> list[st
         bits.append(f"about {size:.0f} mm across")
     if bits:
         out.append(f"{opener} {_join(bits)}.")
-    sharp = _grade(record.get("border_sharpness"), [(0.4, "ill-defined, blending into the surrounding skin"),
-                                                    (0.75, "moderately well defined")], "sharply demarcated")
+    sharp = _grade(
+        record.get("border_sharpness"),
+        [(0.4, "ill-defined, blending into the surrounding skin"), (0.75, "moderately well defined")],
+        "sharply demarcated",
+    )
     if sharp:
         out.append(f"Its edge is {sharp}.")
     colours = [phrase("colours", c) for c in record.get("colours") or ()]
@@ -514,7 +590,7 @@ def describe_sentences(record: Mapping[str, Any], rng: random.Random) -> list[st
     surface, scale = record.get("surface"), record.get("scale")
     if surface:
         scale_txt = f" with {phrase('scale', scale)}" if scale and scale != "none" else ""
-        surface_text = phrase('surface', surface)
+        surface_text = phrase("surface", surface)
         article = "an" if surface_text[:1].lower() in "aeiou" else "a"
         out.append(f"It has {article} {surface_text}{scale_txt}.")
     if scale in (None, "none"):
@@ -526,8 +602,10 @@ def describe_sentences(record: Mapping[str, Any], rng: random.Random) -> list[st
         out.append("No vessels are visible.")
     structures = [phrase("structures", s) for s in record.get("structures") or ()]
     if structures:
-        out.append(f"{rng.choice(('Dermoscopic structures include', 'The structures seen are', 'I can see'))} "
-                   f"{_join(structures)}.")
+        out.append(
+            f"{rng.choice(('Dermoscopic structures include', 'The structures seen are', 'I can see'))} "
+            f"{_join(structures)}."
+        )
     else:
         out.append("No specific dermoscopic structures are seen.")
     return out
@@ -535,19 +613,27 @@ def describe_sentences(record: Mapping[str, Any], rng: random.Random) -> list[st
 
 # ---------------------------------------------------------------------------------------------------- builders
 
-Builder = Callable[[Mapping[str, Any], Taxonomy, DDxGraph, KnowledgeBase, random.Random, BuildExtras],
-                   GenerationRequest]
+Builder = Callable[
+    [Mapping[str, Any], Taxonomy, DDxGraph, KnowledgeBase, random.Random, BuildExtras], GenerationRequest
+]
 Renderer = Callable[[TrajectoryContext, random.Random], str]
 
 
-def _request(ttype: str, sample: Mapping[str, Any], ctx: TrajectoryContext, prompt: str,
-             extras: BuildExtras) -> GenerationRequest:
+def _request(
+    ttype: str, sample: Mapping[str, Any], ctx: TrajectoryContext, prompt: str, extras: BuildExtras
+) -> GenerationRequest:
     image = sample.get("image_path")
     image = str(image) if image else None
     return GenerationRequest(
-        request_id=f"{sample['sample_id']}::{ttype}::{extras.index}", sample_id=str(sample["sample_id"]),
-        trajectory_type=ttype, prompt=prompt,
-        options=ctx.options, sampling=extras.sampling, context=ctx, image_path=image)
+        request_id=f"{sample['sample_id']}::{ttype}::{extras.index}",
+        sample_id=str(sample["sample_id"]),
+        trajectory_type=ttype,
+        prompt=prompt,
+        options=ctx.options,
+        sampling=extras.sampling,
+        context=ctx,
+        image_path=image,
+    )
 
 
 def _prompt_of(ctx: TrajectoryContext, sample: Mapping[str, Any]) -> str:
@@ -620,8 +706,9 @@ def _conclusion(ctx: TrajectoryContext, lead: str) -> list[str]:
         if ctx.answer_node == ctx.node:
             out.append(f"Among the options this is {letter} ({ctx.name}).")
         else:
-            out.append(f"{_cap(ctx.name)} is not offered, so the most specific correct option is {letter} "
-                       f"({ctx.answer_name}).")
+            out.append(
+                f"{_cap(ctx.name)} is not offered, so the most specific correct option is {letter} ({ctx.answer_name})."
+            )
     return out
 
 
@@ -649,19 +736,29 @@ def _rule_sentence(ctx: TrajectoryContext) -> str:
 
 def render_hierarchy(ctx: TrajectoryContext, rng: random.Random) -> str:
     lines = describe_sentences(ctx.observed, rng)
-    lines.append(rng.choice((
-        "Now I place the lesion in the disease hierarchy, from the broadest level down.",
-        "Next I walk down the disease hierarchy one level at a time.",
-        "I now narrow the diagnosis level by level, from the broadest category to the most specific one.",
-    )))
+    lines.append(
+        rng.choice(
+            (
+                "Now I place the lesion in the disease hierarchy, from the broadest level down.",
+                "Next I walk down the disease hierarchy one level at a time.",
+                "I now narrow the diagnosis level by level, from the broadest category to the most specific one.",
+            )
+        )
+    )
     label = rng.choice(("Level {d}, {name}: ", "Step {d} ({name}): ", "At level {d}, {name}. "))
     for depth, level in enumerate(ctx.levels, start=1):
         head = label.format(d=depth, name=level.name)
         lines.append(head + (level.rationale if level.node != ctx.node else _key_sentence(ctx)))
         if level.support and level.node != ctx.node:
-            lines.append(rng.choice(("Here the {f} support {n}.", "The {f} seen here are consistent with {n}.",
-                                     "In this lesion, the {f} point the same way."))
-                         .format(f=_join(level.support), n=level.name))
+            lines.append(
+                rng.choice(
+                    (
+                        "Here the {f} support {n}.",
+                        "The {f} seen here are consistent with {n}.",
+                        "In this lesion, the {f} point the same way.",
+                    )
+                ).format(f=_join(level.support), n=level.name)
+            )
     lines.append(_rule_sentence(ctx))
     lines += _conclusion(ctx, "The most specific diagnosis is")
     return _finish(ctx, lines)
@@ -762,8 +859,14 @@ def _compact_end(ctx: TrajectoryContext, lines: list[str]) -> str:
 
 
 def render_hierarchy_compact(ctx: TrajectoryContext, rng: random.Random) -> str:
-    return _compact_end(ctx, [impression_line(ctx.name), _compact_seen(ctx),
-                              "Path: " + " > ".join(level.name for level in ctx.levels) + "."])
+    return _compact_end(
+        ctx,
+        [
+            impression_line(ctx.name),
+            _compact_seen(ctx),
+            "Path: " + " > ".join(level.name for level in ctx.levels) + ".",
+        ],
+    )
 
 
 def render_ddx_compact(ctx: TrajectoryContext, rng: random.Random) -> str:
@@ -774,8 +877,12 @@ def render_ddx_compact(ctx: TrajectoryContext, rng: random.Random) -> str:
 
 def render_ddx_switch_compact(ctx: TrajectoryContext, rng: random.Random) -> str:
     assert ctx.first is not None
-    lines = [f"First thought: {ctx.first.name}.", _compact_seen(ctx), _compact_exclusion(ctx.first, "But not"),
-             _compact_key(ctx)]
+    lines = [
+        f"First thought: {ctx.first.name}.",
+        _compact_seen(ctx),
+        _compact_exclusion(ctx.first, "But not"),
+        _compact_key(ctx),
+    ]
     lines += [_compact_exclusion(alt) for alt in ctx.alternatives]
     return _compact_end(ctx, lines)
 
@@ -788,8 +895,12 @@ def render_contrast_compact(ctx: TrajectoryContext, rng: random.Random) -> str:
 
 def render_contrast_switch_compact(ctx: TrajectoryContext, rng: random.Random) -> str:
     assert ctx.first is not None
-    lines = [f"First thought: {ctx.first.name}.", _compact_seen(ctx), _compact_exclusion(ctx.first, "But not"),
-             _compact_key(ctx)]
+    lines = [
+        f"First thought: {ctx.first.name}.",
+        _compact_seen(ctx),
+        _compact_exclusion(ctx.first, "But not"),
+        _compact_key(ctx),
+    ]
     return _compact_end(ctx, lines)
 
 
@@ -810,16 +921,46 @@ class TrajectoryType:
 
 
 TYPES: dict[str, TrajectoryType] = {
-    t.name: t for t in (
-        TrajectoryType("hierarchy", 1, build_hierarchy, render_hierarchy, False, "taxonomy walk root to label",
-                       render_hierarchy_compact),
-        TrajectoryType("ddx", 2, build_ddx, render_ddx, True, "exclude DDx neighbours, keep the label",
-                       render_ddx_compact),
-        TrajectoryType("ddx_switch", 3, build_ddx_switch, render_ddx_switch, True,
-                       "start from a DDx neighbour, self-correct to the label", render_ddx_switch_compact),
-        TrajectoryType("contrast", 4, build_contrast, render_contrast, False, "compare with a random diagnosis",
-                       render_contrast_compact),
-        TrajectoryType("contrast_switch", 5, build_contrast_switch, render_contrast_switch, False,
-                       "start from a random diagnosis, switch to the label", render_contrast_switch_compact),
+    t.name: t
+    for t in (
+        TrajectoryType(
+            "hierarchy",
+            1,
+            build_hierarchy,
+            render_hierarchy,
+            False,
+            "taxonomy walk root to label",
+            render_hierarchy_compact,
+        ),
+        TrajectoryType(
+            "ddx", 2, build_ddx, render_ddx, True, "exclude DDx neighbours, keep the label", render_ddx_compact
+        ),
+        TrajectoryType(
+            "ddx_switch",
+            3,
+            build_ddx_switch,
+            render_ddx_switch,
+            True,
+            "start from a DDx neighbour, self-correct to the label",
+            render_ddx_switch_compact,
+        ),
+        TrajectoryType(
+            "contrast",
+            4,
+            build_contrast,
+            render_contrast,
+            False,
+            "compare with a random diagnosis",
+            render_contrast_compact,
+        ),
+        TrajectoryType(
+            "contrast_switch",
+            5,
+            build_contrast_switch,
+            render_contrast_switch,
+            False,
+            "start from a random diagnosis, switch to the label",
+            render_contrast_switch_compact,
+        ),
     )
 }

@@ -27,8 +27,9 @@ Checks, in order (first failure wins):
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from skinr1_pipeline.knowledge.ddx import DDxGraph
 from skinr1_pipeline.knowledge.knowledge_base import (
@@ -44,9 +45,20 @@ from skinr1_pipeline.modeling.prompt_format import parse_completion, without_sta
 from skinr1_pipeline.synthesis.trajectories import TYPES, GenerationRequest
 
 REASONS = (
-    "bad_format", "too_short", "too_long", "unknown_diagnosis", "ambiguous_diagnosis", "wrong_diagnosis",
-    "wrong_status", "no_features_cited", "kb_contradiction", "unsupported_feature", "ddx_missing",
-    "ddx_not_neighbour", "hierarchy_incomplete", "near_duplicate",
+    "bad_format",
+    "too_short",
+    "too_long",
+    "unknown_diagnosis",
+    "ambiguous_diagnosis",
+    "wrong_diagnosis",
+    "wrong_status",
+    "no_features_cited",
+    "kb_contradiction",
+    "unsupported_feature",
+    "ddx_missing",
+    "ddx_not_neighbour",
+    "hierarchy_incomplete",
+    "near_duplicate",
 )
 
 _CUE_RE = re.compile(
@@ -55,6 +67,8 @@ _CUE_RE = re.compile(
     r"argues? against|exclude[sd]?|if|versus|vs)\b"
 )
 _SENTENCE_RE = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
 @dataclass(frozen=True)
 class VerifyConfig:
     min_chars: int = 200  # the "compact" style uses COMPACT_MIN_CHARS (see `VerifyConfig.for_style`)
@@ -65,7 +79,7 @@ class VerifyConfig:
     dedup_scope: str = "sample"  # "sample" | "class"
 
     @classmethod
-    def for_style(cls, style: str = "full", **overrides: Any) -> "VerifyConfig":
+    def for_style(cls, style: str = "full", **overrides: Any) -> VerifyConfig:
         """Default config for a rendering style: compact rationales are short by design, so only min_chars differs."""
         values: dict[str, Any] = {"min_chars": COMPACT_MIN_CHARS} if style == "compact" else {}
         values.update(overrides)
@@ -107,8 +121,9 @@ def jaccard(a: frozenset, b: frozenset) -> float:
 class Verifier:
     """Checks one completion against its request; `dedup` then removes near-duplicates across a batch."""
 
-    def __init__(self, taxonomy: Taxonomy, ddx: DDxGraph, knowledge: KnowledgeBase,
-                 config: VerifyConfig = VerifyConfig()) -> None:
+    def __init__(
+        self, taxonomy: Taxonomy, ddx: DDxGraph, knowledge: KnowledgeBase, config: VerifyConfig = VerifyConfig()
+    ) -> None:
         self.taxonomy, self.ddx, self.knowledge, self.config = taxonomy, ddx, knowledge, config
         self.finder: MentionFinder = mention_finder(taxonomy)
         self._cache: dict[str, Any] = {}
@@ -144,8 +159,15 @@ class Verifier:
         return self._cache[key]
 
     # ---- the single-item check ----------------------------------------------------------------------------
-    def check(self, text: Any, request: GenerationRequest, *, label: str | None = None, bucket: str | None = None,
-              image_features: Mapping[str, Any] | None = None) -> Verdict:
+    def check(
+        self,
+        text: Any,
+        request: GenerationRequest,
+        *,
+        label: str | None = None,
+        bucket: str | None = None,
+        image_features: Mapping[str, Any] | None = None,
+    ) -> Verdict:
         """Verdict for one completion. Label/bucket/image features default to those the request was built with."""
         ctx = request.context
         node = label or ctx.node
@@ -176,13 +198,17 @@ class Verifier:
             if scores and node == ctx.node:  # rl_data-style options: only the best-scoring option is correct
                 best = max(scores)
                 if best <= 0 or scores[parsed.option_index] < best:
-                    return chosen, Verdict(False, "wrong_diagnosis",
-                                           f"chose option {parsed.option_letter} ({chosen}, score "
-                                           f"{scores[parsed.option_index]:.2f}), best-scoring option scores {best:.2f}")
+                    return chosen, Verdict(
+                        False,
+                        "wrong_diagnosis",
+                        f"chose option {parsed.option_letter} ({chosen}, score "
+                        f"{scores[parsed.option_index]:.2f}), best-scoring option scores {best:.2f}",
+                    )
                 return chosen, None
             if chosen not in allowed:
-                return chosen, Verdict(False, "wrong_diagnosis", f"chose option {parsed.option_letter} ({chosen}), "
-                                                                 f"label {node}")
+                return chosen, Verdict(
+                    False, "wrong_diagnosis", f"chose option {parsed.option_letter} ({chosen}), label {node}"
+                )
             return chosen, None
         name = without_status_clause(parsed.diagnosis or "").split(";", 1)[0].strip(" .,:")
         found = self.taxonomy.resolve(name)
@@ -198,8 +224,14 @@ class Verifier:
             return found, Verdict(False, "wrong_diagnosis", f"answered {found}, label {node}")
         return found, None
 
-    def _reasoning(self, thinking: str, request: GenerationRequest, node: str, answer: str | None,
-                   image_features: Mapping[str, Any] | None) -> Verdict:
+    def _reasoning(
+        self,
+        thinking: str,
+        request: GenerationRequest,
+        node: str,
+        answer: str | None,
+        image_features: Mapping[str, Any] | None,
+    ) -> Verdict:
         in_path = self._in_path(node) | (set(self.taxonomy.path(answer)) if answer else set())
         claims: list[tuple[str, str]] = []
         named: list[str] = []
@@ -227,8 +259,7 @@ class Verifier:
         ttype = TYPES.get(request.trajectory_type)
         if ttype is not None and ttype.checks_ddx:
             # Groups outside the DDx graph are descriptive phrases ("sun-damaged skin"), not alternatives.
-            others = [n for n in dict.fromkeys(named)
-                      if self.taxonomy[n].kind == "diagnosis" or n in self.ddx.graph]
+            others = [n for n in dict.fromkeys(named) if self.taxonomy[n].kind == "diagnosis" or n in self.ddx.graph]
             if not others:
                 return Verdict(False, "ddx_missing", "no differential diagnosis named")
             # Offered options may be discussed whatever the DDx graph says: the question put them there.

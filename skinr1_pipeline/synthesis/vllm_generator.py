@@ -10,8 +10,9 @@ one bad item never sinks a batch of thousands.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from PIL import Image
 
@@ -22,8 +23,9 @@ from skinr1_pipeline.synthesis.trajectories import GenerationRequest
 
 
 def _image_part(part: Any) -> bool:
-    return isinstance(part, dict) and (part.get("type") in ("image", "image_url") or "image" in part
-                                       or "image_url" in part)
+    return isinstance(part, dict) and (
+        part.get("type") in ("image", "image_url") or "image" in part or "image_url" in part
+    )
 
 
 def _open_image(value: Any) -> Image.Image:
@@ -53,11 +55,13 @@ def split_images(request: GenerationRequest, *, use_images: bool = True) -> tupl
                 continue
             if not use_images:
                 continue
-            source = part.get("image") if isinstance(part.get("image"), (str, Path, Image.Image)) \
-                else request.image_path
+            source = (
+                part.get("image") if isinstance(part.get("image"), (str, Path, Image.Image)) else request.image_path
+            )
             if source is None:
-                raise ValueError(f"request {request.request_id}: an image part has no image and the request has no "
-                                 "image_path")
+                raise ValueError(
+                    f"request {request.request_id}: an image part has no image and the request has no image_path"
+                )
             images.append(source)
             parts.append({"type": "image"})
         messages.append({**message, "content": parts})
@@ -77,11 +81,20 @@ def _rejections() -> tuple[type[Exception], ...]:
 class VllmGenerator:
     """`Generator` over a local model directory (optionally + LoRA adapter), text-only or vision-language."""
 
-    def __init__(self, model_dir: str | Path | None = None, *, batch_size: int = 256,
-                 adapter_dir: str | Path | None = None, lora_mode: str = "auto",
-                 options: EngineOptions = EngineOptions(), max_tokens: int | None = None, use_images: bool = True,
-                 engine: VllmEngine | None = None, name: str = "vllm",
-                 progress: Callable[[int, int], None] | None = None) -> None:
+    def __init__(
+        self,
+        model_dir: str | Path | None = None,
+        *,
+        batch_size: int = 256,
+        adapter_dir: str | Path | None = None,
+        lora_mode: str = "auto",
+        options: EngineOptions = EngineOptions(),
+        max_tokens: int | None = None,
+        use_images: bool = True,
+        engine: VllmEngine | None = None,
+        name: str = "vllm",
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
         if engine is None and model_dir is None:
             raise ValueError("give model_dir (to build an engine) or an existing engine")
         if batch_size < 1:
@@ -96,15 +109,17 @@ class VllmGenerator:
     def engine(self) -> VllmEngine:
         """Built on first use, so a generator can be configured (e.g. in a Dagster resource) before it is run."""
         if self._engine is None:
-            self._engine = VllmEngine.load(self.model_dir, adapter_dir=self.adapter_dir, lora_mode=self.lora_mode,
-                                           options=self.options)
+            self._engine = VllmEngine.load(
+                self.model_dir, adapter_dir=self.adapter_dir, lora_mode=self.lora_mode, options=self.options
+            )
         return self._engine
 
     def _params(self, request: GenerationRequest):
         s = request.sampling
         max_tokens = min(s.max_tokens, self.max_tokens) if self.max_tokens else s.max_tokens
-        return self.engine.sampling(max_tokens=max_tokens, temperature=s.temperature, top_p=s.top_p,
-                                    seed=request_seed(request))
+        return self.engine.sampling(
+            max_tokens=max_tokens, temperature=s.temperature, top_p=s.top_p, seed=request_seed(request)
+        )
 
     def _prompt(self, request: GenerationRequest) -> dict[str, Any]:
         messages, sources = split_images(request, use_images=self.use_images)
@@ -114,7 +129,7 @@ class VllmGenerator:
         """One text per request, in order; "" for any request that could not be prepared or generated."""
         texts: list[str] = []
         for start in range(0, len(requests), self.batch_size):
-            texts += self._batch(list(requests[start:start + self.batch_size]))
+            texts += self._batch(list(requests[start : start + self.batch_size]))
             if self.progress is not None:
                 self.progress(len(texts), len(requests))
         return texts

@@ -41,17 +41,36 @@ from skinr1_pipeline.modeling.prompt_format import DEFAULT_MCQ_QUESTION, STATUSE
 MAX_CORRECT = 3
 TOP_SCORE = 0.75
 ITEM_COLUMNS = (
-    "item_id", "sample_id", "image_path", "source_dataset", "modality", "split", "prompt", "options",
-    "option_nodes", "option_scores", "option_buckets", "answer_index", "bucket", "taxonomy_node",
-    "taxonomy_depth", "image_sha256", "fitzpatrick", "n_correct", "n_hard_negatives",
-)  # fmt: skip
+    "item_id",
+    "sample_id",
+    "image_path",
+    "source_dataset",
+    "modality",
+    "split",
+    "prompt",
+    "options",
+    "option_nodes",
+    "option_scores",
+    "option_buckets",
+    "answer_index",
+    "bucket",
+    "taxonomy_node",
+    "taxonomy_depth",
+    "image_sha256",
+    "fitzpatrick",
+    "n_correct",
+    "n_hard_negatives",
+)
 DROP_COLUMNS = ("sample_id", "source_dataset", "split", "reason", "detail")
 DROP_REASONS = ("no_bucket", "unknown_node", "root_label", "insufficient_distractors")
 
 
 #: Malignancy options in the authors' order (A benign, B malignant, C precancerous in situ): (text, bucket).
-MALIGNANCY_OPTIONS = (("benign", "benign"), ("malignant", "malignant"),
-                      ("precancerous in situ", "precancerous_in_situ"))
+MALIGNANCY_OPTIONS = (
+    ("benign", "benign"),
+    ("malignant", "malignant"),
+    ("precancerous in situ", "precancerous_in_situ"),
+)
 MALIGNANCY_QUESTION = "Is the skin lesion in this image benign, malignant or precancerous (in situ)?"
 
 
@@ -86,8 +105,10 @@ class McqBuild:
 
 def _counts(column: pd.Series) -> dict[Any, int]:
     """Value counts as a plain, JSON-friendly dict (integer keys stay integers) for asset metadata."""
-    return {(int(k) if isinstance(k, (int, np.integer)) else str(k)): int(v)
-            for k, v in column.value_counts().sort_index().items()}
+    return {
+        (int(k) if isinstance(k, (int, np.integer)) else str(k)): int(v)
+        for k, v in column.value_counts().sort_index().items()
+    }
 
 
 def sample_rng(seed: int, key: str) -> np.random.Generator:
@@ -126,8 +147,13 @@ def _valid_bucket(value: Any) -> bool:
 
 
 def drop_record(row: Any, reason: str, detail: str) -> dict[str, Any]:
-    return {"sample_id": row.sample_id, "source_dataset": row.source_dataset, "split": getattr(row, "split", None),
-            "reason": reason, "detail": detail}
+    return {
+        "sample_id": row.sample_id,
+        "source_dataset": row.source_dataset,
+        "split": getattr(row, "split", None),
+        "reason": reason,
+        "detail": detail,
+    }
 
 
 def label_problem(row: Any, taxonomy: Taxonomy) -> dict[str, Any] | None:
@@ -159,8 +185,9 @@ def _pick(rng: np.random.Generator, pool: Iterable[str], n: int) -> list[str]:
     return [ordered[i] for i in rng.choice(len(ordered), size=min(n, len(ordered)), replace=False)]
 
 
-def _draw_distractors(rng: np.random.Generator, needed: int, pool: set[str], hard_pool: set[str],
-                      hard_fraction: float) -> tuple[list[str], int]:
+def _draw_distractors(
+    rng: np.random.Generator, needed: int, pool: set[str], hard_pool: set[str], hard_fraction: float
+) -> tuple[list[str], int]:
     """(distractors, how many are hard negatives). Draws nothing extra when hard_fraction is 0, so builds with and
     without a DDx graph agree exactly at fraction 0."""
     n_hard = int((rng.random(needed) < hard_fraction).sum()) if hard_fraction > 0 and hard_pool else 0
@@ -169,8 +196,16 @@ def _draw_distractors(rng: np.random.Generator, needed: int, pool: set[str], har
     return hard + rest, len(hard)
 
 
-def make_item(row: Any, taxonomy: Taxonomy, nodes: list[str], scores: list[float], order: np.ndarray,
-              question: str, ask_status: bool, prefix: str) -> dict[str, Any]:
+def make_item(
+    row: Any,
+    taxonomy: Taxonomy,
+    nodes: list[str],
+    scores: list[float],
+    order: np.ndarray,
+    question: str,
+    ask_status: bool,
+    prefix: str,
+) -> dict[str, Any]:
     nodes = [nodes[i] for i in order]
     scores = [float(scores[i]) for i in order]
     options = [taxonomy[n].name for n in nodes]
@@ -195,10 +230,19 @@ def make_item(row: Any, taxonomy: Taxonomy, nodes: list[str], scores: list[float
     }
 
 
-def build_mcq_items(samples: pd.DataFrame, taxonomy: Taxonomy, *, ddx: DDxGraph | None = None, n_options: int = 4,
-                    hard_negative_fraction: float = 0.0, seed: int = 42, question: str = DEFAULT_MCQ_QUESTION,
-                    ask_status: bool = True, splits: Sequence[str] | None = None,
-                    item_prefix: str = "mcq") -> McqBuild:
+def build_mcq_items(
+    samples: pd.DataFrame,
+    taxonomy: Taxonomy,
+    *,
+    ddx: DDxGraph | None = None,
+    n_options: int = 4,
+    hard_negative_fraction: float = 0.0,
+    seed: int = 42,
+    question: str = DEFAULT_MCQ_QUESTION,
+    ask_status: bool = True,
+    splits: Sequence[str] | None = None,
+    item_prefix: str = "mcq",
+) -> McqBuild:
     """Skin-R1 RL items (see module docstring) for the rows of `samples` whose split is in `splits` (all if None).
 
     The distractor pool of a dataset is built from *all* rows of `samples` (labels, not images, so no leakage), so
@@ -225,18 +269,20 @@ def build_mcq_items(samples: pd.DataFrame, taxonomy: Taxonomy, *, ddx: DDxGraph 
         needed = n_options - k
         distractors, n_hard = _draw_distractors(rng, needed, pool, hard_pool, hard_negative_fraction)
         if len(distractors) < needed:
-            dropped.append(drop_record(row, "insufficient_distractors",
-                                 f"{row.source_dataset} offers {len(distractors)} distractor(s) for {node}, "
-                                 f"{needed} needed"))
+            dropped.append(
+                drop_record(
+                    row,
+                    "insufficient_distractors",
+                    f"{row.source_dataset} offers {len(distractors)} distractor(s) for {node}, {needed} needed",
+                )
+            )
             continue
         nodes = [path[j - 1] for j in depths] + distractors
         scores = hierarchical_scores(depths) + [0.0] * needed
-        item = make_item(row, taxonomy, nodes, scores, rng.permutation(len(nodes)), question, ask_status,
-                         item_prefix)
+        item = make_item(row, taxonomy, nodes, scores, rng.permutation(len(nodes)), question, ask_status, item_prefix)
         item.update(n_correct=k, n_hard_negatives=n_hard)
         items.append(item)
-    return McqBuild(pd.DataFrame(items, columns=list(ITEM_COLUMNS)),
-                    pd.DataFrame(dropped, columns=list(DROP_COLUMNS)))
+    return McqBuild(pd.DataFrame(items, columns=list(ITEM_COLUMNS)), pd.DataFrame(dropped, columns=list(DROP_COLUMNS)))
 
 
 def option_scan_lines(options: Sequence[str], option_nodes: Sequence[str], path: Sequence[str]) -> list[str]:
@@ -252,8 +298,10 @@ def option_scan_lines(options: Sequence[str], option_nodes: Sequence[str], path:
     if len(options) != len(option_nodes):
         raise ValueError(f"{len(options)} option texts but {len(option_nodes)} option nodes")
     depth = {node: k for k, node in enumerate(path, start=1)}
-    return [f"{chr(ord('A') + i)}. {name}: " + (f"fits, level {depth[node]}." if node in depth else "does not fit.")
-            for i, (name, node) in enumerate(zip(options, option_nodes))]
+    return [
+        f"{chr(ord('A') + i)}. {name}: " + (f"fits, level {depth[node]}." if node in depth else "does not fit.")
+        for i, (name, node) in enumerate(zip(options, option_nodes))
+    ]
 
 
 def impression_line(name: str) -> str:

@@ -37,8 +37,15 @@ import pandas as pd
 from skinr1_pipeline.knowledge.ddx import DDxGraph
 from skinr1_pipeline.knowledge.taxonomy import Taxonomy
 from skinr1_pipeline.modeling.prompt_format import DEFAULT_MCQ_QUESTION
-from skinr1_pipeline.tasks.mcq import DROP_COLUMNS, ITEM_COLUMNS, McqBuild, drop_record, labelled_rows, make_item, \
-    sample_rng
+from skinr1_pipeline.tasks.mcq import (
+    DROP_COLUMNS,
+    ITEM_COLUMNS,
+    McqBuild,
+    drop_record,
+    labelled_rows,
+    make_item,
+    sample_rng,
+)
 
 POOLS = ("label", "level", "ddx")
 SET_FIRST_COLUMNS = (*ITEM_COLUMNS, "level", "gold_class", "construction")
@@ -93,42 +100,72 @@ def _class_rows(rows: list[Any], class_of: Any) -> dict[str, list[Any]]:
 
 def _nested(taxonomy: Taxonomy, classes: Sequence[str]) -> np.ndarray:
     paths = [set(taxonomy.path(c)) for c in classes]
-    return np.array([[a != b and (a in paths[j] or b in paths[i]) for j, b in enumerate(classes)]
-                     for i, a in enumerate(classes)], dtype=bool)
+    return np.array(
+        [[a != b and (a in paths[j] or b in paths[i]) for j, b in enumerate(classes)] for i, a in enumerate(classes)],
+        dtype=bool,
+    )
 
 
-def _taxonomy_pool(taxonomy: Taxonomy, dataset: str, name: str, level: int | None, images: dict[str, list[Any]],
-                   closeness: float) -> _Pool:
+def _taxonomy_pool(
+    taxonomy: Taxonomy, dataset: str, name: str, level: int | None, images: dict[str, list[Any]], closeness: float
+) -> _Pool:
     classes = list(images)
     nested = _nested(taxonomy, classes)
-    shared = np.array([[taxonomy.depth(taxonomy.lowest_common_ancestor([a, b])) for b in classes] for a in classes],
-                      dtype=float).reshape(len(classes), len(classes))
+    shared = np.array(
+        [[taxonomy.depth(taxonomy.lowest_common_ancestor([a, b])) for b in classes] for a in classes], dtype=float
+    ).reshape(len(classes), len(classes))
     partners = ~nested & ~np.eye(len(classes), dtype=bool)
     return _Pool(dataset, name, level, classes, images, partners, nested, np.power(closeness, shared))
 
 
-def _pools(rows: list[Any], taxonomy: Taxonomy, dataset: str, pool: str, config: SetFirstConfig,
-           levels: Sequence[int] | None, ddx: DDxGraph | None) -> list[_Pool]:
+def _pools(
+    rows: list[Any],
+    taxonomy: Taxonomy,
+    dataset: str,
+    pool: str,
+    config: SetFirstConfig,
+    levels: Sequence[int] | None,
+    ddx: DDxGraph | None,
+) -> list[_Pool]:
     if pool == "label":
         labels = {r.taxonomy_node for r in rows}
         images = _class_rows(rows, lambda r: [n for n in taxonomy.path(r.taxonomy_node)[1:] if n in labels])
         return [_taxonomy_pool(taxonomy, dataset, "label", None, images, config.closeness)]
     if pool == "level":
         deepest = max((taxonomy.depth(r.taxonomy_node) for r in rows), default=0)
-        return [_taxonomy_pool(taxonomy, dataset, f"level{level}", level,
-                               _class_rows(rows, lambda r, lv=level: taxonomy.path(r.taxonomy_node)[lv:lv + 1]),
-                               config.closeness)
-                for level in (levels or range(1, deepest + 1))]
+        return [
+            _taxonomy_pool(
+                taxonomy,
+                dataset,
+                f"level{level}",
+                level,
+                _class_rows(rows, lambda r, lv=level: taxonomy.path(r.taxonomy_node)[lv : lv + 1]),
+                config.closeness,
+            )
+            for level in (levels or range(1, deepest + 1))
+        ]
     if pool == "ddx":
         if ddx is None:
             raise ValueError("the ddx option pool needs a DDx graph (ddx=...)")
         images = _class_rows(rows, lambda r: [n for n in taxonomy.path(r.taxonomy_node)[1:] if n in ddx.graph])
         classes = list(images)
         nested = _nested(taxonomy, classes)
-        adjacent = np.array([[ddx.graph.has_edge(a, b) for b in classes] for a in classes],
-                            dtype=bool).reshape(len(classes), len(classes))
-        return [_Pool(dataset, "ddx", None, classes, images, adjacent & ~nested, nested,
-                      np.ones((len(classes), len(classes))), adjacent & ~nested)]
+        adjacent = np.array([[ddx.graph.has_edge(a, b) for b in classes] for a in classes], dtype=bool).reshape(
+            len(classes), len(classes)
+        )
+        return [
+            _Pool(
+                dataset,
+                "ddx",
+                None,
+                classes,
+                images,
+                adjacent & ~nested,
+                nested,
+                np.ones((len(classes), len(classes))),
+                adjacent & ~nested,
+            )
+        ]
     raise ValueError(f"unknown option pool {pool!r}; allowed: {', '.join(POOLS)}")
 
 
@@ -160,10 +197,17 @@ def _credit(taxonomy: Taxonomy, option: str, gold: str, top: float) -> float:
     return top * taxonomy.depth(taxonomy.lowest_common_ancestor([option, gold])) / taxonomy.depth(gold)
 
 
-def build_set_first_items(samples: pd.DataFrame, taxonomy: Taxonomy, *, pool: str = "label",
-                          config: SetFirstConfig = SetFirstConfig(), splits: Sequence[str] | None = None,
-                          levels: Sequence[int] | None = None, ddx: DDxGraph | None = None,
-                          item_prefix: str = "set_first") -> McqBuild:
+def build_set_first_items(
+    samples: pd.DataFrame,
+    taxonomy: Taxonomy,
+    *,
+    pool: str = "label",
+    config: SetFirstConfig = SetFirstConfig(),
+    splits: Sequence[str] | None = None,
+    levels: Sequence[int] | None = None,
+    ddx: DDxGraph | None = None,
+    item_prefix: str = "set_first",
+) -> McqBuild:
     """Set-first items (module docstring) from the rows of `samples` whose split is in `splits` (all if None).
 
     Item ids are `<prefix>/<dataset>/<pool>/<index>`; `sample_id` names the image used, which may serve several
@@ -184,8 +228,9 @@ def build_set_first_items(samples: pd.DataFrame, taxonomy: Taxonomy, *, pool: st
     return McqBuild(frame, pd.DataFrame(dropped, columns=list(DROP_COLUMNS)))
 
 
-def _pool_items(spec: _Pool, rows: list[Any], taxonomy: Taxonomy, config: SetFirstConfig, prefix: str,
-                dropped: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _pool_items(
+    spec: _Pool, rows: list[Any], taxonomy: Taxonomy, config: SetFirstConfig, prefix: str, dropped: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
     n = config.n_options
     served = {str(r.sample_id) for members in spec.images.values() for r in members}
     base = f"{prefix}/{spec.dataset}/{spec.name}"
@@ -193,13 +238,20 @@ def _pool_items(spec: _Pool, rows: list[Any], taxonomy: Taxonomy, config: SetFir
     if len(spec.classes) < n or admissible == 0:
         for row in rows:
             if str(row.sample_id) in served:
-                dropped.append(drop_record(row, "too_few_classes",
-                                           f"{spec.dataset} {spec.name}: {len(spec.classes)} classes with an image, "
-                                           f"{admissible} with {n - 1} admissible partners; {n} options needed"))
+                dropped.append(
+                    drop_record(
+                        row,
+                        "too_few_classes",
+                        f"{spec.dataset} {spec.name}: {len(spec.classes)} classes with an image, "
+                        f"{admissible} with {n - 1} admissible partners; {n} options needed",
+                    )
+                )
         return []
     # Each class's images in a seeded order, used round-robin so every image serves before any repeats.
-    orders = {c: [members[i] for i in sample_rng(config.seed, f"{base}/order/{c}").permutation(len(members))]
-              for c, members in spec.images.items()}
+    orders = {
+        c: [members[i] for i in sample_rng(config.seed, f"{base}/order/{c}").permutation(len(members))]
+        for c, members in spec.images.items()
+    }
     used = dict.fromkeys(spec.classes, 0)
     out = []
     for index in range(config.items_per_pool or len(served)):
@@ -217,7 +269,13 @@ def _pool_items(spec: _Pool, rows: list[Any], taxonomy: Taxonomy, config: SetFir
         used[gold] += 1
         scores = [_credit(taxonomy, node, gold, config.top_score) for node in nodes]
         item = make_item(image, taxonomy, nodes, scores, np.arange(n), config.question, config.ask_status, prefix)
-        item.update(item_id=f"{base}/{index:05d}", n_correct=1, n_hard_negatives=0, level=spec.level,
-                    gold_class=gold, construction=CONSTRUCTION)
+        item.update(
+            item_id=f"{base}/{index:05d}",
+            n_correct=1,
+            n_hard_negatives=0,
+            level=spec.level,
+            gold_class=gold,
+            construction=CONSTRUCTION,
+        )
         out.append(item)
     return out

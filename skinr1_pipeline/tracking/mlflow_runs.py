@@ -17,9 +17,10 @@ import hashlib
 import json
 import re
 import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -175,8 +176,9 @@ def frame_digest(frame: pd.DataFrame) -> str:
     return digest.hexdigest()[:DIGEST_CHARS]
 
 
-def log_dataframe_input(frame: pd.DataFrame, name: str, source: str, context: str,
-                        tags: Mapping[str, str] | None = None) -> str:
+def log_dataframe_input(
+    frame: pd.DataFrame, name: str, source: str, context: str, tags: Mapping[str, str] | None = None
+) -> str:
     """Log a table as an MLflow dataset input of the active run, with its full-content digest; returns the digest.
 
     List- and dict-valued columns (taxonomy paths) are rendered as strings first, because MLflow infers a schema
@@ -188,7 +190,9 @@ def log_dataframe_input(frame: pd.DataFrame, name: str, source: str, context: st
     with warnings.catch_warnings():
         # A local path matches two equivalent source classes, and the integer-column schema hint concerns
         # model serving; neither says anything about this dataset.
-        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted", category=UserWarning)
+        warnings.filterwarnings(
+            "ignore", message="The specified dataset source can be interpreted", category=UserWarning
+        )
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer", category=UserWarning)
         dataset = mlflow.data.from_pandas(flat, source=source, name=name, digest=digest)
         mlflow.log_input(dataset, context=context, tags=dict(tags or {}))
@@ -263,19 +267,33 @@ def collect_lineage(tracking_uri: str, run_id: str, *, max_runs: int = 500) -> d
             nodes[current] = {"missing": f"{type(exc).__name__}: {str(exc)[:200]}"}
             continue
         tags = run.data.tags
-        upstream = {k.removeprefix(UPSTREAM_PREFIX): v for k, v in sorted(tags.items())
-                    if k.startswith(UPSTREAM_PREFIX)}
+        upstream = {
+            k.removeprefix(UPSTREAM_PREFIX): v for k, v in sorted(tags.items()) if k.startswith(UPSTREAM_PREFIX)
+        }
         nodes[current] = {
-            "asset": tags.get(ASSET_TAG, ""), "partition": tags.get(PARTITION_TAG, ""),
-            "run_name": run.info.run_name, "experiment_id": run.info.experiment_id,
-            "orchestrator_run_id": tags.get(RUN_ID_TAG, ""), "lineage": tags.get(LINEAGE_TAG, ""),
-            "code_version": tags.get("dagster.code_version", ""), "status": run.info.status,
-            "evaluated_run": tags.get(EVALUATED_RUN_TAG, ""), "upstream": upstream,
-            "data_versions": {k.removeprefix(DATA_VERSION_PREFIX): v for k, v in sorted(tags.items())
-                              if k.startswith(DATA_VERSION_PREFIX)},
-            "datasets": [{"name": i.dataset.name, "digest": i.dataset.digest,
-                          "context": next((t.value for t in i.tags if t.key == "mlflow.data.context"), "")}
-                         for i in (run.inputs.dataset_inputs if run.inputs else [])],
+            "asset": tags.get(ASSET_TAG, ""),
+            "partition": tags.get(PARTITION_TAG, ""),
+            "run_name": run.info.run_name,
+            "experiment_id": run.info.experiment_id,
+            "orchestrator_run_id": tags.get(RUN_ID_TAG, ""),
+            "lineage": tags.get(LINEAGE_TAG, ""),
+            "code_version": tags.get("dagster.code_version", ""),
+            "status": run.info.status,
+            "evaluated_run": tags.get(EVALUATED_RUN_TAG, ""),
+            "upstream": upstream,
+            "data_versions": {
+                k.removeprefix(DATA_VERSION_PREFIX): v
+                for k, v in sorted(tags.items())
+                if k.startswith(DATA_VERSION_PREFIX)
+            },
+            "datasets": [
+                {
+                    "name": i.dataset.name,
+                    "digest": i.dataset.digest,
+                    "context": next((t.value for t in i.tags if t.key == "mlflow.data.context"), ""),
+                }
+                for i in (run.inputs.dataset_inputs if run.inputs else [])
+            ],
         }
         queue.extend(upstream.values())
     return nodes
@@ -312,15 +330,17 @@ def chain_tags(nodes: Mapping[str, Mapping[str, Any]], steps: Sequence[Mapping[s
     for step in steps:
         key = _tag_part(step["input"].removesuffix(".*"))
         tags[f"{CHAIN_PREFIX}{key}"] = ",".join(step["runs"])
-        datasets = sorted({f"{d['name']}={d['digest']}" for r in step["runs"]
-                           for d in nodes.get(r, {}).get("datasets", [])})
+        datasets = sorted(
+            {f"{d['name']}={d['digest']}" for r in step["runs"] for d in nodes.get(r, {}).get("datasets", [])}
+        )
         if datasets:
             tags[f"{CHAIN_PREFIX}{key}.datasets"] = ",".join(datasets)[:5000]
     return tags
 
 
-def chain_markdown(nodes: Mapping[str, Mapping[str, Any]], steps: Sequence[Mapping[str, Any]],
-                   title: str = "Lineage") -> str:
+def chain_markdown(
+    nodes: Mapping[str, Mapping[str, Any]], steps: Sequence[Mapping[str, Any]], title: str = "Lineage"
+) -> str:
     """The chain, data first, as Markdown with a link to each run (for the run page's description)."""
     lines = [f"**{title}** (data first; full graph in `lineage.json`):", ""]
     for step in reversed(steps):

@@ -33,11 +33,10 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-from PIL import Image
-
 import mlflow
+import pandas as pd
 from mlflow.pyfunc import PythonModel
+from PIL import Image
 
 from skinr1_pipeline.data.image_open import DEFAULT_MAX_BYTES, ImageLimitError, fit_for_model, open_rgb, too_many_bytes
 from skinr1_pipeline.modeling.prompt_format import (
@@ -57,10 +56,15 @@ BASE_DIR_CONFIG = "base_model_dir"  # model_config key: load the referenced base
 BASE_FILE_SUFFIXES = (".json", ".safetensors", ".bin", ".model", ".txt", ".jinja", ".tiktoken", ".py")
 _SAMPLE_BYTES = 1 << 20
 # "" = the recorded base path; logged as a key so a loader may override it (MLflow ignores unknown keys at load).
-DEFAULT_CONFIG = {"max_new_tokens": 512, "batch_size": 8, "dtype": "auto", "device": None, "max_pixels": None,
-                  BASE_DIR_CONFIG: ""}
-PINNED_PACKAGES = ("mlflow", "torch", "torchvision", "transformers", "peft", "accelerate", "pillow", "pandas",
-                   "numpy")
+DEFAULT_CONFIG = {
+    "max_new_tokens": 512,
+    "batch_size": 8,
+    "dtype": "auto",
+    "device": None,
+    "max_pixels": None,
+    BASE_DIR_CONFIG: "",
+}
+PINNED_PACKAGES = ("mlflow", "torch", "torchvision", "transformers", "peft", "accelerate", "pillow", "pandas", "numpy")
 _MAX_PATH_CHARS = 4096
 
 
@@ -71,8 +75,9 @@ class BaseModelError(RuntimeError):
 def _model_files(model_dir: Path) -> list[Path]:
     """Files that define a Hugging Face model folder: weights, configs, tokenizer, processor, chat template (the
     folder's top level; dotfiles such as run-folder markers excluded)."""
-    return sorted(p for p in model_dir.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix in BASE_FILE_SUFFIXES)
+    return sorted(
+        p for p in model_dir.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix in BASE_FILE_SUFFIXES
+    )
 
 
 def base_model_digest(model_dir: str | Path) -> dict[str, Any]:
@@ -103,8 +108,13 @@ def base_model_reference(model_dir: str | Path) -> dict[str, Any]:
     """What a registered model records about its base instead of a copy: resolved path, file URI and digest."""
     folder = Path(model_dir).resolve()  # not `latest`: that link moves to the next base model
     config = json.loads((folder / "config.json").read_text("utf-8"))
-    return {"format": 1, "path": str(folder), "uri": folder.as_uri(), "model_type": config.get("model_type", ""),
-            **base_model_digest(folder)}
+    return {
+        "format": 1,
+        "path": str(folder),
+        "uri": folder.as_uri(),
+        "model_type": config.get("model_type", ""),
+        **base_model_digest(folder),
+    }
 
 
 def read_base_reference(path: str | Path) -> dict[str, Any]:
@@ -122,15 +132,21 @@ def resolve_base_model(reference: dict[str, Any], override: str | Path | None = 
     """The base folder `reference` names (or `override`), after checking that its digest matches."""
     folder = Path(override or reference["path"])
     where = f"{folder}" + (f" (given instead of the recorded {reference['path']})" if override else "")
-    restore = (f"restore the base model there, or pass model_config={{'{BASE_DIR_CONFIG}': '<dir>'}} (diagnose: "
-               "--base) pointing at an identical copy")
+    restore = (
+        f"restore the base model there, or pass model_config={{'{BASE_DIR_CONFIG}': '<dir>'}} (diagnose: "
+        "--base) pointing at an identical copy"
+    )
     if not (folder / "config.json").is_file():
-        raise BaseModelError(f"the base model this adapter was trained on is missing: no config.json in {where}; "
-                             f"expected digest {reference['digest']}; {restore}")
+        raise BaseModelError(
+            f"the base model this adapter was trained on is missing: no config.json in {where}; "
+            f"expected digest {reference['digest']}; {restore}"
+        )
     found = base_model_digest(folder)["digest"]
     if found != reference["digest"]:
-        raise BaseModelError(f"the base model at {where} is not the one this adapter was trained on: digest "
-                             f"{found}, expected {reference['digest']}; {restore}")
+        raise BaseModelError(
+            f"the base model at {where} is not the one this adapter was trained on: digest "
+            f"{found}, expected {reference['digest']}; {restore}"
+        )
     return folder
 
 
@@ -164,7 +180,7 @@ def decode_image(value: Any) -> Image.Image:
         return open_rgb(source, name=name)
     except ImageLimitError:  # already names the source, its size and the limit
         raise
-    except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad bytes
+    except Exception as exc:
         raise ValueError(f"image could not be decoded: {exc}") from exc
 
 
@@ -185,9 +201,15 @@ def completion_row(completion: str, prompt: str) -> dict[str, Any]:
         parsed = parse_completion(completion, options)
     except ValueError:  # options the parser rejects: read the answer as free text
         parsed = parse_completion(completion, None)
-    return {"rationale": parsed.thinking, "diagnosis": parsed.diagnosis, "status": parsed.status,
-            "option_letter": parsed.option_letter, "format_ok": bool(parsed.ok), "parse_error": parsed.error,
-            "completion": completion}
+    return {
+        "rationale": parsed.thinking,
+        "diagnosis": parsed.diagnosis,
+        "status": parsed.status,
+        "option_letter": parsed.option_letter,
+        "format_ok": bool(parsed.ok),
+        "parse_error": parsed.error,
+        "completion": completion,
+    }
 
 
 class SkinR1Model(PythonModel):
@@ -229,8 +251,13 @@ class SkinR1Model(PythonModel):
 
             cfg = self._config
             self._processor = load_processor(self._base_dir, max_pixels=cfg.get("max_pixels"))
-            self._model = load_adapter_model(self._base_dir, self._adapter_dir, trainable=False,
-                                             dtype=cfg.get("dtype") or "auto", device=cfg.get("device"))
+            self._model = load_adapter_model(
+                self._base_dir,
+                self._adapter_dir,
+                trainable=False,
+                dtype=cfg.get("dtype") or "auto",
+                device=cfg.get("device"),
+            )
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """One row per input row: rationale, diagnosis, status, option_letter, format_ok, parse_error, completion."""
@@ -247,10 +274,15 @@ class SkinR1Model(PythonModel):
         min_pixels, max_pixels = pixel_limits(self._processor)  # resized as in training and evaluation
         images = [fit_for_model(im, max_pixels=max_pixels, min_pixels=min_pixels) for im in images]
         max_new = int((params or {}).get("max_new_tokens") or self._config["max_new_tokens"])
-        completions = generate(self._model, self._processor, images, prompts, max_new_tokens=max_new,
-                               batch_size=int(self._config["batch_size"]))
-        return pd.DataFrame([completion_row(c, p) for c, p in zip(completions, prompts)],
-                            columns=list(OUTPUT_COLUMNS))
+        completions = generate(
+            self._model,
+            self._processor,
+            images,
+            prompts,
+            max_new_tokens=max_new,
+            batch_size=int(self._config["batch_size"]),
+        )
+        return pd.DataFrame([completion_row(c, p) for c, p in zip(completions, prompts)], columns=list(OUTPUT_COLUMNS))
 
 
 def pinned_requirements() -> list[str]:
@@ -274,16 +306,26 @@ def example_frames(image_path: str | Path, prompt: str | None = None) -> tuple[p
     example_in = pd.DataFrame({"image": [encode_image(image_path, max_side=224)], "prompt": [prompt]})
     reasoning = "Symmetric brown macule with a regular pigment network."
     mcq = build_mcq_prompt(DEFAULT_MCQ_QUESTION, ["melanoma", "melanocytic nevus"])
-    rows = [completion_row(format_completion(reasoning, "melanocytic nevus; status: benign"), prompt),
-            completion_row(format_completion(reasoning, "B. melanocytic nevus; status: benign"), mcq),
-            completion_row("melanocytic nevus", mcq)]
+    rows = [
+        completion_row(format_completion(reasoning, "melanocytic nevus; status: benign"), prompt),
+        completion_row(format_completion(reasoning, "B. melanocytic nevus; status: benign"), mcq),
+        completion_row("melanocytic nevus", mcq),
+    ]
     return example_in, pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
 
 
-def log_skinr1_model(base_model_dir: str | Path, adapter_dir: str | Path, *, name: str,
-                     input_example_image_path: str | Path, registered_model_name: str | None = None,
-                     input_example_prompt: str | None = None, model_config: dict[str, Any] | None = None,
-                     bundle_code: bool = True, tags: dict[str, str] | None = None):
+def log_skinr1_model(
+    base_model_dir: str | Path,
+    adapter_dir: str | Path,
+    *,
+    name: str,
+    input_example_image_path: str | Path,
+    registered_model_name: str | None = None,
+    input_example_prompt: str | None = None,
+    model_config: dict[str, Any] | None = None,
+    bundle_code: bool = True,
+    tags: dict[str, str] | None = None,
+):
     """Log the adapter and a reference to its base model as a pyfunc with a signature and an input example;
     returns MLflow's ModelInfo.
 

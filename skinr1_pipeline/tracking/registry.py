@@ -40,8 +40,9 @@ class Decision:
         return asdict(self)
 
 
-def register_candidate(model_uri: str, name: str, *, tags: Mapping[str, Any] | None = None,
-                       tracking_uri: str | None = None) -> str:
+def register_candidate(
+    model_uri: str, name: str, *, tags: Mapping[str, Any] | None = None, tracking_uri: str | None = None
+) -> str:
     """Register `model_uri` (runs:/…, models:/<model_id>, or a local path) under `name` and alias it `candidate`.
 
     Put the decision metric in `tags` (e.g. {"in_domain_accuracy": "0.64", "stage": "rl"}) so the registry carries
@@ -93,9 +94,16 @@ def version_metric(client: MlflowClient, mv, metric: str) -> tuple[float | None,
     return None, "not found (no version tag, logged-model metric or source-run metric)"
 
 
-def promotion_decision(client: MlflowClient, name: str, candidate_version: str | int,
-                       metric: str = DEFAULT_METRIC, *, min_delta: float = 0.0,
-                       higher_is_better: bool = True, required_tags: Sequence[str] = ()) -> Decision:
+def promotion_decision(
+    client: MlflowClient,
+    name: str,
+    candidate_version: str | int,
+    metric: str = DEFAULT_METRIC,
+    *,
+    min_delta: float = 0.0,
+    higher_is_better: bool = True,
+    required_tags: Sequence[str] = (),
+) -> Decision:
     """Promote when there is no champion, or the candidate beats it by more than `min_delta`; ties keep it.
 
     A candidate without the metric is never promoted; a champion without it is not replaced automatically either
@@ -106,32 +114,67 @@ def promotion_decision(client: MlflowClient, name: str, candidate_version: str |
     candidate = client.get_model_version(name, str(candidate_version))
     cand_value, cand_source = version_metric(client, candidate, metric)
     champion = _alias_version(client, name, CHAMPION)
-    common = {"metric": metric, "candidate_version": str(candidate.version), "candidate_value": cand_value,
-              "min_delta": float(min_delta), "higher_is_better": higher_is_better}
+    common = {
+        "metric": metric,
+        "candidate_version": str(candidate.version),
+        "candidate_value": cand_value,
+        "min_delta": float(min_delta),
+        "higher_is_better": higher_is_better,
+    }
     if champion is not None and str(champion.version) == str(candidate.version):
-        return Decision(False, "the candidate already is the champion", champion_version=str(champion.version),
-                        champion_value=cand_value, **common)
+        return Decision(
+            False,
+            "the candidate already is the champion",
+            champion_version=str(champion.version),
+            champion_value=cand_value,
+            **common,
+        )
     unmet = [t for t in required_tags if str((candidate.tags or {}).get(t, "")).strip().lower() != "true"]
     if unmet:
         found = {t: (candidate.tags or {}).get(t, "missing") for t in unmet}
-        return Decision(False, f"candidate v{candidate.version} lacks required evidence: {found}",
-                        champion_version=str(champion.version) if champion else None, champion_value=None, **common)
+        return Decision(
+            False,
+            f"candidate v{candidate.version} lacks required evidence: {found}",
+            champion_version=str(champion.version) if champion else None,
+            champion_value=None,
+            **common,
+        )
     if cand_value is None:
-        return Decision(False, f"candidate v{candidate.version} has no {metric}: {cand_source}",
-                        champion_version=str(champion.version) if champion else None, champion_value=None, **common)
+        return Decision(
+            False,
+            f"candidate v{candidate.version} has no {metric}: {cand_source}",
+            champion_version=str(champion.version) if champion else None,
+            champion_value=None,
+            **common,
+        )
     if champion is None:
-        return Decision(True, f"no champion yet; candidate {metric}={cand_value:.4f} ({cand_source})",
-                        champion_version=None, champion_value=None, **common)
+        return Decision(
+            True,
+            f"no champion yet; candidate {metric}={cand_value:.4f} ({cand_source})",
+            champion_version=None,
+            champion_value=None,
+            **common,
+        )
     champ_value, champ_source = version_metric(client, champion, metric)
     if champ_value is None:
-        return Decision(False, f"champion v{champion.version} has no {metric} ({champ_source}); not replaced "
-                        "automatically", champion_version=str(champion.version), champion_value=None, **common)
+        return Decision(
+            False,
+            f"champion v{champion.version} has no {metric} ({champ_source}); not replaced automatically",
+            champion_version=str(champion.version),
+            champion_value=None,
+            **common,
+        )
     gain = (cand_value - champ_value) if higher_is_better else (champ_value - cand_value)
     better = gain > min_delta
     verdict = "better" if better else ("tied" if gain == 0 else "not better by more than min_delta")
-    return Decision(better, f"candidate {metric}={cand_value:.4f} vs champion v{champion.version} "
-                    f"{champ_value:.4f}: {verdict} (gain {gain:+.4f}, min_delta {min_delta})",
-                    champion_version=str(champion.version), champion_value=champ_value, **common)
+    return Decision(
+        better,
+        f"candidate {metric}={cand_value:.4f} vs champion v{champion.version} "
+        f"{champ_value:.4f}: {verdict} (gain {gain:+.4f}, min_delta {min_delta})",
+        champion_version=str(champion.version),
+        champion_value=champ_value,
+        **common,
+    )
 
 
 def promote(client: MlflowClient, name: str, version: str | int) -> None:
@@ -142,14 +185,29 @@ def promote(client: MlflowClient, name: str, version: str | int) -> None:
     client.set_registered_model_alias(name, CHAMPION, str(version))
 
 
-def decide_and_promote(client: MlflowClient, name: str, candidate_version: str | int,
-                       metric: str = DEFAULT_METRIC, *, min_delta: float = 0.0,
-                       higher_is_better: bool = True, required_tags: Sequence[str] = ()) -> Decision:
+def decide_and_promote(
+    client: MlflowClient,
+    name: str,
+    candidate_version: str | int,
+    metric: str = DEFAULT_METRIC,
+    *,
+    min_delta: float = 0.0,
+    higher_is_better: bool = True,
+    required_tags: Sequence[str] = (),
+) -> Decision:
     """`promotion_decision`, then `promote` when it says so; the decision is written to the version's tags."""
-    decision = promotion_decision(client, name, candidate_version, metric, min_delta=min_delta,
-                                  higher_is_better=higher_is_better, required_tags=required_tags)
-    client.set_model_version_tag(name, str(candidate_version), "promotion_decision",
-                                 "promoted" if decision.promote else "kept champion")
+    decision = promotion_decision(
+        client,
+        name,
+        candidate_version,
+        metric,
+        min_delta=min_delta,
+        higher_is_better=higher_is_better,
+        required_tags=required_tags,
+    )
+    client.set_model_version_tag(
+        name, str(candidate_version), "promotion_decision", "promoted" if decision.promote else "kept champion"
+    )
     client.set_model_version_tag(name, str(candidate_version), "promotion_reason", decision.reason[:5000])
     if decision.promote:
         promote(client, name, candidate_version)

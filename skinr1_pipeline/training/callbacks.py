@@ -22,9 +22,8 @@ import pandas as pd
 import torch
 from transformers import TrainerCallback
 
-from skinr1_pipeline.modeling.prompt_format import prompt_text
+from skinr1_pipeline.modeling.prompt_format import completion_text, prompt_text
 from skinr1_pipeline.storage.atomic import write_parquet
-from skinr1_pipeline.modeling.prompt_format import completion_text
 
 logger = logging.getLogger(__name__)
 
@@ -186,11 +185,16 @@ class AdapterCheckpointGuard(TrainerCallback):
 
         saved = load_file(str(self.checkpoint / "adapter_model.safetensors"))
         current = get_peft_model_state_dict(model, adapter_name="default")
-        bad = [k for k, v in saved.items() if k not in current
-               or not torch.equal(v.to(current[k].device, current[k].dtype), current[k])]
+        bad = [
+            k
+            for k, v in saved.items()
+            if k not in current or not torch.equal(v.to(current[k].device, current[k].dtype), current[k])
+        ]
         if bad:
-            raise RuntimeError(f"resuming from {self.checkpoint}: {len(bad)} policy adapter tensors differ from the "
-                               f"checkpoint (e.g. {bad[0]}); refusing to continue from the wrong weights")
+            raise RuntimeError(
+                f"resuming from {self.checkpoint}: {len(bad)} policy adapter tensors differ from the "
+                f"checkpoint (e.g. {bad[0]}); refusing to continue from the wrong weights"
+            )
         return control
 
 

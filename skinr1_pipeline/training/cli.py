@@ -18,9 +18,10 @@ import logging
 import os
 import sys
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from transformers import TrainerCallback
 
@@ -52,9 +53,15 @@ def run_gate(gate: GateConfig, adapter_dir: str, log: Callable[[str], None]) -> 
 
     items = pd.read_parquet(gate.items_path)
     chosen = items[items["split"] == gate.split]
-    return heldout_mcq_scores(gate.model_dir, adapter_dir, chosen, limit=gate.limit,
-                              max_new_tokens=gate.max_new_tokens, max_pixels=gate.max_pixels,
-                              progress=lambda done, total: log(f"held-out gate: {done}/{total}"))
+    return heldout_mcq_scores(
+        gate.model_dir,
+        adapter_dir,
+        chosen,
+        limit=gate.limit,
+        max_new_tokens=gate.max_new_tokens,
+        max_pixels=gate.max_pixels,
+        progress=lambda done, total: log(f"held-out gate: {done}/{total}"),
+    )
 
 
 class PipesProgress(TrainerCallback):
@@ -90,9 +97,15 @@ def record_failure(rank: int) -> Path | None:
     return path
 
 
-def run_step(step: str, config_path: str, overrides: Sequence[str], gate_path: str | None, *,
-             log: Callable[[str], None] = print, callbacks: Sequence[TrainerCallback] = ()
-             ) -> tuple[dict[str, Any], dict[str, Any]] | tuple[None, None]:
+def run_step(
+    step: str,
+    config_path: str,
+    overrides: Sequence[str],
+    gate_path: str | None,
+    *,
+    log: Callable[[str], None] = print,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> tuple[dict[str, Any], dict[str, Any]] | tuple[None, None]:
     """Train on this rank; rank 0 then runs the gate and returns (summary, Pipes metadata), the others (None, None).
 
     Shared by `train` (Pipes from this process) and `training.ray_job` (Ray Train workers, whose driver reports).
@@ -123,21 +136,32 @@ def train(step: str, config_path: str, overrides: Sequence[str], gate_path: str 
 
     label = _step(step)[0]
     with open_dagster_pipes() as pipes:
-        summary, metadata = run_step(step, config_path, overrides, gate_path, log=pipes.log.info,
-                                     callbacks=[PipesProgress(label, pipes.log.info)])
+        summary, metadata = run_step(
+            step,
+            config_path,
+            overrides,
+            gate_path,
+            log=pipes.log.info,
+            callbacks=[PipesProgress(label, pipes.log.info)],
+        )
         pipes.report_asset_materialization(metadata=metadata)
     return summary
 
 
 def main(argv: Sequence[str] | None = None, *, step: str | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog="python -m skinr1_pipeline.training.cli",
-                                     description="SFT or GRPO of Qwen2.5-VL, standalone or under Dagster Pipes")
+    parser = argparse.ArgumentParser(
+        prog="python -m skinr1_pipeline.training.cli",
+        description="SFT or GRPO of Qwen2.5-VL, standalone or under Dagster Pipes",
+    )
     if step is None:
         parser.add_argument("step", choices=STEPS)
     parser.add_argument("--config", required=True, help="YAML/JSON file with the trainer's run config fields")
-    parser.add_argument("--gate", default=None, help="YAML/JSON file with GateConfig fields: the held-out check "
-                        "rank 0 runs on the trained adapter")
+    parser.add_argument(
+        "--gate",
+        default=None,
+        help="YAML/JSON file with GateConfig fields: the held-out check rank 0 runs on the trained adapter",
+    )
     known, rest = parser.parse_known_args(argv)
     rank = current_rank()
     try:

@@ -14,8 +14,9 @@ import math
 import re
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 
@@ -129,8 +130,11 @@ def from_mapping(cls: type[T], data: Mapping[str, Any]) -> T:
         if not _matches(value, hints[key]):
             raise ConfigError(f"{cls.__name__}.{key} = {value!r} does not match type {hints[key]}")
         kwargs[key] = list(value) if isinstance(value, tuple) else value
-    missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
-               and f.default_factory is dataclasses.MISSING]
+    missing = [
+        n
+        for n, f in fields.items()
+        if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
         raise ConfigError(f"{cls.__name__} needs {missing}")
     return cls(**kwargs)

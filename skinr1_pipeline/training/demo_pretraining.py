@@ -24,9 +24,16 @@ from skinr1_pipeline.knowledge.taxonomy import Taxonomy
 
 CAPTION_PROMPT = "Name the diagnosis."
 #: Label-preserving views of a skin image (a lesion has no canonical orientation): identity first.
-VIEWS = (None, Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.FLIP_TOP_BOTTOM, Image.Transpose.ROTATE_90,
-         Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270, Image.Transpose.TRANSPOSE,
-         Image.Transpose.TRANSVERSE)
+VIEWS = (
+    None,
+    Image.Transpose.FLIP_LEFT_RIGHT,
+    Image.Transpose.FLIP_TOP_BOTTOM,
+    Image.Transpose.ROTATE_90,
+    Image.Transpose.ROTATE_180,
+    Image.Transpose.ROTATE_270,
+    Image.Transpose.TRANSPOSE,
+    Image.Transpose.TRANSVERSE,
+)
 
 
 def caption_frame(samples: pd.DataFrame, taxonomy: Taxonomy) -> pd.DataFrame:
@@ -34,10 +41,14 @@ def caption_frame(samples: pd.DataFrame, taxonomy: Taxonomy) -> pd.DataFrame:
     train = samples[samples["split"] == "train"]
     if train.empty:
         raise ValueError("vision-language warm-up needs train samples; none were given")
-    return pd.DataFrame({
-        "sample_id": train["sample_id"].to_numpy(), "image_path": train["image_path"].to_numpy(),
-        "prompt": CAPTION_PROMPT, "completion": [taxonomy[n].name for n in train["taxonomy_node"]],
-    })
+    return pd.DataFrame(
+        {
+            "sample_id": train["sample_id"].to_numpy(),
+            "image_path": train["image_path"].to_numpy(),
+            "prompt": CAPTION_PROMPT,
+            "completion": [taxonomy[n].name for n in train["taxonomy_node"]],
+        }
+    )
 
 
 def augmented(captions: pd.DataFrame, out_dir: Path, views: int, max_pixels: int) -> pd.DataFrame:
@@ -59,8 +70,17 @@ def augmented(captions: pd.DataFrame, out_dir: Path, views: int, max_pixels: int
     return pd.DataFrame(rows, columns=captions.columns)
 
 
-def warm_up(model_dir: str | Path, samples: pd.DataFrame, taxonomy: Taxonomy, *, steps: int, seed: int = 0,
-            max_pixels: int = 112 * 112, views: int = 4, **overrides: Any) -> dict[str, Any]:
+def warm_up(
+    model_dir: str | Path,
+    samples: pd.DataFrame,
+    taxonomy: Taxonomy,
+    *,
+    steps: int,
+    seed: int = 0,
+    max_pixels: int = 112 * 112,
+    views: int = 4,
+    **overrides: Any,
+) -> dict[str, Any]:
     """Caption-train the whole vision tower, embeddings and head (LoRA on the LM) on `views` dihedral views of each
     train image, merge, and overwrite the weights in `model_dir`. Returns the training losses and how many images
     (before augmentation) it saw."""
@@ -72,17 +92,32 @@ def warm_up(model_dir: str | Path, samples: pd.DataFrame, taxonomy: Taxonomy, *,
     with tempfile.TemporaryDirectory(prefix="skinr1-warmup-") as tmp:
         data = Path(tmp) / "captions.parquet"
         augmented(captions, Path(tmp) / "views", views, max_pixels).to_parquet(data, index=False)
-        cfg = demo_sft_config(model_dir, data, Path(tmp) / "run", max_steps=steps, seed=seed, system_prompt=None,
-                              freeze_vision=True, modules_to_save=["embed_tokens", "lm_head", "visual"],
-                              max_pixels=max_pixels, save_steps=max(steps, 1), logging_steps=max(1, steps // 10),
-                              **overrides)
+        cfg = demo_sft_config(
+            model_dir,
+            data,
+            Path(tmp) / "run",
+            max_steps=steps,
+            seed=seed,
+            system_prompt=None,
+            freeze_vision=True,
+            modules_to_save=["embed_tokens", "lm_head", "visual"],
+            max_pixels=max_pixels,
+            save_steps=max(steps, 1),
+            logging_steps=max(1, steps // 10),
+            **overrides,
+        )
         result = run_sft(cfg)
         merged = load_adapter_model(model_dir, result.adapter_dir, trainable=False, device="cpu").merge_and_unload()
         staged = Path(tmp) / "merged"
         merged.save_pretrained(staged, safe_serialization=True)
         replace_weights(model_dir, staged)
-    return {"images": len(captions), "views": views, "steps": result.steps, "train_loss": result.train_loss,
-            "seconds": result.seconds}
+    return {
+        "images": len(captions),
+        "views": views,
+        "steps": result.steps,
+        "train_loss": result.train_loss,
+        "seconds": result.seconds,
+    }
 
 
 def replace_weights(model_dir: Path, staged: Path) -> None:

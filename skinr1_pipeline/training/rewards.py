@@ -83,20 +83,27 @@ def _columns(completions: Any, kwargs: dict[str, Any], required: tuple[str, ...]
         if "option_scores" in cols:
             scores = cols["option_scores"][i]
             if opts is not None and (not isinstance(scores, Sequence) or len(scores) != len(opts)):
-                raise RewardAlignmentError(f"{len(opts)} options but option_scores={scores!r}", row=i,
-                                           sample_id=ids[i], column="option_scores")
+                raise RewardAlignmentError(
+                    f"{len(opts)} options but option_scores={scores!r}", row=i, sample_id=ids[i], column="option_scores"
+                )
             if opts is not None and not all(_is_finite(s) for s in scores):
-                raise RewardInputError(f"option_scores must be finite numbers: {scores!r}", row=i, sample_id=ids[i],
-                                       column="option_scores")
+                raise RewardInputError(
+                    f"option_scores must be finite numbers: {scores!r}", row=i, sample_id=ids[i], column="option_scores"
+                )
         if "bucket" in cols and cols["bucket"][i] is not None and cols["bucket"][i] not in STATUSES:
-            raise RewardInputError(f"bucket {cols['bucket'][i]!r} is not one of {STATUSES}", row=i,
-                                   sample_id=ids[i], column="bucket")
+            raise RewardInputError(
+                f"bucket {cols['bucket'][i]!r} is not one of {STATUSES}", row=i, sample_id=ids[i], column="bucket"
+            )
         if "prompts" in cols:
             expected = [o.strip() for o in opts] if opts else None
             shown = prompt_options(cols["prompts"][i])
             if shown != expected:
-                raise RewardAlignmentError(f"the prompt lists options {shown!r} but the options column holds "
-                                           f"{expected!r}", row=i, sample_id=ids[i], column="options")
+                raise RewardAlignmentError(
+                    f"the prompt lists options {shown!r} but the options column holds {expected!r}",
+                    row=i,
+                    sample_id=ids[i],
+                    column="options",
+                )
     return cols
 
 
@@ -109,8 +116,9 @@ def thinking_word_chars(thinking: str | None) -> int:
     return len(_WORD_CHAR_RE.findall(unicodedata.normalize("NFKC", thinking or "")))
 
 
-def _parse_all(completions: Sequence[Any], cols: dict[str, list],
-               min_thinking_word_chars: int = MIN_THINKING_WORD_CHARS) -> list[ParsedCompletion]:
+def _parse_all(
+    completions: Sequence[Any], cols: dict[str, list], min_thinking_word_chars: int = MIN_THINKING_WORD_CHARS
+) -> list[ParsedCompletion]:
     """Parse every row; a parse whose thinking is too thin becomes a failure ("thin_thinking") for every reward."""
     options = cols.get("options", [None] * len(completions))
     out = []
@@ -122,8 +130,9 @@ def _parse_all(completions: Sequence[Any], cols: dict[str, list],
     return out
 
 
-def format_reward(completions: Sequence[Any], *, min_thinking_word_chars: int = MIN_THINKING_WORD_CHARS,
-                  **kwargs: Any) -> list[float]:
+def format_reward(
+    completions: Sequence[Any], *, min_thinking_word_chars: int = MIN_THINKING_WORD_CHARS, **kwargs: Any
+) -> list[float]:
     """FORMAT_REWARD when the completion parses (for MCQ rows: names exactly one offered option) and its thinking
     has at least `min_thinking_word_chars` letters/digits, else 0 (the other rewards apply the same gate).
 
@@ -139,8 +148,9 @@ def format_reward(completions: Sequence[Any], *, min_thinking_word_chars: int = 
     return [FORMAT_REWARD if p.ok else 0.0 for p in parsed]
 
 
-def granularity_reward(completions: Sequence[Any], *, min_thinking_word_chars: int = MIN_THINKING_WORD_CHARS,
-                       **kwargs: Any) -> list[float | None]:
+def granularity_reward(
+    completions: Sequence[Any], *, min_thinking_word_chars: int = MIN_THINKING_WORD_CHARS, **kwargs: Any
+) -> list[float | None]:
     """The chosen option's hierarchical score from `option_scores`; 0 when unparseable or ambiguous.
 
     None (TRL: "does not apply") for rows without options, i.e. open-ended items.
@@ -156,8 +166,9 @@ def granularity_reward(completions: Sequence[Any], *, min_thinking_word_chars: i
     return out
 
 
-def accuracy_reward(completions: Sequence[Any], *, min_thinking_word_chars: int = MIN_THINKING_WORD_CHARS,
-                    **kwargs: Any) -> list[float | None]:
+def accuracy_reward(
+    completions: Sequence[Any], *, min_thinking_word_chars: int = MIN_THINKING_WORD_CHARS, **kwargs: Any
+) -> list[float | None]:
     """ACCURACY_REWARD when the chosen option carries the row's maximal (positive) score: flat, no hierarchy.
 
     This is the authors' `--native_reward` ablation (credit only for the deepest correct option shown).
@@ -175,8 +186,9 @@ def accuracy_reward(completions: Sequence[Any], *, min_thinking_word_chars: int 
     return out
 
 
-def malignancy_reward(completions: Sequence[Any], *, min_thinking_word_chars: int = MIN_THINKING_WORD_CHARS,
-                      **kwargs: Any) -> list[float | None]:
+def malignancy_reward(
+    completions: Sequence[Any], *, min_thinking_word_chars: int = MIN_THINKING_WORD_CHARS, **kwargs: Any
+) -> list[float | None]:
     """MALIGNANCY_REWARD when the parse succeeds and `explicit_status` equals the row's `bucket`, else 0.
 
     An answer that fails to parse earns nothing here either, so a correct status cannot pay for an ambiguous
@@ -210,8 +222,10 @@ NO_GRANULARITY_REWARD_WEIGHTS = {"format": 1.0, "accuracy": 0.75, "malignancy": 
 def make_reward_functions(weights: Mapping[str, float]) -> tuple[list[RewardFn], list[float]]:
     """(reward_funcs, reward_weights) for `GRPOTrainer(reward_funcs=...)` and `GRPOConfig(reward_weights=...)`."""
     if not isinstance(weights, Mapping) or not weights:
-        raise ValueError("weights must be a non-empty mapping of reward name -> weight; allowed names: "
-                         + ", ".join(sorted(REWARD_FUNCTIONS)))
+        raise ValueError(
+            "weights must be a non-empty mapping of reward name -> weight; allowed names: "
+            + ", ".join(sorted(REWARD_FUNCTIONS))
+        )
     funcs, values = [], []
     for name, weight in weights.items():
         if name not in REWARD_FUNCTIONS:

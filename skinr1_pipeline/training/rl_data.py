@@ -23,24 +23,36 @@ CONSTRUCTIONS = ("set_first", "paper")
 DEFAULT_FRACTIONS = (0.01, 0.05, 0.1, 0.2)
 
 
-def build_rl_items(samples: pd.DataFrame, taxonomy: Taxonomy, *, construction: str = "set_first",
-                   ddx: DDxGraph | None = None, n_options: int = 4, hard_negative_fraction: float = 0.0,
-                   seed: int = 42) -> McqBuild:
+def build_rl_items(
+    samples: pd.DataFrame,
+    taxonomy: Taxonomy,
+    *,
+    construction: str = "set_first",
+    ddx: DDxGraph | None = None,
+    n_options: int = 4,
+    hard_negative_fraction: float = 0.0,
+    seed: int = 42,
+) -> McqBuild:
     """RL items for every split of `samples` (GRPO reads the train split; the others stay for held-out checks)."""
     if construction == "paper":
-        return build_mcq_items(samples, taxonomy, ddx=ddx, n_options=n_options,
-                               hard_negative_fraction=hard_negative_fraction, seed=seed)
+        return build_mcq_items(
+            samples, taxonomy, ddx=ddx, n_options=n_options, hard_negative_fraction=hard_negative_fraction, seed=seed
+        )
     if construction != "set_first":
         raise ValueError(f"construction {construction!r} is not one of {', '.join(CONSTRUCTIONS)}")
     if hard_negative_fraction:
-        raise ValueError("hard_negative_fraction applies to the paper's construction only; set-first items already "
-                         "prefer close relatives of the anchor (SetFirstConfig.closeness)")
+        raise ValueError(
+            "hard_negative_fraction applies to the paper's construction only; set-first items already "
+            "prefer close relatives of the anchor (SetFirstConfig.closeness)"
+        )
     config = SetFirstConfig(n_options=n_options, seed=seed, top_score=TOP_SCORE)
-    parts = [build_set_first_items(samples, taxonomy, pool="level", config=config, splits=[split],
-                                   item_prefix=f"rl/{split}")
-             for split in sorted(samples["split"].dropna().unique())]
-    return McqBuild(_concat([p.items for p in parts], SET_FIRST_COLUMNS),
-                    _concat([p.dropped for p in parts], DROP_COLUMNS))
+    parts = [
+        build_set_first_items(samples, taxonomy, pool="level", config=config, splits=[split], item_prefix=f"rl/{split}")
+        for split in sorted(samples["split"].dropna().unique())
+    ]
+    return McqBuild(
+        _concat([p.items for p in parts], SET_FIRST_COLUMNS), _concat([p.dropped for p in parts], DROP_COLUMNS)
+    )
 
 
 def _concat(frames: list[pd.DataFrame], columns: Sequence[str]) -> pd.DataFrame:
@@ -48,8 +60,9 @@ def _concat(frames: list[pd.DataFrame], columns: Sequence[str]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(columns))
 
 
-def train_subsets(items: pd.DataFrame, fractions: Sequence[float] = DEFAULT_FRACTIONS,
-                  seed: int = 42) -> dict[float, pd.DataFrame]:
+def train_subsets(
+    items: pd.DataFrame, fractions: Sequence[float] = DEFAULT_FRACTIONS, seed: int = 42
+) -> dict[float, pd.DataFrame]:
     """Per-source fractions of the train items for data-scaling runs (paper §5.1 step 6).
 
     Each source is permuted once and every fraction takes a prefix, so the subsets are nested (1 % ⊂ 5 % ⊂ ...)

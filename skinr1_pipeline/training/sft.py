@@ -21,10 +21,10 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 from transformers import TrainerCallback
@@ -35,8 +35,17 @@ from skinr1_pipeline.modeling.model_factory import load_model, load_processor, p
 from skinr1_pipeline.modeling.prompt_format import SYSTEM_PROMPT
 from skinr1_pipeline.runtime.distributed import current_rank, training_device
 from skinr1_pipeline.storage.atomic import write_json
-from skinr1_pipeline.training.config import (ADAPTER_DIR, from_mapping, load_mapping, parse_overrides, resolve_bf16,
-                                             newest_checkpoint, optimization_args, resolve_use_cpu, to_mapping)
+from skinr1_pipeline.training.config import (
+    ADAPTER_DIR,
+    from_mapping,
+    load_mapping,
+    newest_checkpoint,
+    optimization_args,
+    parse_overrides,
+    resolve_bf16,
+    resolve_use_cpu,
+    to_mapping,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -121,28 +130,41 @@ class SFTResult:
         return asdict(self)
 
 
-def demo_sft_config(model_dir: str | Path, train_path: str | Path, output_dir: str | Path,
-                    **overrides: Any) -> SFTRunConfig:
+def demo_sft_config(
+    model_dir: str | Path, train_path: str | Path, output_dir: str | Path, **overrides: Any
+) -> SFTRunConfig:
     """Preset for the tiny demo model on CPU, sized for the compact demo trajectories (~80 tokens).
 
     LoRA on every linear layer of the language model; embeddings and LM head are trained in full
     (`modules_to_save`). The vision tower and merger stay frozen: the warm-up (`training.demo_pretraining`) already
     taught them to read the image, and adapting them at this learning rate let SFT wash that out (two of five runs
     collapsed to one diagnosis for nearly every image; neither frozen run did). Per-example cost does not depend on
-    batch size here, so batch 2 buys the most optimizer steps per second.
-
-    Measured on 925 compact trajectories plus 1,500 option-drill rows (`training.option_drill`, mixed in by the
-    `sft_checkpoint` asset) after a 4-view warm-up and the base-model drill (2 CPU cores): 2,000 steps take ~320 s;
-    100% strict format on held-out items; written 4-option accuracy 37.5% on the valid gate and 41% on the in-domain
-    test items (chance 25%), 59% on the 3-way malignancy question. Without the drill the 2-layer LM wrote its own diagnosis's letter without finding it in
-    the option list and stayed at chance.
+    batch size here, so batch 2 buys the most optimizer steps per second. The README ("How the demo model is
+    prepared") has what this preset measured.
     """
     values: dict[str, Any] = dict(
-        model_dir=str(model_dir), train_path=str(train_path), output_dir=str(output_dir),
-        freeze_vision=True, lora_on_merger=False, modules_to_save=["embed_tokens", "lm_head"],
-        lora_r=16, lora_alpha=32, lora_dropout=0.0, learning_rate=2e-3, lr_scheduler_type="cosine", warmup_ratio=0.05,
-        num_train_epochs=5.0, max_steps=2000, per_device_train_batch_size=2, gradient_accumulation_steps=1,
-        max_pixels=112 * 112, max_length=1024, seed=0, save_steps=500, save_total_limit=1, logging_steps=5,
+        model_dir=str(model_dir),
+        train_path=str(train_path),
+        output_dir=str(output_dir),
+        freeze_vision=True,
+        lora_on_merger=False,
+        modules_to_save=["embed_tokens", "lm_head"],
+        lora_r=16,
+        lora_alpha=32,
+        lora_dropout=0.0,
+        learning_rate=2e-3,
+        lr_scheduler_type="cosine",
+        warmup_ratio=0.05,
+        num_train_epochs=5.0,
+        max_steps=2000,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=1,
+        max_pixels=112 * 112,
+        max_length=1024,
+        seed=0,
+        save_steps=500,
+        save_total_limit=1,
+        logging_steps=5,
         gradient_checkpointing=False,
     )
     values.update(overrides)
@@ -161,8 +183,14 @@ def resolve_image_path(image_path: str, base_dir: Path) -> Path:
     return candidate if candidate.exists() else p
 
 
-def load_trajectory_dataset(parquet_path: str | Path, *, max_pixels: int | None, system: str | None = SYSTEM_PROMPT,
-                            max_samples: int | None = None, min_pixels: int = DEFAULT_MIN_MODEL_PIXELS):
+def load_trajectory_dataset(
+    parquet_path: str | Path,
+    *,
+    max_pixels: int | None,
+    system: str | None = SYSTEM_PROMPT,
+    max_samples: int | None = None,
+    min_pixels: int = DEFAULT_MIN_MODEL_PIXELS,
+):
     """Parquet rows as a `datasets.Dataset` whose items are TRL conversational prompt-completion examples.
 
     Validated up front (columns, empty fields, image files) so a bad file fails before the model loads; images are
@@ -225,9 +253,15 @@ def lora_target_pattern(cfg: SFTRunConfig) -> list[str] | str:
 def _lora_config(cfg: SFTRunConfig):
     from peft import LoraConfig
 
-    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, bias="none",
-                      target_modules=lora_target_pattern(cfg), modules_to_save=cfg.modules_to_save,
-                      task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        bias="none",
+        target_modules=lora_target_pattern(cfg),
+        modules_to_save=cfg.modules_to_save,
+        task_type="CAUSAL_LM",
+    )
 
 
 def last_checkpoint(output_dir: str | Path) -> str | None:
@@ -247,8 +281,12 @@ class _ProgressCallback(TrainerCallback):
             self.fn({"step": state.global_step, "max_steps": state.max_steps, **logs})
 
 
-def build_trainer(cfg: SFTRunConfig, *, progress: Callable[[dict[str, Any]], None] | None = None,
-                  callbacks: Sequence[TrainerCallback] = ()):
+def build_trainer(
+    cfg: SFTRunConfig,
+    *,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
+):
     """Model, processor, datasets and a configured `SFTTrainer` (not yet trained). Tests inspect its collator;
     `callbacks` are extra `TrainerCallback`s (timing, checks)."""
     from trl import SFTConfig, SFTTrainer
@@ -258,14 +296,26 @@ def build_trainer(cfg: SFTRunConfig, *, progress: Callable[[dict[str, Any]], Non
     grad_ckpt = (not use_cpu) if cfg.gradient_checkpointing is None else cfg.gradient_checkpointing
     processor = load_processor(cfg.model_dir, max_pixels=cfg.max_pixels)
     set_pixel_limits(processor, max_pixels=cfg.max_pixels)
-    model = load_model(cfg.model_dir, dtype=torch.bfloat16 if bf16 else torch.float32,
-                       device=training_device(use_cpu), attn_implementation=cfg.attn_implementation)
+    model = load_model(
+        cfg.model_dir,
+        dtype=torch.bfloat16 if bf16 else torch.float32,
+        device=training_device(use_cpu),
+        attn_implementation=cfg.attn_implementation,
+    )
     model.train()
     min_pixels, max_pixels = pixel_limits(processor)  # images reach the processor at its own size: no second resize
-    train_ds = load_trajectory_dataset(cfg.train_path, max_pixels=max_pixels, min_pixels=min_pixels,
-                                       system=cfg.system_prompt, max_samples=cfg.max_train_samples)
-    eval_ds = (load_trajectory_dataset(cfg.eval_path, max_pixels=max_pixels, min_pixels=min_pixels,
-                                       system=cfg.system_prompt) if cfg.eval_path else None)
+    train_ds = load_trajectory_dataset(
+        cfg.train_path,
+        max_pixels=max_pixels,
+        min_pixels=min_pixels,
+        system=cfg.system_prompt,
+        max_samples=cfg.max_train_samples,
+    )
+    eval_ds = (
+        load_trajectory_dataset(cfg.eval_path, max_pixels=max_pixels, min_pixels=min_pixels, system=cfg.system_prompt)
+        if cfg.eval_path
+        else None
+    )
     args = SFTConfig(
         **optimization_args(cfg),
         per_device_eval_batch_size=cfg.per_device_eval_batch_size,
@@ -290,8 +340,15 @@ def build_trainer(cfg: SFTRunConfig, *, progress: Callable[[dict[str, Any]], Non
         disable_tqdm=True,
     )
     extra = [*([_ProgressCallback(progress)] if progress is not None else []), *callbacks]
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                         processing_class=processor, peft_config=_lora_config(cfg), callbacks=extra or None)
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=processor,
+        peft_config=_lora_config(cfg),
+        callbacks=extra or None,
+    )
     return trainer
 
 
@@ -299,8 +356,12 @@ def _history(log_history: list[dict[str, Any]], key: str) -> list[dict[str, floa
     return [{"step": int(e["step"]), key: float(e[key])} for e in log_history if key in e and "step" in e]
 
 
-def run_sft(cfg: SFTRunConfig, *, progress: Callable[[dict[str, Any]], None] | None = None,
-            callbacks: Sequence[TrainerCallback] = ()) -> SFTResult:
+def run_sft(
+    cfg: SFTRunConfig,
+    *,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> SFTResult:
     """Train, checkpoint every `save_steps`, resume when asked, save the adapter (+ processor) to output_dir/adapter."""
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)

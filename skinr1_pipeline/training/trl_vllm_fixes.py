@@ -88,7 +88,8 @@ def install(*, dtype: str, min_pixels: int | None = None, max_pixels: int | None
                 raise RolloutPromptMismatch(
                     f"vLLM expanded an image prompt to {len(engines)} tokens ({list(engines).count(image_token)} "
                     f"image tokens) but the trainer scores {len(ours)} ({list(ours).count(image_token)}): the "
-                    "engine's image pixel limits differ from the trainer's processor")
+                    "engine's image pixel limits differ from the trainer's processor"
+                )
         return out
 
     def _iter_named_params(self):
@@ -100,10 +101,16 @@ def install(*, dtype: str, min_pixels: int | None = None, max_pixels: int | None
         if self.mode == "colocate":
             self.llm.llm_engine.reset_encoder_cache()
 
-    for fn, original in ((generate_from_trainer_prompts, generate), (_iter_named_params, iter_params),
-                         (sync_weights, sync)):
+    for fn, original in (
+        (generate_from_trainer_prompts, generate),
+        (_iter_named_params, iter_params),
+        (sync_weights, sync),
+    ):
         setattr(fn, _PATCHED_FLAG, True)
         fn.__doc__ = original.__doc__
     vllm_generation.LLM = llm_with_trainer_options
-    cls.generate, cls._iter_named_params, cls.sync_weights = (generate_from_trainer_prompts, _iter_named_params,
-                                                              sync_weights)
+    cls.generate, cls._iter_named_params, cls.sync_weights = (
+        generate_from_trainer_prompts,
+        _iter_named_params,
+        sync_weights,
+    )

@@ -43,13 +43,23 @@ PALETTE_RGB: dict[str, tuple[int, int, int]] = {
 }
 BODY_COLOURS = ("light_brown", "dark_brown", "black", "blue_grey", "tan", "pink", "red")
 FITZPATRICK_SKIN: dict[int, tuple[int, int, int]] = {
-    1: (240, 210, 192), 2: (226, 184, 156), 3: (198, 150, 112), 4: (160, 112, 78), 5: (112, 74, 50), 6: (68, 46, 36),
+    1: (240, 210, 192),
+    2: (226, 184, 156),
+    3: (198, 150, 112),
+    4: (160, 112, 78),
+    5: (112, 74, 50),
+    6: (68, 46, 36),
 }
 _REFERENCE_SKIN = np.array(FITZPATRICK_SKIN[2], np.float32)
 # Structures whose drawing shows a colour area, so that colour must be reported when the structure is drawn.
 _IMPLIED_COLOUR = {
-    "blue_white_veil": "blue_grey", "blue_grey_ovoid_nests": "blue_grey", "regression": "white",
-    "central_white_patch": "white", "keratin_mass": "yellow", "red_lacunae": "red", "strawberry_pattern": "red",
+    "blue_white_veil": "blue_grey",
+    "blue_grey_ovoid_nests": "blue_grey",
+    "regression": "white",
+    "central_white_patch": "white",
+    "keratin_mass": "yellow",
+    "red_lacunae": "red",
+    "strawberry_pattern": "red",
 }
 _EXTENT = 1.6  # canonical canvas half-width, in lesion radii (room for border bumps and fuzz)
 _ANGLES = 720  # border-radius lookup resolution
@@ -105,11 +115,13 @@ def sample_lesion(diagnosis: str, profile: LesionFeatureProfile, rng: np.random.
         weights = np.array([w for _, w in options], float)
         return options[int(rng.choice(len(options), p=weights / weights.sum()))][0]
 
-    asym, irr, sharp = (float(rng.uniform(*r)) for r in (profile.asymmetry, profile.border_irregularity,
-                                                           profile.border_sharpness))
+    asym, irr, sharp = (
+        float(rng.uniform(*r)) for r in (profile.asymmetry, profile.border_irregularity, profile.border_sharpness)
+    )
     diameter = float(rng.uniform(*profile.diameter_mm))
-    elevation, vessels, scale, surface = (pick(getattr(profile, f))
-                                          for f in ("elevation", "vessels", "scale", "surface"))
+    elevation, vessels, scale, surface = (
+        pick(getattr(profile, f)) for f in ("elevation", "vessels", "scale", "surface")
+    )
     draws = rng.random(len(profile.structures))
     structures = tuple(name for (name, p), u in zip(profile.structures, draws) if u < p)
     implied = {_IMPLIED_COLOUR[s] for s in structures if s in _IMPLIED_COLOUR}
@@ -119,8 +131,20 @@ def sample_lesion(diagnosis: str, profile: LesionFeatureProfile, rng: np.random.
     order = rng.permutation(len(spare))
     chosen |= {spare[i] for i in order[: max(0, count - len(chosen))]}
     colours = tuple(c for c in profile.colours if c in chosen)
-    return LesionSpec(diagnosis, asym, irr, sharp, colours, diameter, elevation, vessels, scale, surface,
-                      structures, int(rng.integers(0, 2**32)))
+    return LesionSpec(
+        diagnosis,
+        asym,
+        irr,
+        sharp,
+        colours,
+        diameter,
+        elevation,
+        vessels,
+        scale,
+        surface,
+        structures,
+        int(rng.integers(0, 2**32)),
+    )
 
 
 def draw_lesion(
@@ -158,8 +182,9 @@ def draw_lesion(
     layer = canvas.paint(tint=np.clip(skin_rgb / _REFERENCE_SKIN, 0.25, 1.1) ** 0.6)
     optics = _Optics.sample(rng, width, height, domain)
     image = _background(rng, width, height, skin_rgb, optics, domain)
-    lesion_px = _warp_onto(image, layer, canvas.support(), canvas.px_per_unit, radius, theta, canvas.elongation,
-                           centre, optics)
+    lesion_px = _warp_onto(
+        image, layer, canvas.support(), canvas.px_per_unit, radius, theta, canvas.elongation, centre, optics
+    )
     hair = rng.random() < (0.25 if domain == "dermoscopic" else 0.15)
     picture = _add_hair(image, rng, skin_rgb * optics.cast) if hair else Image.fromarray(image)
     picture = optics.finish(picture, rng)
@@ -194,8 +219,11 @@ class _LesionCanvas:
         self.elongation = float(1.0 + 0.35 * a * shape_rng.random() + 0.12 * shape_rng.random())
         # Border radius as a function of angle: low harmonics make it asymmetric, high ones irregular.
         ks = np.arange(1, 15)
-        amps = np.where(ks <= 3, a * np.array([0.10, 0.16, 0.09] + [0] * 11) * shape_rng.uniform(0.6, 1, 14),
-                        b * 0.2 / ks**0.85 * shape_rng.uniform(0.3, 1, 14))
+        amps = np.where(
+            ks <= 3,
+            a * np.array([0.10, 0.16, 0.09] + [0] * 11) * shape_rng.uniform(0.6, 1, 14),
+            b * 0.2 / ks**0.85 * shape_rng.uniform(0.3, 1, 14),
+        )
         phases = shape_rng.uniform(0, 2 * math.pi, 14)
         angles = np.linspace(-math.pi, math.pi, _ANGLES + 1)
         border = 1.0 + (amps[:, None] * np.cos(ks[:, None] * angles + phases[:, None])).sum(0)
@@ -257,8 +285,12 @@ class _LesionCanvas:
         if not cols.size:
             return (0.0, 0.0, 0.0, 0.0)
         half, unit = self.size / 2, self.px_per_unit
-        return ((cols[0] - half) / unit, (cols[-1] + 1 - half) / unit, (rows[0] - half) / unit,
-                (rows[-1] + 1 - half) / unit)
+        return (
+            (cols[0] - half) / unit,
+            (cols[-1] + 1 - half) / unit,
+            (rows[0] - half) / unit,
+            (rows[-1] + 1 - half) / unit,
+        )
 
     def quantile(self, field: np.ndarray, coverage: float, region: np.ndarray | None = None) -> float:
         """Threshold so that about `coverage` of the lesion (or `region`) lies above it."""
@@ -279,11 +311,17 @@ class _LesionCanvas:
             self.colour_zone(col, name, i)
         structures = set(spec.structures)
         painters = (
-            ("network", self.network), ("atypical_network", self.network), ("peripheral_network", self.network),
-            ("regular_globules", self.globules), ("irregular_dots", self.globules),
-            ("blue_white_veil", self.veil), ("regression", self.regression),
-            ("central_white_patch", self.white_patch), ("red_lacunae", self.lacunae),
-            ("strawberry_pattern", self.strawberry), ("blue_grey_ovoid_nests", self.ovoid_nests),
+            ("network", self.network),
+            ("atypical_network", self.network),
+            ("peripheral_network", self.network),
+            ("regular_globules", self.globules),
+            ("irregular_dots", self.globules),
+            ("blue_white_veil", self.veil),
+            ("regression", self.regression),
+            ("central_white_patch", self.white_patch),
+            ("red_lacunae", self.lacunae),
+            ("strawberry_pattern", self.strawberry),
+            ("blue_grey_ovoid_nests", self.ovoid_nests),
         )
         if spec.surface == "verrucous":
             self.verrucous(col)
@@ -412,7 +450,7 @@ class _LesionCanvas:
 
     def strawberry(self, col: np.ndarray, name: str) -> None:
         f1, f2, _ = self.cells(name, 0.22)
-        _blend(col, self.rgb("red"), np.exp(-((f2 - f1) / 0.06) ** 2) * 0.45 * self.inside)
+        _blend(col, self.rgb("red"), np.exp(-(((f2 - f1) / 0.06) ** 2)) * 0.45 * self.inside)
         follicle = _smoothstep((0.05 - f1) / 0.03 + 0.5)
         _blend(col, self.rgb((240, 226, 210), 0.5), follicle * 0.8 * self.inside)
 
@@ -470,8 +508,15 @@ class _LesionCanvas:
         mask = self.disc_mask(pts[keep], np.full(int(keep.sum()), 0.013), blur=0.4)
         _blend(col, self.rgb((184, 36, 50), 0.7), mask * 0.7 * self.inside)
 
-    def _branch(self, draw: ImageDraw.ImageDraw, r: np.random.Generator, start: tuple[float, float], heading: float,
-                width: float, depth: int) -> None:
+    def _branch(
+        self,
+        draw: ImageDraw.ImageDraw,
+        r: np.random.Generator,
+        start: tuple[float, float],
+        heading: float,
+        width: float,
+        depth: int,
+    ) -> None:
         """One vessel: a wandering, tapering polyline that sometimes forks (plain floats: this loop is hot)."""
         x, y = float(start[0]), float(start[1])
         turns = r.normal(0, 0.35, 10)
@@ -481,8 +526,9 @@ class _LesionCanvas:
             nx, ny = x + 0.09 * math.cos(heading), y + 0.09 * math.sin(heading)
             if math.hypot(nx, ny) > 0.95:
                 return
-            draw.line([self.px((x, y)), self.px((nx, ny))], fill=255,
-                      width=max(1, int(round(width * self.px_per_unit))))
+            draw.line(
+                [self.px((x, y)), self.px((nx, ny))], fill=255, width=max(1, int(round(width * self.px_per_unit)))
+            )
             if depth < 3 and forks[step] < 0.3:
                 turn = float(r.choice([-1, 1]) * r.uniform(0.4, 0.9))
                 self._branch(draw, r, (nx, ny), heading + turn, width * 0.65, depth + 1)
@@ -578,7 +624,7 @@ class _Optics:
     blur: float  # box-blur radius in pixels (0 = none)
 
     @classmethod
-    def sample(cls, rng: np.random.Generator, width: int, height: int, domain: str) -> "_Optics":
+    def sample(cls, rng: np.random.Generator, width: int, height: int, domain: str) -> _Optics:
         lw, lh = max(8, width // 4), max(8, height // 4)
         ys = ((np.arange(lh, dtype=np.float32) + 0.5) / lh - 0.5)[:, None] * height
         xs = ((np.arange(lw, dtype=np.float32) + 0.5) / lw - 0.5)[None, :] * width
@@ -611,8 +657,9 @@ class _Optics:
         return out.filter(ImageFilter.BoxBlur(self.blur)) if self.blur > 0 else out
 
 
-def _background(rng: np.random.Generator, width: int, height: int, skin_rgb: np.ndarray, optics: _Optics,
-                domain: str) -> np.ndarray:
+def _background(
+    rng: np.random.Generator, width: int, height: int, skin_rgb: np.ndarray, optics: _Optics, domain: str
+) -> np.ndarray:
     """Lit skin as H x W x 3 uint8: tone, blotchy redness and texture, built at quarter size and upsampled."""
     lh, lw = optics.light_low.shape
     mott = np.asarray(Image.fromarray(rng.random((3, 4), dtype=np.float32), "F").resize((lw, lh), Image.BICUBIC))
@@ -626,9 +673,17 @@ def _background(rng: np.random.Generator, width: int, height: int, skin_rgb: np.
     return np.array(full)  # writable copy
 
 
-def _warp_onto(image: np.ndarray, layer: np.ndarray, support: tuple[float, float, float, float],
-               px_per_unit: float, radius: float, theta: float, elongation: float,
-               centre: tuple[float, float], optics: _Optics) -> float:
+def _warp_onto(
+    image: np.ndarray,
+    layer: np.ndarray,
+    support: tuple[float, float, float, float],
+    px_per_unit: float,
+    radius: float,
+    theta: float,
+    elongation: float,
+    centre: tuple[float, float],
+    optics: _Optics,
+) -> float:
     """Bilinear-warp the canonical RGBA layer (4 x S x S) into the view and composite it, lit like the skin,
     into the H x W x 3 uint8 image in place; float work stays inside the lesion's box. Returns lesion pixels."""
     height, width = image.shape[:2]
@@ -681,8 +736,11 @@ def _add_hair(image: np.ndarray, rng: np.random.Generator, skin_rgb: np.ndarray)
         p0, p1, p2 = (rng.uniform(-0.1, 1.1, 2) * [width, height] for _ in range(3))
         t = np.linspace(0, 1, 24)[:, None]
         curve = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2
-        draw.line([tuple(pt) for pt in curve], fill=int(rng.integers(170, 240)),
-                  width=max(1, int(round(min(width, height) / 150 * rng.uniform(0.7, 1.5)))))
+        draw.line(
+            [tuple(pt) for pt in curve],
+            fill=int(rng.integers(170, 240)),
+            width=max(1, int(round(min(width, height) / 150 * rng.uniform(0.7, 1.5)))),
+        )
     colour = tuple(int(c) for c in np.clip(skin_rgb * 0.22, 0, 255))
     base = Image.fromarray(image)
     return Image.composite(Image.new("RGB", base.size, colour), base, mask.filter(ImageFilter.GaussianBlur(0.5)))

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -19,20 +20,63 @@ from skinr1_pipeline.storage.atomic import atomic_path
 
 # Exact headers of the public files (column order matters to positional readers).
 HAM10000_COLUMNS: tuple[str, ...] = (
-    "lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization", "dataset",
+    "lesion_id",
+    "image_id",
+    "dx",
+    "dx_type",
+    "age",
+    "sex",
+    "localization",
+    "dataset",
 )
 # The Dataverse copy of the ISIC 2018 Task 3 test ground truth uses the same metadata-style layout.
 ISIC2018_TEST_COLUMNS: tuple[str, ...] = HAM10000_COLUMNS
 PAD_UFES_20_COLUMNS: tuple[str, ...] = (
-    "patient_id", "lesion_id", "smoke", "drink", "background_father", "background_mother", "age", "pesticide",
-    "gender", "skin_cancer_history", "cancer_history", "has_piped_water", "has_sewage_system", "fitspatrick",
-    "region", "diameter_1", "diameter_2", "diagnostic", "itch", "grew", "hurt", "changed", "bleed", "elevation",
-    "img_id", "biopsed",
+    "patient_id",
+    "lesion_id",
+    "smoke",
+    "drink",
+    "background_father",
+    "background_mother",
+    "age",
+    "pesticide",
+    "gender",
+    "skin_cancer_history",
+    "cancer_history",
+    "has_piped_water",
+    "has_sewage_system",
+    "fitspatrick",
+    "region",
+    "diameter_1",
+    "diameter_2",
+    "diagnostic",
+    "itch",
+    "grew",
+    "hurt",
+    "changed",
+    "bleed",
+    "elevation",
+    "img_id",
+    "biopsed",
 )
 DERM7PT_COLUMNS: tuple[str, ...] = (
-    "case_num", "diagnosis", "seven_point_score", "pigment_network", "streaks", "pigmentation",
-    "regression_structures", "dots_and_globules", "blue_whitish_veil", "vascular_structures",
-    "level_of_diagnostic_difficulty", "elevation", "location", "sex", "management", "clinic", "derm",
+    "case_num",
+    "diagnosis",
+    "seven_point_score",
+    "pigment_network",
+    "streaks",
+    "pigmentation",
+    "regression_structures",
+    "dots_and_globules",
+    "blue_whitish_veil",
+    "vascular_structures",
+    "level_of_diagnostic_difficulty",
+    "elevation",
+    "location",
+    "sex",
+    "management",
+    "clinic",
+    "derm",
 )
 DERM7PT_INDEX_COLUMN = "indexes"
 
@@ -108,7 +152,8 @@ def write_palette_png(path: Path, image: Image.Image) -> tuple[str, str]:
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     image.quantize(colors=64, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
-        buffer, "PNG", compress_level=PNG_COMPRESS_LEVEL)
+        buffer, "PNG", compress_level=PNG_COMPRESS_LEVEL
+    )
     path.write_bytes(buffer.getvalue())
     return "unsupported_mode", "palette PNG (mode P, 64 colours); the pipeline expects 8-bit RGB"
 

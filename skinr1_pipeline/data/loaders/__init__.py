@@ -7,8 +7,8 @@ dependency cannot stop the others from loading.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from skinr1_pipeline.data.schema import LoadedDataset
 

@@ -27,8 +27,8 @@ from skinr1_pipeline.data.loaders.common import (
     strip_extension,
     undocumented_label_notes,
 )
-from skinr1_pipeline.messages import capped, capped_each
 from skinr1_pipeline.data.schema import LoadedDataset
+from skinr1_pipeline.messages import capped, capped_each
 
 DATASET = "bcn20000"
 WHAT = "BCN20000"

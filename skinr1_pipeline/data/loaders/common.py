@@ -12,21 +12,26 @@ import csv
 import math
 import os
 from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 
 from skinr1_pipeline.data.images import index_image_files
-from skinr1_pipeline.messages import capped, capped_each, capped_list
 from skinr1_pipeline.data.schema import QUARANTINE_COLUMNS, RECORD_COLUMNS, DatasetFormatError
+from skinr1_pipeline.messages import capped, capped_each, capped_list
 
 METADATA_SUFFIXES = ("", ".csv", ".tab", ".tsv", ".txt")
 SPLIT_SYNONYMS = {
-    "train": "train", "training": "train",
-    "val": "valid", "valid": "valid", "validation": "valid",
-    "test": "test", "testing": "test",
-}  # fmt: skip
+    "train": "train",
+    "training": "train",
+    "val": "valid",
+    "valid": "valid",
+    "validation": "valid",
+    "test": "test",
+    "testing": "test",
+}
 
 
 def find_file(root: Path, names: Sequence[str], *, what: str) -> Path:
@@ -130,11 +135,13 @@ def _check_row_lengths(path: Path, sep: str, what: str) -> None:
                 if row and len(row) != len(header):
                     raise DatasetFormatError(
                         f"{what}: {path} line {rows.line_num} has {len(row)} fields, the header has {len(header)} "
-                        f"(a stray or missing delimiter?): {capped(sep.join(row), 120)!r}")
+                        f"(a stray or missing delimiter?): {capped(sep.join(row), 120)!r}"
+                    )
         except csv.Error as exc:
             cell = _oversized_cell(path, sep) if "field limit" in str(exc) else ""
-            raise DatasetFormatError(f"{what}: {path} line {rows.line_num} is not a readable table row: "
-                                     f"{capped(exc, 200)}{cell}") from exc
+            raise DatasetFormatError(
+                f"{what}: {path} line {rows.line_num} is not a readable table row: {capped(exc, 200)}{cell}"
+            ) from exc
 
 
 def _oversized_cell(path: Path, sep: str) -> str:
@@ -219,8 +226,10 @@ class ImageLocator:
         """A note counting the symlinks below the root that lead out of it (none of them indexed)."""
         if not self.outside:
             return []
-        return [f"{len(self.outside)} symlinks below {self.root} lead outside it and were not indexed "
-                f"(outside_root), e.g. {_link_text(*self.outside[0])}"]
+        return [
+            f"{len(self.outside)} symlinks below {self.root} lead outside it and were not indexed "
+            f"(outside_root), e.g. {_link_text(*self.outside[0])}"
+        ]
 
     def __len__(self) -> int:
         return sum(len(v) for v in self._index.values())
@@ -366,8 +375,10 @@ class RowChecks:
     def outside_links(self, mask: pd.Series, links: pd.Series, field: str | pd.Series, ids: pd.Series) -> None:
         """outside_root for rows in `mask` whose `links` text ("<link> -> <target>") is set: the only file for the
         id is a symlink that leaves the dataset folder, which is never read."""
-        text = ": " + field + " '" + capped_each(ids.astype(str)) + "' matches only a symlink leading outside " \
+        text = (
+            ": " + field + " '" + capped_each(ids.astype(str)) + "' matches only a symlink leading outside "
             "the dataset folder (" + links.fillna("") + "); not read"
+        )
         self.flag(mask & links.notna(), "outside_root", text)
 
     def contained(self, paths: pd.Series, root: Path, what: str = "image") -> None:
@@ -376,8 +387,11 @@ class RowChecks:
         outside = escapes_root(paths, root)
         if outside.any():
             targets = paths.where(outside, "").map(lambda p: capped(os.path.realpath(p), 200) if p else "")
-            self.flag(outside, "outside_root",
-                      f": {what} is a symlink leading to '" + targets + f"', outside {root} (expected a file below it)")
+            self.flag(
+                outside,
+                "outside_root",
+                f": {what} is a symlink leading to '" + targets + f"', outside {root} (expected a file below it)",
+            )
 
     def records(self, image_path: pd.Series, fields: Mapping[str, Any]) -> pd.DataFrame:
         """RECORD_COLUMNS of the rows that passed every check; a field the dataset lacks is None."""

@@ -24,8 +24,8 @@ from skinr1_pipeline.data.loaders.common import (
     read_table,
     stamp_origin,
 )
-from skinr1_pipeline.messages import capped_each
 from skinr1_pipeline.data.schema import LoadedDataset
+from skinr1_pipeline.messages import capped_each
 
 DATASET = "derm12345"
 WHAT = "DERM12345"
@@ -49,8 +49,15 @@ def load(root: Path) -> LoadedDataset:
     checks.empty_label(label, "label", "expected a DERM12345 code such as 'bcc'")
     expected = label + "/" + image_id + ".jpg"
     shown_id = capped_each(image_id)
-    not_found = (": no image named '" + shown_id + ".*' below the dataset folder (expected <part>/"
-                 + capped_each(label) + "/" + shown_id + ".jpg)")
+    not_found = (
+        ": no image named '"
+        + shown_id
+        + ".*' below the dataset folder (expected <part>/"
+        + capped_each(label)
+        + "/"
+        + shown_id
+        + ".jpg)"
+    )
     checks.image_ids(image_id, "image_id", found, not_found, locator=locator)
 
     split, split_notes = _official_split(table)

@@ -28,8 +28,8 @@ from skinr1_pipeline.data.loaders.common import (
     read_table,
     row_numbers,
 )
-from skinr1_pipeline.messages import capped, capped_each, capped_list
 from skinr1_pipeline.data.schema import DatasetFormatError, LoadedDataset
+from skinr1_pipeline.messages import capped, capped_each, capped_list
 
 DATASET = "derm7pt"
 WHAT = "Derm7pt"

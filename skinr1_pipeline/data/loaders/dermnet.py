@@ -21,7 +21,7 @@ from skinr1_pipeline.data.schema import DatasetFormatError, LoadedDataset
 
 DATASET = "dermnet"
 WHAT = "DermNet"
-SPLITS = {"train": "train", "test": "test", "valid": "valid", "val": "valid", "validation": "valid"}  # fmt: skip
+SPLITS = {"train": "train", "test": "test", "valid": "valid", "val": "valid", "validation": "valid"}
 IMAGE_SUFFIXES = frozenset(e.lower() for e in IMAGE_EXTENSIONS)  # the same set the ImageLocator indexes
 LINKED_FOLDERS = "<folder symlink>"  # _walk counts these apart from non-image files
 STEM_PATTERN = r"^(?P<fine>.*[^-\s].*?)-(?P<index>\d+)$"

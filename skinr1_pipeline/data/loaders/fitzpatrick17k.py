@@ -24,8 +24,8 @@ from skinr1_pipeline.data.loaders.common import (
     read_table,
     row_numbers,
 )
-from skinr1_pipeline.messages import capped_each
 from skinr1_pipeline.data.schema import LoadedDataset
+from skinr1_pipeline.messages import capped_each
 
 DATASET = "fitzpatrick17k"
 WHAT = "Fitzpatrick17k"
@@ -61,7 +61,10 @@ def load(root: Path) -> LoadedDataset:
     checks.flag(
         qc.str.startswith(WRONG_LABEL_QC),
         "bad_label",
-        ": field 'qc' is '" + capped_each(qc) + "'; expert quality control says label '" + capped_each(label)
+        ": field 'qc' is '"
+        + capped_each(qc)
+        + "'; expert quality control says label '"
+        + capped_each(label)
         + "' is wrong",
     )
     repeated = ": md5hash '" + capped_each(md5) + "' repeats an earlier row (each image must appear once)"

@@ -29,8 +29,8 @@ from skinr1_pipeline.data.loaders.common import (
     undocumented_label_notes,
 )
 from skinr1_pipeline.data.loaders.isic2019 import decode_one_hot
-from skinr1_pipeline.messages import capped_each, capped_list
 from skinr1_pipeline.data.schema import DatasetFormatError, LoadedDataset
+from skinr1_pipeline.messages import capped_each, capped_list
 
 DATASET = "ham10000"
 WHAT = "HAM10000"

@@ -9,8 +9,8 @@ test split when present. `decode_one_hot` is shared with the ISIC 2018 Task 3 fi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 
@@ -28,8 +28,8 @@ from skinr1_pipeline.data.loaders.common import (
     read_table,
     stamp_origin,
 )
-from skinr1_pipeline.messages import capped, capped_each
 from skinr1_pipeline.data.schema import LoadedDataset
+from skinr1_pipeline.messages import capped, capped_each
 
 DATASET = "isic2019"
 WHAT = "ISIC 2019"
@@ -110,8 +110,13 @@ def load(root: Path) -> LoadedDataset:
     checks = RowChecks.for_rows(
         DATASET, image, table["_file"], table["_row"], reason=table["_reason"], detail=table["_detail"]
     )
-    checks.image_ids(image, "image", found, ": no image named '" + capped_each(image) + ".*' below the dataset folder",
-                     locator=locator)
+    checks.image_ids(
+        image,
+        "image",
+        found,
+        ": no image named '" + capped_each(image) + ".*' below the dataset folder",
+        locator=locator,
+    )
 
     image_path = path_strings(found)
     records = checks.records(

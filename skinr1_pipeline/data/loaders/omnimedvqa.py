@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 
 from skinr1_pipeline.data.loaders.common import RowChecks, outcome_notes, stamp_origin
-from skinr1_pipeline.messages import capped, capped_each, capped_list
 from skinr1_pipeline.data.schema import DatasetFormatError, LoadedDataset
+from skinr1_pipeline.messages import capped, capped_each, capped_list
 
 DATASET = "omnimedvqa"
 WHAT = "OmniMedVQA"
@@ -42,9 +42,17 @@ DERM_FILES = {
 }
 REQUIRED_FIELDS = ("question_id", "question_type", "image_path")
 QUESTION_COLUMNS = (
-    "sample_id", "question_id", "dataset", "question", "options", "option_letters", "answer_letter",
-    "answer_text", "image_path", "modality",
-)  # fmt: skip
+    "sample_id",
+    "question_id",
+    "dataset",
+    "question",
+    "options",
+    "option_letters",
+    "answer_letter",
+    "answer_text",
+    "image_path",
+    "modality",
+)
 
 
 def load(root: Path) -> LoadedDataset:
@@ -78,8 +86,11 @@ def _derm_json_files(base: Path) -> list[tuple[Path, str]]:
     for access in ACCESS_DIRS:
         folder = base / QA_DIR / access
         if folder.is_dir():
-            files += [(p, DERM_FILES[_norm(p.stem)]) for p in sorted(folder.iterdir())
-                      if p.suffix.lower() == ".json" and _norm(p.stem) in DERM_FILES]  # fmt: skip
+            files += [
+                (p, DERM_FILES[_norm(p.stem)])
+                for p in sorted(folder.iterdir())
+                if p.suffix.lower() == ".json" and _norm(p.stem) in DERM_FILES
+            ]
     if not files:
         present = sorted(str(p.relative_to(base)) for p in (base / QA_DIR).rglob("*.json"))[:20]
         raise DatasetFormatError(
@@ -163,13 +174,21 @@ def _build(
     checks.flag(
         n_match != 1,
         "bad_label",
-        ": field 'gt_answer' '" + capped_each(gt) + "' matches " + n_match.astype(str)
-        + " of the options (expected exactly one of " + listed + ")",
+        ": field 'gt_answer' '"
+        + capped_each(gt)
+        + "' matches "
+        + n_match.astype(str)
+        + " of the options (expected exactly one of "
+        + listed
+        + ")",
     )
     checks.flag(qid == "", "missing_id", ": field 'question_id' is empty (expected a unique id)")
     checks.repeated_id("question_id", qid, unit="item")
-    checks.flag((rel != "") & ~inside, "outside_root",
-                ": image_path '" + rel.str.slice(0, 200) + "' leads outside " + str(base) + " (expected a path below it)")
+    checks.flag(
+        (rel != "") & ~inside,
+        "outside_root",
+        ": image_path '" + rel.str.slice(0, 200) + "' leads outside " + str(base) + " (expected a path below it)",
+    )
     checks.flag(~exists, "missing_file", ": image_path '" + rel.str.slice(0, 200) + "' not found below " + str(base))
 
     good = checks.good

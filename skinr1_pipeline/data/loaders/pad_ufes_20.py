@@ -26,8 +26,8 @@ from skinr1_pipeline.data.loaders.common import (
     strip_extension,
     undocumented_label_notes,
 )
-from skinr1_pipeline.messages import capped_each
 from skinr1_pipeline.data.schema import LoadedDataset
+from skinr1_pipeline.messages import capped_each
 
 DATASET = "pad_ufes_20"
 WHAT = "PAD-UFES-20"
@@ -51,8 +51,9 @@ def load(root: Path) -> LoadedDataset:
 
     checks = RowChecks.for_rows(DATASET, strip_extension(name), path.name, rows)
     checks.empty_label(table["diagnostic"], "diagnostic", f"expected one of {', '.join(LABELS)}")
-    checks.image_ids(name, "img_id", found, ": no image named '" + capped_each(name) + "' below the dataset folder",
-                     locator=locator)
+    checks.image_ids(
+        name, "img_id", found, ": no image named '" + capped_each(name) + "' below the dataset folder", locator=locator
+    )
 
     notes += undocumented_label_notes(table.loc[checks.good, "diagnostic"], LABELS, "diagnostic")
     image_path = path_strings(found)
@@ -77,6 +78,6 @@ def load(root: Path) -> LoadedDataset:
 
 def _unique_lesion_ids(patient: pd.Series, lesion: pd.Series) -> pd.Series:
     """Lesion ids prefixed with their patient id (unless already), None where blank."""
-    has_prefix = pd.Series([l.startswith(p + "_") for p, l in zip(patient, lesion)], index=lesion.index, dtype=bool)
+    has_prefix = pd.Series([les.startswith(p + "_") for p, les in zip(patient, lesion)], index=lesion.index, dtype=bool)
     prefixed = lesion.where((patient == "") | has_prefix, patient + "_" + lesion)
     return prefixed.where(lesion != "", None)
