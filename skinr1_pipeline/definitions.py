@@ -1,4 +1,8 @@
-"""Dagster code location: assets, checks, resources, sensors and jobs, chosen by the active profile."""
+"""Dagster code location: assets, checks, resources, sensors and jobs, chosen by the active profile.
+
+Each `defs/` stage module returns its own `dg.Definitions` (assets, checks, schedules); they are merged here, where
+the profile's automation conditions, sensors, jobs and resources are added.
+"""
 
 from __future__ import annotations
 
@@ -6,40 +10,30 @@ import dagster as dg
 
 from skinr1_pipeline.defs.automation import build_sensors, with_conditions
 from skinr1_pipeline.defs.compute import Compute, compute_resource
-from skinr1_pipeline.defs.data_assets import build_data_assets
-from skinr1_pipeline.defs.evaluation_assets import build_evaluation_assets
+from skinr1_pipeline.defs.data_assets import build_data_defs
+from skinr1_pipeline.defs.evaluation_assets import build_evaluation_defs
 from skinr1_pipeline.defs.io_manager import AtomicFilesystemIOManager
-from skinr1_pipeline.defs.knowledge_assets import (
-    build_label_mapping_asset,
-    ddx_graph,
-    ddx_graph_valid,
-    taxonomy_graph,
-    taxonomy_invariants,
-)
-from skinr1_pipeline.defs.resources import MlflowTracking, PipelineHome
-from skinr1_pipeline.defs.synthesis_assets import build_synthesis_assets
-from skinr1_pipeline.defs.training_assets import build_training_assets
+from skinr1_pipeline.defs.knowledge_assets import build_knowledge_defs
+from skinr1_pipeline.defs.resources import MlflowTracking, PipelineHome, TrainingRecipe
+from skinr1_pipeline.defs.synthesis_assets import build_synthesis_defs
+from skinr1_pipeline.defs.training_assets import build_training_defs
 from skinr1_pipeline.settings import Settings, load_settings
+
+STAGES = (build_knowledge_defs, build_data_defs, build_synthesis_defs, build_training_defs, build_evaluation_defs)
+
+
+def training_recipe(settings: Settings) -> TrainingRecipe:
+    """The demo trains the tiny model by the `demo` recipe (short CPU runs, option-drill rows mixed into SFT); the gpu
+    profile by the paper's."""
+    if settings.profile == "demo":
+        return TrainingRecipe(recipe="demo", option_drill_rows=1500)
+    return TrainingRecipe(recipe="paper")
 
 
 def build_definitions(settings: Settings, *, compute: Compute | None = None) -> dg.Definitions:
     """The code location for `settings`; `compute` replaces the profile's compute resource (tests, notebooks)."""
-    data_assets, data_checks, _ = build_data_assets(settings)
-    synthesis_assets, synthesis_checks = build_synthesis_assets(settings)
-    training_assets, training_checks = build_training_assets(settings)
-    evaluation_assets, evaluation_checks, schedules = build_evaluation_assets(settings)
-    assets = with_conditions(
-        settings,
-        [
-            taxonomy_graph,
-            ddx_graph,
-            build_label_mapping_asset(settings),
-            *data_assets,
-            *synthesis_assets,
-            *training_assets,
-            *evaluation_assets,
-        ],
-    )
+    stages = dg.Definitions.merge(*(build(settings) for build in STAGES))
+    assets = with_conditions(settings, list(stages.assets or ()))
     raw_key = dg.AssetKey("raw_datasets")
     ingest_job = dg.define_asset_job(
         "ingest_dataset",
@@ -48,15 +42,8 @@ def build_definitions(settings: Settings, *, compute: Compute | None = None) -> 
     )
     return dg.Definitions(
         assets=assets,
-        asset_checks=[
-            taxonomy_invariants,
-            ddx_graph_valid,
-            *data_checks,
-            *synthesis_checks,
-            *training_checks,
-            *evaluation_checks,
-        ],
-        schedules=schedules,
+        asset_checks=list(stages.asset_checks or ()),
+        schedules=list(stages.schedules or ()),
         jobs=[ingest_job],
         sensors=build_sensors(settings, assets, raw_key),
         resources={
@@ -66,6 +53,7 @@ def build_definitions(settings: Settings, *, compute: Compute | None = None) -> 
             ),
             "io_manager": AtomicFilesystemIOManager(base_dir=str(settings.home / "dagster_storage")),
             "compute": compute or compute_resource(settings),
+            "training_recipe": training_recipe(settings),
         },
     )
 

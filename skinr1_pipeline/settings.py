@@ -130,7 +130,7 @@ class Settings:
     mlflow_tracking_uri: str = ""
     mlflow_experiment: str = "skinr1-pipeline"
     label_map_dir: Path | None = None  # user label-map overrides (same YAML format as the packaged maps)
-    base_model_dir: Path | None = None  # gpu profile: a local Qwen2.5-VL directory; demo: built by `base_model`
+    base_model_dir: Path | None = None  # `model_dir:` (required on gpu); None: base_model builds the tiny demo model
     # Out-of-distribution hold-out: samples of these modalities / source datasets never reach training, so the
     # OOD suite is honest. Demo: the clinical-photo domain (PAD-UFES-20 and Derm7pt's clinical images).
     ood_modalities: tuple[str, ...] = ()

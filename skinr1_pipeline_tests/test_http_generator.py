@@ -612,7 +612,7 @@ def _materialize(w: dict, config: dict, *, mlflow_enabled: bool):
     import dagster as dg
 
     from skinr1_pipeline.defs.resources import MlflowTracking, PipelineHome
-    from skinr1_pipeline.defs.synthesis_assets import build_synthesis_assets
+    from skinr1_pipeline.defs.synthesis_assets import build_synthesis_defs
 
     upstream = {
         "unified_samples": w["samples"],
@@ -629,7 +629,7 @@ def _materialize(w: dict, config: dict, *, mlflow_enabled: bool):
             return upstream[context.asset_key.path[-1]]
 
     settings = w["settings"]
-    trajectories = build_synthesis_assets(settings)[0][1]
+    trajectories = build_synthesis_defs(settings).assets[1]
     return dg.materialize(
         [trajectories, *(dg.AssetSpec(key) for key in upstream)],
         resources={

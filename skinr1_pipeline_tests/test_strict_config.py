@@ -182,10 +182,10 @@ class _Upstream(dg.ConfigurableIOManager):
 
 
 def _splits(tmp_path: Path, body: str, run_config: dict | None = None) -> pd.Series:
-    from skinr1_pipeline.defs.data_assets import build_data_assets
+    from skinr1_pipeline.defs.data_assets import build_data_defs
     from skinr1_pipeline.defs.resources import MlflowTracking, PipelineHome
 
-    assets, _, _ = build_data_assets(settings_from(tmp_path, body, "demo"))
+    assets = build_data_defs(settings_from(tmp_path, body, "demo")).assets
     asset = next(a for a in assets if a.key == dg.AssetKey("unified_samples"))
     upstream = [dg.AssetSpec(key) for key in ("taxonomy_graph", "raw_datasets")]
     result = dg.materialize(
@@ -212,10 +212,10 @@ def test_split_seed_in_the_config_file_decides_the_splits_unless_the_run_names_a
 
 @pytest.mark.slow  # materializes Dagster assets
 def test_demo_seed_and_images_per_class_from_the_settings_reach_the_demo_data(tmp_path) -> None:
-    from skinr1_pipeline.defs.data_assets import build_data_assets
+    from skinr1_pipeline.defs.data_assets import build_data_defs
     from skinr1_pipeline.defs.resources import MlflowTracking, PipelineHome
 
-    assets, _, _ = build_data_assets(settings_from(tmp_path, "demo_seed: 5\ndemo_images_per_class: 2\n", "demo"))
+    assets = build_data_defs(settings_from(tmp_path, "demo_seed: 5\ndemo_images_per_class: 2\n", "demo")).assets
     demo = next(a for a in assets if a.key == dg.AssetKey("demo_source_data"))
     untracked = MlflowTracking(tracking_uri="", enabled=False)
 

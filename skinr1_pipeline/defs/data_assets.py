@@ -37,9 +37,7 @@ class SplitConfig(dg.Config):
     valid_from_train: float = 0.25  # for datasets with official train/test only (Skin-R1 carves 25 %)
 
 
-def build_data_assets(
-    settings: Settings,
-) -> tuple[list[dg.AssetsDefinition], list[dg.AssetChecksDefinition], dg.StaticPartitionsDefinition]:
+def build_data_defs(settings: Settings) -> dg.Definitions:
     partitions = dg.StaticPartitionsDefinition(list(settings.datasets))
     assets: list[dg.AssetsDefinition] = []
     upstream_deps: list[dg.AssetKey] = []
@@ -274,5 +272,7 @@ def build_data_assets(
             },
         )
 
-    assets += [raw_datasets, unified_samples]
-    return assets, [no_split_leakage, splits_populated, near_duplicates_across_splits], partitions
+    return dg.Definitions(
+        assets=[*assets, raw_datasets, unified_samples],
+        asset_checks=[no_split_leakage, splits_populated, near_duplicates_across_splits],
+    )

@@ -86,7 +86,7 @@ class RegistryConfig(dg.Config):
     min_delta: float = Field(default=0.0, description="how much better in-domain accuracy must be to promote")
 
 
-def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
+def build_evaluation_defs(settings: Settings) -> dg.Definitions:
     demo = settings.profile == "demo"
     variants = dg.StaticPartitionsDefinition(list(VARIANTS))
 
@@ -634,10 +634,10 @@ def build_evaluation_assets(settings: Settings) -> tuple[list, list, list]:
             for variant in variants.get_partition_keys()
         ]
 
-    return (
-        [eval_suites, variant_evaluations, ablation_table, evaluation_reports],
-        [set_first_suites_resist_blind_guessing, champion_promotion],
-        [weekly_evaluation],
+    return dg.Definitions(
+        assets=[eval_suites, variant_evaluations, ablation_table, evaluation_reports],
+        asset_checks=[set_first_suites_resist_blind_guessing, champion_promotion],
+        schedules=[weekly_evaluation],
     )
 
 

@@ -157,3 +157,11 @@ def build_label_mapping_asset(settings: Settings) -> dg.AssetsDefinition:
         return maps
 
     return label_mapping
+
+
+def build_knowledge_defs(settings: Settings) -> dg.Definitions:
+    """The taxonomy, the DDx graph and the label mapping, with their checks."""
+    return dg.Definitions(
+        assets=[taxonomy_graph, ddx_graph, build_label_mapping_asset(settings)],
+        asset_checks=[taxonomy_invariants, ddx_graph_valid],
+    )

@@ -1,4 +1,5 @@
-"""Dagster resources: where the pipeline writes (its home) and how it tracks runs (MLflow)."""
+"""Dagster resources: where the pipeline writes (its home), how it tracks runs (MLflow) and which training recipe it
+trains with."""
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -191,3 +192,32 @@ def consumed_inputs(context: dg.AssetExecutionContext) -> dict[str, tuple[str, s
                 materialization.tags.get(DATA_VERSION_TAG, "") if materialization.tags else "",
             )
     return out
+
+
+class TrainingRecipe(dg.ConfigurableResource):
+    """The recipe the training assets build their run configs from, chosen per profile in definitions.py (`demo`: the
+    tiny model's short CPU runs; `paper`: the paper's recipe; or a folder of a lab's own `sft.yaml`/`grpo.yaml`).
+
+    Why a resource: the assets ask it for a run config instead of branching on the profile, and the Dagster UI shows
+    which recipe a run used. A user's asset-config `overrides` are laid over the recipe's fields.
+    """
+
+    recipe: str = Field(default="paper", description="demo | paper | a folder holding sft.yaml and grpo.yaml")
+    option_drill_rows: int = Field(
+        default=0,
+        ge=0,
+        description="option-reading drill rows mixed into the SFT data when the asset config does not say (the "
+        "reading of an option list the tiny demo model lacks; a pretrained model brings it)",
+    )
+
+    def sft_config(self, **values: Any):
+        from skinr1_pipeline.training.recipes import build_run_config
+        from skinr1_pipeline.training.sft import SFTRunConfig
+
+        return build_run_config(SFTRunConfig, self.recipe, "sft", **values)
+
+    def grpo_config(self, **values: Any):
+        from skinr1_pipeline.training.grpo import GRPORunConfig
+        from skinr1_pipeline.training.recipes import build_run_config
+
+        return build_run_config(GRPORunConfig, self.recipe, "grpo", **values)

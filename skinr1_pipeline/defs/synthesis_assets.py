@@ -189,7 +189,7 @@ def _demo_features(settings: Settings) -> dict[str, dict] | None:
     return features
 
 
-def build_synthesis_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition], list[dg.AssetChecksDefinition]]:
+def build_synthesis_defs(settings: Settings) -> dg.Definitions:
     @dg.asset(
         group_name="knowledge",
         kinds={"yaml"},
@@ -397,7 +397,7 @@ def build_synthesis_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition
             },
         )
 
-    return (
-        [knowledge_base, skin_rationale_trajectories],
-        [trajectories_parse_and_agree, every_loader_class_has_knowledge],
+    return dg.Definitions(
+        assets=[knowledge_base, skin_rationale_trajectories],
+        asset_checks=[trajectories_parse_and_agree, every_loader_class_has_knowledge],
     )

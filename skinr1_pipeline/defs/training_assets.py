@@ -18,7 +18,7 @@ from skinr1_pipeline.data.holdout import training_rows
 from skinr1_pipeline.defs.code_versions import code_version_of
 from skinr1_pipeline.defs.compute import TRAINING_CLI, Compute, ComputeStep
 from skinr1_pipeline.defs.metadata import counts_table, markdown_table, md, raw_value
-from skinr1_pipeline.defs.resources import MlflowTracking, PipelineHome
+from skinr1_pipeline.defs.resources import MlflowTracking, PipelineHome, TrainingRecipe
 from skinr1_pipeline.knowledge.ddx import DDxGraph
 from skinr1_pipeline.knowledge.taxonomy import Taxonomy
 from skinr1_pipeline.settings import Settings
@@ -26,6 +26,7 @@ from skinr1_pipeline.storage.atomic import write_json, write_parquet, write_yaml
 from skinr1_pipeline.training.cli import GateConfig
 
 GPU_POOL = "gpu"
+RECIPE_FILES = ("recipes/*/*.yaml",)  # a recipe edit makes the training assets stale
 
 
 class BaseModelConfig(dg.Config):
@@ -48,13 +49,13 @@ class BaseModelConfig(dg.Config):
 
 
 class SFTAssetConfig(dg.Config):
-    overrides: str = Field(default="{}", description="JSON object of SFTRunConfig fields over the profile preset")
+    overrides: str = Field(default="{}", description="JSON object of SFTRunConfig fields over the training recipe")
     gate_items: int = Field(default=48, description="held-out MCQ items generated for the format gate")
-    option_drill_rows: int = Field(
-        default=1500,
-        description="demo only: option-reading drill rows (train labels and "
-        "images) mixed into the SFT data, the reading of an option list a pretrained LM "
-        "brings; 0 = the trajectories alone",
+    option_drill_rows: int | None = Field(
+        default=None,
+        description="option-reading drill rows (train labels and images) mixed into the SFT data, the reading of an "
+        "option list a pretrained LM brings; unset = the training recipe's (1,500 on the demo, none on the paper "
+        "recipe); 0 = the trajectories alone",
     )
     max_new_tokens: int = 512
     format_floor: float = Field(default=0.95, description="share of held-out generations that must parse")
@@ -79,7 +80,7 @@ class RLDataConfig(dg.Config):
 
 
 class GRPOAssetConfig(dg.Config):
-    overrides: str = Field(default="{}", description="JSON object of GRPORunConfig fields over the profile preset")
+    overrides: str = Field(default="{}", description="JSON object of GRPORunConfig fields over the training recipe")
     gate_items: int = 48
     max_new_tokens: int = 512
     accuracy_margin: float = Field(default=0.05, description="GRPO may trail SFT held-out accuracy by at most this")
@@ -91,7 +92,7 @@ class GRPOAssetConfig(dg.Config):
 
 
 class RLOnlyConfig(dg.Config):
-    overrides: str = Field(default="{}", description="JSON object of GRPORunConfig fields over the profile preset")
+    overrides: str = Field(default="{}", description="JSON object of GRPORunConfig fields over the training recipe")
     resume: bool = Field(
         default=False,
         description="continue the newest run folder under models/rl_only that holds a "
@@ -258,20 +259,40 @@ def heldout_gate(
     )
 
 
-def grpo_config(
-    demo: bool, base_model: str, adapter_dir: str | None, items_path: str, out_dir: Path, overrides: dict[str, Any]
-):
-    """Demo preset or the paper defaults, plus the user's checked overrides; `adapter_dir=None` is RL-only."""
-    from skinr1_pipeline.training.grpo import GRPORunConfig, demo_grpo_config
+def build_base_model_asset(settings: Settings) -> dg.AssetsDefinition:
+    """`base_model` from the profile's model source: the local model directory the settings name (`model_dir:`, the
+    gpu profile's Qwen2.5-VL-7B-Instruct), or, without one, the tiny demo model built here. Why two assets under
+    one name: only the built model reads the trajectories and samples, so only it depends on them (a local 7B must
+    not wait for, or go stale with, the rationales)."""
+    if settings.base_model_dir is not None:
+        return _local_base_model(Path(settings.base_model_dir))
+    return _built_base_model(settings)
 
-    common = dict(model_dir=base_model, adapter_dir=adapter_dir, items_path=items_path, output_dir=str(out_dir))
-    return demo_grpo_config(**common, **overrides) if demo else GRPORunConfig(**common, **overrides)
 
-
-def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition], list[dg.AssetChecksDefinition]]:
-    demo = settings.profile == "demo"
-
+def _local_base_model(model_dir: Path) -> dg.AssetsDefinition:
     @dg.asset(
+        name="base_model",
+        group_name="training",
+        kinds={"pytorch"},
+        code_version=code_version_of(__name__, "modeling.model_factory", "tracking.pyfunc_model"),
+    )
+    def base_model(context: dg.AssetExecutionContext, mlflow: MlflowTracking) -> str:
+        """The local model directory every stage starts from (checked: config, weights, processor, chat template)."""
+        from skinr1_pipeline.modeling.model_factory import validate_model_dir
+
+        model_config = validate_model_dir(model_dir)
+        _log_base_model(context, mlflow, model_dir, {"model_dir": str(model_dir)})
+        context.add_output_metadata(
+            {"model_dir": dg.MetadataValue.path(str(model_dir)), "model_type": model_config.get("model_type", "")}
+        )
+        return str(model_dir)
+
+    return base_model
+
+
+def _built_base_model(settings: Settings) -> dg.AssetsDefinition:
+    @dg.asset(
+        name="base_model",
         group_name="training",
         kinds={"pytorch"},
         code_version=code_version_of(
@@ -293,21 +314,10 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
         unified_samples: pd.DataFrame,
         skin_rationale_trajectories: str,
     ) -> str:
-        """The model every stage starts from: demo = a tiny Qwen2.5-VL with a tokenizer trained here on the
-        taxonomy, knowledge and trajectory text, warmed up on train images, then drilled on reading multiple-choice
-        options; gpu = the local Qwen2.5-VL-7B-Instruct directory."""
+        """The tiny demo Qwen2.5-VL, built here: a tokenizer trained on the taxonomy, knowledge and trajectory
+        text, warmed up on train images, then drilled on reading multiple-choice options (what pretraining gives a
+        real VLM)."""
         from skinr1_pipeline.modeling.model_factory import validate_model_dir
-
-        if not demo:
-            model_config = validate_model_dir(settings.base_model_dir)
-            _log_base_model(context, mlflow, settings.base_model_dir, {"model_dir": str(settings.base_model_dir)})
-            context.add_output_metadata(
-                {
-                    "model_dir": dg.MetadataValue.path(str(settings.base_model_dir)),
-                    "model_type": model_config.get("model_type", ""),
-                }
-            )
-            return str(settings.base_model_dir)
         from skinr1_pipeline.modeling.tiny_model import build_tiny_model, default_corpus
 
         trajectories = pd.read_parquet(skin_rationale_trajectories, columns=["prompt", "completion"])
@@ -378,6 +388,12 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
             }
         )
         return str(out_dir)
+
+    return base_model
+
+
+def build_training_defs(settings: Settings) -> dg.Definitions:
+    base_model = build_base_model_asset(settings)
 
     @dg.asset(
         group_name="training",
@@ -450,7 +466,9 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
         group_name="training",
         kinds={"pytorch", "mlflow"},
         pool=GPU_POOL,
-        code_version=code_version_of(__name__, "training.cli", "training.option_drill", "data.holdout"),
+        code_version=code_version_of(
+            __name__, "training.cli", "training.recipes", "training.option_drill", "data.holdout", data=RECIPE_FILES
+        ),
     )
     def sft_checkpoint(
         context: dg.AssetExecutionContext,
@@ -458,20 +476,22 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
         home: PipelineHome,
         mlflow: MlflowTracking,
         compute: Compute,
+        training_recipe: TrainingRecipe,
         base_model: str,
         skin_rationale_trajectories: str,
         rl_mcq_dataset: str,
         unified_samples: pd.DataFrame,
         taxonomy_graph: Taxonomy,
     ) -> dict:
-        """LoRA SFT on the SkinRationale trajectories (TRL SFTTrainer, loss on the assistant turn); on the demo,
-        with option-reading drill rows mixed in."""
-        from skinr1_pipeline.training.sft import SFTRunConfig, demo_sft_config
+        """LoRA SFT on the SkinRationale trajectories (TRL SFTTrainer, loss on the assistant turn), with the
+        recipe's option-reading drill rows mixed in (the demo's)."""
+        from skinr1_pipeline.training.sft import SFTRunConfig
 
         overrides = run_overrides(config.overrides, config.resume, SFTRunConfig)
         out_dir = training_dir(context, home, "sft", resume=config.resume)
         train_path, mixed = skin_rationale_trajectories, {}
-        if demo and config.option_drill_rows:
+        drill_rows = training_recipe.option_drill_rows if config.option_drill_rows is None else config.option_drill_rows
+        if drill_rows:
             from skinr1_pipeline.training.option_drill import mix_drill_rows
 
             samples = training_rows(unified_samples, settings.ood_modalities, settings.ood_sources)
@@ -481,16 +501,12 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
                 train_path,
                 samples[samples["split"] == "train"],
                 taxonomy_graph,
-                config.option_drill_rows,
+                drill_rows,
                 settings.demo_seed,
             )
             context.log.info(f"SFT data: {mixed['trajectories']} trajectories + {mixed['drill_rows']} drill rows")
-        cfg = (
-            demo_sft_config(base_model, train_path, out_dir, **overrides)
-            if demo
-            else SFTRunConfig(
-                model_dir=base_model, train_path=skin_rationale_trajectories, output_dir=str(out_dir), **overrides
-            )
+        cfg = training_recipe.sft_config(
+            model_dir=base_model, train_path=train_path, output_dir=str(out_dir), **overrides
         )
         inputs = [
             (skin_rationale_trajectories, "skin_rationale_trajectories", "training", None),
@@ -557,7 +573,7 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
         group_name="training",
         kinds={"pytorch", "mlflow"},
         pool=GPU_POOL,
-        code_version=code_version_of(__name__, "training.cli"),
+        code_version=code_version_of(__name__, "training.cli", "training.recipes", data=RECIPE_FILES),
     )
     def grpo_checkpoint(
         context: dg.AssetExecutionContext,
@@ -565,6 +581,7 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
         home: PipelineHome,
         mlflow: MlflowTracking,
         compute: Compute,
+        training_recipe: TrainingRecipe,
         base_model: str,
         sft_checkpoint: dict,
         rl_mcq_dataset: str,
@@ -574,7 +591,13 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
 
         overrides = run_overrides(config.overrides, config.resume, GRPORunConfig)
         out_dir = training_dir(context, home, "grpo", resume=config.resume)
-        cfg = grpo_config(demo, base_model, sft_checkpoint["adapter_dir"], rl_mcq_dataset, out_dir, overrides)
+        cfg = training_recipe.grpo_config(
+            model_dir=base_model,
+            adapter_dir=sft_checkpoint["adapter_dir"],
+            items_path=rl_mcq_dataset,
+            output_dir=str(out_dir),
+            **overrides,
+        )
         sft_run = sft_checkpoint.get("mlflow_run_id", "")  # values from before lineage lack it
         reported, adapter_dir, gate, run_id = train_and_gate(
             context,
@@ -634,7 +657,7 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
         group_name="training",
         kinds={"pytorch", "mlflow"},
         pool=GPU_POOL,
-        code_version=code_version_of(__name__, "training.cli"),
+        code_version=code_version_of(__name__, "training.cli", "training.recipes", data=RECIPE_FILES),
     )
     def rl_only_checkpoint(
         context: dg.AssetExecutionContext,
@@ -642,6 +665,7 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
         home: PipelineHome,
         mlflow: MlflowTracking,
         compute: Compute,
+        training_recipe: TrainingRecipe,
         base_model: str,
         rl_mcq_dataset: str,
     ) -> dict:
@@ -650,7 +674,9 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
 
         overrides = run_overrides(config.overrides, config.resume, GRPORunConfig)
         out_dir = training_dir(context, home, "rl_only", resume=config.resume)
-        cfg = grpo_config(demo, base_model, None, rl_mcq_dataset, out_dir, overrides)
+        cfg = training_recipe.grpo_config(
+            model_dir=base_model, adapter_dir=None, items_path=rl_mcq_dataset, output_dir=str(out_dir), **overrides
+        )
         reported, adapter_dir, _, run_id = train_and_gate(
             context,
             compute,
@@ -669,7 +695,7 @@ def build_training_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition]
             value={"adapter_dir": adapter_dir, "mlflow_run_id": run_id},
         )
 
-    return (
-        [base_model, rl_mcq_dataset, sft_checkpoint, grpo_checkpoint, rl_only_checkpoint],
-        [sft_losses_finite, sft_format_compliance, grpo_keeps_sft_accuracy],
+    return dg.Definitions(
+        assets=[base_model, rl_mcq_dataset, sft_checkpoint, grpo_checkpoint, rl_only_checkpoint],
+        asset_checks=[sft_losses_finite, sft_format_compliance, grpo_keeps_sft_accuracy],
     )

@@ -575,7 +575,8 @@ def demo_grpo_config(
     adapter_dir: str | Path | None = None,
     **overrides: Any,
 ) -> GRPORunConfig:
-    """Preset for the tiny random demo model on CPU: the paper's algorithm (loss, beta, G, rewards) at toy scale.
+    """The `demo` recipe (`recipes/demo/grpo.yaml`): the paper's algorithm (loss, beta, G, rewards) at toy scale for
+    the tiny demo model on CPU.
 
     Changed from the paper, and why: one optimizer step per 2 prompts (not 16) and a few steps so the demo finishes
     in CPU minutes; a shorter completion budget (the demo trajectories are short); images at the tiny processor's
@@ -584,27 +585,11 @@ def demo_grpo_config(
     held-out gate from 18/48 to 15/48 and failed the GRPO check, where 5e-5 gave 19/48; no gradient checkpointing
     (CPU speed); a colocated vLLM CPU engine sized for the tiny model (10% of RAM, 1,024-token context).
     """
-    values: dict[str, Any] = dict(
-        model_dir=str(model_dir),
-        items_path=str(items_path),
-        output_dir=str(output_dir),
-        adapter_dir=None if adapter_dir is None else str(adapter_dir),
-        per_device_train_batch_size=8,
-        gradient_accumulation_steps=1,
-        max_steps=16,
-        learning_rate=5e-5,
-        max_completion_length=384,
-        max_pixels=112 * 112,
-        gradient_checkpointing=False,
-        save_steps=8,
-        logging_steps=2,
-        log_completions_every=4,
-        seed=0,
-        vllm_gpu_memory_utilization=0.1,
-        vllm_max_model_length=1024,
-    )
-    values.update(overrides)
-    return GRPORunConfig(**values)
+    from skinr1_pipeline.training.recipes import build_run_config
+
+    paths = {"model_dir": str(model_dir), "items_path": str(items_path), "output_dir": str(output_dir)}
+    adapter = {"adapter_dir": None if adapter_dir is None else str(adapter_dir)}
+    return build_run_config(GRPORunConfig, "demo", "grpo", **paths, **adapter, **overrides)
 
 
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> GRPORunConfig:

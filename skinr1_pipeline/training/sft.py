@@ -133,7 +133,8 @@ class SFTResult:
 def demo_sft_config(
     model_dir: str | Path, train_path: str | Path, output_dir: str | Path, **overrides: Any
 ) -> SFTRunConfig:
-    """Preset for the tiny demo model on CPU, sized for the compact demo trajectories (~80 tokens).
+    """The `demo` recipe (`recipes/demo/sft.yaml`): the tiny demo model on CPU, sized for the compact demo
+    trajectories (~80 tokens).
 
     LoRA on every linear layer of the language model; embeddings and LM head are trained in full
     (`modules_to_save`). The vision tower and merger stay frozen: the warm-up (`training.demo_pretraining`) already
@@ -142,33 +143,10 @@ def demo_sft_config(
     batch size here, so batch 2 buys the most optimizer steps per second. The README ("How the demo model is
     prepared") has what this preset measured.
     """
-    values: dict[str, Any] = dict(
-        model_dir=str(model_dir),
-        train_path=str(train_path),
-        output_dir=str(output_dir),
-        freeze_vision=True,
-        lora_on_merger=False,
-        modules_to_save=["embed_tokens", "lm_head"],
-        lora_r=16,
-        lora_alpha=32,
-        lora_dropout=0.0,
-        learning_rate=2e-3,
-        lr_scheduler_type="cosine",
-        warmup_ratio=0.05,
-        num_train_epochs=5.0,
-        max_steps=2000,
-        per_device_train_batch_size=2,
-        gradient_accumulation_steps=1,
-        max_pixels=112 * 112,
-        max_length=1024,
-        seed=0,
-        save_steps=500,
-        save_total_limit=1,
-        logging_steps=5,
-        gradient_checkpointing=False,
-    )
-    values.update(overrides)
-    return SFTRunConfig(**values)
+    from skinr1_pipeline.training.recipes import build_run_config
+
+    paths = {"model_dir": str(model_dir), "train_path": str(train_path), "output_dir": str(output_dir)}
+    return build_run_config(SFTRunConfig, "demo", "sft", **paths, **overrides)
 
 
 # --- data ----------------------------------------------------------------------------------------------------------
