@@ -89,6 +89,9 @@ class FakeServer:
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     def respond(self, handler: BaseHTTPRequestHandler, action: str, rid: str, body: dict) -> None:
+        if action == "drop":  # the connection closes without a reply, as when the endpoint goes down
+            handler.close_connection = True
+            return
         if action == "timeout":
             time.sleep(CLIENT_TIMEOUT * 3)
             action = "ok"
@@ -466,42 +469,26 @@ def test_circuit_breaker_stops_a_dead_endpoint_early(tmp_path):
 
 
 def test_circuit_breaker_keeps_progress_and_a_rerun_resumes(server, tmp_path):
+    """The endpoint goes down after five answers (every later connection closes without a reply): the breaker
+    stops after three exhausted requests, the five answers are kept, and a rerun asks only for the rest. Why a
+    policy and not a server shut down from the progress callback: the client may send its next request while that
+    callback runs, so whether it was answered depended on how long the shutdown took."""
     progress = tmp_path / "p.jsonl"
-    port = server.httpd.server_address[1]
     reqs = [request(f"id{i}") for i in range(30)]
-
-    def stop_server_after_5(done: int, total: int) -> None:
-        if done == 5:
-            server.httpd.shutdown()
-            server.httpd.server_close()
-
-    gen = make(
-        server,
-        concurrency=1,
-        max_retries=1,
-        max_consecutive_failures=3,
-        progress_path=progress,
-        progress=stop_server_after_5,
-    )
+    server.policy = lambda rid: "ok" if int(rid[2:]) < 5 else "drop"
+    gen = make(server, concurrency=1, max_retries=1, max_consecutive_failures=3, progress_path=progress)
     with pytest.raises(TeacherUnavailable, match="3 consecutive") as err:
         gen.generate(reqs)
     assert str(progress) in str(err.value)
     saved = load_progress(progress)
     assert set(saved) == {f"id{i}" for i in range(5)}
     assert gen.stats["failed:gave_up:connection"] == 3  # then it stopped: 22 requests never attempted
-    revived = FakeServer()  # the endpoint comes back on the same address: the rerun asks only for the rest
-    revived.httpd.server_close()
-    revived.httpd = ThreadingHTTPServer(("127.0.0.1", port), revived.httpd.RequestHandlerClass)
-    revived.httpd.daemon_threads = True
-    revived.url = server.url
-    threading.Thread(target=revived.httpd.serve_forever, daemon=True).start()
-    try:
-        rerun = make(revived, progress_path=progress)
-        assert rerun.generate(reqs) == [f"text:id{i}:0" for i in range(30)]
-        assert sorted(revived.calls) == sorted(f"id{i}" for i in range(5, 30)) and rerun.stats["resumed"] == 5
-    finally:
-        revived.httpd.shutdown()
-        revived.httpd.server_close()
+    assert len(server.calls) == 5 + 3 * 2  # five answers, three requests tried twice (max_retries=1)
+    server.policy = lambda rid: "ok"  # the endpoint is back: the rerun asks only for the rest
+    server.calls.clear()
+    rerun = make(server, progress_path=progress)
+    assert rerun.generate(reqs) == [f"text:id{i}:0" for i in range(30)]
+    assert sorted(server.calls) == sorted(f"id{i}" for i in range(5, 30)) and rerun.stats["resumed"] == 5
 
 
 def test_breaker_counts_only_consecutive_exhausted_requests(server):
