@@ -21,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from skinr1_pipeline.data.image_open import DEFAULT_MIN_MODEL_PIXELS
 from skinr1_pipeline.settings import Settings
 from skinr1_pipeline.storage.run_folders import LATEST_LINK, latest_complete
-from skinr1_pipeline.tracking.registry import REGISTERED_MODEL
+from skinr1_pipeline.tracking.mlflow_runs import REGISTERED_MODEL
 
 # Written last into a registry cache folder: its presence, not MLmodel's, says the download finished.
 CACHE_COMPLETE = ".skinr1-download-complete"

@@ -17,9 +17,14 @@ import pandas as pd
 import pytest
 
 from skinr1_pipeline.settings import Settings, load_settings
-from skinr1_pipeline.tracking.mlflow_runs import EVALUATED_RUN_TAG, LINEAGE_TAG, NOTE_TAG, frame_digest
+from skinr1_pipeline.tracking.mlflow_runs import (
+    EVALUATED_RUN_TAG,
+    LINEAGE_TAG,
+    NOTE_TAG,
+    REGISTERED_MODEL,
+    frame_digest,
+)
 from skinr1_pipeline.tracking.pyfunc_model import base_model_digest
-from skinr1_pipeline.tracking.registry import REGISTERED_MODEL
 from skinr1_pipeline_tests.toy_chain import materialize_chain
 
 pytestmark = pytest.mark.slow

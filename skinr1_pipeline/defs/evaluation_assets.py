@@ -21,8 +21,7 @@ from skinr1_pipeline.knowledge.taxonomy import Taxonomy
 from skinr1_pipeline.settings import Settings
 from skinr1_pipeline.storage.atomic import write_csv, write_parquet, write_yaml
 from skinr1_pipeline.storage.run_folders import is_run_folder, pin
-from skinr1_pipeline.tracking.mlflow_runs import EVALUATED_RUN_TAG
-from skinr1_pipeline.tracking.registry import REGISTERED_MODEL
+from skinr1_pipeline.tracking.mlflow_runs import EVALUATED_RUN_TAG, REGISTERED_MODEL
 
 VARIANTS = ("base", "sft", "rl_only", "sft_grpo")
 VARIANT_ASSETS = {"base": "", "sft": "sft_checkpoint", "rl_only": "rl_only_checkpoint", "sft_grpo": "grpo_checkpoint"}

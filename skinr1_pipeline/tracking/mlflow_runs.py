@@ -34,6 +34,9 @@ EVALUATED_RUN_TAG = "skinr1.evaluated_run"  # an evaluation run: the run that tr
 CHAIN_PREFIX = "skinr1.chain."
 NOTE_TAG = "mlflow.note.content"  # the run page's Markdown description
 DIGEST_CHARS = 16
+#: The registered model the pipeline's candidates and champion are versions of. Here, not in registry.py, which
+#: imports MLflow at module level: the Dagster definitions and `diagnose` name it without loading MLflow.
+REGISTERED_MODEL = "skinr1-grpo"
 
 
 def _mlflow():

@@ -19,8 +19,6 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 CANDIDATE, CHAMPION, PREVIOUS_CHAMPION = "candidate", "champion", "previous_champion"
-#: The registered model the pipeline's candidates and champion are versions of.
-REGISTERED_MODEL = "skinr1-grpo"
 DEFAULT_METRIC = "in_domain_accuracy"
 
 

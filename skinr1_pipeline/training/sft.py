@@ -31,7 +31,7 @@ from transformers import TrainerCallback
 
 from skinr1_pipeline.data.image_open import DEFAULT_MIN_MODEL_PIXELS, model_image
 from skinr1_pipeline.modeling.chat import assistant_message, build_messages
-from skinr1_pipeline.modeling.model_factory import load_model, load_processor, pixel_limits, set_pixel_limits
+from skinr1_pipeline.modeling.model_factory import load_model, load_processor, pixel_limits
 from skinr1_pipeline.modeling.prompt_format import SYSTEM_PROMPT
 from skinr1_pipeline.runtime.distributed import current_rank, training_device
 from skinr1_pipeline.storage.atomic import write_json
@@ -273,7 +273,6 @@ def build_trainer(
     bf16 = resolve_bf16(cfg.bf16, use_cpu)
     grad_ckpt = (not use_cpu) if cfg.gradient_checkpointing is None else cfg.gradient_checkpointing
     processor = load_processor(cfg.model_dir, max_pixels=cfg.max_pixels)
-    set_pixel_limits(processor, max_pixels=cfg.max_pixels)
     model = load_model(
         cfg.model_dir,
         dtype=torch.bfloat16 if bf16 else torch.float32,
