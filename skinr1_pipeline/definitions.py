@@ -22,14 +22,6 @@ from skinr1_pipeline.settings import Settings, load_settings
 STAGES = (build_knowledge_defs, build_data_defs, build_synthesis_defs, build_training_defs, build_evaluation_defs)
 
 
-def training_recipe(settings: Settings) -> TrainingRecipe:
-    """The demo trains the tiny model by the `demo` recipe (short CPU runs, option-drill rows mixed into SFT); the gpu
-    profile by the paper's."""
-    if settings.profile == "demo":
-        return TrainingRecipe(recipe="demo", option_drill_rows=1500)
-    return TrainingRecipe(recipe="paper")
-
-
 def build_definitions(settings: Settings, *, compute: Compute | None = None) -> dg.Definitions:
     """The code location for `settings`; `compute` replaces the profile's compute resource (tests, notebooks)."""
     stages = dg.Definitions.merge(*(build(settings) for build in STAGES))
@@ -53,7 +45,7 @@ def build_definitions(settings: Settings, *, compute: Compute | None = None) -> 
             ),
             "io_manager": AtomicFilesystemIOManager(base_dir=str(settings.home / "dagster_storage")),
             "compute": compute or compute_resource(settings),
-            "training_recipe": training_recipe(settings),
+            "training_recipe": TrainingRecipe(recipe=settings.training_recipe),
         },
     )
 

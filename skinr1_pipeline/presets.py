@@ -10,26 +10,26 @@ each run in one process (a step process per asset would import torch again for e
 
 from __future__ import annotations
 
-import json
+import copy
 from collections.abc import Iterable
 from typing import Any
 
 TOY_ASSET_CONFIG: dict[str, dict[str, Any]] = {
     "base_model": {"warmup_steps": 0, "option_drill_steps": 0},
     "sft_checkpoint": {
-        "overrides": json.dumps({"max_steps": 2, "max_train_samples": 16, "save_steps": 1}),
+        "overrides": {"max_steps": 2, "max_train_samples": 16, "save_steps": 1},
         "gate_items": 4,
         "max_new_tokens": 24,
         "format_floor": 0.0,
         "option_drill_rows": 0,
     },
     "grpo_checkpoint": {
-        "overrides": json.dumps({"max_steps": 1, "limit_items": 4, "max_completion_length": 16}),
+        "overrides": {"max_steps": 1, "limit_items": 4, "max_completion_length": 16},
         "gate_items": 4,
         "max_new_tokens": 24,
         "accuracy_margin": 1.0,
     },
-    "rl_only_checkpoint": {"overrides": json.dumps({"max_steps": 1, "limit_items": 4, "max_completion_length": 16})},
+    "rl_only_checkpoint": {"overrides": {"max_steps": 1, "limit_items": 4, "max_completion_length": 16}},
     "eval_suites": {"per_suite_limit": 3},
     "variant_evaluations": {"max_new_tokens": 24, "runner": "hf"},
 }
@@ -43,6 +43,6 @@ def run_config_for(scale: str, asset_names: Iterable[str], *, executor: bool = T
     refuses config for an op that is not in the run; `executor=False` leaves out the executor choice (for
     in-process APIs, which have their own)."""
     preset = ASSET_CONFIG_BY_SCALE[scale]
-    ops = {name: {"config": dict(preset[name])} for name in sorted(set(asset_names)) if name in preset}
+    ops = {name: {"config": copy.deepcopy(preset[name])} for name in sorted(set(asset_names)) if name in preset}
     execution = EXECUTION_BY_SCALE[scale] if executor else {}
     return {**({"ops": ops} if ops else {}), **({"execution": execution} if execution else {})}

@@ -38,6 +38,7 @@ COMPUTE_KINDS = ("local", "ray")
 FILE_KEYS = (
     "datasets",
     "model_dir",
+    "training_recipe",
     "label_map_dir",
     "mlflow_tracking_uri",
     "mlflow_experiment",
@@ -140,6 +141,9 @@ class Settings:
     teacher: TeacherSettings = field(default_factory=lambda: TeacherSettings())
     automation: AutomationSettings = field(default_factory=lambda: AutomationSettings())
     scale: str = "full"  # `SCALES`; toy shrinks every stage for the daemon test (demo profile only)
+    # How the model is taught (`training.recipes`): a shipped recipe (`demo` for the tiny built model, `paper`) or a
+    # lab's own folder of sft.yaml/grpo.yaml/recipe.yaml.
+    training_recipe: str = "paper"
 
     @property
     def datasets(self) -> tuple[str, ...]:
@@ -206,7 +210,23 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         teacher=_teacher(profile, file_config),
         automation=_automation(profile, file_config, source),
         scale=_choice(file_config.get("scale", "full"), f"{source}scale", SCALES),
+        training_recipe=_recipe(file_config, "demo" if profile == "demo" else "paper", source),
     )
+
+
+def _recipe(file_config: dict[str, Any], default: str, source: str) -> str:
+    """`training_recipe:`, checked now (both trainers' files, `recipe.yaml`) so a typo fails before any run."""
+    from skinr1_pipeline.training.config import ConfigError
+    from skinr1_pipeline.training.recipes import check_recipe
+
+    recipe = file_config.get("training_recipe", default)
+    if not isinstance(recipe, str) or not recipe.strip():
+        raise SettingsError(f"{source}training_recipe must be a recipe name or folder, got {capped(repr(recipe))}")
+    try:
+        check_recipe(recipe)
+    except ConfigError as exc:
+        raise SettingsError(f"{source}training_recipe: {exc}") from None
+    return recipe
 
 
 def _automation(profile: str, file_config: dict[str, Any], source: str) -> AutomationSettings:

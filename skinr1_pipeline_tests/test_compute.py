@@ -17,7 +17,6 @@ from skinr1_pipeline.runtime.launch import FAILURE_DIR_ENV, failure_summary, lau
 from skinr1_pipeline.settings import SettingsError, load_settings
 from skinr1_pipeline_tests.failing_rank import MESSAGE
 
-TOY = json.dumps
 UPSTREAM_CONFIG = {
     "ops": {
         "demo_source_data": {"config": {"images_per_class": 10}},
@@ -28,7 +27,7 @@ TRAINING_CONFIG = {
     "ops": {
         "sft_checkpoint": {
             "config": {
-                "overrides": TOY({"max_steps": 2, "max_train_samples": 16, "save_steps": 1}),
+                "overrides": {"max_steps": 2, "max_train_samples": 16, "save_steps": 1},
                 "gate_items": 2,
                 "max_new_tokens": 16,
                 "format_floor": 0.0,
@@ -36,7 +35,7 @@ TRAINING_CONFIG = {
         },
         "grpo_checkpoint": {
             "config": {
-                "overrides": TOY({"max_steps": 1, "limit_items": 4, "max_completion_length": 16}),
+                "overrides": {"max_steps": 1, "limit_items": 4, "max_completion_length": 16},
                 "gate_items": 2,
                 "max_new_tokens": 16,
                 "accuracy_margin": 1.0,

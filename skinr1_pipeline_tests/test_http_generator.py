@@ -598,7 +598,7 @@ def test_synthesize_counts_transport_failures_apart_from_verifier_rejections(ser
 def _materialize(w: dict, config: dict, *, mlflow_enabled: bool):
     import dagster as dg
 
-    from skinr1_pipeline.defs.resources import MlflowTracking, PipelineHome
+    from skinr1_pipeline.defs.resources import MlflowTracking, PipelineHome, TrainingRecipe
     from skinr1_pipeline.defs.synthesis_assets import build_synthesis_defs
 
     upstream = {
@@ -627,6 +627,7 @@ def _materialize(w: dict, config: dict, *, mlflow_enabled: bool):
                 enabled=mlflow_enabled,
                 experiment_name=settings.mlflow_experiment,
             ),
+            "training_recipe": TrainingRecipe(recipe=settings.training_recipe),
         },
         run_config={"ops": {"skin_rationale_trajectories": {"config": config}}},
         raise_on_error=False,

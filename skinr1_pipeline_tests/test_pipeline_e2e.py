@@ -26,9 +26,7 @@ E2E_CHANGES = {
     "base_model": {"warmup_steps": 2, "option_drill_steps": 2},
     "sft_checkpoint": {"option_drill_rows": 24},
     "grpo_checkpoint": {
-        "overrides": json.dumps(
-            {"max_steps": 1, "limit_items": 4, "max_completion_length": 16, "log_completions_every": 1}
-        )
+        "overrides": {"max_steps": 1, "limit_items": 4, "max_completion_length": 16, "log_completions_every": 1}
     },
 }
 
@@ -98,7 +96,6 @@ def test_gate_checks_pass(demo_run):
 
 def test_broken_demo_files_are_quarantined_with_their_reasons(demo_run):
     settings, _, _ = demo_run
-    import json
 
     manifest = json.loads((settings.demo_dir / "demo_manifest.json").read_text())
     quarantine = pd.concat(

@@ -9,10 +9,10 @@ import dagster as dg
 import pytest
 
 from skinr1_pipeline.definitions import build_definitions
-from skinr1_pipeline.settings import load_settings
+from skinr1_pipeline.settings import SettingsError, load_settings
 from skinr1_pipeline.training.config import ConfigError
 from skinr1_pipeline.training.grpo import GRPORunConfig
-from skinr1_pipeline.training.recipes import RECIPES, build_run_config, recipe_path
+from skinr1_pipeline.training.recipes import RECIPES, RecipeChoices, build_run_config, recipe_choices, recipe_path
 from skinr1_pipeline.training.sft import SFTRunConfig
 
 SFT_PATHS = {"model_dir": "m", "train_path": "t.parquet", "output_dir": "o"}
@@ -60,9 +60,11 @@ def test_each_profile_chooses_its_recipe_and_model_source_in_definitions(tmp_pat
     gpu = build_definitions(
         load_settings({"SKINR1_PROFILE": "gpu", "SKINR1_CONFIG": str(config), "SKINR1_HOME": str(tmp_path / "gpu")})
     )
-    assert demo.resources["training_recipe"].recipe == "demo"
-    assert demo.resources["training_recipe"].option_drill_rows == 1500
-    assert (gpu.resources["training_recipe"].recipe, gpu.resources["training_recipe"].option_drill_rows) == ("paper", 0)
+    demo_recipe, gpu_recipe = demo.resources["training_recipe"], gpu.resources["training_recipe"]
+    assert (demo_recipe.recipe, gpu_recipe.recipe) == ("demo", "paper")
+    assert (demo_recipe.choices().option_drill_rows, demo_recipe.choices().rationale_style) == (1500, "compact")
+    assert (gpu_recipe.choices().option_drill_rows, gpu_recipe.choices().rationale_style) == (0, "full")
+    assert "random initial weights" in demo_recipe.choices().caveat and gpu_recipe.choices().caveat == ""
 
     def base_inputs(defs: dg.Definitions) -> set[str]:
         return {k.to_user_string() for k in defs.resolve_asset_graph().get(dg.AssetKey("base_model")).parent_keys}
@@ -70,3 +72,35 @@ def test_each_profile_chooses_its_recipe_and_model_source_in_definitions(tmp_pat
     # The local 7B does not wait for (or go stale with) the rationales; the built demo model reads them.
     assert base_inputs(gpu) == set()
     assert base_inputs(demo) == {"skin_rationale_trajectories", "taxonomy_graph", "unified_samples"}
+
+
+def test_recipe_choices_are_read_strictly_and_default_to_the_papers(tmp_path: Path) -> None:
+    assert recipe_choices(tmp_path) == RecipeChoices(rationale_style="full", option_drill_rows=0, caveat="")
+    (tmp_path / "recipe.yaml").write_text("rationale_style: compact\noption_drill_rows: 10\n")
+    assert recipe_choices(tmp_path) == RecipeChoices(rationale_style="compact", option_drill_rows=10)
+    for bad, message in (
+        ("rationale_style: terse\n", "rationale_style = 'terse'"),
+        ("option_drill_rows: -1\n", "option_drill_rows must be >= 0"),
+        ("drill_rows: 3\n", r"unknown RecipeChoices keys \['drill_rows'\]"),
+    ):
+        (tmp_path / "recipe.yaml").write_text(bad)
+        with pytest.raises(ConfigError, match=rf"recipe\.yaml: .*{message}"):
+            recipe_choices(tmp_path)
+
+
+def test_a_labs_recipe_is_named_in_the_config_file_and_checked_at_load(tmp_path: Path) -> None:
+    lab = tmp_path / "lab_recipe"
+    lab.mkdir()
+    for step in ("sft", "grpo"):
+        (lab / f"{step}.yaml").write_text("max_steps: 3\n")
+    config = tmp_path / "skinr1.yaml"
+    config.write_text(f"training_recipe: {lab}\n")
+    env = {"SKINR1_HOME": str(tmp_path / "home"), "SKINR1_CONFIG": str(config)}
+    defs = build_definitions(load_settings(env))
+    assert defs.resources["training_recipe"].recipe == str(lab)
+    (lab / "grpo.yaml").unlink()
+    with pytest.raises(SettingsError, match=r"training_recipe: training recipe .*has no grpo\.yaml"):
+        load_settings(env)
+    config.write_text("training_recipe: 3\n")
+    with pytest.raises(SettingsError, match="training_recipe must be a recipe name or folder"):
+        load_settings(env)

@@ -91,6 +91,7 @@ teacher: {{generator: template}}
 automation: {{training: true, interval_seconds: 5}}
 launcher: torchrun
 accelerate_args: [--bf16]
+training_recipe: demo
 """,
     )
     assert (gpu.dataset_roots, gpu.base_model_dir, gpu.label_map_dir) == (
@@ -111,6 +112,7 @@ accelerate_args: [--bf16]
         (("OMP_NUM_THREADS", "4"),),
     )
     assert (gpu.automation.training, gpu.automation.evaluation, gpu.automation.interval_seconds) == (True, True, 5)
+    assert gpu.training_recipe == "demo"
     demo = settings_from(tmp_path, "demo_seed: 3\ndemo_images_per_class: 5\nscale: toy\n", "demo")
     assert (demo.demo_seed, demo.demo_images_per_class, demo.split_seed, demo.scale) == (3, 5, 42, "toy")
     assert settings_from(tmp_path, "demo_seed: 3\n", "demo", SKINR1_DEMO_SEED="9").demo_seed == 9  # env wins
@@ -130,6 +132,7 @@ accelerate_args: [--bf16]
         "accelerate_args",
         "demo_seed",
         "demo_images_per_class",
+        "training_recipe",
     }  # a new key needs a line above
 
 

@@ -12,7 +12,7 @@ from pydantic import Field
 from skinr1_pipeline.defs.code_versions import code_version_of
 from skinr1_pipeline.defs.compute import Compute, ComputeStep
 from skinr1_pipeline.defs.metadata import markdown_table, md, raw_value
-from skinr1_pipeline.defs.resources import MlflowTracking, PipelineHome
+from skinr1_pipeline.defs.resources import MlflowTracking, PipelineHome, TrainingRecipe
 from skinr1_pipeline.defs.training_assets import GPU_POOL
 from skinr1_pipeline.evaluation.cli import AnswerConfig
 from skinr1_pipeline.evaluation.suites import SUITES
@@ -86,7 +86,6 @@ class RegistryConfig(dg.Config):
 
 
 def build_evaluation_defs(settings: Settings) -> dg.Definitions:
-    demo = settings.profile == "demo"
     variants = dg.StaticPartitionsDefinition(list(VARIANTS))
 
     @dg.asset(
@@ -463,7 +462,13 @@ def build_evaluation_defs(settings: Settings) -> dg.Definitions:
         group_name="evaluation",
         kinds={"mlflow", "html"},
         code_version=code_version_of(
-            __name__, "evaluation.comparison", "evaluation.report", "tracking.pyfunc_model", "tracking.registry"
+            __name__,
+            "evaluation.comparison",
+            "evaluation.report",
+            "tracking.pyfunc_model",
+            "tracking.registry",
+            "training.recipes",
+            data=("recipes/*/recipe.yaml",),
         ),
     )
     def evaluation_reports(
@@ -471,6 +476,7 @@ def build_evaluation_defs(settings: Settings) -> dg.Definitions:
         config: RegistryConfig,
         home: PipelineHome,
         mlflow: MlflowTracking,
+        training_recipe: TrainingRecipe,
         ablation_table: dict,
         variant_evaluations: dict[str, dict],
         base_model: str,
@@ -498,14 +504,8 @@ def build_evaluation_defs(settings: Settings) -> dg.Definitions:
             for name in ("image_blind_baselines", "versus_blind", "paired_claims", "image_use")
         )
         out = home.run_dir(context, "outputs", "evaluation_reports")
-        caveats = (
-            [
-                "Demo profile: a ~1M-parameter Qwen2.5-VL with random initial weights trained for minutes on "
-                "generated images; the numbers show the pipeline works, not clinical performance."
-            ]
-            if demo
-            else []
-        )
+        caveat = training_recipe.choices().caveat
+        caveats = [caveat] if caveat else []
         files = write_report(
             out / "report",
             table=table,

@@ -195,20 +195,21 @@ def consumed_inputs(context: dg.AssetExecutionContext) -> dict[str, tuple[str, s
 
 
 class TrainingRecipe(dg.ConfigurableResource):
-    """The recipe the training assets build their run configs from, chosen per profile in definitions.py (`demo`: the
-    tiny model's short CPU runs; `paper`: the paper's recipe; or a folder of a lab's own `sft.yaml`/`grpo.yaml`).
+    """The recipe the trajectories and training assets follow, chosen per profile in definitions.py (the settings'
+    `training_recipe:`; `demo`: the tiny model's short CPU runs; `paper`: the paper's recipe; or a folder of a lab's
+    own `sft.yaml`/`grpo.yaml`/`recipe.yaml`).
 
-    Why a resource: the assets ask it for a run config instead of branching on the profile, and the Dagster UI shows
-    which recipe a run used. A user's asset-config `overrides` are laid over the recipe's fields.
+    Why a resource: the assets ask it for run configs and choices instead of branching on the profile, and the
+    Dagster UI shows which recipe a run used. A user's asset-config `overrides` are laid over the recipe's fields.
     """
 
     recipe: str = Field(default="paper", description="demo | paper | a folder holding sft.yaml and grpo.yaml")
-    option_drill_rows: int = Field(
-        default=0,
-        ge=0,
-        description="option-reading drill rows mixed into the SFT data when the asset config does not say (the "
-        "reading of an option list the tiny demo model lacks; a pretrained model brings it)",
-    )
+
+    def choices(self):
+        """The recipe's `recipe.yaml`: rationale style, option-drill rows, report caveat."""
+        from skinr1_pipeline.training.recipes import recipe_choices
+
+        return recipe_choices(self.recipe)
 
     def sft_config(self, **values: Any):
         from skinr1_pipeline.training.recipes import build_run_config

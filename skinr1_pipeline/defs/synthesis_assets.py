@@ -13,7 +13,7 @@ from skinr1_pipeline.data.holdout import training_rows
 from skinr1_pipeline.data.schema import SPLITS
 from skinr1_pipeline.defs.code_versions import code_version_of
 from skinr1_pipeline.defs.metadata import counts_table, markdown_table, md
-from skinr1_pipeline.defs.resources import MlflowTracking, PipelineHome
+from skinr1_pipeline.defs.resources import MlflowTracking, PipelineHome, TrainingRecipe
 from skinr1_pipeline.knowledge.ddx import DDxGraph
 from skinr1_pipeline.knowledge.knowledge_base import KnowledgeBase, load_knowledge_base
 from skinr1_pipeline.knowledge.taxonomy import Taxonomy
@@ -58,8 +58,8 @@ class SynthesisConfig(dg.Config):
     )
     style: Literal["", "full", "compact"] = Field(
         default="",
-        description="full | compact; '' = compact on the demo profile (short rationales a tiny model can "
-        "learn in CPU minutes), full on gpu",
+        description="full | compact; '' = the training recipe's `rationale_style` (compact on the demo recipe: "
+        "short rationales a tiny model can learn in CPU minutes; full on the paper's)",
     )
     # openai teacher transport. The key is a StringSource: give it in run config as {"env": "SKINR1_TEACHER_API_KEY"}
     # so Dagster reads the variable at run time and stores only its name; it never reaches MLflow or metadata.
@@ -178,9 +178,10 @@ def config_params(config: SynthesisConfig) -> dict[str, Any]:
 
 
 def _demo_features(settings: Settings) -> dict[str, dict] | None:
-    """Per-image features the demo generator drew, keyed by resolved image path, so rationales cite what is there."""
+    """Per-image features the demo generator drew, keyed by resolved image path, so rationales cite what is there
+    (none without generated demo sources: real images have no drawn features)."""
     path = settings.demo_dir / "demo_features.jsonl"
-    if settings.profile != "demo" or not path.exists():
+    if not path.exists():
         return None
     features = {}
     for line in path.read_text("utf-8").splitlines():
@@ -229,7 +230,8 @@ def build_synthesis_defs(settings: Settings) -> dg.Definitions:
             "synthesis.http_generator",
             "data.holdout",
             "knowledge.corpus",
-            data=("knowledge/data/lesion_features.yaml",),
+            "training.recipes",
+            data=("knowledge/data/lesion_features.yaml", "recipes/*/recipe.yaml"),
         ),
     )
     def skin_rationale_trajectories(
@@ -241,6 +243,7 @@ def build_synthesis_defs(settings: Settings) -> dg.Definitions:
         taxonomy_graph: Taxonomy,
         ddx_graph: DDxGraph,
         knowledge_base: KnowledgeBase,
+        training_recipe: TrainingRecipe,
     ) -> str:
         """Verified `<thinking>`/`<diagnosis>` trajectories (a Hugging Face dataset on disk) for LoRA SFT."""
         from datasets import Dataset
@@ -259,6 +262,7 @@ def build_synthesis_defs(settings: Settings) -> dg.Definitions:
             corpus = Corpus.from_dir(config.corpus_dir)
         samples = training_rows(unified_samples, settings.ood_modalities, settings.ood_sources)
         teacher = teacher_choice(config, settings.teacher)
+        recipe = training_recipe.choices()
         generator = _generator(teacher, config, cache_dir)
         start = time.perf_counter()
         try:
@@ -276,7 +280,7 @@ def build_synthesis_defs(settings: Settings) -> dg.Definitions:
                 corpus=corpus,
                 mcq_fraction=config.mcq_fraction,
                 sampling=SamplingParams(temperature=config.temperature, max_tokens=config.max_tokens),
-                style=config.style or ("compact" if settings.profile == "demo" else "full"),
+                style=config.style or recipe.rationale_style,
                 progress=LogProgress("rationales generated", context.log.info, unit="traj"),
             )
         except TeacherUnavailable as exc:  # circuit breaker: answers so far stay in the cache for the rerun
@@ -297,7 +301,13 @@ def build_synthesis_defs(settings: Settings) -> dg.Definitions:
         home.seal(context, out_dir)
         counts = result.counts
         with mlflow.asset_run(
-            context, params={**config_params(config), "samples": len(samples), "teacher_generator": teacher.generator}
+            context,
+            params={
+                **config_params(config),
+                "samples": len(samples),
+                "teacher_generator": teacher.generator,
+                "style_used": config.style or recipe.rationale_style,
+            },
         ) as run:
             if run is not None:
                 import mlflow as mlf

@@ -49,7 +49,11 @@ class BaseModelConfig(dg.Config):
 
 
 class SFTAssetConfig(dg.Config):
-    overrides: str = Field(default="{}", description="JSON object of SFTRunConfig fields over the training recipe")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description="SFTRunConfig fields laid over the training recipe, e.g. {max_steps: 200} (checked by name and "
+        "type before any folder is made; Dagster config maps take no null values)",
+    )
     gate_items: int = Field(default=48, description="held-out MCQ items generated for the format gate")
     option_drill_rows: int | None = Field(
         default=None,
@@ -80,7 +84,11 @@ class RLDataConfig(dg.Config):
 
 
 class GRPOAssetConfig(dg.Config):
-    overrides: str = Field(default="{}", description="JSON object of GRPORunConfig fields over the training recipe")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description="GRPORunConfig fields laid over the training recipe, e.g. {max_steps: 200} (checked by name and "
+        "type before any folder is made; Dagster config maps take no null values)",
+    )
     gate_items: int = 48
     max_new_tokens: int = 512
     accuracy_margin: float = Field(default=0.05, description="GRPO may trail SFT held-out accuracy by at most this")
@@ -92,7 +100,11 @@ class GRPOAssetConfig(dg.Config):
 
 
 class RLOnlyConfig(dg.Config):
-    overrides: str = Field(default="{}", description="JSON object of GRPORunConfig fields over the training recipe")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description="GRPORunConfig fields laid over the training recipe, e.g. {max_steps: 200} (checked by name and "
+        "type before any folder is made; Dagster config maps take no null values)",
+    )
     resume: bool = Field(
         default=False,
         description="continue the newest run folder under models/rl_only that holds a "
@@ -121,19 +133,11 @@ def training_dir(context: dg.AssetExecutionContext, home: PipelineHome, name: st
     return home.run_dir(context, "models", name)
 
 
-def run_overrides(overrides_json: str, resume: bool, run_config: type) -> dict[str, Any]:
-    """The asset config's JSON overrides of `run_config` (plus `resume` when the asset asks to continue a run),
-    checked for JSON, key and type before any folder is created, so a typo costs nothing."""
+def run_overrides(overrides: Mapping[str, Any], resume: bool, run_config: type) -> dict[str, Any]:
+    """The asset config's overrides of `run_config` (plus `resume` when the asset asks to continue a run), checked
+    by key and type before any folder is created, so a typo costs nothing."""
     from skinr1_pipeline.training.config import ConfigError, check_overrides
 
-    try:
-        overrides = json.loads(overrides_json)
-    except json.JSONDecodeError as exc:
-        raise dg.Failure(f"config.overrides is not valid JSON ({exc}): {overrides_json[:200]!r}") from exc
-    if not isinstance(overrides, dict):
-        raise dg.Failure(
-            f"config.overrides must be a JSON object of {run_config.__name__} fields, got {type(overrides).__name__}"
-        )
     overrides = {**overrides, **({"resume": True} if resume else {})}
     try:
         check_overrides(
@@ -490,7 +494,9 @@ def build_training_defs(settings: Settings) -> dg.Definitions:
         overrides = run_overrides(config.overrides, config.resume, SFTRunConfig)
         out_dir = training_dir(context, home, "sft", resume=config.resume)
         train_path, mixed = skin_rationale_trajectories, {}
-        drill_rows = training_recipe.option_drill_rows if config.option_drill_rows is None else config.option_drill_rows
+        drill_rows = config.option_drill_rows
+        if drill_rows is None:
+            drill_rows = training_recipe.choices().option_drill_rows
         if drill_rows:
             from skinr1_pipeline.training.option_drill import mix_drill_rows
 

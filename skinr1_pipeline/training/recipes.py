@@ -1,5 +1,6 @@
 """Training recipes: YAML files of run-config fields, one folder per recipe (`recipes/demo/`, `recipes/paper/`, or a
-lab's own folder), one file per trainer (`sft.yaml`, `grpo.yaml`).
+lab's own folder), one file per trainer (`sft.yaml`, `grpo.yaml`), and `recipe.yaml` for what the recipe teaches
+besides the run configs (`RecipeChoices`).
 
 Why YAML rather than Python presets: a lab reads, diffs and edits a recipe without reading code, and the profile
 chooses a recipe instead of the code branching on the profile. The files are read by the strict loader
@@ -10,23 +11,65 @@ TRL's `TrlParser`: it is an `HfArgumentParser`, which accepts only `Optional[X]`
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from skinr1_pipeline.training.config import ConfigError, from_mapping, load_mapping
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 RECIPES = ("demo", "paper")  # shipped with the package
 STEPS = ("sft", "grpo")
+CHOICES_FILE = "recipe.yaml"
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RecipeChoices:
+    """What a recipe decides outside the trainers' run configs; `recipe.yaml` in its folder (optional: a lab's own
+    folder without one gets these defaults, the paper's).
+
+    Why in the recipe and not the profile: they depend on the model being taught. A tiny model trained from random
+    weights needs short rationales and a drill in reading option lists; a pretrained 7B model needs neither.
+    """
+
+    rationale_style: Literal["full", "compact"] = "full"  # how the SkinRationale trajectories are written
+    option_drill_rows: int = 0  # option-reading drill rows mixed into the SFT data
+    caveat: str = ""  # said at the top of every evaluation report of models trained by this recipe
+
+    def __post_init__(self) -> None:
+        if self.option_drill_rows < 0:
+            raise ConfigError(f"option_drill_rows must be >= 0, got {self.option_drill_rows}")
+
+
+def recipe_folder(recipe: str | Path) -> Path:
+    """A shipped recipe's folder by name, else `recipe` as a folder path."""
+    return RECIPES_DIR / str(recipe) if str(recipe) in RECIPES else Path(recipe).expanduser()
+
+
+def recipe_choices(recipe: str | Path) -> RecipeChoices:
+    """The recipe's `recipe.yaml` (unknown keys and wrong types fail, naming the file); defaults without one."""
+    path = recipe_folder(recipe) / CHOICES_FILE
+    if not path.is_file():
+        return RecipeChoices()
+    try:
+        return from_mapping(RecipeChoices, load_mapping(path))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def check_recipe(recipe: str | Path) -> None:
+    """Fail now, naming the missing file, if `recipe` lacks a trainer's file or has a bad `recipe.yaml`."""
+    for step in STEPS:
+        recipe_path(recipe, step)
+    recipe_choices(recipe)
 
 
 def recipe_path(recipe: str | Path, step: str) -> Path:
     """The file of `step` in `recipe`: a shipped recipe's name, or a folder holding `<step>.yaml`."""
     if step not in STEPS:
         raise ConfigError(f"no training step {step!r}; steps: {list(STEPS)}")
-    folder = RECIPES_DIR / str(recipe) if str(recipe) in RECIPES else Path(recipe).expanduser()
-    path = folder / f"{step}.yaml"
+    path = recipe_folder(recipe) / f"{step}.yaml"
     if not path.is_file():
         raise ConfigError(
             f"training recipe {recipe!r} has no {step}.yaml (looked for {path}); "
