@@ -46,6 +46,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"\n{'SUCCESS' if outcome.success else 'FAILED'}: {len(outcome.materialized_keys())} assets "
         f"in {outcome.seconds:.1f}s"
     )
+    _print_stage_shares(outcome)
+    from skinr1_pipeline.storage.atomic import write_json
+
+    # For benchmarks/demo_seeds.py and anyone comparing machines: the whole run's and each step's wall time.
+    write_json(
+        settings.home / "demo_timing.json",
+        {
+            "success": outcome.success,
+            "seconds": round(outcome.seconds, 1),
+            "steps": {name: round(sec, 1) for name, sec in outcome.step_seconds.items()},
+        },
+    )
     for evaluation in outcome.check_evaluations():
         verdict = (
             "passed"
@@ -87,6 +99,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     print(f"  MLflow UI:                mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}")
     return 0 if outcome.success and not failed_checks else 1
+
+
+def _print_stage_shares(outcome) -> None:
+    """Where the demo's time went, per asset step, longest first (the rest folded into one line)."""
+    from skinr1_pipeline.runner import stage_shares
+
+    rows = stage_shares(outcome.step_seconds, outcome.seconds)
+    shown, rest = rows[:-1][:8], rows[:-1][8:]
+    print("\nTime by stage (wall seconds, share of the whole run):")
+    for name, seconds, share in shown:
+        print(f"  {seconds:8.1f}s {share:6.1%}  {name}")
+    if rest:
+        print(f"  {sum(r[1] for r in rest):8.1f}s {sum(r[2] for r in rest):6.1%}  ({len(rest)} shorter steps)")
+    print(f"  {rows[-1][1]:8.1f}s {rows[-1][2]:6.1%}  {rows[-1][0]}")
 
 
 def _print_honesty_tables(evaluation_dir: Path) -> None:

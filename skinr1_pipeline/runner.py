@@ -21,6 +21,9 @@ class PipelineRun:
     results: list[dg.ExecuteInProcessResult] = field(default_factory=list)
     seconds: float = 0.0
     phase_seconds: dict[str, float] = field(default_factory=dict)
+    # Wall seconds per asset step (`asset[partition]`), from the runs' step start/end events: a segment's run holds
+    # several assets, and a newcomer wants to know which stage the time goes to.
+    step_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def success(self) -> bool:
@@ -110,6 +113,8 @@ def materialize_all(
             )
             outcome.results.append(result)
             outcome.phase_seconds[label] = time.perf_counter() - t0
+            for step, seconds in step_durations(instance, result.run_id).items():
+                outcome.step_seconds[f"{step}[{partition_key}]" if partition_key else step] = seconds
             status = "ok" if result.success else "FAILED"
             log(f"  {status} in {outcome.phase_seconds[label]:.1f}s (run {result.run_id[:8]})")
             if not result.success:
@@ -117,6 +122,31 @@ def materialize_all(
                 return outcome
     outcome.seconds = time.perf_counter() - start
     return outcome
+
+
+def step_durations(instance: dg.DagsterInstance, run_id: str) -> dict[str, float]:
+    """Seconds from each step's start to its success or failure, in the order the steps started."""
+    kinds = {dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE}
+    started: dict[str, float] = {}
+    durations: dict[str, float] = {}
+    for entry in instance.all_logs(run_id, of_type=kinds):
+        step = entry.step_key
+        if step is None or entry.dagster_event is None:
+            continue
+        if entry.dagster_event.event_type == dg.DagsterEventType.STEP_START:
+            started[step] = entry.timestamp
+        elif step in started:
+            durations[step] = entry.timestamp - started[step]
+    return durations
+
+
+def stage_shares(step_seconds: dict[str, float], total: float) -> list[tuple[str, float, float]]:
+    """(step, seconds, share of `total`) for every step, longest first; what is not inside a step (run start-up,
+    Dagster's own bookkeeping) is reported as one more row so the shares add up to the whole."""
+    rows = sorted(step_seconds.items(), key=lambda item: -item[1])
+    outside = max(total - sum(step_seconds.values()), 0.0)
+    rows.append(("(outside steps: run start-up, event log)", outside))
+    return [(name, seconds, seconds / total if total > 0 else 0.0) for name, seconds in rows]
 
 
 def _config_for(run_config: dict | None, selection: dg.AssetSelection, graph) -> dict | None:

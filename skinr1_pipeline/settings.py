@@ -39,6 +39,7 @@ FILE_KEYS = (
     "datasets",
     "model_dir",
     "training_recipe",
+    "train_seed",
     "label_map_dir",
     "mlflow_tracking_uri",
     "mlflow_experiment",
@@ -144,6 +145,15 @@ class Settings:
     # How the model is taught (`training.recipes`): a shipped recipe (`demo` for the tiny built model, `paper`) or a
     # lab's own folder of sft.yaml/grpo.yaml/recipe.yaml.
     training_recipe: str = "paper"
+    # The seed of every training step (the demo's model build, warm-ups and drill rows; SFT and GRPO), apart from the
+    # data's: several runs over the same data and items say how much of a result is the seed. None: the demo builds
+    # from `demo_seed` and the trainers take the recipe's `seed`.
+    train_seed: int | None = None
+
+    @property
+    def model_seed(self) -> int:
+        """The seed the demo's base model is built and warmed up with."""
+        return self.demo_seed if self.train_seed is None else self.train_seed
 
     @property
     def datasets(self) -> tuple[str, ...]:
@@ -211,6 +221,11 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         automation=_automation(profile, file_config, source),
         scale=_choice(file_config.get("scale", "full"), f"{source}scale", SCALES),
         training_recipe=_recipe(file_config, "demo" if profile == "demo" else "paper", source),
+        train_seed=(
+            _int(env, "SKINR1_TRAIN_SEED", file_config, "train_seed", 0, minimum=0, source=source)
+            if "SKINR1_TRAIN_SEED" in env or "train_seed" in file_config
+            else None
+        ),
     )
 
 

@@ -20,7 +20,7 @@ from skinr1_pipeline_tests.failing_rank import MESSAGE
 UPSTREAM_CONFIG = {
     "ops": {
         "demo_source_data": {"config": {"images_per_class": 10}},
-        "base_model": {"config": {"warmup_steps": 2, "option_drill_steps": 2}},
+        "base_model": {"config": {"warmup_steps": 2, "option_drill_steps": 2, "format_steps": 2}},
     }
 }
 TRAINING_CONFIG = {

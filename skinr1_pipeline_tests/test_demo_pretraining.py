@@ -18,6 +18,8 @@ from skinr1_pipeline.training.demo_pretraining import CAPTION_PROMPT, augmented,
 from skinr1_pipeline.training.option_drill import (
     drill_items,
     drill_rows,
+    format_items,
+    format_warm_up,
     mix_drill_rows,
     status_drill_items,
     train_option_drill,
@@ -76,26 +78,44 @@ def test_augmented_views_keep_labels_and_transform_the_image(warmup_world, tmp_p
 # --- option-reading drill (text only) -------------------------------------------------------------------------------
 
 
-def test_drill_items_follow_the_rl_item_rules(warmup_world):
+def test_drill_items_are_set_first_so_no_option_structure_gives_the_answer(warmup_world):
     taxonomy, samples, _ = warmup_world
     labels = list(samples.loc[samples["split"] == "train", "taxonomy_node"])
-    items = drill_items(labels, taxonomy, 200, seed=3)
-    assert items == drill_items(labels, taxonomy, 200, seed=3) and items != drill_items(labels, taxonomy, 200, seed=4)
+    items = drill_items(labels, taxonomy, 2000, seed=3)
+    assert items[:50] == drill_items(labels, taxonomy, 50, seed=3) and items[:50] != drill_items(
+        labels, taxonomy, 50, 4
+    )
     names = {n.name: n.id for n in taxonomy}
+    blind_hits = {"deepest": 0, "shallowest": 0, "longest": 0, "most relatives offered": 0, "first": 0}
     for item in items:
         label = taxonomy.resolve(item.opening.split("Impression: ")[1].split(".\n")[0])
         assert label in set(labels)
         path = option_path(taxonomy, label)
         nodes = [names[o] for o in item.options]
-        on_path = [i for i, n in enumerate(nodes) if n in path]
-        assert len(item.options) == 4 and 1 <= len(on_path) <= 3
-        assert item.answer_index == max(on_path, key=lambda i: path.index(nodes[i]))  # the deepest offered level
+        assert len(set(nodes)) == 4 and [i for i, n in enumerate(nodes) if n in path] == [item.answer_index]
+        assert not any(a != b and a in taxonomy.path(b) for a in nodes for b in nodes)  # none above another
         assert item.target.startswith("\n".join(option_scan_lines(list(item.options), nodes, path)))
         assert parse_completion(item.opening + item.target, list(item.options)).option_index == item.answer_index
+        depth = [len(taxonomy.path(n)) for n in nodes]
+        relatives = [
+            sum(names[o] in taxonomy.path(n) or n in taxonomy.path(names[o]) for o in item.options) for n in nodes
+        ]
+        picks = {
+            "deepest": max(range(4), key=lambda i: depth[i]),
+            "shallowest": min(range(4), key=lambda i: depth[i]),
+            "longest": max(range(4), key=lambda i: len(item.options[i])),
+            "most relatives offered": max(range(4), key=lambda i: relatives[i]),
+            "first": 0,
+        }
+        for guesser, pick in picks.items():
+            blind_hits[guesser] += pick == item.answer_index
+    # The paper-built drill answered "deepest" 1.0; here every guesser that reads only the options is at 1/4
+    # (2,000 items: one standard error is 0.01).
+    assert all(abs(hits / len(items) - 0.25) < 0.04 for hits in blind_hits.values()), blind_hits
     with pytest.raises(ValueError, match="non-root taxonomy node"):
         drill_items(["not_a_node", taxonomy.root], taxonomy, 1, seed=0)
-    with pytest.raises(ValueError, match="melanoma: 0 distractor"):
-        drill_items(["melanoma"], taxonomy, 1, seed=0)  # one label: every pool node is on its own path
+    with pytest.raises(ValueError, match="needs 4 options at one taxonomy level"):
+        drill_items(["melanoma"], taxonomy, 1, seed=0)  # one label: one node per level
 
 
 def test_drill_batch_learns_only_the_target_tokens(warmup_world):
@@ -135,6 +155,42 @@ def test_option_drill_trains_the_language_model_only(warmup_world):
     assert [r["step"] for r in report["train_loss"]] == [1, 2, 3] and all(r["loss"] > 0 for r in report["train_loss"])
     with pytest.raises(ValueError, match="steps and batch_size"):
         train_option_drill(model_dir, labels, taxonomy, steps=0)
+
+
+def test_format_items_teach_the_whole_answer_and_no_diagnosis(warmup_world):
+    taxonomy, samples, _ = warmup_world
+    labels = list(samples.loc[samples["split"] == "train", "taxonomy_node"])
+    items = format_items(labels, taxonomy, 400, seed=2)
+    assert len(items) == 400 and sum(it.prompt == items[0].prompt for it in items) < 400  # MCQ and status questions
+    status = [it for it in items if len(it.options) == 3]
+    assert len(status) == 80  # a fifth ask the 3-way status question
+    for item in items:
+        assert item.opening == "" and item.target.startswith("<thinking>")  # the impression line is learned too
+        assert parse_completion(item.target, list(item.options)).option_index == item.answer_index
+    letters = [it.answer_index for it in items if len(it.options) == 4]
+    assert min(letters.count(i) for i in range(4)) > 0.15 * len(letters)  # every letter answers, about 1/4 each
+
+
+def test_format_warm_up_shows_images_unrelated_to_the_item_and_reports_the_parse_rate(warmup_world):
+    taxonomy, samples, model_dir = warmup_world
+    train = samples[samples["split"] == "train"]
+    before = load_file(next(model_dir.glob("*.safetensors")))
+    report = format_warm_up(
+        model_dir,
+        list(train["taxonomy_node"]),
+        taxonomy,
+        list(train["image_path"]),
+        steps=2,
+        batch_size=2,
+        eval_items=4,
+    )
+    after = load_file(next(model_dir.glob("*.safetensors")))
+    changed = {k for k in before if not before[k].equal(after[k])}
+    assert changed and not any("visual." in k for k in changed)
+    assert report["steps"] == 2 and report["with_images"] and report["held_out_items"] == 4
+    assert 0.0 <= report["held_out_accuracy"] <= report["held_out_parse_rate"] <= 1.0
+    with pytest.raises(ValueError, match="needs train images"):
+        format_warm_up(model_dir, list(train["taxonomy_node"]), taxonomy, [], steps=2)
 
 
 def test_drill_rows_show_a_train_image_of_their_label_and_parse(warmup_world):

@@ -19,11 +19,11 @@ pytestmark = pytest.mark.slow
 
 # The whole graph at toy scale (presets.py, the `scale: toy` preset): every stage runs for real (synthesis,
 # tokenizer + tiny model, LoRA SFT, GRPO, RL-only GRPO, four variant evaluations, report, registry), with step and
-# token budgets cut so CI stays short; here with two warm-up and two option-drill steps, so those run too, and GRPO
-# logging its completions.
+# token budgets cut so CI stays short; here with two warm-up, two option-drill and two format steps, so those run too,
+# and GRPO logging its completions.
 E2E_CHANGES = {
     "demo_source_data": {"images_per_class": 10},
-    "base_model": {"warmup_steps": 2, "option_drill_steps": 2},
+    "base_model": {"warmup_steps": 2, "option_drill_steps": 2, "format_steps": 2},
     "sft_checkpoint": {"option_drill_rows": 24},
     "grpo_checkpoint": {
         "overrides": {"max_steps": 1, "limit_items": 4, "max_completion_length": 16, "log_completions_every": 1}
@@ -72,6 +72,20 @@ def test_every_asset_materializes(demo_run):
         "ablation_table",
         "evaluation_reports",
     } <= expected
+
+
+def test_the_time_is_attributed_to_every_asset_step(demo_run):
+    """`skinr1 demo` prints each stage's share of the time from these; a missing step would hide where it went."""
+    from skinr1_pipeline.runner import stage_shares
+
+    _, _, outcome = demo_run
+    steps = outcome.step_seconds
+    assert {"raw_datasets[ham10000]", "variant_evaluations[sft]", "sft_checkpoint", "base_model"} <= set(steps)
+    assert outcome.materialized_keys() <= {name.split("[")[0] for name in steps}
+    assert all(0 <= seconds <= outcome.seconds for seconds in steps.values())
+    rows = stage_shares(steps, outcome.seconds)
+    assert rows[-1][0].startswith("(outside steps") and [r[1] for r in rows[:-1]] == sorted(steps.values())[::-1]
+    assert sum(share for _, _, share in rows) == pytest.approx(1.0)
 
 
 def test_gate_checks_pass(demo_run):

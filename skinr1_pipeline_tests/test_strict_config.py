@@ -92,6 +92,7 @@ automation: {{training: true, interval_seconds: 5}}
 launcher: torchrun
 accelerate_args: [--bf16]
 training_recipe: demo
+train_seed: 4
 """,
     )
     assert (gpu.dataset_roots, gpu.base_model_dir, gpu.label_map_dir) == (
@@ -112,10 +113,14 @@ training_recipe: demo
         (("OMP_NUM_THREADS", "4"),),
     )
     assert (gpu.automation.training, gpu.automation.evaluation, gpu.automation.interval_seconds) == (True, True, 5)
-    assert gpu.training_recipe == "demo"
+    assert (gpu.training_recipe, gpu.train_seed, gpu.model_seed) == ("demo", 4, 4)
     demo = settings_from(tmp_path, "demo_seed: 3\ndemo_images_per_class: 5\nscale: toy\n", "demo")
     assert (demo.demo_seed, demo.demo_images_per_class, demo.split_seed, demo.scale) == (3, 5, 42, "toy")
     assert settings_from(tmp_path, "demo_seed: 3\n", "demo", SKINR1_DEMO_SEED="9").demo_seed == 9  # env wins
+    unseeded = settings_from(tmp_path, "demo_seed: 3\n", "demo")
+    assert (unseeded.train_seed, unseeded.model_seed) == (None, 3)  # the trainers keep the recipe's seed
+    seeded = settings_from(tmp_path, "demo_seed: 3\n", "demo", SKINR1_TRAIN_SEED="2")
+    assert (seeded.train_seed, seeded.model_seed, seeded.demo_seed) == (2, 2, 3)  # the data keeps its seed
     assert set(FILE_KEYS) == {
         "datasets",
         "model_dir",
@@ -133,6 +138,7 @@ training_recipe: demo
         "demo_seed",
         "demo_images_per_class",
         "training_recipe",
+        "train_seed",
     }  # a new key needs a line above
 
 

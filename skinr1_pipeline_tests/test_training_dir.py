@@ -62,6 +62,12 @@ def test_bad_overrides_fail_by_name_before_any_folder_moves(overrides: dict, mes
         run_overrides(overrides, False, SFTRunConfig)
 
 
+def test_the_train_seed_is_added_unless_the_overrides_name_one() -> None:
+    assert run_overrides({"max_steps": 2}, False, SFTRunConfig, seed=3) == {"seed": 3, "max_steps": 2}
+    assert run_overrides({"seed": 9}, False, SFTRunConfig, seed=3) == {"seed": 9}
+    assert run_overrides({}, False, GRPORunConfig) == {}
+
+
 def test_good_overrides_pass_and_resume_is_added() -> None:
     assert run_overrides({"max_steps": 2, "learning_rate": 1}, True, GRPORunConfig) == {
         "max_steps": 2,

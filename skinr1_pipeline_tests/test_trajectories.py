@@ -132,6 +132,37 @@ def test_mcq_options(knowledge, demo):
     assert "basal_cell_carcinoma" in answers and answers - {"basal_cell_carcinoma"}  # ancestors are answers too
 
 
+def test_set_first_mcq_options_offer_one_level_and_pass_the_verifier(knowledge, demo):
+    """`mcq_construction="set_first"`: the options are nodes of one taxonomy level, exactly one on the label's path,
+    so the deepest-offered-ancestor shortcut the paper's options teach has nothing to find."""
+    tax, ddx, kb = knowledge
+    samples, features = demo
+    levels, answers = set(), []
+    for node in sorted(set(samples["taxonomy_node"])):
+        row = _row(samples, node)
+        extras = _extras(samples, features, row, mcq_fraction=1.0, mcq_construction="set_first")
+        path = option_path(tax, node)
+        for seed in range(6):
+            req = TYPES["ddx"].build(row, tax, ddx, kb, random.Random(seed), extras)
+            ctx = req.context
+            if ctx.question_form == "open":  # no level of this label's path offers 4 nodes in its dataset
+                continue
+            depths = {len(option_path(tax, n)) for n in ctx.option_nodes}
+            assert len(depths) == 1 and len(set(ctx.option_nodes)) == 4  # one level: none above another
+            assert [i for i, n in enumerate(ctx.option_nodes) if n in path] == [ctx.answer_index]
+            assert ctx.option_scores[ctx.answer_index] == TOP_SCORE and sorted(ctx.option_scores)[:3] == [0.0] * 3
+            levels |= depths
+            answers.append(ctx.answer_index)
+            text = TemplateGenerator(style="compact").generate([req])[0]
+            assert parse_completion(text, req.options).option_index == ctx.answer_index
+            assert Verifier(tax, ddx, kb, VerifyConfig.for_style("compact")).check(text, req).ok
+    assert len(levels) >= 2 and set(answers) == {0, 1, 2, 3}  # several levels asked; every letter answers
+    result = synthesize(samples, tax, ddx, kb, TemplateGenerator(), mcq_construction="set_first", mcq_fraction=1.0)
+    assert result.counts["rejected"] == 0 and len(result.trajectories)
+    with pytest.raises(ValueError, match="mcq_construction must be one of"):
+        synthesize(samples, tax, ddx, kb, TemplateGenerator(), mcq_construction="gold_first")
+
+
 def test_compact_style_is_short_and_verified(knowledge, demo):
     tax, ddx, kb = knowledge
     samples, features = demo

@@ -56,6 +56,11 @@ class SynthesisConfig(dg.Config):
     corpus_dir: str = Field(
         default="", description="Optional folder of licensed textbook .txt/.md to ground rationales"
     )
+    mcq_construction: Literal["", "paper", "set_first"] = Field(
+        default="",
+        description="paper | set_first; '' = the training recipe's (set_first on the demo recipe: one taxonomy "
+        "level per question, so no option-structure shortcut is taught; paper on the paper's)",
+    )
     style: Literal["", "full", "compact"] = Field(
         default="",
         description="full | compact; '' = the training recipe's `rationale_style` (compact on the demo recipe: "
@@ -281,6 +286,7 @@ def build_synthesis_defs(settings: Settings) -> dg.Definitions:
                 mcq_fraction=config.mcq_fraction,
                 sampling=SamplingParams(temperature=config.temperature, max_tokens=config.max_tokens),
                 style=config.style or recipe.rationale_style,
+                mcq_construction=config.mcq_construction or recipe.mcq_construction,
                 progress=LogProgress("rationales generated", context.log.info, unit="traj"),
             )
         except TeacherUnavailable as exc:  # circuit breaker: answers so far stay in the cache for the rerun
@@ -307,6 +313,7 @@ def build_synthesis_defs(settings: Settings) -> dg.Definitions:
                 "samples": len(samples),
                 "teacher_generator": teacher.generator,
                 "style_used": config.style or recipe.rationale_style,
+                "mcq_construction_used": config.mcq_construction or recipe.mcq_construction,
             },
         ) as run:
             if run is not None:

@@ -46,6 +46,12 @@ class BaseModelConfig(dg.Config):
         "MCQs from the train labels and images (the copying from context a pretrained "
         "LM has); 0 = none",
     )
+    format_steps: int = Field(
+        default=300,
+        description="demo only: answer-format steps after the drill, with impressions drawn at random and images "
+        "unrelated to them (the format an instruction-tuned base writes, no diagnosis), so the base and RL-only "
+        "variants answer in the format at chance and start where SFT starts; 0 = none",
+    )
 
 
 class SFTAssetConfig(dg.Config):
@@ -133,12 +139,15 @@ def training_dir(context: dg.AssetExecutionContext, home: PipelineHome, name: st
     return home.run_dir(context, "models", name)
 
 
-def run_overrides(overrides: Mapping[str, Any], resume: bool, run_config: type) -> dict[str, Any]:
-    """The asset config's overrides of `run_config` (plus `resume` when the asset asks to continue a run), checked
-    by key and type before any folder is created, so a typo costs nothing."""
+def run_overrides(
+    overrides: Mapping[str, Any], resume: bool, run_config: type, seed: int | None = None
+) -> dict[str, Any]:
+    """The asset config's overrides of `run_config` (plus `resume` when the asset asks to continue a run, and the
+    settings' `train_seed` unless the overrides name a seed), checked by key and type before any folder is created,
+    so a typo costs nothing."""
     from skinr1_pipeline.training.config import ConfigError, check_overrides
 
-    overrides = {**overrides, **({"resume": True} if resume else {})}
+    overrides = {**({"seed": seed} if seed is not None else {}), **overrides, **({"resume": True} if resume else {})}
     try:
         check_overrides(
             run_config, overrides, set_by_asset=("model_dir", "adapter_dir", "items_path", "train_path", "output_dir")
@@ -330,7 +339,7 @@ def _built_base_model(settings: Settings) -> dg.AssetsDefinition:
             corpus.append(" ".join([node.name, *node.synonyms]))
         out_dir = home.run_dir(context, "models", "base")
         start = time.perf_counter()
-        build_tiny_model(out_dir, corpus, seed=settings.demo_seed)
+        build_tiny_model(out_dir, corpus, seed=settings.model_seed)
         samples = training_rows(unified_samples, settings.ood_modalities, settings.ood_sources)
         warmup: dict[str, Any] = {"steps": 0}
         if config.warmup_steps:
@@ -342,7 +351,7 @@ def _built_base_model(settings: Settings) -> dg.AssetsDefinition:
                 taxonomy_graph,
                 steps=config.warmup_steps,
                 views=config.warmup_views,
-                seed=settings.demo_seed,
+                seed=settings.model_seed,
             )
         drill: dict[str, Any] = {"steps": 0}
         if config.option_drill_steps:  # after the warm-up: its full embedding/head update erased a drill run before it
@@ -354,12 +363,30 @@ def _built_base_model(settings: Settings) -> dg.AssetsDefinition:
                 train["taxonomy_node"],
                 taxonomy_graph,
                 steps=config.option_drill_steps,
-                seed=settings.demo_seed,
+                seed=settings.model_seed,
                 image_paths=train.groupby("taxonomy_node")["image_path"].agg(list).to_dict(),
             )
             context.log.info(
                 f"option drill: {drill['steps']} steps in {drill['seconds']} s, held-out letter "
                 f"accuracy {drill['held_out_accuracy']:.0%} on {drill['held_out_items']} fresh items"
+            )
+        answer_format: dict[str, Any] = {"steps": 0}
+        if config.format_steps:  # last: the drill and warm-up targets would otherwise overwrite the format
+            from skinr1_pipeline.training.option_drill import format_warm_up
+
+            train = samples[samples["split"] == "train"]
+            answer_format = format_warm_up(
+                out_dir,
+                train["taxonomy_node"],
+                taxonomy_graph,
+                list(train["image_path"]),
+                steps=config.format_steps,
+                seed=settings.model_seed,
+            )
+            context.log.info(
+                f"format warm-up: {answer_format['steps']} steps in {answer_format['seconds']} s, held-out parse "
+                f"rate {answer_format['held_out_parse_rate']:.0%}, letter accuracy "
+                f"{answer_format['held_out_accuracy']:.0%} (chance by construction)"
             )
         model_config = validate_model_dir(out_dir)
         home.seal(context, out_dir)
@@ -372,6 +399,12 @@ def _built_base_model(settings: Settings) -> dg.AssetsDefinition:
                 "warmup_steps": warmup["steps"],
                 "option_drill_steps": drill["steps"],
                 **({"option_drill_accuracy": drill["held_out_accuracy"]} if "held_out_accuracy" in drill else {}),
+                "format_steps": answer_format["steps"],
+                **(
+                    {"format_parse_rate": answer_format["held_out_parse_rate"]}
+                    if "held_out_parse_rate" in answer_format
+                    else {}
+                ),
             },
         )
         size = sum(p.stat().st_size for p in out_dir.rglob("*") if p.is_file())
@@ -389,6 +422,9 @@ def _built_base_model(settings: Settings) -> dg.AssetsDefinition:
                 "option_drill_steps": drill["steps"],
                 "option_drill_accuracy": drill.get("held_out_accuracy", float("nan")),
                 "option_drill_final_loss": drill["train_loss"][-1]["loss"] if drill.get("train_loss") else float("nan"),
+                "format_steps": answer_format["steps"],
+                "format_parse_rate": answer_format.get("held_out_parse_rate", float("nan")),
+                "format_letter_accuracy": answer_format.get("held_out_accuracy", float("nan")),
             }
         )
         return str(out_dir)
@@ -491,7 +527,7 @@ def build_training_defs(settings: Settings) -> dg.Definitions:
         recipe's option-reading drill rows mixed in (the demo's)."""
         from skinr1_pipeline.training.sft import SFTRunConfig
 
-        overrides = run_overrides(config.overrides, config.resume, SFTRunConfig)
+        overrides = run_overrides(config.overrides, config.resume, SFTRunConfig, settings.train_seed)
         out_dir = training_dir(context, home, "sft", resume=config.resume)
         train_path, mixed = skin_rationale_trajectories, {}
         drill_rows = config.option_drill_rows
@@ -508,7 +544,7 @@ def build_training_defs(settings: Settings) -> dg.Definitions:
                 samples[samples["split"] == "train"],
                 taxonomy_graph,
                 drill_rows,
-                settings.demo_seed,
+                settings.model_seed,
             )
             context.log.info(f"SFT data: {mixed['trajectories']} trajectories + {mixed['drill_rows']} drill rows")
         cfg = training_recipe.sft_config(
@@ -595,7 +631,7 @@ def build_training_defs(settings: Settings) -> dg.Definitions:
         """GRPO continuing the SFT LoRA adapter, rewarded by format + hierarchical granularity + malignancy."""
         from skinr1_pipeline.training.grpo import GRPORunConfig
 
-        overrides = run_overrides(config.overrides, config.resume, GRPORunConfig)
+        overrides = run_overrides(config.overrides, config.resume, GRPORunConfig, settings.train_seed)
         out_dir = training_dir(context, home, "grpo", resume=config.resume)
         cfg = training_recipe.grpo_config(
             model_dir=base_model,
@@ -678,7 +714,7 @@ def build_training_defs(settings: Settings) -> dg.Definitions:
         """The RL-only ablation: GRPO from the base model with a fresh LoRA, no SFT."""
         from skinr1_pipeline.training.grpo import GRPORunConfig
 
-        overrides = run_overrides(config.overrides, config.resume, GRPORunConfig)
+        overrides = run_overrides(config.overrides, config.resume, GRPORunConfig, settings.train_seed)
         out_dir = training_dir(context, home, "rl_only", resume=config.resume)
         cfg = training_recipe.grpo_config(
             model_dir=base_model, adapter_dir=None, items_path=rl_mcq_dataset, output_dir=str(out_dir), **overrides

@@ -29,6 +29,7 @@ from skinr1_pipeline.knowledge.taxonomy import Taxonomy
 from skinr1_pipeline.modeling.prompt_format import parse_completion
 from skinr1_pipeline.synthesis.generators import Generator
 from skinr1_pipeline.synthesis.trajectories import (
+    MCQ_CONSTRUCTIONS,
     STYLES,
     TYPES,
     BuildExtras,
@@ -92,6 +93,7 @@ def synthesize(
     image_features: Mapping[str, Mapping[str, Any]] | None = None,
     corpus: Corpus | None = None,
     mcq_fraction: float = 0.5,
+    mcq_construction: str = "paper",
     sampling: SamplingParams = SamplingParams(),
     verify_config: VerifyConfig | None = None,
     batch_size: int = 512,
@@ -104,13 +106,16 @@ def synthesize(
     constructed with an explicit style) and LLM teachers are told to be brief. `verify_config` defaults to
     `VerifyConfig.for_style(style)` (same checks; compact only lowers min_chars). MCQ distractors come from the path
     nodes of every labelled sample of the dataset in `samples` (all splits: labels, not images), as in
-    `tasks.mcq.build_mcq_items`. `progress(done, total)` is called after each generated batch.
+    `tasks.mcq.build_mcq_items` (`mcq_construction="paper"`) or, `set_first`, one taxonomy level per question.
+    `progress(done, total)` is called after each generated batch.
     """
     unknown = [t for t in types if t not in TYPES]
     if unknown:
         raise ValueError(f"unknown trajectory types {unknown}; known: {list(TYPES)}")
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+    if mcq_construction not in MCQ_CONSTRUCTIONS:
+        raise ValueError(f"mcq_construction must be one of {MCQ_CONSTRUCTIONS}, got {mcq_construction!r}")
     verify_config = verify_config if verify_config is not None else VerifyConfig.for_style(style)
     rows = samples[samples["split"].isin(list(splits))] if "split" in samples else samples
     pools = {ds: sorted(set(g["taxonomy_node"])) for ds, g in rows.groupby("source_dataset")} if len(rows) else {}
@@ -139,6 +144,7 @@ def synthesize(
                     mcq_pool=mcq_pools.get(str(row["source_dataset"]), ()),
                     style=style,
                     mcq_fraction=mcq_fraction,
+                    mcq_construction=mcq_construction,
                     passages=passages.get(node, ()),
                     index=k,
                     sampling=SamplingParams(**{**sampling.__dict__, "seed": _seed(seed, row["sample_id"], ttype, k)}),

@@ -56,6 +56,7 @@ from skinr1_pipeline.modeling.prompt_format import (
 )
 from skinr1_pipeline.tasks.mcq import (
     MAX_CORRECT,
+    TOP_SCORE,
     hierarchical_scores,
     impression_line,
     ineligible_distractors,
@@ -66,6 +67,7 @@ from skinr1_pipeline.tasks.mcq import (
 QUESTION_FORMS = ("open", "mcq")
 N_OPTIONS = 4
 STYLES = ("full", "compact")
+MCQ_CONSTRUCTIONS = ("paper", "set_first")
 
 
 class NotApplicable(Exception):
@@ -175,6 +177,7 @@ class BuildExtras:
     options_pool: Sequence[str] = ()  # taxonomy nodes labelled in the sample's dataset (DDx preference; MCQ pool)
     mcq_pool: Sequence[str] = ()  # labels of the dataset for MCQ distractors (their path nodes); options_pool if empty
     mcq_fraction: float = 0.5
+    mcq_construction: str = "paper"  # `MCQ_CONSTRUCTIONS`: how a trajectory's multiple-choice options are drawn
     passages: Sequence[Passage] = ()
     sampling: SamplingParams = field(default_factory=SamplingParams)
     index: int = 0  # k-th request of this type for this sample
@@ -260,14 +263,22 @@ def _question(
 ) -> tuple[str, tuple[str, ...], tuple[str, ...], int | None, tuple[float, ...]]:
     """(form, options, option nodes, answer index, option scores).
 
-    MCQs follow `tasks.mcq.build_mcq_items`: k ~ U{1..min(3, L)} nodes of the label's path below the root
+    `paper` MCQs follow `tasks.mcq.build_mcq_items`: k ~ U{1..min(3, L)} nodes of the label's path below the root
     (scored 0.75 * depth / deepest shown), distractors from the path nodes of the dataset's labels that are neither
     on the path nor below the label (scored 0); the answer is the best-scoring option. When the dataset pool is too
     small, DDx look-alikes and then knowledge-base diagnoses fill the remaining slots (RL drops such items instead).
+    `set_first` MCQs (`_level_options`) offer one taxonomy level, so nothing in the option list points at the answer.
     """
     if rng.random() >= extras.mcq_fraction:
         return "open", (), (), None, ()
     path = option_path(taxonomy, node)
+    if extras.mcq_construction == "set_first":
+        drawn = _level_options(taxonomy, path, extras.mcq_pool or extras.options_pool, rng)
+        if drawn is None:
+            return "open", (), (), None, ()
+        nodes, answer = drawn
+        scores = tuple(TOP_SCORE if i == answer else 0.0 for i in range(len(nodes)))
+        return "mcq", tuple(taxonomy[n].name for n in nodes), tuple(nodes), answer, scores
     k = rng.randint(1, max(1, min(MAX_CORRECT, len(path), N_OPTIONS - 1)))
     depths = sorted(j + 1 for j in rng.sample(range(len(path)), k))
     correct = [path[j - 1] for j in depths]
@@ -295,6 +306,32 @@ def _question(
     nodes, scores = [nodes[i] for i in order], [float(scores[i]) for i in order]
     answer = max(range(len(nodes)), key=lambda i: scores[i])
     return "mcq", tuple(taxonomy[n].name for n in nodes), tuple(nodes), answer, tuple(scores)
+
+
+def _level_options(
+    taxonomy: Taxonomy, path: Sequence[str], labels: Sequence[str], rng: random.Random
+) -> tuple[list[str], int] | None:
+    """`N_OPTIONS` nodes of one level of the taxonomy, the label's own node at that level among them, in random order
+    (level drawn among those where the labels' paths offer enough nodes); None where no level does (the sample then
+    gets an open question).
+
+    Why: the paper's options (the label's ancestors plus distractors, the deepest offered ancestor correct) teach a
+    shortcut that answers without the image; options of one level are never ancestors of each other, so the option
+    list says nothing about which one fits.
+    """
+    by_level: dict[int, set[str]] = {}
+    for label in labels:
+        if label in taxonomy:
+            for depth, node in enumerate(option_path(taxonomy, label), start=1):
+                by_level.setdefault(depth, set()).add(node)
+    usable = [d for d in range(1, len(path) + 1) if len(by_level.get(d, set()) - {path[d - 1]}) >= N_OPTIONS - 1]
+    if not usable:
+        return None
+    depth = rng.choice(usable)
+    gold = path[depth - 1]
+    nodes = [*rng.sample(sorted(by_level[depth] - {gold}), N_OPTIONS - 1), gold]
+    rng.shuffle(nodes)
+    return nodes, nodes.index(gold)
 
 
 @lru_cache(maxsize=4096)

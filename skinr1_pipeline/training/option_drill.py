@@ -19,7 +19,7 @@ import random
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,9 +39,7 @@ from skinr1_pipeline.modeling.prompt_format import (
 from skinr1_pipeline.storage.atomic import write_parquet
 from skinr1_pipeline.tasks.mcq import (
     MALIGNANCY_OPTIONS,
-    MAX_CORRECT,
     impression_line,
-    ineligible_distractors,
     malignancy_prompt,
     option_path,
     option_scan_lines,
@@ -49,6 +47,11 @@ from skinr1_pipeline.tasks.mcq import (
 
 if TYPE_CHECKING:
     import pandas as pd
+
+
+# Share of drill items offering labels (the in-domain suites' options: the impression's own name is among them) rather
+# than one taxonomy level (the hierarchical suite's: the impression must be placed under one of them).
+LABEL_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -62,42 +65,60 @@ class DrillItem:
 
 
 def drill_items(labels: Sequence[str], taxonomy: Taxonomy, n: int, seed: int, n_options: int = 4) -> list[DrillItem]:
-    """`n` items: a label drawn from `labels`, 1..3 nodes of its path and distractors from the other labels' paths
-    (as `tasks.mcq` builds them); the answer is the deepest offered node of the path."""
+    """`n` set-first items: the option set is drawn first (`n_options` labels none of which is an ancestor of another,
+    in a `LABEL_SHARE` of items, else nodes at one taxonomy level of the labels' paths), then the answer uniformly
+    among them, then a label at or below the answer, whose impression the item gives.
+
+    Why set-first: built as the paper builds its items (the label's own ancestors among the options, the deepest one
+    the answer), the drill taught the deepest-offered-ancestor shortcut, which answers those items without the image
+    (the blind structure guess scored 0.43 on the demo's paper-built in-domain items). Here exactly one option lies on
+    the impression's path and no function of the option list picks it above 1/n, so the one thing to learn is how
+    the impression relates to each option.
+    """
     nodes = sorted({x for x in labels if isinstance(x, str) and x in taxonomy and x != taxonomy.root})
     if not nodes:
         raise ValueError("the option drill needs at least one label that is a non-root taxonomy node")
-    pool = sorted({p for x in nodes for p in option_path(taxonomy, x)})
+    under: dict[str, list[str]] = {}  # option node -> the labels at or below it
+    levels: dict[int, set[str]] = {}
+    for label in nodes:
+        for depth, node in enumerate(option_path(taxonomy, label), start=1):
+            under.setdefault(node, []).append(label)
+            levels.setdefault(depth, set()).add(node)
+    sets = [sorted(level) for _, level in sorted(levels.items()) if len(level) >= n_options]
+    by_label = _antichain(nodes, taxonomy, n_options, random.Random(seed)) is not None
+    if not sets and not by_label:
+        widest = max(len(level) for level in levels.values())
+        raise ValueError(
+            f"the option drill needs {n_options} options at one taxonomy level or {n_options} labels none of which "
+            f"is an ancestor of another; the {len(nodes)} label(s) give at most {widest} per level"
+        )
     rng = random.Random(seed)
     items = []
     while len(items) < n:
-        node = rng.choice(nodes)
-        path = option_path(taxonomy, node)
-        banned = ineligible_distractors(taxonomy, node)
-        distractors = [p for p in pool if p not in banned]
-        k = rng.randint(1, min(MAX_CORRECT, len(path), n_options - 1))
-        if len(distractors) < n_options - k:
-            raise ValueError(
-                f"label {node}: {len(distractors)} distractor node(s) among the labels' paths, "
-                f"{n_options - k} needed; give the drill more distinct labels"
-            )
-        option_nodes = rng.sample(path, k) + rng.sample(distractors, n_options - k)
-        rng.shuffle(option_nodes)
-        answer = max(range(n_options), key=lambda i: path.index(option_nodes[i]) if option_nodes[i] in path else -1)
-        names = [taxonomy[x].name for x in option_nodes]
-        items.append(
-            _scan_item(
-                node,
-                taxonomy,
-                build_mcq_prompt(DEFAULT_MCQ_QUESTION, names),
-                names,
-                option_nodes,
-                path,
-                answer,
-                taxonomy[node].bucket,
-            )
-        )
+        if sets and not (by_label and rng.random() < LABEL_SHARE):
+            options = rng.sample(sets[rng.randrange(len(sets))], n_options)
+        else:  # a greedy draw can block itself (an inner label first); draw again
+            options = _antichain(nodes, taxonomy, n_options, rng)
+            if options is None:
+                continue
+        answer = rng.randrange(n_options)
+        label = rng.choice(sorted(under[options[answer]]))
+        names = [taxonomy[x].name for x in options]
+        path = option_path(taxonomy, label)
+        prompt = build_mcq_prompt(DEFAULT_MCQ_QUESTION, names)
+        items.append(_scan_item(label, taxonomy, prompt, names, options, path, answer, taxonomy[label].bucket))
     return items
+
+
+def _antichain(nodes: Sequence[str], taxonomy: Taxonomy, k: int, rng: random.Random) -> list[str] | None:
+    """`k` of `nodes` in random order, none an ancestor of another (None when the nodes do not allow it)."""
+    chosen: list[str] = []
+    for node in rng.sample(list(nodes), len(nodes)):
+        if all(node not in taxonomy.path(c) and c not in taxonomy.path(node) for c in chosen):
+            chosen.append(node)
+            if len(chosen) == k:
+                return chosen
+    return None
 
 
 def _scan_item(
@@ -169,19 +190,19 @@ def training_batch(processor, items: Sequence[DrillItem], images: Sequence[Image
 
 
 @torch.no_grad()
-def drill_accuracy(
+def drill_scores(
     model,
     processor,
     items: Sequence[DrillItem],
     images: Sequence[Image.Image | None] | None = None,
     batch_size: int = 32,
     max_new_tokens: int = 160,
-) -> float:
-    """Share of items whose greedy continuation parses and picks the answer's letter (0 for an unparseable one)."""
+) -> tuple[float, float]:
+    """(share of items whose greedy continuation parses, share that picks the answer's letter)."""
     tok = processor.tokenizer
     images = list(images) if images is not None else [None] * len(items)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    hits = 0
+    parsed_count = hits = 0
     for start in range(0, len(items), batch_size):
         chunk, chunk_images = items[start : start + batch_size], images[start : start + batch_size]
         contexts = [_texts(processor, it, im is not None)[0] for it, im in zip(chunk, chunk_images)]
@@ -191,8 +212,11 @@ def drill_accuracy(
         for it, row in zip(chunk, out):
             text = it.opening + tok.decode(row[enc["input_ids"].shape[1] :], skip_special_tokens=True)
             parsed = parse_completion(text, list(it.options))
+            parsed_count += bool(parsed.ok)
             hits += bool(parsed.ok and parsed.option_index == it.answer_index)
-    return hits / len(items) if items else float("nan")
+    if not items:
+        return float("nan"), float("nan")
+    return parsed_count / len(items), hits / len(items)
 
 
 def _pick_images(
@@ -235,11 +259,100 @@ def train_option_drill(
     With `image_paths` (label -> train image files) each item shows a train image of its label, as SFT prompts do;
     without them the copying keys on text-only positions that image tokens later shift (see the module docstring).
     """
+    _check_steps(steps, batch_size)
+    items = drill_items(labels, taxonomy, steps * batch_size, seed)
+    held_out = drill_items(labels, taxonomy, eval_items, seed + 1)
+    return _train_language_model(
+        model_dir,
+        (items, _pick_images(items, image_paths, seed, max_pixels)),
+        (held_out, _pick_images(held_out, image_paths, seed + 1, max_pixels)),
+        steps=steps,
+        seed=seed,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        max_pixels=max_pixels,
+    )
+
+
+def format_items(labels: Sequence[str], taxonomy: Taxonomy, n: int, seed: int, status_share: float = 0.2):
+    """`n` items that teach the answer format and nothing about diagnosis: drill and status items whose whole
+    completion (the impression line included) is the target, the impression naming a label under a uniformly drawn
+    option; the caller shows an image drawn independently of the item (`format_warm_up`).
+
+    Why: the demo's base model, trained from random weights, never writes the answer format, so "RL-only" (GRPO from
+    the base) could earn no reward and "RL-only < SFT" was built in. After this the base answers in the format at
+    chance, as an instruction-tuned base would before it learns dermatology, and SFT and RL-only start from it alike.
+    """
+    n_status = round(n * status_share)
+    items = drill_items(labels, taxonomy, n - n_status, seed) + status_drill_items(labels, taxonomy, n_status, seed)
+    random.Random(seed).shuffle(items)
+    return [replace(item, opening="", target=item.opening + item.target) for item in items]
+
+
+def format_warm_up(
+    model_dir: str | Path,
+    labels: Sequence[str],
+    taxonomy: Taxonomy,
+    image_files: Sequence[str],
+    *,
+    steps: int,
+    seed: int = 0,
+    batch_size: int = 8,
+    learning_rate: float = 1e-3,
+    eval_items: int = 64,
+    max_pixels: int = 112 * 112,
+) -> dict[str, Any]:
+    """Train the language model on `format_items`, each shown with a train image drawn at random from `image_files`
+    (unrelated to the item's label), then overwrite the weights in `model_dir`. Returns losses, timing and, on fresh
+    items, the parse rate (the point) and the letter accuracy (near 1/n by construction)."""
+    _check_steps(steps, batch_size)
+    if not image_files:
+        raise ValueError("the format warm-up needs train images to show; none were given")
+    items = format_items(labels, taxonomy, steps * batch_size, seed)
+    held_out = format_items(labels, taxonomy, eval_items, seed + 1)
+
+    def images(chosen: Sequence[DrillItem], rng: random.Random) -> list[Image.Image]:
+        cache: dict[str, Image.Image] = {}
+        out = []
+        for path in (rng.choice(list(image_files)) for _ in chosen):
+            if path not in cache:
+                cache[path] = model_image(path, max_pixels=max_pixels)
+            out.append(cache[path])
+        return out
+
+    return _train_language_model(
+        model_dir,
+        (items, images(items, random.Random(seed))),
+        (held_out, images(held_out, random.Random(seed + 1))),
+        steps=steps,
+        seed=seed,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        max_pixels=max_pixels,
+    )
+
+
+def _check_steps(steps: int, batch_size: int) -> None:
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
+
+
+def _train_language_model(
+    model_dir: str | Path,
+    train: tuple[Sequence[DrillItem], Sequence[Image.Image | None]],
+    held_out: tuple[Sequence[DrillItem], Sequence[Image.Image | None]],
+    *,
+    steps: int,
+    seed: int,
+    batch_size: int,
+    learning_rate: float,
+    max_pixels: int,
+) -> dict[str, Any]:
+    """AdamW on the language model's parameters (the vision tower frozen) over `train` in batches, then the held-out
+    parse rate and letter accuracy; the weights in `model_dir` are replaced by the trained ones."""
     from skinr1_pipeline.modeling.model_factory import load_model, load_processor
     from skinr1_pipeline.training.demo_pretraining import replace_weights
 
-    if steps < 1 or batch_size < 1:
-        raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
     torch.manual_seed(seed)
     model_dir = Path(model_dir)
     processor = load_processor(model_dir, max_pixels=max_pixels)
@@ -254,16 +367,13 @@ def train_option_drill(
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * max(0.1, 1.0 - s / steps)
     )
-    items = drill_items(labels, taxonomy, steps * batch_size, seed)
-    images = _pick_images(items, image_paths, seed, max_pixels)
-    held_out = drill_items(labels, taxonomy, eval_items, seed + 1)
-    held_out_images = _pick_images(held_out, image_paths, seed + 1, max_pixels)
+    items, images = train
     start, losses = time.perf_counter(), []
     for step in range(steps):
         window = slice(step * batch_size, (step + 1) * batch_size)
         loss = model(**training_batch(processor, items[window], images[window])).loss
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"option drill loss is {loss.item()} at step {step + 1}")
+            raise FloatingPointError(f"language-model drill loss is {loss.item()} at step {step + 1}")
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -272,7 +382,7 @@ def train_option_drill(
         losses.append(loss.item())
     train_seconds = time.perf_counter() - start
     model.eval()
-    accuracy = drill_accuracy(model, processor, held_out, held_out_images)
+    parsed, accuracy = drill_scores(model, processor, *held_out)
     with tempfile.TemporaryDirectory(prefix="skinr1-drill-") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         replace_weights(model_dir, Path(tmp))
@@ -284,7 +394,8 @@ def train_option_drill(
         "with_images": any(im is not None for im in images),
         "train_loss": [{"step": s + 1, "loss": losses[s]} for s in range(0, steps, every)]
         + ([{"step": steps, "loss": losses[-1]}] if (steps - 1) % every else []),
-        "held_out_items": len(held_out),
+        "held_out_items": len(held_out[0]),
+        "held_out_parse_rate": parsed,
         "held_out_accuracy": accuracy,
     }
 

@@ -34,6 +34,10 @@ class RecipeChoices:
     """
 
     rationale_style: Literal["full", "compact"] = "full"  # how the SkinRationale trajectories are written
+    # How the trajectories' multiple-choice options are drawn: `paper` (the label's ancestors among them, the deepest
+    # correct: the authors' construction, which an image-blind structure guess partly answers) or `set_first` (one
+    # taxonomy level, nothing in the list points at the answer).
+    mcq_construction: Literal["paper", "set_first"] = "paper"
     option_drill_rows: int = 0  # option-reading drill rows mixed into the SFT data
     caveat: str = ""  # said at the top of every evaluation report of models trained by this recipe
 
