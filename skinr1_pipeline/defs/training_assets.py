@@ -47,10 +47,11 @@ class BaseModelConfig(dg.Config):
         "LM has); 0 = none",
     )
     format_steps: int = Field(
-        default=300,
+        default=0,
         description="demo only: answer-format steps after the drill, with impressions drawn at random and images "
         "unrelated to them (the format an instruction-tuned base writes, no diagnosis), so the base and RL-only "
-        "variants answer in the format at chance and start where SFT starts; 0 = none",
+        "variants answer in the format; off (0) by default: 300 steps also taught the model to ignore the image "
+        "(README, 'How the demo model is prepared')",
     )
 
 
