@@ -80,10 +80,8 @@ def markdown(seeds: list[int], timings: dict[int, dict], tables_dirs: dict[int, 
     ]
     for seed in seeds:
         t = timings[seed]
-        lines.append(
-            f"| {seed} | {t.get('seconds', float('nan')):.0f} | {t.get('wall_seconds', float('nan')):.0f} | "
-            f"{t.get('exit_code', '')} |"
-        )
+        wall = f"{t['wall_seconds']:.0f}" if t.get("wall_seconds") is not None else "– (reused)"
+        lines.append(f"| {seed} | {t.get('seconds', float('nan')):.0f} | {wall} | {t.get('exit_code', '–')} |")
     stages = stage_seconds({s: timings[s].get("steps", {}) for s in seeds})
     total = sum(timings[s].get("seconds", 0.0) for s in seeds) / len(seeds)
     lines += ["", "Seconds per asset step (mean over seeds, share of the mean run):", ""]
