@@ -521,6 +521,7 @@ def synthesis_world(tmp_path_factory, tax, ddx, kb):
     from skinr1_pipeline.settings import load_settings
     from skinr1_pipeline.synthesis.generators import CallableGenerator, TemplateGenerator
     from skinr1_pipeline.synthesis.pipeline import demo_samples, synthesize
+    from skinr1_pipeline.training.recipes import recipe_choices
 
     home = tmp_path_factory.mktemp("synthesis_home")
     settings = load_settings({"SKINR1_HOME": str(home)})
@@ -534,6 +535,7 @@ def synthesis_world(tmp_path_factory, tax, ddx, kb):
         return out
 
     train = training_rows(samples, settings.ood_modalities, settings.ood_sources)
+    recipe = recipe_choices(settings.training_recipe)
     check = synthesize(
         train,
         tax,
@@ -542,10 +544,20 @@ def synthesis_world(tmp_path_factory, tax, ddx, kb):
         CallableGenerator(template),
         types=("hierarchy",),
         image_features=_demo_features(settings),
-        style="compact",
+        style=recipe.rationale_style,  # as the asset builds its requests: the profile's recipe decides
+        mcq_construction=recipe.mcq_construction,
     )
     assert check.counts["rejected"] == 0 and len(texts) >= 8
-    return {"settings": settings, "tax": tax, "ddx": ddx, "kb": kb, "samples": samples, "train": train, "texts": texts}
+    return {
+        "settings": settings,
+        "tax": tax,
+        "ddx": ddx,
+        "kb": kb,
+        "samples": samples,
+        "train": train,
+        "texts": texts,
+        "choices": {"style": recipe.rationale_style, "mcq_construction": recipe.mcq_construction},
+    }
 
 
 def _serve_template_texts(server: FakeServer, texts: dict[str, str]) -> None:
@@ -578,7 +590,7 @@ def test_synthesize_counts_transport_failures_apart_from_verifier_rejections(ser
     _serve_template_texts(server, w["texts"])
     server.policy = _policy
     gen = make(server, max_retries=0, max_consecutive_failures=1000)
-    result = synthesize(w["train"], w["tax"], w["ddx"], w["kb"], gen, types=("hierarchy",), style="compact")
+    result = synthesize(w["train"], w["tax"], w["ddx"], w["kb"], gen, types=("hierarchy",), **w["choices"])
     expected = {"http_503": 0, "truncated": 0}
     for rid in w["texts"]:
         action = _policy(rid)
