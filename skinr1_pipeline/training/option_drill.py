@@ -310,20 +310,12 @@ def format_warm_up(
         raise ValueError("the format warm-up needs train images to show; none were given")
     items = format_items(labels, taxonomy, steps * batch_size, seed)
     held_out = format_items(labels, taxonomy, eval_items, seed + 1)
-
-    def images(chosen: Sequence[DrillItem], rng: random.Random) -> list[Image.Image]:
-        cache: dict[str, Image.Image] = {}
-        out = []
-        for path in (rng.choice(list(image_files)) for _ in chosen):
-            if path not in cache:
-                cache[path] = model_image(path, max_pixels=max_pixels)
-            out.append(cache[path])
-        return out
-
+    # Every label offered every train image: the image an item shows is drawn independently of its label.
+    any_image = dict.fromkeys({item.label for item in (*items, *held_out)}, list(image_files))
     return _train_language_model(
         model_dir,
-        (items, images(items, random.Random(seed))),
-        (held_out, images(held_out, random.Random(seed + 1))),
+        (items, _pick_images(items, any_image, seed, max_pixels)),
+        (held_out, _pick_images(held_out, any_image, seed + 1, max_pixels)),
         steps=steps,
         seed=seed,
         batch_size=batch_size,
