@@ -3,10 +3,10 @@
 Why here and not in each asset's config defaults: runs that Dagster's automation launches carry no run config of
 their own, so a scale that must reach them is attached to every run the sensors request (`defs.automation`,
 `defs.sensors`). `full` adds nothing (each asset's own defaults); `toy` is the smallest chain in which every stage
-still runs: no warm-up, option drill or format warm-up for the base model, two SFT steps, one GRPO step, three items
-per suite, short generations, gates opened (the format floor, GRPO's margin) because two steps cannot teach the
-format, and each run in one process (a step process per asset would import torch again for each). Numbers from it mean
-nothing.
+still runs: no vision classifier, warm-up, option drill or format warm-up for the base model, two SFT steps, one
+GRPO step, three items per suite, short generations, gates opened (the format floor, GRPO's margin) because two
+steps cannot teach the format, and each run in one process (a step process per asset would import torch again for
+each). Numbers from it mean nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from typing import Any
 
 TOY_ASSET_CONFIG: dict[str, dict[str, Any]] = {
-    "base_model": {"warmup_steps": 0, "option_drill_steps": 0, "format_steps": 0},
+    "base_model": {"vision_steps": 0, "warmup_steps": 0, "option_drill_steps": 0, "format_steps": 0},
     "sft_checkpoint": {
         "overrides": {"max_steps": 2, "max_train_samples": 16, "save_steps": 1},
         "gate_items": 4,

@@ -6,10 +6,18 @@ import math
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from skinr1_pipeline.evaluation.comparison import likelihood_table, variant_summary
 from skinr1_pipeline.evaluation.metrics import likeliest, score_predictions
-from skinr1_pipeline.evaluation.runners import answer_continuations, continuation_lengths
+from skinr1_pipeline.evaluation.runners import HFRunner, OptionScores, answer_continuations, continuation_lengths
+
+
+class _PixelProcessor:
+    """Just what `HFRunner` reads from a processor before any model call: the image pixel bounds."""
+
+    class image_processor:
+        size = {"shortest_edge": 3136, "longest_edge": 12544}
 
 
 class _WordTokenizer:
@@ -31,6 +39,18 @@ def test_continuation_lengths_count_tokens_after_the_common_prefix():
 
 def test_answer_continuations_are_the_sft_answer_form_without_status():
     assert answer_continuations(["melanoma", "benign neoplasm"]) == ["A. melanoma", "B. benign neoplasm"]
+    assert answer_continuations(["melanoma", "benign neoplasm"], "text") == ["melanoma", "benign neoplasm"]
+
+
+def test_a_text_form_model_is_scored_on_its_whole_answers():
+    """Options of a text-form model can share their first token ("benign ..."), so the first token cannot stand
+    for the option: both scores are the whole answer's log-prob; the letter form keeps the letter token."""
+    tokens = [[[-0.5, -1.0], [-0.5, -3.0]], []]
+    letter, text = OptionScores.from_tokens(tokens), OptionScores.from_tokens(tokens, "text")
+    assert letter.letters == [[-0.5, -0.5], []] and letter.answers == [[-1.5, -3.5], []]
+    assert text.letters == text.answers == [[-1.5, -3.5], []]
+    with pytest.raises(ValueError, match="answer_form must be one of"):
+        HFRunner(model=object(), processor=_PixelProcessor(), answer_form="number")
 
 
 def test_likeliest_names_one_answer_or_none():

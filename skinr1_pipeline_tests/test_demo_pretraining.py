@@ -10,10 +10,10 @@ from safetensors.torch import load_file
 
 from skinr1_pipeline.data.demo import generate_demo_data
 from skinr1_pipeline.modeling.model_factory import load_model, load_processor
-from skinr1_pipeline.modeling.prompt_format import parse_completion
+from skinr1_pipeline.modeling.prompt_format import format_mcq_answer, parse_completion
 from skinr1_pipeline.modeling.tiny_model import build_tiny_model, default_corpus
 from skinr1_pipeline.synthesis.pipeline import demo_samples
-from skinr1_pipeline.tasks.mcq import option_path, option_scan_lines
+from skinr1_pipeline.tasks.mcq import option_path, option_scan_lines, path_line
 from skinr1_pipeline.training.demo_pretraining import CAPTION_PROMPT, augmented, caption_frame, warm_up
 from skinr1_pipeline.training.option_drill import (
     drill_items,
@@ -116,6 +116,29 @@ def test_drill_items_are_set_first_so_no_option_structure_gives_the_answer(warmu
         drill_items(["not_a_node", taxonomy.root], taxonomy, 1, seed=0)
     with pytest.raises(ValueError, match="needs 4 options at one taxonomy level"):
         drill_items(["melanoma"], taxonomy, 1, seed=0)  # one label: one node per level
+
+
+def test_text_form_drill_items_write_the_path_and_answer_with_the_offered_text(warmup_world):
+    """The same set-first items as the letter form (same options and answers for a seed), but the target is the
+    impression's taxonomy path and the offered name on it, never a letter or an option scan; status items answer
+    with the status text."""
+    taxonomy, samples, _ = warmup_world
+    labels = list(samples.loc[samples["split"] == "train", "taxonomy_node"])
+    letter, text = drill_items(labels, taxonomy, 300, seed=5), drill_items(labels, taxonomy, 300, seed=5, form="text")
+    assert [(i.options, i.answer_index, i.opening) for i in letter] == [
+        (i.options, i.answer_index, i.opening) for i in text
+    ]
+    for item in text:
+        path = [taxonomy[n].name for n in option_path(taxonomy, item.label)]
+        answer = format_mcq_answer(list(item.options), item.answer_index, taxonomy[item.label].bucket, form="text")
+        assert item.target == f"{path_line(path)}\n</thinking>\n<diagnosis>{answer}</diagnosis>"
+        assert item.options[item.answer_index] in path
+        parsed = parse_completion(item.opening + item.target, list(item.options))
+        assert parsed.option_index == item.answer_index
+    for item in status_drill_items(labels, taxonomy, 20, seed=5, form="text"):
+        assert item.target == f"</thinking>\n<diagnosis>{item.options[item.answer_index]}</diagnosis>"
+    with pytest.raises(ValueError, match="form must be one of"):
+        drill_items(labels, taxonomy, 1, seed=0, form="number")
 
 
 def test_drill_batch_learns_only_the_target_tokens(warmup_world):

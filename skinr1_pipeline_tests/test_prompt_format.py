@@ -61,6 +61,16 @@ def test_exact_output_format():
     assert format_mcq_answer(OPTS, 1, "precancerous_in_situ") == "B. melanoma in situ; status: precancerous"
 
 
+@pytest.mark.parametrize("index", range(len(OPTS)))
+def test_a_text_form_answer_names_the_option_without_its_letter_and_parses_to_it(index):
+    answer = format_mcq_answer(OPTS, index, "benign", form="text")
+    assert answer == f"{OPTS[index]}; status: benign"
+    parsed = parse_completion(format_completion(THINK, answer), OPTS)
+    assert parsed.ok and parsed.option_index == index and parsed.status == "benign"
+    with pytest.raises(ValueError, match="form must be one of"):
+        format_mcq_answer(OPTS, index, form="number")
+
+
 def test_open_ended_answer():
     parsed = parse_completion(format_completion(THINK, format_open_answer("basal cell carcinoma", "malignant")))
     assert parsed.ok and parsed.option_index is None and parsed.status == "malignant"

@@ -66,6 +66,7 @@ def test_each_profile_chooses_its_recipe_and_model_source_in_definitions(tmp_pat
     assert (gpu_recipe.choices().option_drill_rows, gpu_recipe.choices().rationale_style) == (0, "full")
     assert "random initial weights" in demo_recipe.choices().caveat and gpu_recipe.choices().caveat == ""
     assert (demo_recipe.choices().mcq_construction, gpu_recipe.choices().mcq_construction) == ("set_first", "paper")
+    assert (demo_recipe.choices().answer_form, gpu_recipe.choices().answer_form) == ("text", "letter")
 
     def base_inputs(defs: dg.Definitions) -> set[str]:
         return {k.to_user_string() for k in defs.resolve_asset_graph().get(dg.AssetKey("base_model")).parent_keys}

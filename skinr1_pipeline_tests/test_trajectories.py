@@ -163,6 +163,29 @@ def test_set_first_mcq_options_offer_one_level_and_pass_the_verifier(knowledge, 
         synthesize(samples, tax, ddx, kb, TemplateGenerator(), mcq_construction="gold_first")
 
 
+def test_text_form_answers_copy_the_deepest_offered_name_from_the_path(knowledge, demo):
+    """`answer_form="text"`: a compact MCQ rationale ends with the diagnosis's taxonomy path instead of one line per
+    option, and the answer is the offered option's text on that path, with no letter; it parses to the gold option
+    and passes the verifier. An unknown form is refused."""
+    tax, ddx, kb = knowledge
+    samples, features = demo
+    text_form = {"style": "compact", "mcq_construction": "set_first", "mcq_fraction": 1.0, "answer_form": "text"}
+    result = synthesize(samples, tax, ddx, kb, TemplateGenerator(), image_features=features, **text_form)
+    assert result.counts["rejected"] == 0, result.rejections[["trajectory_type", "reason", "detail"]].head()
+    mcq = result.trajectories[result.trajectories["question_form"] == "mcq"]
+    assert len(mcq) > 20
+    for row in mcq.itertuples():
+        names = [tax[n].name for n in tax.path(row.taxonomy_node)[1:]]
+        thinking, diagnosis = row.completion.split("</thinking>")
+        assert thinking.rstrip().endswith("Path: " + " > ".join(names) + ".") and "fits" not in thinking
+        answer = diagnosis.split("<diagnosis>")[1].split(";")[0]
+        offered = [o for o in row.options if o in names]
+        assert answer == max(offered, key=names.index)  # the deepest offered name on the path, no letter
+        assert parse_completion(row.completion, list(row.options)).ok
+    with pytest.raises(ValueError, match="answer_form must be one of"):
+        synthesize(samples.head(2), tax, ddx, kb, TemplateGenerator(), answer_form="number", mcq_fraction=1.0)
+
+
 def test_compact_style_is_short_and_verified(knowledge, demo):
     tax, ddx, kb = knowledge
     samples, features = demo

@@ -248,6 +248,7 @@ def build_evaluation_defs(settings: Settings) -> dg.Definitions:
         home: PipelineHome,
         mlflow: MlflowTracking,
         compute: Compute,
+        training_recipe: TrainingRecipe,
         eval_suites: str,
         taxonomy_graph: Taxonomy,
         base_model: str,
@@ -288,6 +289,7 @@ def build_evaluation_defs(settings: Settings) -> dg.Definitions:
             calibration=config.calibration,
             answer_likelihood=config.answer_likelihood,
             tensor_parallel_size=config.vllm_tensor_parallel_size,
+            answer_form=training_recipe.choices().answer_form,
         )
         config_path = write_yaml(out / "answers_config.yaml", asdict(answers))
         # The model answers where it runs (compute); scoring needs no model and stays here.

@@ -61,6 +61,11 @@ class SynthesisConfig(dg.Config):
         description="paper | set_first; '' = the training recipe's (set_first on the demo recipe: one taxonomy "
         "level per question, so no option-structure shortcut is taught; paper on the paper's)",
     )
+    answer_form: Literal["", "letter", "text"] = Field(
+        default="",
+        description="letter | text; '' = the training recipe's (text on the demo recipe: the offered option's text "
+        "after the taxonomy path, no letter; letter on the paper's)",
+    )
     style: Literal["", "full", "compact"] = Field(
         default="",
         description="full | compact; '' = the training recipe's `rationale_style` (compact on the demo recipe: "
@@ -287,6 +292,7 @@ def build_synthesis_defs(settings: Settings) -> dg.Definitions:
                 sampling=SamplingParams(temperature=config.temperature, max_tokens=config.max_tokens),
                 style=config.style or recipe.rationale_style,
                 mcq_construction=config.mcq_construction or recipe.mcq_construction,
+                answer_form=config.answer_form or recipe.answer_form,
                 progress=LogProgress("rationales generated", context.log.info, unit="traj"),
             )
         except TeacherUnavailable as exc:  # circuit breaker: answers so far stay in the cache for the rerun
@@ -314,6 +320,7 @@ def build_synthesis_defs(settings: Settings) -> dg.Definitions:
                 "teacher_generator": teacher.generator,
                 "style_used": config.style or recipe.rationale_style,
                 "mcq_construction_used": config.mcq_construction or recipe.mcq_construction,
+                "answer_form_used": config.answer_form or recipe.answer_form,
             },
         ) as run:
             if run is not None:

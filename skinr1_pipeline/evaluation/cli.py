@@ -41,6 +41,7 @@ class AnswerConfig:
     answer_likelihood: bool = True
     tensor_parallel_size: int = 1  # vLLM: GPUs one engine spans
     seed: int = 0
+    answer_form: str = "letter"  # how the model was taught to name an option (`prompt_format.ANSWER_FORMS`)
 
     def __post_init__(self) -> None:
         if self.runner not in RUNNERS:
@@ -63,6 +64,7 @@ def build_runner(cfg: AnswerConfig):
             max_pixels=cfg.max_pixels,
             seed=cfg.seed,
             options=EngineOptions(seed=cfg.seed, extra=extra),
+            answer_form=cfg.answer_form,
         )
     return HFRunner(
         cfg.model_dir,
@@ -71,6 +73,7 @@ def build_runner(cfg: AnswerConfig):
         batch_size=cfg.batch_size,
         max_pixels=cfg.max_pixels,
         seed=cfg.seed,
+        answer_form=cfg.answer_form,
     )
 
 

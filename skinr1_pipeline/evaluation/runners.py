@@ -8,10 +8,11 @@ prompt difference.
 
 Option scores are read after the fact, cheaply: the model's own completion up to its `<diagnosis>` tag (appended
 after the reasoning when the completion lacks one) is extended by each option's answer as SFT teaches it to be
-written ("B. benign neoplasm"), and the log-probs of those answer tokens are read - one short prefill per option, no
-sampling. One pass gives two scores per option:
+written ("B. benign neoplasm", or "benign neoplasm" for a model taught the `text` answer form), and the log-probs of
+those answer tokens are read - one short prefill per option, no sampling. One pass gives two scores per option:
   * `option_logprobs`: the first answer token, the one that carries the letter (for ECE,
-    `metrics.expected_calibration_error`);
+    `metrics.expected_calibration_error`); in the `text` form, where options can share a first token ("benign ..."),
+    the whole answer's log-prob instead;
   * `answer_logprobs`: the whole answer, summed. Its argmax is the answer-likelihood accuracy: which offered answer
     the model finds most probable after its own reasoning. Why report it next to the generated answer: a model can
     know the answer yet fail to pick its letter from the list (the CPU demo's 2-layer model does exactly this); the
@@ -36,7 +37,7 @@ from PIL import Image
 from skinr1_pipeline.data.image_open import model_image
 from skinr1_pipeline.modeling.chat import build_messages, render_prompt
 from skinr1_pipeline.modeling.model_factory import pixel_limits
-from skinr1_pipeline.modeling.prompt_format import DIAG_OPEN, SYSTEM_PROMPT, format_mcq_answer
+from skinr1_pipeline.modeling.prompt_format import ANSWER_FORMS, DIAG_OPEN, SYSTEM_PROMPT, format_mcq_answer
 from skinr1_pipeline.modeling.vllm_engine import EngineOptions, VllmEngine
 
 Progress = Callable[[int, int], None]
@@ -77,9 +78,10 @@ def _options(row: Any) -> list[str]:
     return [str(o) for o in opts]
 
 
-def answer_continuations(options: Sequence[str]) -> list[str]:
-    """Each option's answer as SFT writes it ("B. benign neoplasm"), without the status clause."""
-    return [format_mcq_answer(list(options), i) for i in range(len(options))]
+def answer_continuations(options: Sequence[str], form: str = "letter") -> list[str]:
+    """Each option's answer as SFT writes it in the answer `form` ("B. benign neoplasm" or "benign neoplasm"), without
+    the status clause."""
+    return [format_mcq_answer(list(options), i, form=form) for i in range(len(options))]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,11 +92,11 @@ class OptionScores:
     answers: list[list[float]]
 
     @classmethod
-    def from_tokens(cls, per_item: list[list[list[float]]]) -> OptionScores:
-        return cls(
-            [[t[0] if t else -math.inf for t in item] for item in per_item],
-            [[math.fsum(t) if t else -math.inf for t in item] for item in per_item],
-        )
+    def from_tokens(cls, per_item: list[list[list[float]]], form: str = "letter") -> OptionScores:
+        answers = [[math.fsum(t) if t else -math.inf for t in item] for item in per_item]
+        if form == "text":  # no letter token: the whole answer is the option's score
+            return cls([list(item) for item in answers], answers)
+        return cls([[t[0] if t else -math.inf for t in item] for item in per_item], answers)
 
 
 def continuation_lengths(tokenizer: Any, prefix: str, continuations: Sequence[str]) -> list[int]:
@@ -164,6 +166,7 @@ class HFRunner:
         dtype: str = "auto",
         model: Any = None,
         processor: Any = None,
+        answer_form: str = "letter",
     ) -> None:
         from skinr1_pipeline.modeling.model_factory import load_adapter_model, load_model, load_processor
 
@@ -179,6 +182,7 @@ class HFRunner:
         self.model, self.processor = model, processor
         self.pixels = pixel_limits(processor)
         self.max_new_tokens, self.batch_size, self.seed, self.system = max_new_tokens, batch_size, seed, system
+        self.answer_form = _checked_form(answer_form)
 
     def run(self, items: pd.DataFrame, progress: Progress | None = None) -> list[str]:
         from skinr1_pipeline.modeling.generation import generate
@@ -215,7 +219,7 @@ class HFRunner:
                     self.processor, build_messages(row.prompt, system=self.system, with_image=image is not None)
                 )
                 prefix += answer_prefix(completion or "")
-                answers = answer_continuations(_options(row))
+                answers = answer_continuations(_options(row), self.answer_form)
                 texts = [prefix + c for c in answers]
                 lengths = continuation_lengths(tokenizer, prefix, answers)
                 inputs = self.processor(
@@ -231,7 +235,7 @@ class HFRunner:
                 targets = inputs["input_ids"][:, -span:]
                 token_lp = logp.gather(2, targets[..., None]).squeeze(2)
                 out.append([[float(v) for v in token_lp[k, span - n :]] for k, n in enumerate(lengths)])
-        return OptionScores.from_tokens(out)
+        return OptionScores.from_tokens(out, self.answer_form)
 
 
 class VllmRunner:
@@ -252,6 +256,7 @@ class VllmRunner:
         max_pixels: int | None = None,
         options: EngineOptions = EngineOptions(),
         engine: VllmEngine | None = None,
+        answer_form: str = "letter",
     ) -> None:
         if engine is None:
             if model_dir is None:
@@ -262,6 +267,7 @@ class VllmRunner:
         self.engine = engine
         self.pixels = pixel_limits(engine.processor)
         self.max_new_tokens, self.batch_size, self.seed, self.system = max_new_tokens, batch_size, seed, system
+        self.answer_form = _checked_form(answer_form)
 
     def _prompt(self, prompt: str, image: Image.Image | None, suffix: str = "") -> dict[str, Any]:
         text = self.engine.render(build_messages(prompt, system=self.system, with_image=image is not None))
@@ -289,14 +295,20 @@ class VllmRunner:
             image = load_image(row.image_path, self.pixels)
             prefix = self.engine.render(build_messages(row.prompt, system=self.system, with_image=image is not None))
             prefix += answer_prefix(completion or "")
-            answers = answer_continuations(_options(row))
+            answers = answer_continuations(_options(row), self.answer_form)
             first = len(prompts)
             prompts += [self.engine.prompt_from_text(prefix + c, [image] if image is not None else []) for c in answers]
             lengths += continuation_lengths(tokenizer, prefix, answers)
             spans.append((first, len(prompts)))
         results = self.engine.generate(prompts, [params] * len(prompts)) if prompts else []
         tails = [_prompt_tail_logprobs(r, n) for r, n in zip(results, lengths)]
-        return OptionScores.from_tokens([tails[a:b] for a, b in spans])
+        return OptionScores.from_tokens([tails[a:b] for a, b in spans], self.answer_form)
+
+
+def _checked_form(form: str) -> str:
+    if form not in ANSWER_FORMS:
+        raise ValueError(f"answer_form must be one of {ANSWER_FORMS}, got {form!r}")
+    return form
 
 
 def _prompt_tail_logprobs(result: Any, n: int) -> list[float]:

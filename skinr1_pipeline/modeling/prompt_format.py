@@ -513,12 +513,26 @@ def build_open_prompt(question: str = DEFAULT_OPEN_QUESTION, ask_status: bool = 
     return "\n".join(lines)
 
 
-def format_mcq_answer(options: Sequence[str], index: int, status: str | None = None) -> str:
-    """Diagnosis-block text for option `index`, e.g. "B. seborrheic keratosis; status: benign"."""
+#: How a taught multiple-choice answer names its option: `letter` "B. seborrheic keratosis" (the paper's), or `text`
+#: "seborrheic keratosis" (the option's text alone, which the parser accepts as well; see `format_mcq_answer`).
+ANSWER_FORMS = ("letter", "text")
+
+
+def format_mcq_answer(options: Sequence[str], index: int, status: str | None = None, *, form: str = "letter") -> str:
+    """Diagnosis-block text for option `index`, e.g. "B. seborrheic keratosis; status: benign", or with `form="text"`
+    "seborrheic keratosis; status: benign".
+
+    Why a text form: finding the letter of a name in the option list is a lookup a language model trained from
+    random weights for minutes fails at (the demo's 2-layer model marked the wrong option about half the time even
+    when its impression was offered word for word); writing an offered name is copying, which it does learn.
+    """
+    if form not in ANSWER_FORMS:
+        raise ValueError(f"form must be one of {ANSWER_FORMS}, got {form!r}")
     cleaned = _check_options_for_prompt(options)
     if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(cleaned):
         raise ValueError(f"index must be in 0..{len(cleaned) - 1}, got {index!r}")
-    return _with_status(f"{letters(len(cleaned))[index]}. {cleaned[index]}", status)
+    named = cleaned[index] if form == "text" else f"{letters(len(cleaned))[index]}. {cleaned[index]}"
+    return _with_status(named, status)
 
 
 def format_open_answer(name: str, status: str | None = None) -> str:

@@ -94,6 +94,7 @@ def synthesize(
     corpus: Corpus | None = None,
     mcq_fraction: float = 0.5,
     mcq_construction: str = "paper",
+    answer_form: str = "letter",
     sampling: SamplingParams = SamplingParams(),
     verify_config: VerifyConfig | None = None,
     batch_size: int = 512,
@@ -107,6 +108,7 @@ def synthesize(
     `VerifyConfig.for_style(style)` (same checks; compact only lowers min_chars). MCQ distractors come from the path
     nodes of every labelled sample of the dataset in `samples` (all splits: labels, not images), as in
     `tasks.mcq.build_mcq_items` (`mcq_construction="paper"`) or, `set_first`, one taxonomy level per question.
+    `answer_form` (`prompt_format.ANSWER_FORMS`) is how multiple-choice answers name their option.
     `progress(done, total)` is called after each generated batch.
     """
     unknown = [t for t in types if t not in TYPES]
@@ -145,6 +147,7 @@ def synthesize(
                     style=style,
                     mcq_fraction=mcq_fraction,
                     mcq_construction=mcq_construction,
+                    answer_form=answer_form,
                     passages=passages.get(node, ()),
                     index=k,
                     sampling=SamplingParams(**{**sampling.__dict__, "seed": _seed(seed, row["sample_id"], ttype, k)}),

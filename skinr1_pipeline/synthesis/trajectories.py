@@ -44,6 +44,7 @@ from skinr1_pipeline.knowledge.knowledge_base import (
 )
 from skinr1_pipeline.knowledge.taxonomy import Taxonomy
 from skinr1_pipeline.modeling.prompt_format import (
+    ANSWER_FORMS,
     DEFAULT_MCQ_QUESTION,
     DEFAULT_OPEN_QUESTION,
     STATUSES,
@@ -62,6 +63,7 @@ from skinr1_pipeline.tasks.mcq import (
     ineligible_distractors,
     option_path,
     option_scan_lines,
+    path_line,
 )
 
 QUESTION_FORMS = ("open", "mcq")
@@ -135,6 +137,7 @@ class TrajectoryContext:
     passages: tuple[Passage, ...] = ()
     option_scores: tuple[float, ...] = ()  # MCQ: rl_data's hierarchical scores (answer_index = best-scoring option)
     style: str = "full"  # "full" | "compact": how the template (and the teacher instruction) writes the rationale
+    answer_form: str = "letter"  # `ANSWER_FORMS`: how a multiple-choice answer names its option
 
     @property
     def answer_node(self) -> str:
@@ -182,6 +185,7 @@ class BuildExtras:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     index: int = 0  # k-th request of this type for this sample
     style: str = "full"  # rendering style recorded in the context ("full" | "compact")
+    answer_form: str = "letter"  # `ANSWER_FORMS`, recorded in the context
 
 
 # ---------------------------------------------------------------------------------------------------- shared steps
@@ -447,6 +451,8 @@ def _context(
         levels.append(Level(level_node, name, rationale, support[:3]))
     if extras.style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {extras.style!r}")
+    if extras.answer_form not in ANSWER_FORMS:
+        raise ValueError(f"answer_form must be one of {ANSWER_FORMS}, got {extras.answer_form!r}")
     form, options, option_nodes, answer, scores = _question(sample, node, taxonomy, ddx, knowledge, rng, extras)
     citations = tuple(x for x in (knowledge.citation(node),) if x) + tuple(p.chunk_id for p in extras.passages)
     ctx = TrajectoryContext(
@@ -469,6 +475,7 @@ def _context(
         passages=tuple(extras.passages),
         option_scores=scores,
         style=extras.style,
+        answer_form=extras.answer_form,
     )
     return ctx, entry
 
@@ -524,7 +531,7 @@ _TYPE_INSTRUCTIONS = {
 
 def _answer_text(ctx: TrajectoryContext) -> str:
     if ctx.question_form == "mcq":
-        return format_mcq_answer(list(ctx.options), ctx.answer_index, ctx.bucket)  # type: ignore[arg-type]
+        return format_mcq_answer(list(ctx.options), ctx.answer_index, ctx.bucket, form=ctx.answer_form)  # type: ignore[arg-type]
     return format_open_answer(ctx.name, ctx.bucket)
 
 
@@ -560,7 +567,12 @@ def teacher_messages(ttype: str, ctx: TrajectoryContext, prompt: str, image_path
             "<diagnosis>.' when you revise it), the visible features in one short sentence, one short "
             "sentence per reasoning step, then the chosen option."
         )
-        if ctx.question_form == "mcq":
+        if ctx.question_form == "mcq" and ctx.answer_form == "text":
+            instruction += (
+                " Before the answer, write the diagnosis's taxonomy path ('Path: <level 1> > ... > <diagnosis>.'); "
+                "answer with the text of the deepest offered option on it, without its letter."
+            )
+        elif ctx.question_form == "mcq":
             instruction += (
                 " Before the answer, check each option in the order offered against the diagnosis's "
                 "taxonomy path, one line each ('<letter>. <option>: fits, level <depth>.' or '<letter>. "
@@ -889,8 +901,17 @@ def _compact_key(ctx: TrajectoryContext) -> str:
     return f"These fit {ctx.name}." if ctx.key_features else f"The picture fits {ctx.name}."
 
 
+def _compact_path(ctx: TrajectoryContext) -> str:
+    return path_line([level.name for level in ctx.levels])
+
+
 def _compact_end(ctx: TrajectoryContext, lines: list[str]) -> str:
-    if ctx.question_form == "mcq":
+    """The rationale's last lines before the answer: for a multiple-choice question, one line per option placing it
+    on the path (`letter` answers), or the path itself, where the answer's text is copied from (`text` answers)."""
+    if ctx.question_form == "mcq" and ctx.answer_form == "text":
+        if _compact_path(ctx) not in lines:
+            lines.append(_compact_path(ctx))
+    elif ctx.question_form == "mcq":
         lines += option_scan_lines(ctx.options, ctx.option_nodes, [level.node for level in ctx.levels])
     return _finish(ctx, lines)
 
@@ -901,7 +922,7 @@ def render_hierarchy_compact(ctx: TrajectoryContext, rng: random.Random) -> str:
         [
             impression_line(ctx.name),
             _compact_seen(ctx),
-            "Path: " + " > ".join(level.name for level in ctx.levels) + ".",
+            _compact_path(ctx),
         ],
     )
 

@@ -304,6 +304,12 @@ def option_scan_lines(options: Sequence[str], option_nodes: Sequence[str], path:
     ]
 
 
+def path_line(names: Sequence[str]) -> str:
+    """The diagnosis's taxonomy path from level 1 down, "Path: neoplasm > benign neoplasm > nevus.": where a `text`
+    answer (`prompt_format.ANSWER_FORMS`) copies the deepest offered name from."""
+    return "Path: " + " > ".join(names) + "."
+
+
 def impression_line(name: str) -> str:
     """The opening line: the diagnosis read off the image, before any feature is named.
 

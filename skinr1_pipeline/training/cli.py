@@ -44,6 +44,7 @@ class GateConfig:
     limit: int = 48
     max_new_tokens: int = 512
     max_pixels: int | None = None
+    answer_form: str = "letter"  # how the model was taught to name an option (`prompt_format.ANSWER_FORMS`)
 
 
 def run_gate(gate: GateConfig, adapter_dir: str, log: Callable[[str], None]) -> dict[str, Any]:
@@ -60,6 +61,7 @@ def run_gate(gate: GateConfig, adapter_dir: str, log: Callable[[str], None]) -> 
         limit=gate.limit,
         max_new_tokens=gate.max_new_tokens,
         max_pixels=gate.max_pixels,
+        answer_form=gate.answer_form,
         progress=lambda done, total: log(f"held-out gate: {done}/{total}"),
     )
 

@@ -6,7 +6,9 @@ reasoning text alone teaches it the answer format but not to use the image token
 the demo base model what pretraining gives the real one, without touching any held-out image.
 
 Each train image is shown in several flipped/rotated views (`views`, default 4): a few hundred train images are few
-for a vision tower trained from scratch (the README, "How the demo model is prepared", has the measurement).
+for a vision tower trained from scratch (the README, "How the demo model is prepared", has the measurement). When the
+tower was first trained as a classifier (`training.vision_classifier`), the warm-up leaves it frozen and only teaches
+the language model the names of what it sees.
 """
 
 from __future__ import annotations
@@ -79,11 +81,13 @@ def warm_up(
     seed: int = 0,
     max_pixels: int = 112 * 112,
     views: int = 4,
+    train_vision: bool = True,
     **overrides: Any,
 ) -> dict[str, Any]:
-    """Caption-train the whole vision tower, embeddings and head (LoRA on the LM) on `views` dihedral views of each
-    train image, merge, and overwrite the weights in `model_dir`. Returns the training losses and how many images
-    (before augmentation) it saw."""
+    """Caption-train the embeddings and head (LoRA on the LM), and the whole vision tower unless `train_vision` is
+    False (a tower pre-trained as a classifier, `training.vision_classifier`, stays as it is), on `views` dihedral views
+    of each train image, merge, and overwrite the weights in `model_dir`. Returns the training losses and how many
+    images (before augmentation) it saw."""
     from skinr1_pipeline.modeling.model_factory import load_adapter_model
     from skinr1_pipeline.training.sft import demo_sft_config, run_sft
 
@@ -100,7 +104,7 @@ def warm_up(
             seed=seed,
             system_prompt=None,
             freeze_vision=True,
-            modules_to_save=["embed_tokens", "lm_head", "visual"],
+            modules_to_save=["embed_tokens", "lm_head", *(["visual"] if train_vision else [])],
             max_pixels=max_pixels,
             save_steps=max(steps, 1),
             logging_steps=max(1, steps // 10),
@@ -114,6 +118,7 @@ def warm_up(
     return {
         "images": len(captions),
         "views": views,
+        "vision_trained": train_vision,
         "steps": result.steps,
         "train_loss": result.train_loss,
         "seconds": result.seconds,

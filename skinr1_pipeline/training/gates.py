@@ -20,6 +20,7 @@ def heldout_mcq_scores(
     max_pixels: int | None = None,
     batch_size: int = 8,
     seed: int = 0,
+    answer_form: str = "letter",
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Greedy answers on the first `limit` items (a stable slice, so stages compare on the same questions), produced
@@ -37,6 +38,7 @@ def heldout_mcq_scores(
         batch_size=batch_size,
         max_pixels=max_pixels,
         seed=seed,
+        answer_form=answer_form,
     )
     # Which offered answer the model finds likeliest after its own reasoning: tells "does not know" apart from
     # "knows but does not write it" when accuracy is low (evaluation.runners explains the quantity).

@@ -8,6 +8,10 @@ and the *train* labels and images only (no held-out sample). The impression is g
 option scan (`tasks.mcq.option_scan_lines`) and the answer, in the exact chat layout SFT uses. It runs after the
 vision warm-up (which, run second, erased it) and shows a train image of the item's label.
 
+In the `text` answer form (`prompt_format.ANSWER_FORMS`, the demo recipe's) the completion writes the impression's
+taxonomy path instead of the option scan and answers with the offered name on it: copying a name, which the 2-layer
+model learns, instead of looking up its letter, which it did not.
+
 SFT alone erases most of it, so `mix_drill_rows` also mixes drill rows into the SFT data; a fifth of them ask the
 3-way status question (`status_drill_items`), without which malignancy answers lost their `<thinking>` block. The
 README ("How the demo model is prepared") has the measurements behind each choice.
@@ -30,6 +34,7 @@ from skinr1_pipeline.data.image_open import model_image
 from skinr1_pipeline.knowledge.taxonomy import Taxonomy
 from skinr1_pipeline.modeling.chat import assistant_message, build_messages, render_prompt
 from skinr1_pipeline.modeling.prompt_format import (
+    ANSWER_FORMS,
     DEFAULT_MCQ_QUESTION,
     build_mcq_prompt,
     format_completion,
@@ -43,6 +48,7 @@ from skinr1_pipeline.tasks.mcq import (
     malignancy_prompt,
     option_path,
     option_scan_lines,
+    path_line,
 )
 
 if TYPE_CHECKING:
@@ -64,7 +70,9 @@ class DrillItem:
     answer_index: int
 
 
-def drill_items(labels: Sequence[str], taxonomy: Taxonomy, n: int, seed: int, n_options: int = 4) -> list[DrillItem]:
+def drill_items(
+    labels: Sequence[str], taxonomy: Taxonomy, n: int, seed: int, n_options: int = 4, form: str = "letter"
+) -> list[DrillItem]:
     """`n` set-first items: the option set is drawn first (`n_options` labels none of which is an ancestor of another,
     in a `LABEL_SHARE` of items, else nodes at one taxonomy level of the labels' paths), then the answer uniformly
     among them, then a label at or below the answer, whose impression the item gives.
@@ -73,8 +81,11 @@ def drill_items(labels: Sequence[str], taxonomy: Taxonomy, n: int, seed: int, n_
     the answer), the drill taught the deepest-offered-ancestor shortcut, which answers those items without the image
     (the blind structure guess scored 0.43 on the demo's paper-built in-domain items). Here exactly one option lies on
     the impression's path and no function of the option list picks it above 1/n, so the one thing to learn is how
-    the impression relates to each option.
+    the impression relates to each option. `form` (`ANSWER_FORMS`) is how the completion reaches the answer: the
+    option scan and the letter, or the impression's taxonomy path and the offered text on it.
     """
+    if form not in ANSWER_FORMS:
+        raise ValueError(f"form must be one of {ANSWER_FORMS}, got {form!r}")
     nodes = sorted({x for x in labels if isinstance(x, str) and x in taxonomy and x != taxonomy.root})
     if not nodes:
         raise ValueError("the option drill needs at least one label that is a non-root taxonomy node")
@@ -106,7 +117,7 @@ def drill_items(labels: Sequence[str], taxonomy: Taxonomy, n: int, seed: int, n_
         names = [taxonomy[x].name for x in options]
         path = option_path(taxonomy, label)
         prompt = build_mcq_prompt(DEFAULT_MCQ_QUESTION, names)
-        items.append(_scan_item(label, taxonomy, prompt, names, options, path, answer, taxonomy[label].bucket))
+        items.append(_scan_item(label, taxonomy, prompt, names, options, path, answer, taxonomy[label].bucket, form))
     return items
 
 
@@ -130,17 +141,24 @@ def _scan_item(
     path: Sequence[str],
     answer: int,
     status: str | None,
+    form: str = "letter",
 ) -> DrillItem:
-    """The item whose completion opens with `node`'s impression, scans the options against `path` and answers."""
+    """The item whose completion opens with `node`'s impression, then scans the options against `path` and answers
+    by letter (`letter`), or writes the taxonomy path (a diagnosis `path`: nodes of `taxonomy`) and answers by the
+    offered text (`text`; the status question, whose `path` holds a bucket, goes straight to the answer)."""
     opening = impression_line(taxonomy[node].name)
-    completion = format_completion(
-        "\n".join([opening, *option_scan_lines(names, option_nodes, path)]), format_mcq_answer(names, answer, status)
-    )
+    if form == "text":
+        steps = [path_line([taxonomy[x].name for x in path])] if all(x in taxonomy for x in path) else []
+    else:
+        steps = option_scan_lines(names, option_nodes, path)
+    completion = format_completion("\n".join([opening, *steps]), format_mcq_answer(names, answer, status, form=form))
     cut = completion.index(opening) + len(opening) + 1
     return DrillItem(node, prompt, tuple(names), completion[:cut], completion[cut:], answer)
 
 
-def status_drill_items(labels: Sequence[str], taxonomy: Taxonomy, n: int, seed: int) -> list[DrillItem]:
+def status_drill_items(
+    labels: Sequence[str], taxonomy: Taxonomy, n: int, seed: int, form: str = "letter"
+) -> list[DrillItem]:
     """`n` items of the 3-way status question (benign / malignant / precancerous in situ, the malignancy suite's
     fixed options): the impression names a train label, the scan places each status against the label's bucket.
 
@@ -158,7 +176,7 @@ def status_drill_items(labels: Sequence[str], taxonomy: Taxonomy, n: int, seed: 
     for _ in range(n):
         node = rng.choice(nodes)
         bucket = taxonomy[node].bucket
-        items.append(_scan_item(node, taxonomy, prompt, names, buckets, [bucket], buckets.index(bucket), None))
+        items.append(_scan_item(node, taxonomy, prompt, names, buckets, [bucket], buckets.index(bucket), None, form))
     return items
 
 
@@ -252,6 +270,7 @@ def train_option_drill(
     learning_rate: float = 1e-3,
     eval_items: int = 64,
     max_pixels: int = 112 * 112,
+    form: str = "letter",
 ) -> dict[str, Any]:
     """Train the language model (embeddings, layers, head; the vision tower is untouched) on fresh drill items, then
     overwrite the weights in `model_dir`. Returns losses, the held-out drill accuracy (fresh items) and timing.
@@ -260,8 +279,8 @@ def train_option_drill(
     without them the copying keys on text-only positions that image tokens later shift (see the module docstring).
     """
     _check_steps(steps, batch_size)
-    items = drill_items(labels, taxonomy, steps * batch_size, seed)
-    held_out = drill_items(labels, taxonomy, eval_items, seed + 1)
+    items = drill_items(labels, taxonomy, steps * batch_size, seed, form=form)
+    held_out = drill_items(labels, taxonomy, eval_items, seed + 1, form=form)
     return _train_language_model(
         model_dir,
         (items, _pick_images(items, image_paths, seed, max_pixels)),
@@ -274,7 +293,9 @@ def train_option_drill(
     )
 
 
-def format_items(labels: Sequence[str], taxonomy: Taxonomy, n: int, seed: int, status_share: float = 0.2):
+def format_items(
+    labels: Sequence[str], taxonomy: Taxonomy, n: int, seed: int, status_share: float = 0.2, form: str = "letter"
+):
     """`n` items that teach the answer format and nothing about diagnosis: drill and status items whose whole
     completion (the impression line included) is the target, the impression naming a label under a uniformly drawn
     option; the caller shows an image drawn independently of the item (`format_warm_up`).
@@ -284,7 +305,8 @@ def format_items(labels: Sequence[str], taxonomy: Taxonomy, n: int, seed: int, s
     chance, as an instruction-tuned base would before it learns dermatology, and SFT and RL-only start from it alike.
     """
     n_status = round(n * status_share)
-    items = drill_items(labels, taxonomy, n - n_status, seed) + status_drill_items(labels, taxonomy, n_status, seed)
+    items = drill_items(labels, taxonomy, n - n_status, seed, form=form)
+    items += status_drill_items(labels, taxonomy, n_status, seed, form=form)
     random.Random(seed).shuffle(items)
     return [replace(item, opening="", target=item.opening + item.target) for item in items]
 
@@ -301,6 +323,7 @@ def format_warm_up(
     learning_rate: float = 1e-3,
     eval_items: int = 64,
     max_pixels: int = 112 * 112,
+    form: str = "letter",
 ) -> dict[str, Any]:
     """Train the language model on `format_items`, each shown with a train image drawn at random from `image_files`
     (unrelated to the item's label), then overwrite the weights in `model_dir`. Returns losses, timing and, on fresh
@@ -308,8 +331,8 @@ def format_warm_up(
     _check_steps(steps, batch_size)
     if not image_files:
         raise ValueError("the format warm-up needs train images to show; none were given")
-    items = format_items(labels, taxonomy, steps * batch_size, seed)
-    held_out = format_items(labels, taxonomy, eval_items, seed + 1)
+    items = format_items(labels, taxonomy, steps * batch_size, seed, form=form)
+    held_out = format_items(labels, taxonomy, eval_items, seed + 1, form=form)
     # Every label offered every train image: the image an item shows is drawn independently of its label.
     any_image = dict.fromkeys({item.label for item in (*items, *held_out)}, list(image_files))
     return _train_language_model(
@@ -399,6 +422,7 @@ def drill_rows(
     seed: int,
     image_paths: Mapping[str, Sequence[str]],
     status_share: float = 0.2,
+    form: str = "letter",
 ) -> pd.DataFrame:
     """`n` drill items as SFT rows (sample_id, image_path, prompt, completion), each with a train image of its label;
     a `status_share` of them ask the 3-way status question (`status_drill_items`).
@@ -411,7 +435,8 @@ def drill_rows(
     if not 0.0 <= status_share <= 1.0:
         raise ValueError(f"status_share must be in [0, 1], got {status_share}")
     n_status = round(n * status_share)
-    items = drill_items(labels, taxonomy, n - n_status, seed) + status_drill_items(labels, taxonomy, n_status, seed)
+    items = drill_items(labels, taxonomy, n - n_status, seed, form=form)
+    items += status_drill_items(labels, taxonomy, n_status, seed, form=form)
     rng = random.Random(seed)
     rows = []
     for i, item in enumerate(items):
@@ -436,6 +461,7 @@ def mix_drill_rows(
     taxonomy: Taxonomy,
     n: int,
     seed: int,
+    form: str = "letter",
 ) -> dict[str, int]:
     """Write the SFT data with `n` drill rows (train labels and images only) shuffled among the trajectories.
 
@@ -457,7 +483,8 @@ def mix_drill_rows(
         str(resolve_image_path(str(p), Path(trajectories_path).parent)) for p in trajectories["image_path"]
     ]
     paths = train_samples.groupby("taxonomy_node")["image_path"].agg(list).to_dict()
-    rows = drill_rows(train_samples["taxonomy_node"], taxonomy, n, seed, paths) if n else trajectories.iloc[:0]
+    labels = train_samples["taxonomy_node"]
+    rows = drill_rows(labels, taxonomy, n, seed, paths, form=form) if n else trajectories.iloc[:0]
     mixed = pd.concat([trajectories, rows], ignore_index=True).sample(frac=1.0, random_state=seed)
     write_parquet(mixed, out_path)
     return {"trajectories": len(trajectories), "drill_rows": len(rows)}

@@ -38,6 +38,10 @@ class RecipeChoices:
     # correct: the authors' construction, which an image-blind structure guess partly answers) or `set_first` (one
     # taxonomy level, nothing in the list points at the answer).
     mcq_construction: Literal["paper", "set_first"] = "paper"
+    # How taught multiple-choice answers name the option (`modeling.prompt_format.ANSWER_FORMS`): `letter` ("B. text",
+    # after one "fits / does not fit" line per option in compact rationales) or `text` (the offered text alone, after
+    # the diagnosis's taxonomy path: copying a name instead of looking up its letter).
+    answer_form: Literal["letter", "text"] = "letter"
     option_drill_rows: int = 0  # option-reading drill rows mixed into the SFT data
     caveat: str = ""  # said at the top of every evaluation report of models trained by this recipe
 
