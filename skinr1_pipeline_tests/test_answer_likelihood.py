@@ -10,14 +10,13 @@ import pytest
 
 from skinr1_pipeline.evaluation.comparison import likelihood_table, variant_summary
 from skinr1_pipeline.evaluation.metrics import likeliest, score_predictions
-from skinr1_pipeline.evaluation.runners import HFRunner, OptionScores, answer_continuations, continuation_lengths
-
-
-class _PixelProcessor:
-    """Just what `HFRunner` reads from a processor before any model call: the image pixel bounds."""
-
-    class image_processor:
-        size = {"shortest_edge": 3136, "longest_edge": 12544}
+from skinr1_pipeline.evaluation.runners import (
+    HFRunner,
+    OptionScores,
+    VllmRunner,
+    answer_continuations,
+    continuation_lengths,
+)
 
 
 class _WordTokenizer:
@@ -49,8 +48,9 @@ def test_a_text_form_model_is_scored_on_its_whole_answers():
     letter, text = OptionScores.from_tokens(tokens), OptionScores.from_tokens(tokens, "text")
     assert letter.letters == [[-0.5, -0.5], []] and letter.answers == [[-1.5, -3.5], []]
     assert text.letters == text.answers == [[-1.5, -3.5], []]
-    with pytest.raises(ValueError, match="answer_form must be one of"):
-        HFRunner(model=object(), processor=_PixelProcessor(), answer_form="number")
+    for runner in (HFRunner, VllmRunner):  # refused before any model or engine is loaded
+        with pytest.raises(ValueError, match="answer_form must be one of"):
+            runner("no/such/model", answer_form="number")
 
 
 def test_likeliest_names_one_answer_or_none():

@@ -397,7 +397,7 @@ def _built_base_model(settings: Settings) -> dg.AssetsDefinition:
                 form=training_recipe.choices().answer_form,
             )
             context.log.info(
-                f"option drill: {drill['steps']} steps in {drill['seconds']} s, held-out letter "
+                f"option drill: {drill['steps']} steps in {drill['seconds']} s, held-out answer "
                 f"accuracy {drill['held_out_accuracy']:.0%} on {drill['held_out_items']} fresh items"
             )
         answer_format: dict[str, Any] = {"steps": 0}

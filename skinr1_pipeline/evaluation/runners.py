@@ -170,6 +170,7 @@ class HFRunner:
     ) -> None:
         from skinr1_pipeline.modeling.model_factory import load_adapter_model, load_model, load_processor
 
+        self.answer_form = _checked_form(answer_form)  # before any model is loaded
         if model is None or processor is None:
             if model_dir is None:
                 raise ValueError("give model_dir, or both model and processor")
@@ -182,7 +183,6 @@ class HFRunner:
         self.model, self.processor = model, processor
         self.pixels = pixel_limits(processor)
         self.max_new_tokens, self.batch_size, self.seed, self.system = max_new_tokens, batch_size, seed, system
-        self.answer_form = _checked_form(answer_form)
 
     def run(self, items: pd.DataFrame, progress: Progress | None = None) -> list[str]:
         from skinr1_pipeline.modeling.generation import generate
@@ -258,6 +258,7 @@ class VllmRunner:
         engine: VllmEngine | None = None,
         answer_form: str = "letter",
     ) -> None:
+        self.answer_form = _checked_form(answer_form)  # before the engine is built
         if engine is None:
             if model_dir is None:
                 raise ValueError("give model_dir or an engine")
@@ -267,7 +268,6 @@ class VllmRunner:
         self.engine = engine
         self.pixels = pixel_limits(engine.processor)
         self.max_new_tokens, self.batch_size, self.seed, self.system = max_new_tokens, batch_size, seed, system
-        self.answer_form = _checked_form(answer_form)
 
     def _prompt(self, prompt: str, image: Image.Image | None, suffix: str = "") -> dict[str, Any]:
         text = self.engine.render(build_messages(prompt, system=self.system, with_image=image is not None))
