@@ -206,7 +206,8 @@ class TrainingRecipe(dg.ConfigurableResource):
     recipe: str = Field(default="paper", description="demo | paper | a folder holding sft.yaml and grpo.yaml")
 
     def choices(self):
-        """The recipe's `recipe.yaml`: rationale style, option-drill rows, report caveat."""
+        """The recipe's `recipe.yaml` (`training.recipes.RecipeChoices`): rationale style, MCQ construction, answer
+        form, option-drill rows, report caveat."""
         from skinr1_pipeline.training.recipes import recipe_choices
 
         return recipe_choices(self.recipe)

@@ -349,6 +349,7 @@ def _built_base_model(settings: Settings) -> dg.AssetsDefinition:
         for node in taxonomy_graph:
             corpus.append(" ".join([node.name, *node.synonyms]))
         out_dir = home.run_dir(context, "models", "base")
+        answer_form = training_recipe.choices().answer_form  # what the drill and the format warm-up write
         start = time.perf_counter()
         build_tiny_model(out_dir, corpus, seed=settings.model_seed)
         samples = training_rows(unified_samples, settings.ood_modalities, settings.ood_sources)
@@ -394,7 +395,7 @@ def _built_base_model(settings: Settings) -> dg.AssetsDefinition:
                 steps=config.option_drill_steps,
                 seed=settings.model_seed,
                 image_paths=train.groupby("taxonomy_node")["image_path"].agg(list).to_dict(),
-                form=training_recipe.choices().answer_form,
+                form=answer_form,
             )
             context.log.info(
                 f"option drill: {drill['steps']} steps in {drill['seconds']} s, held-out answer "
@@ -412,7 +413,7 @@ def _built_base_model(settings: Settings) -> dg.AssetsDefinition:
                 list(train["image_path"]),
                 steps=config.format_steps,
                 seed=settings.model_seed,
-                form=training_recipe.choices().answer_form,
+                form=answer_form,
             )
             context.log.info(
                 f"format warm-up: {answer_format['steps']} steps in {answer_format['seconds']} s, held-out parse "
@@ -563,9 +564,10 @@ def build_training_defs(settings: Settings) -> dg.Definitions:
         overrides = run_overrides(config.overrides, config.resume, SFTRunConfig, settings.train_seed)
         out_dir = training_dir(context, home, "sft", resume=config.resume)
         train_path, mixed = skin_rationale_trajectories, {}
+        choices = training_recipe.choices()
         drill_rows = config.option_drill_rows
         if drill_rows is None:
-            drill_rows = training_recipe.choices().option_drill_rows
+            drill_rows = choices.option_drill_rows
         if drill_rows:
             from skinr1_pipeline.training.option_drill import mix_drill_rows
 
@@ -578,7 +580,7 @@ def build_training_defs(settings: Settings) -> dg.Definitions:
                 taxonomy_graph,
                 drill_rows,
                 settings.model_seed,
-                form=training_recipe.choices().answer_form,
+                form=choices.answer_form,
             )
             context.log.info(f"SFT data: {mixed['trajectories']} trajectories + {mixed['drill_rows']} drill rows")
         cfg = training_recipe.sft_config(
@@ -604,7 +606,7 @@ def build_training_defs(settings: Settings) -> dg.Definitions:
                 config.gate_items,
                 config.max_new_tokens,
                 cfg.max_pixels,
-                training_recipe.choices().answer_form,
+                choices.answer_form,
             ),
             inputs=inputs,
         )

@@ -37,7 +37,7 @@ from PIL import Image
 from skinr1_pipeline.data.image_open import model_image
 from skinr1_pipeline.modeling.chat import build_messages, render_prompt
 from skinr1_pipeline.modeling.model_factory import pixel_limits
-from skinr1_pipeline.modeling.prompt_format import ANSWER_FORMS, DIAG_OPEN, SYSTEM_PROMPT, format_mcq_answer
+from skinr1_pipeline.modeling.prompt_format import DIAG_OPEN, SYSTEM_PROMPT, checked_answer_form, format_mcq_answer
 from skinr1_pipeline.modeling.vllm_engine import EngineOptions, VllmEngine
 
 Progress = Callable[[int, int], None]
@@ -170,7 +170,7 @@ class HFRunner:
     ) -> None:
         from skinr1_pipeline.modeling.model_factory import load_adapter_model, load_model, load_processor
 
-        self.answer_form = _checked_form(answer_form)  # before any model is loaded
+        self.answer_form = checked_answer_form(answer_form)  # before any model is loaded
         if model is None or processor is None:
             if model_dir is None:
                 raise ValueError("give model_dir, or both model and processor")
@@ -258,7 +258,7 @@ class VllmRunner:
         engine: VllmEngine | None = None,
         answer_form: str = "letter",
     ) -> None:
-        self.answer_form = _checked_form(answer_form)  # before the engine is built
+        self.answer_form = checked_answer_form(answer_form)  # before the engine is built
         if engine is None:
             if model_dir is None:
                 raise ValueError("give model_dir or an engine")
@@ -303,12 +303,6 @@ class VllmRunner:
         results = self.engine.generate(prompts, [params] * len(prompts)) if prompts else []
         tails = [_prompt_tail_logprobs(r, n) for r, n in zip(results, lengths)]
         return OptionScores.from_tokens([tails[a:b] for a, b in spans], self.answer_form)
-
-
-def _checked_form(form: str) -> str:
-    if form not in ANSWER_FORMS:
-        raise ValueError(f"answer_form must be one of {ANSWER_FORMS}, got {form!r}")
-    return form
 
 
 def _prompt_tail_logprobs(result: Any, n: int) -> list[float]:

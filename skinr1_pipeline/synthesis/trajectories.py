@@ -44,13 +44,13 @@ from skinr1_pipeline.knowledge.knowledge_base import (
 )
 from skinr1_pipeline.knowledge.taxonomy import Taxonomy
 from skinr1_pipeline.modeling.prompt_format import (
-    ANSWER_FORMS,
     DEFAULT_MCQ_QUESTION,
     DEFAULT_OPEN_QUESTION,
     STATUSES,
     SYSTEM_PROMPT,
     build_mcq_prompt,
     build_open_prompt,
+    checked_answer_form,
     format_completion,
     format_mcq_answer,
     format_open_answer,
@@ -451,8 +451,7 @@ def _context(
         levels.append(Level(level_node, name, rationale, support[:3]))
     if extras.style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {extras.style!r}")
-    if extras.answer_form not in ANSWER_FORMS:
-        raise ValueError(f"answer_form must be one of {ANSWER_FORMS}, got {extras.answer_form!r}")
+    checked_answer_form(extras.answer_form)
     form, options, option_nodes, answer, scores = _question(sample, node, taxonomy, ddx, knowledge, rng, extras)
     citations = tuple(x for x in (knowledge.citation(node),) if x) + tuple(p.chunk_id for p in extras.passages)
     ctx = TrajectoryContext(

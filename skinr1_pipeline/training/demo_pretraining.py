@@ -125,6 +125,13 @@ def warm_up(
     }
 
 
+def save_in_place(model, model_dir: str | Path) -> None:
+    """Save `model`'s weights over those in `model_dir`, through a staging folder (`replace_weights`)."""
+    with tempfile.TemporaryDirectory(prefix="skinr1-weights-") as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        replace_weights(Path(model_dir), Path(tmp))
+
+
 def replace_weights(model_dir: Path, staged: Path) -> None:
     """Swap the safetensors (and configs) in `model_dir` for those saved in `staged`; tokenizer files stay."""
     for weights in model_dir.glob("*.safetensors"):

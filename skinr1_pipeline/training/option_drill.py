@@ -20,7 +20,6 @@ README ("How the demo model is prepared") has the measurements behind each choic
 from __future__ import annotations
 
 import random
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -34,9 +33,9 @@ from skinr1_pipeline.data.image_open import model_image
 from skinr1_pipeline.knowledge.taxonomy import Taxonomy
 from skinr1_pipeline.modeling.chat import assistant_message, build_messages, render_prompt
 from skinr1_pipeline.modeling.prompt_format import (
-    ANSWER_FORMS,
     DEFAULT_MCQ_QUESTION,
     build_mcq_prompt,
+    checked_answer_form,
     format_completion,
     format_mcq_answer,
     parse_completion,
@@ -84,8 +83,7 @@ def drill_items(
     the impression relates to each option. `form` (`ANSWER_FORMS`) is how the completion reaches the answer: the
     option scan and the letter, or the impression's taxonomy path and the offered text on it.
     """
-    if form not in ANSWER_FORMS:
-        raise ValueError(f"form must be one of {ANSWER_FORMS}, got {form!r}")
+    checked_answer_form(form)
     nodes = sorted({x for x in labels if isinstance(x, str) and x in taxonomy and x != taxonomy.root})
     if not nodes:
         raise ValueError("the option drill needs at least one label that is a non-root taxonomy node")
@@ -132,6 +130,16 @@ def _antichain(nodes: Sequence[str], taxonomy: Taxonomy, k: int, rng: random.Ran
     return None
 
 
+def _with_status_items(
+    labels: Sequence[str], taxonomy: Taxonomy, n: int, seed: int, status_share: float, form: str
+) -> list[DrillItem]:
+    """`n` items: drill items, then a `status_share` of status items (`status_drill_items`), unshuffled."""
+    n_status = round(n * status_share)
+    return drill_items(labels, taxonomy, n - n_status, seed, form=form) + status_drill_items(
+        labels, taxonomy, n_status, seed, form=form
+    )
+
+
 def _scan_item(
     node: str,
     taxonomy: Taxonomy,
@@ -142,13 +150,14 @@ def _scan_item(
     answer: int,
     status: str | None,
     form: str = "letter",
+    path_is_taxonomy: bool = True,
 ) -> DrillItem:
     """The item whose completion opens with `node`'s impression, then scans the options against `path` and answers
-    by letter (`letter`), or writes the taxonomy path (a diagnosis `path`: nodes of `taxonomy`) and answers by the
-    offered text (`text`; the status question, whose `path` holds a bucket, goes straight to the answer)."""
+    by letter (`letter`), or writes the taxonomy path and answers by the offered text (`text`; the status question,
+    whose `path` holds a bucket, not taxonomy nodes, goes straight to the answer: `path_is_taxonomy=False`)."""
     opening = impression_line(taxonomy[node].name)
     if form == "text":
-        steps = [path_line([taxonomy[x].name for x in path])] if all(x in taxonomy for x in path) else []
+        steps = [path_line([taxonomy[x].name for x in path])] if path_is_taxonomy else []
     else:
         steps = option_scan_lines(names, option_nodes, path)
     completion = format_completion("\n".join([opening, *steps]), format_mcq_answer(names, answer, status, form=form))
@@ -176,7 +185,8 @@ def status_drill_items(
     for _ in range(n):
         node = rng.choice(nodes)
         bucket = taxonomy[node].bucket
-        items.append(_scan_item(node, taxonomy, prompt, names, buckets, [bucket], buckets.index(bucket), None, form))
+        answer = buckets.index(bucket)
+        items.append(_scan_item(node, taxonomy, prompt, names, buckets, [bucket], answer, None, form, False))
     return items
 
 
@@ -304,9 +314,7 @@ def format_items(
     the base) could earn no reward and "RL-only < SFT" was built in. After this the base answers in the format at
     chance, as an instruction-tuned base would before it learns dermatology, and SFT and RL-only start from it alike.
     """
-    n_status = round(n * status_share)
-    items = drill_items(labels, taxonomy, n - n_status, seed, form=form)
-    items += status_drill_items(labels, taxonomy, n_status, seed, form=form)
+    items = _with_status_items(labels, taxonomy, n, seed, status_share, form)
     random.Random(seed).shuffle(items)
     return [replace(item, opening="", target=item.opening + item.target) for item in items]
 
@@ -366,7 +374,7 @@ def _train_language_model(
     """AdamW on the language model's parameters (the vision tower frozen) over `train` in batches, then the held-out
     parse rate and letter accuracy; the weights in `model_dir` are replaced by the trained ones."""
     from skinr1_pipeline.modeling.model_factory import load_model, load_processor
-    from skinr1_pipeline.training.demo_pretraining import replace_weights
+    from skinr1_pipeline.training.demo_pretraining import save_in_place
 
     torch.manual_seed(seed)
     model_dir = Path(model_dir)
@@ -398,9 +406,7 @@ def _train_language_model(
     train_seconds = time.perf_counter() - start
     model.eval()
     parsed, accuracy = drill_scores(model, processor, *held_out)
-    with tempfile.TemporaryDirectory(prefix="skinr1-drill-") as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        replace_weights(model_dir, Path(tmp))
+    save_in_place(model, model_dir)
     every = max(1, steps // 10)
     return {
         "steps": steps,
@@ -434,9 +440,7 @@ def drill_rows(
 
     if not 0.0 <= status_share <= 1.0:
         raise ValueError(f"status_share must be in [0, 1], got {status_share}")
-    n_status = round(n * status_share)
-    items = drill_items(labels, taxonomy, n - n_status, seed, form=form)
-    items += status_drill_items(labels, taxonomy, n_status, seed, form=form)
+    items = _with_status_items(labels, taxonomy, n, seed, status_share, form)
     rng = random.Random(seed)
     rows = []
     for i, item in enumerate(items):

@@ -12,7 +12,6 @@ frozen tower already sees. The linear head is thrown away: nothing but the tower
 from __future__ import annotations
 
 import random
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 import torch
 
 from skinr1_pipeline.data.image_open import model_image
-from skinr1_pipeline.training.demo_pretraining import VIEWS, replace_weights
+from skinr1_pipeline.training.demo_pretraining import VIEWS, save_in_place
 
 
 def _pooled_features(model, processor, images: Sequence[Any]) -> torch.Tensor:
@@ -115,7 +114,5 @@ def train_vision_classifier(
         "valid_accuracy": _accuracy(model, processor, head, valid_images, valid_targets),
         "valid_majority_rate": majority,
     }
-    with tempfile.TemporaryDirectory(prefix="skinr1-vision-") as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        replace_weights(model_dir, Path(tmp))
+    save_in_place(model, model_dir)
     return result
