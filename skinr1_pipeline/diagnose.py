@@ -304,7 +304,13 @@ def diagnose(
     from skinr1_pipeline.knowledge.knowledge_base import load_knowledge_base
     from skinr1_pipeline.knowledge.taxonomy import Taxonomy
     from skinr1_pipeline.modeling.generation import generate
-    from skinr1_pipeline.modeling.model_factory import load_adapter_model, load_model, load_processor, pixel_limits
+    from skinr1_pipeline.modeling.model_factory import (
+        load_adapter_model,
+        load_model,
+        load_processor,
+        pixel_limits,
+        taught_system_prompt,
+    )
     from skinr1_pipeline.modeling.prompt_format import DEFAULT_OPEN_QUESTION, build_open_prompt
 
     processor = load_processor(source.base_dir, max_pixels=_max_pixels(source.base_dir))
@@ -316,7 +322,10 @@ def diagnose(
         else load_model(source.base_dir)
     )
     prompt = build_open_prompt(question or DEFAULT_OPEN_QUESTION)
-    completion = generate(model, processor, [image], [prompt], max_new_tokens=max_new_tokens, batch_size=1)[0]
+    system = taught_system_prompt(source.base_dir, source.adapter_dir)  # asked as it was taught
+    completion = generate(
+        model, processor, [image], [prompt], max_new_tokens=max_new_tokens, batch_size=1, system=system
+    )[0]
     taxonomy = Taxonomy.load()
     ddx = DDxGraph.load(taxonomy)
     return explain(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,7 +12,12 @@ from safetensors.torch import load_file
 
 from skinr1_pipeline.data.demo import generate_demo_data
 from skinr1_pipeline.modeling.model_factory import load_model, load_processor
-from skinr1_pipeline.modeling.prompt_format import format_mcq_answer, parse_completion
+from skinr1_pipeline.modeling.prompt_format import (
+    COMPACT_SYSTEM_PROMPT,
+    SYSTEM_PROMPT,
+    format_mcq_answer,
+    parse_completion,
+)
 from skinr1_pipeline.modeling.tiny_model import build_tiny_model, default_corpus
 from skinr1_pipeline.synthesis.pipeline import demo_samples
 from skinr1_pipeline.tasks.mcq import option_path, option_scan_lines, path_line
@@ -152,6 +159,12 @@ def test_drill_batch_learns_only_the_target_tokens(warmup_world):
     for row, item in enumerate(items):
         learned = batch["labels"][row][batch["labels"][row] != -100]
         assert processor.tokenizer.decode(learned).strip() == (item.target + "<|im_end|>").strip()
+    # The drill shows the system prompt SFT will show (the recipe's), and only that one; its tokens are never learned.
+    compact = training_batch(processor, items, [image, None], COMPACT_SYSTEM_PROMPT)
+    texts = [processor.tokenizer.decode(ids) for ids in compact["input_ids"]]
+    assert all(COMPACT_SYSTEM_PROMPT in t and SYSTEM_PROMPT not in t for t in texts)
+    assert compact["input_ids"].shape[1] < batch["input_ids"].shape[1]
+    assert all((compact["labels"][row] != -100).sum() == (batch["labels"][row] != -100).sum() for row in range(2))
 
 
 def test_option_drill_trains_the_language_model_only(warmup_world):
@@ -188,10 +201,32 @@ def test_format_items_teach_the_whole_answer_and_no_diagnosis(warmup_world):
     status = [it for it in items if len(it.options) == 3]
     assert len(status) == 80  # a fifth ask the 3-way status question
     for item in items:
-        assert item.opening == "" and item.target.startswith("<thinking>")  # the impression line is learned too
+        assert item.opening == "" and item.target.startswith("<thinking>")  # the whole completion is written
+        assert item.unlearned == taxonomy[item.label].name and item.unlearned in item.target
         assert parse_completion(item.target, list(item.options)).option_index == item.answer_index
     letters = [it.answer_index for it in items if len(it.options) == 4]
     assert min(letters.count(i) for i in range(4)) > 0.15 * len(letters)  # every letter answers, about 1/4 each
+
+
+def test_the_format_warm_up_learns_everything_but_the_impressions_name(warmup_world):
+    """The image a format item shows is unrelated to its impression, so learning the name would teach the model to
+    name a diagnosis without looking; the format around it is learned."""
+    taxonomy, samples, model_dir = warmup_world
+    processor = load_processor(model_dir, max_pixels=112 * 112)
+    labels = list(samples.loc[samples["split"] == "train", "taxonomy_node"])
+    items = format_items(labels, taxonomy, 6, seed=4, form="text")
+    batch = training_batch(processor, items, [None] * len(items), COMPACT_SYSTEM_PROMPT)
+    plain = training_batch(processor, [replace(it, unlearned="") for it in items], [None] * len(items))
+    tok = processor.tokenizer
+    for row, item in enumerate(items):
+        learned = batch["labels"][row] != -100
+        skipped = (plain["labels"][row] != -100).sum() - learned.sum()
+        assert skipped == len(tok(" " + item.unlearned, add_special_tokens=False)["input_ids"])
+        learned_text = tok.decode(batch["labels"][row][learned])
+        assert learned_text.startswith("<thinking>\nImpression:")
+        assert f"Impression: {item.unlearned}" not in learned_text
+    with pytest.raises(ValueError, match="unlearned span 'no such name' is not in the target"):
+        training_batch(processor, [replace(items[0], unlearned="no such name")], [None])
 
 
 def test_format_warm_up_shows_images_unrelated_to_the_item_and_reports_the_parse_rate(warmup_world):

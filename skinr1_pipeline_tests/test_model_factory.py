@@ -11,8 +11,21 @@ from PIL import Image
 
 from skinr1_pipeline.modeling.chat import assistant_message, build_messages, render_prompt
 from skinr1_pipeline.modeling.generation import generate
-from skinr1_pipeline.modeling.model_factory import ModelDirError, load_model, load_processor, validate_model_dir
-from skinr1_pipeline.modeling.prompt_format import SYSTEM_PROMPT, build_mcq_prompt, build_open_prompt
+from skinr1_pipeline.modeling.model_factory import (
+    SYSTEM_PROMPT_FILE,
+    ModelDirError,
+    load_model,
+    load_processor,
+    save_system_prompt,
+    taught_system_prompt,
+    validate_model_dir,
+)
+from skinr1_pipeline.modeling.prompt_format import (
+    COMPACT_SYSTEM_PROMPT,
+    SYSTEM_PROMPT,
+    build_mcq_prompt,
+    build_open_prompt,
+)
 from skinr1_pipeline.modeling.tiny_model import MANIFEST_NAME, build_tiny_model
 
 TINY = dict(vocab_size=512, text_hidden=64, text_layers=1, vision_depth=1, vision_hidden=32, max_pixels=56 * 56 * 4)
@@ -143,3 +156,18 @@ def test_generate_returns_one_string_per_prompt(tiny_dir: Path) -> None:
     assert len(sampled) == 1
     with pytest.raises(ValueError):
         generate(model, processor, images[:1], prompts, max_new_tokens=4)
+
+
+def test_saved_weights_remember_the_system_prompt_they_were_taught_with(tmp_path: Path) -> None:
+    """`skinr1 diagnose` and the MLflow model ask a model as it was trained: the adapter's prompt, else the base's,
+    else (a model this pipeline did not train) the paper's."""
+    base, adapter = tmp_path / "base", tmp_path / "adapter"
+    base.mkdir()
+    adapter.mkdir()
+    assert taught_system_prompt(base, adapter) == SYSTEM_PROMPT
+    save_system_prompt(base, None)  # trained without a system prompt: nothing to remember
+    assert not (base / SYSTEM_PROMPT_FILE).exists()
+    save_system_prompt(base, COMPACT_SYSTEM_PROMPT)
+    assert taught_system_prompt(base, adapter) == taught_system_prompt(base) == COMPACT_SYSTEM_PROMPT
+    save_system_prompt(adapter, "adapter's own")
+    assert taught_system_prompt(base, adapter) == "adapter's own"

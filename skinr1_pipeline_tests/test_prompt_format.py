@@ -16,6 +16,7 @@ from skinr1_pipeline.modeling.prompt_format import (
     MAX_COMPLETION_CHARS,
     STATUSES,
     SYSTEM_PROMPT,
+    SYSTEM_PROMPTS,
     THINK_CLOSE,
     THINK_OPEN,
     ParsedCompletion,
@@ -29,6 +30,7 @@ from skinr1_pipeline.modeling.prompt_format import (
     normalize_status,
     parse_completion,
     prompt_options,
+    system_prompt_text,
 )
 
 OPTS = ["melanoma", "melanoma in situ", "seborrheic keratosis", "melanocytic nevus"]
@@ -433,12 +435,20 @@ def test_prompt_options_reads_conversational_prompts():
     assert prompt_options(None) is None
 
 
-def test_system_prompt_states_the_format_and_lists_no_options():
-    assert THINK_OPEN in SYSTEM_PROMPT and THINK_CLOSE in SYSTEM_PROMPT
-    assert DIAG_OPEN in SYSTEM_PROMPT and DIAG_CLOSE in SYSTEM_PROMPT
-    assert all(s in SYSTEM_PROMPT for s in ("benign", "precancerous", "malignant"))
-    assert prompt_options(SYSTEM_PROMPT) is None
-    assert len(SYSTEM_PROMPT) < 1200
+@pytest.mark.parametrize("name", sorted(SYSTEM_PROMPTS))
+def test_every_system_prompt_states_the_format_and_lists_no_options(name: str):
+    text = system_prompt_text(name)
+    assert THINK_OPEN in text and THINK_CLOSE in text
+    assert DIAG_OPEN in text and DIAG_CLOSE in text
+    assert all(s in text for s in ("benign", "precancerous", "malignant"))
+    assert prompt_options(text) is None
+    assert len(text) < 1200
+
+
+def test_an_unknown_system_prompt_name_is_refused_naming_the_choices():
+    assert system_prompt_text("full") == SYSTEM_PROMPT
+    with pytest.raises(ValueError, match=r"system_prompt must be one of \('full', 'compact'\), got 'terse'"):
+        system_prompt_text("terse")
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import dagster as dg
 import pytest
 
 from skinr1_pipeline.definitions import build_definitions
+from skinr1_pipeline.modeling.prompt_format import COMPACT_SYSTEM_PROMPT, SYSTEM_PROMPT
 from skinr1_pipeline.settings import SettingsError, load_settings
 from skinr1_pipeline.training.config import ConfigError
 from skinr1_pipeline.training.grpo import GRPORunConfig
@@ -67,6 +68,7 @@ def test_each_profile_chooses_its_recipe_and_model_source_in_definitions(tmp_pat
     assert "random initial weights" in demo_recipe.choices().caveat and gpu_recipe.choices().caveat == ""
     assert (demo_recipe.choices().mcq_construction, gpu_recipe.choices().mcq_construction) == ("set_first", "paper")
     assert (demo_recipe.choices().answer_form, gpu_recipe.choices().answer_form) == ("text", "letter")
+    assert (demo_recipe.choices().system_prompt, gpu_recipe.choices().system_prompt) == ("compact", "full")
 
     def base_inputs(defs: dg.Definitions) -> set[str]:
         return {k.to_user_string() for k in defs.resolve_asset_graph().get(dg.AssetKey("base_model")).parent_keys}
@@ -74,6 +76,24 @@ def test_each_profile_chooses_its_recipe_and_model_source_in_definitions(tmp_pat
     # The local 7B does not wait for (or go stale with) the rationales; the built demo model reads them.
     assert base_inputs(gpu) == set()
     assert base_inputs(demo) == {"skin_rationale_trajectories", "taxonomy_graph", "unified_samples"}
+
+
+def test_the_recipes_system_prompt_reaches_both_trainers_and_no_trainer_file_may_set_its_own(tmp_path: Path) -> None:
+    """One prompt for every stage: the drill, SFT, GRPO, the gates and the evaluation read the recipe's choice."""
+    for recipe, text in (("demo", COMPACT_SYSTEM_PROMPT), ("paper", SYSTEM_PROMPT)):
+        assert build_run_config(SFTRunConfig, recipe, "sft", **SFT_PATHS).system_prompt == text
+        assert build_run_config(GRPORunConfig, recipe, "grpo", **GRPO_PATHS).system_prompt == text
+    assert len(COMPACT_SYSTEM_PROMPT) < len(SYSTEM_PROMPT) / 3
+    (tmp_path / "sft.yaml").write_text("max_steps: 5\n")
+    (tmp_path / "recipe.yaml").write_text("system_prompt: compact\n")
+    assert build_run_config(SFTRunConfig, tmp_path, "sft", **SFT_PATHS).system_prompt == COMPACT_SYSTEM_PROMPT
+    (tmp_path / "recipe.yaml").write_text("system_prompt: terse\n")
+    with pytest.raises(ConfigError, match=r"recipe\.yaml: .*system_prompt = 'terse'"):
+        recipe_choices(tmp_path)
+    (tmp_path / "recipe.yaml").unlink()
+    (tmp_path / "sft.yaml").write_text("max_steps: 5\nsystem_prompt: be brief\n")
+    with pytest.raises(ConfigError, match=r"sft\.yaml: set system_prompt in recipe\.yaml"):
+        build_run_config(SFTRunConfig, tmp_path, "sft", **SFT_PATHS)
 
 
 def test_recipe_choices_are_read_strictly_and_default_to_the_papers(tmp_path: Path) -> None:

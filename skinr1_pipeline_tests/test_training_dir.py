@@ -54,7 +54,8 @@ def test_resume_without_any_checkpoint_starts_a_new_run(tmp_path: Path) -> None:
     [
         ({"max_stepz": 3}, "unknown SFTRunConfig keys"),
         ({"max_steps": "many"}, "max_steps"),
-        ({"output_dir": "/elsewhere"}, "set from the asset's inputs"),
+        ({"output_dir": "/elsewhere"}, "set by the asset"),
+        ({"system_prompt": "be brief"}, "system_prompt"),  # the recipe's choice, the same for every stage
     ],
 )
 def test_bad_overrides_fail_by_name_before_any_folder_moves(overrides: dict, message: str) -> None:

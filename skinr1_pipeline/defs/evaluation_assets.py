@@ -290,6 +290,7 @@ def build_evaluation_defs(settings: Settings) -> dg.Definitions:
             answer_likelihood=config.answer_likelihood,
             tensor_parallel_size=config.vllm_tensor_parallel_size,
             answer_form=training_recipe.choices().answer_form,
+            system_prompt=training_recipe.choices().system_prompt,
         )
         config_path = write_yaml(out / "answers_config.yaml", asdict(answers))
         # The model answers where it runs (compute); scoring needs no model and stays here.

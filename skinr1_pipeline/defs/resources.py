@@ -207,7 +207,7 @@ class TrainingRecipe(dg.ConfigurableResource):
 
     def choices(self):
         """The recipe's `recipe.yaml` (`training.recipes.RecipeChoices`): rationale style, MCQ construction, answer
-        form, option-drill rows, report caveat."""
+        form, system prompt, option-drill rows, report caveat."""
         from skinr1_pipeline.training.recipes import recipe_choices
 
         return recipe_choices(self.recipe)

@@ -24,6 +24,7 @@ from skinr1_pipeline.knowledge.taxonomy import Taxonomy
 from skinr1_pipeline.settings import Settings
 from skinr1_pipeline.storage.atomic import write_json, write_parquet, write_yaml
 from skinr1_pipeline.training.cli import GateConfig
+from skinr1_pipeline.training.recipes import RecipeChoices
 
 GPU_POOL = "gpu"
 RECIPE_FILES = ("recipes/*/*.yaml",)  # a recipe edit makes the training assets stale
@@ -48,17 +49,16 @@ class BaseModelConfig(dg.Config):
         "image only); more views, less memorising of ~200 train images",
     )
     option_drill_steps: int = Field(
-        default=1000,
+        default=600,
         description="demo only: option-reading drill steps on synthetic "
         "MCQs from the train labels and images (the copying from context a pretrained "
         "LM has); 0 = none",
     )
     format_steps: int = Field(
-        default=0,
-        description="demo only: answer-format steps after the drill, with impressions drawn at random and images "
-        "unrelated to them (the format an instruction-tuned base writes, no diagnosis), so the base and RL-only "
-        "variants answer in the format; off (0) by default: 300 steps also taught the model to ignore the image "
-        "(README, 'How the demo model is prepared')",
+        default=200,
+        description="demo only: answer-format steps after the drill, with impressions drawn at random, images "
+        "unrelated to them and no loss on the impression's name (the format an instruction-tuned base writes, no "
+        "diagnosis), so the base and RL-only variants answer in the format; 0 = none",
     )
 
 
@@ -158,7 +158,10 @@ def run_overrides(
     overrides = {**({"seed": seed} if seed is not None else {}), **overrides, **({"resume": True} if resume else {})}
     try:
         check_overrides(
-            run_config, overrides, set_by_asset=("model_dir", "adapter_dir", "items_path", "train_path", "output_dir")
+            run_config,
+            overrides,
+            # system_prompt: the recipe's choice, shown by every stage alike (training.recipes.RecipeChoices)
+            set_by_asset=("model_dir", "adapter_dir", "items_path", "train_path", "output_dir", "system_prompt"),
         )
     except ConfigError as exc:
         raise dg.Failure(f"config.overrides: {exc}") from exc
@@ -267,9 +270,10 @@ def train_and_gate(
 
 
 def heldout_gate(
-    items_path: str, model_dir: str, limit: int, max_new_tokens: int, max_pixels: int | None, answer_form: str
+    items_path: str, model_dir: str, limit: int, max_new_tokens: int, max_pixels: int | None, choices: RecipeChoices
 ) -> GateConfig:
-    """The gate every training stage runs on the valid split of the RL items (same slice for every stage)."""
+    """The gate every training stage runs on the valid split of the RL items (same slice for every stage), asked
+    with the recipe's system prompt and scored in its answer form."""
     return GateConfig(
         items_path=items_path,
         model_dir=model_dir,
@@ -277,7 +281,8 @@ def heldout_gate(
         limit=limit,
         max_new_tokens=max_new_tokens,
         max_pixels=max_pixels,
-        answer_form=answer_form,
+        answer_form=choices.answer_form,
+        system_prompt=choices.system_prompt,
     )
 
 
@@ -341,7 +346,7 @@ def _built_base_model(settings: Settings) -> dg.AssetsDefinition:
         """The tiny demo Qwen2.5-VL, built here: a tokenizer trained on the taxonomy, knowledge and trajectory
         text, warmed up on train images, then drilled on reading multiple-choice options (what pretraining gives a
         real VLM)."""
-        from skinr1_pipeline.modeling.model_factory import validate_model_dir
+        from skinr1_pipeline.modeling.model_factory import save_system_prompt, validate_model_dir
         from skinr1_pipeline.modeling.tiny_model import build_tiny_model, default_corpus
 
         trajectories = pd.read_parquet(skin_rationale_trajectories, columns=["prompt", "completion"])
@@ -349,7 +354,7 @@ def _built_base_model(settings: Settings) -> dg.AssetsDefinition:
         for node in taxonomy_graph:
             corpus.append(" ".join([node.name, *node.synonyms]))
         out_dir = home.run_dir(context, "models", "base")
-        answer_form = training_recipe.choices().answer_form  # what the drill and the format warm-up write
+        choices = training_recipe.choices()  # the answer form the drill and format warm-up write, SFT's system prompt
         start = time.perf_counter()
         build_tiny_model(out_dir, corpus, seed=settings.model_seed)
         samples = training_rows(unified_samples, settings.ood_modalities, settings.ood_sources)
@@ -395,7 +400,8 @@ def _built_base_model(settings: Settings) -> dg.AssetsDefinition:
                 steps=config.option_drill_steps,
                 seed=settings.model_seed,
                 image_paths=train.groupby("taxonomy_node")["image_path"].agg(list).to_dict(),
-                form=answer_form,
+                form=choices.answer_form,
+                system=choices.system_text(),
             )
             context.log.info(
                 f"option drill: {drill['steps']} steps in {drill['seconds']} s, held-out answer "
@@ -413,13 +419,16 @@ def _built_base_model(settings: Settings) -> dg.AssetsDefinition:
                 list(train["image_path"]),
                 steps=config.format_steps,
                 seed=settings.model_seed,
-                form=answer_form,
+                form=choices.answer_form,
+                system=choices.system_text(),
             )
             context.log.info(
                 f"format warm-up: {answer_format['steps']} steps in {answer_format['seconds']} s, held-out parse "
                 f"rate {answer_format['held_out_parse_rate']:.0%}, letter accuracy "
                 f"{answer_format['held_out_accuracy']:.0%} (chance by construction)"
             )
+        if drill["steps"] or answer_format["steps"]:  # taught to answer after this prompt: `diagnose` asks with it
+            save_system_prompt(out_dir, choices.system_text())
         model_config = validate_model_dir(out_dir)
         home.seal(context, out_dir)
         _log_base_model(
@@ -606,7 +615,7 @@ def build_training_defs(settings: Settings) -> dg.Definitions:
                 config.gate_items,
                 config.max_new_tokens,
                 cfg.max_pixels,
-                choices.answer_form,
+                choices,
             ),
             inputs=inputs,
         )
@@ -699,7 +708,7 @@ def build_training_defs(settings: Settings) -> dg.Definitions:
                 config.gate_items,
                 config.max_new_tokens,
                 sft_checkpoint["max_pixels"],
-                training_recipe.choices().answer_form,
+                training_recipe.choices(),
             ),
             inputs=[
                 (rl_mcq_dataset, "rl_mcq_train", "grpo", "train"),

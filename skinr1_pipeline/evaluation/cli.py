@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from skinr1_pipeline.modeling.prompt_format import system_prompt_text
 from skinr1_pipeline.storage.atomic import write_parquet
 
 RUNNERS = ("hf", "vllm")
@@ -42,12 +43,14 @@ class AnswerConfig:
     tensor_parallel_size: int = 1  # vLLM: GPUs one engine spans
     seed: int = 0
     answer_form: str = "letter"  # how the model was taught to name an option (`prompt_format.ANSWER_FORMS`)
+    system_prompt: str = "full"  # the one it was taught with (`prompt_format.SYSTEM_PROMPTS`)
 
     def __post_init__(self) -> None:
         if self.runner not in RUNNERS:
             raise ValueError(f"runner must be one of {RUNNERS}, got {self.runner!r}")
         if self.tensor_parallel_size < 1 or self.max_new_tokens < 1 or self.batch_size < 1:
             raise ValueError("tensor_parallel_size, max_new_tokens and batch_size must be >= 1")
+        system_prompt_text(self.system_prompt)  # an unknown name fails here, before a model is loaded
 
 
 def build_runner(cfg: AnswerConfig):
@@ -64,6 +67,7 @@ def build_runner(cfg: AnswerConfig):
             max_pixels=cfg.max_pixels,
             seed=cfg.seed,
             options=EngineOptions(seed=cfg.seed, extra=extra),
+            system=system_prompt_text(cfg.system_prompt),
             answer_form=cfg.answer_form,
         )
     return HFRunner(
@@ -73,6 +77,7 @@ def build_runner(cfg: AnswerConfig):
         batch_size=cfg.batch_size,
         max_pixels=cfg.max_pixels,
         seed=cfg.seed,
+        system=system_prompt_text(cfg.system_prompt),
         answer_form=cfg.answer_form,
     )
 

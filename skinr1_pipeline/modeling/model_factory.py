@@ -14,6 +14,8 @@ from typing import Any
 import torch
 
 from skinr1_pipeline.data.image_open import DEFAULT_MIN_MODEL_PIXELS
+from skinr1_pipeline.modeling.prompt_format import SYSTEM_PROMPT
+from skinr1_pipeline.storage.atomic import write_text
 
 SUPPORTED_MODEL_TYPES = ("qwen2_5_vl", "qwen2_vl")
 _LOCAL = {"local_files_only": True, "trust_remote_code": False}
@@ -140,6 +142,25 @@ def load_model(
         kwargs["attn_implementation"] = attn_implementation
     model = AutoModelForImageTextToText.from_pretrained(str(path), **kwargs)
     return model.to(device).eval()
+
+
+SYSTEM_PROMPT_FILE = "system_prompt.txt"
+
+
+def save_system_prompt(model_dir: str | Path, system: str | None) -> None:
+    """Record beside saved weights the system prompt they were trained with, so a later reader (`skinr1 diagnose`,
+    the MLflow model) asks them the same way; nothing is written for training without one."""
+    if system:
+        write_text(Path(model_dir) / SYSTEM_PROMPT_FILE, system)
+
+
+def taught_system_prompt(model_dir: str | Path, adapter_dir: str | Path | None = None) -> str:
+    """The system prompt recorded with the adapter, else with the base model, else the paper's (a model this
+    pipeline did not train, such as Qwen2.5-VL-7B-Instruct, records none)."""
+    for folder in (adapter_dir, model_dir):
+        if folder is not None and (Path(folder) / SYSTEM_PROMPT_FILE).is_file():
+            return (Path(folder) / SYSTEM_PROMPT_FILE).read_text(encoding="utf-8")
+    return SYSTEM_PROMPT
 
 
 def validate_adapter_dir(adapter_dir: str | Path) -> dict[str, Any]:

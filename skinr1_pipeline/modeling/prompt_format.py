@@ -445,6 +445,23 @@ SYSTEM_PROMPT = (
     "The status is one of: benign, precancerous, malignant."
 )
 
+# The demo recipe's system prompt: the same contract in a fifth of the tokens. Why: the tiny demo model reads the
+# system prompt on every training step and every scored option, where it was over half of each sequence (226 of ~400
+# tokens); SFT steps took half the time without it. It names no letter, so it fits both answer forms.
+COMPACT_SYSTEM_PROMPT = (
+    "Examine the skin image. Reply <thinking>your reasoning</thinking> then <diagnosis>the offered option or the "
+    "diagnosis name; status: benign, precancerous or malignant</diagnosis>, nothing else."
+)
+SYSTEM_PROMPTS = {"full": SYSTEM_PROMPT, "compact": COMPACT_SYSTEM_PROMPT}  # a recipe's `system_prompt` choice
+
+
+def system_prompt_text(name: str) -> str:
+    """The system prompt a recipe names (`SYSTEM_PROMPTS`); the ValueError every taker of the name raises."""
+    if name not in SYSTEM_PROMPTS:
+        raise ValueError(f"system_prompt must be one of {tuple(SYSTEM_PROMPTS)}, got {name!r}")
+    return SYSTEM_PROMPTS[name]
+
+
 DEFAULT_MCQ_QUESTION = "What type of abnormality is present in this image?"
 DEFAULT_OPEN_QUESTION = "What is the most specific diagnosis for the skin lesion in this image?"
 _STATUS_CHOICES = "benign, precancerous or malignant"

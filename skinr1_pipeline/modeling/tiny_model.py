@@ -95,7 +95,7 @@ def default_corpus() -> list[str]:
     from skinr1_pipeline.modeling import prompt_format as pf
 
     texts = [
-        pf.SYSTEM_PROMPT,
+        *pf.SYSTEM_PROMPTS.values(),
         pf.build_open_prompt(),
         DEFAULT_SYSTEM,
         pf.format_completion("the lesion shows features", "melanoma; status: malignant"),

@@ -224,6 +224,7 @@ class SkinR1Model(PythonModel):
     def __init__(self) -> None:
         self._model = None
         self._processor = None
+        self._system: str | None = None
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -247,9 +248,14 @@ class SkinR1Model(PythonModel):
         with self._lock:
             if self._model is not None:
                 return
-            from skinr1_pipeline.modeling.model_factory import load_adapter_model, load_processor
+            from skinr1_pipeline.modeling.model_factory import (
+                load_adapter_model,
+                load_processor,
+                taught_system_prompt,
+            )
 
             cfg = self._config
+            self._system = taught_system_prompt(self._base_dir, self._adapter_dir)  # asked as it was taught
             self._processor = load_processor(self._base_dir, max_pixels=cfg.get("max_pixels"))
             self._model = load_adapter_model(
                 self._base_dir,
@@ -281,6 +287,7 @@ class SkinR1Model(PythonModel):
             prompts,
             max_new_tokens=max_new,
             batch_size=int(self._config["batch_size"]),
+            system=self._system,
         )
         return pd.DataFrame([completion_row(c, p) for c, p in zip(completions, prompts)], columns=list(OUTPUT_COLUMNS))
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from skinr1_pipeline.modeling.prompt_format import system_prompt_text
 from skinr1_pipeline.progress import LogProgress
 from skinr1_pipeline.runtime.distributed import current_rank
 from skinr1_pipeline.runtime.launch import FAILURE_DIR_ENV, failure_file
@@ -45,6 +46,10 @@ class GateConfig:
     max_new_tokens: int = 512
     max_pixels: int | None = None
     answer_form: str = "letter"  # how the model was taught to name an option (`prompt_format.ANSWER_FORMS`)
+    system_prompt: str = "full"  # the one it was taught with (`prompt_format.SYSTEM_PROMPTS`)
+
+    def __post_init__(self) -> None:
+        system_prompt_text(self.system_prompt)  # an unknown name fails here, before training starts
 
 
 def run_gate(gate: GateConfig, adapter_dir: str, log: Callable[[str], None]) -> dict[str, Any]:
@@ -62,6 +67,7 @@ def run_gate(gate: GateConfig, adapter_dir: str, log: Callable[[str], None]) -> 
         max_new_tokens=gate.max_new_tokens,
         max_pixels=gate.max_pixels,
         answer_form=gate.answer_form,
+        system=system_prompt_text(gate.system_prompt),
         progress=lambda done, total: log(f"held-out gate: {done}/{total}"),
     )
 

@@ -149,7 +149,7 @@ def check_overrides(cls: type, overrides: Mapping[str, Any], *, set_by_asset: Se
         raise ConfigError(f"unknown {cls.__name__} keys {unknown}; known keys: {sorted(fields)}")
     owned = sorted(set(overrides) & set(set_by_asset))
     if owned:
-        raise ConfigError(f"{owned} are set from the asset's inputs and cannot be overridden")
+        raise ConfigError(f"{owned} are set by the asset (from its inputs or the recipe) and cannot be overridden")
     hints = typing.get_type_hints(cls)
     for key, value in overrides.items():
         if not _matches(_coerce(value, hints[key]), hints[key]):

@@ -9,6 +9,8 @@ from typing import Any
 
 import pandas as pd
 
+from skinr1_pipeline.modeling.prompt_format import SYSTEM_PROMPT
+
 
 def heldout_mcq_scores(
     model_dir: str | Path,
@@ -21,6 +23,7 @@ def heldout_mcq_scores(
     batch_size: int = 8,
     seed: int = 0,
     answer_form: str = "letter",
+    system: str | None = SYSTEM_PROMPT,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Greedy answers on the first `limit` items (a stable slice, so stages compare on the same questions), produced
@@ -38,6 +41,7 @@ def heldout_mcq_scores(
         batch_size=batch_size,
         max_pixels=max_pixels,
         seed=seed,
+        system=system,
         answer_form=answer_form,
     )
     # Which offered answer the model finds likeliest after its own reasoning: tells "does not know" apart from

@@ -473,7 +473,7 @@ def run_grpo(cfg: GRPORunConfig, *, callbacks: Sequence[Any] = ()) -> GRPOResult
     import trl
     from trl import GRPOTrainer
 
-    from skinr1_pipeline.modeling.model_factory import load_processor
+    from skinr1_pipeline.modeling.model_factory import load_processor, save_system_prompt
     from skinr1_pipeline.training.callbacks import (
         AdapterCheckpointGuard,
         CompletionsTableCallback,
@@ -540,6 +540,7 @@ def run_grpo(cfg: GRPORunConfig, *, callbacks: Sequence[Any] = ()) -> GRPOResult
     if main_process:
         trainer.model.save_pretrained(str(adapter_dir), selected_adapters=["default"])  # not TRL's frozen "ref" copy
         processor.save_pretrained(str(adapter_dir))  # as SFT does: the adapter travels with its pixel limits
+        save_system_prompt(adapter_dir, cfg.system_prompt)  # and with the prompt it was trained on
     train_log = [dict(e) for e in trainer.state.log_history if int(e.get("step", 0)) > start_step]
     result = GRPOResult(
         adapter_dir=str(adapter_dir),

@@ -34,6 +34,7 @@ from skinr1_pipeline.knowledge.taxonomy import Taxonomy
 from skinr1_pipeline.modeling.chat import assistant_message, build_messages, render_prompt
 from skinr1_pipeline.modeling.prompt_format import (
     DEFAULT_MCQ_QUESTION,
+    SYSTEM_PROMPT,
     build_mcq_prompt,
     checked_answer_form,
     format_completion,
@@ -67,6 +68,7 @@ class DrillItem:
     opening: str  # the completion's first line (the impression), given as context
     target: str  # the rest of the completion: what the model learns to write
     answer_index: int
+    unlearned: str = ""  # a span of `target` written but not learned (no loss on its tokens): the format warm-up's name
 
 
 def drill_items(
@@ -190,9 +192,10 @@ def status_drill_items(
     return items
 
 
-def _texts(processor, item: DrillItem, with_image: bool) -> tuple[str, str]:
-    """(context, target) in SFT's chat layout: the prompt turn plus the given impression, then the rest of the turn."""
-    messages = build_messages(item.prompt, with_image=with_image)
+def _texts(processor, item: DrillItem, with_image: bool, system: str | None) -> tuple[str, str]:
+    """(context, target) in SFT's chat layout (SFT's system prompt, the prompt turn, the given impression), then the
+    rest of the turn."""
+    messages = build_messages(item.prompt, system=system, with_image=with_image)
     context = render_prompt(processor, messages) + item.opening
     full = processor.apply_chat_template(messages + [assistant_message(item.opening + item.target)], tokenize=False)
     if not full.startswith(context):
@@ -200,21 +203,37 @@ def _texts(processor, item: DrillItem, with_image: bool) -> tuple[str, str]:
     return context, full[len(context) :]
 
 
-def training_batch(processor, items: Sequence[DrillItem], images: Sequence[Image.Image | None]) -> dict[str, Any]:
-    """Model inputs with labels on the target tokens only (right padding)."""
+def training_batch(
+    processor, items: Sequence[DrillItem], images: Sequence[Image.Image | None], system: str | None = SYSTEM_PROMPT
+) -> dict[str, Any]:
+    """Model inputs with labels on the target tokens only (right padding), less the tokens of each item's
+    `unlearned` span (its first occurrence in the target; a token that straddles the span's edge is not learned)."""
     tok = processor.tokenizer
-    texts, tails = [], []
+    texts, tails, skipped = [], [], []
     for item, image in zip(items, images):
-        context, target = _texts(processor, item, image is not None)
+        context, target = _texts(processor, item, image is not None, system)
         texts.append(context + target)
-        tails.append(len(tok(target, add_special_tokens=False)["input_ids"]))
+        encoded = tok(target, add_special_tokens=False, return_offsets_mapping=bool(item.unlearned))
+        tails.append(len(encoded["input_ids"]))
+        skipped.append(_span_tokens(encoded["offset_mapping"], target, item.unlearned) if item.unlearned else [])
     present = [im for im in images if im is not None]
     batch = processor(text=texts, images=present or None, padding=True, padding_side="right", return_tensors="pt")
     labels = torch.full_like(batch["input_ids"], -100)
     for i, (n, length) in enumerate(zip(tails, batch["attention_mask"].sum(dim=1).tolist())):
         labels[i, length - n : length] = batch["input_ids"][i, length - n : length]
+        for k in skipped[i]:
+            labels[i, length - n + k] = -100
     batch["labels"] = labels
     return dict(batch)
+
+
+def _span_tokens(offsets: Sequence[tuple[int, int]], target: str, span: str) -> list[int]:
+    """Indices of the target's tokens that overlap the first occurrence of `span`."""
+    start = target.find(span)
+    if start < 0:
+        raise ValueError(f"unlearned span {span!r} is not in the target {target!r}")
+    end = start + len(span)
+    return [k for k, (a, b) in enumerate(offsets) if a < end and b > start]
 
 
 @torch.no_grad()
@@ -225,6 +244,7 @@ def drill_scores(
     images: Sequence[Image.Image | None] | None = None,
     batch_size: int = 32,
     max_new_tokens: int = 160,
+    system: str | None = SYSTEM_PROMPT,
 ) -> tuple[float, float]:
     """(share of items whose greedy continuation parses, share that picks the answer's letter)."""
     tok = processor.tokenizer
@@ -233,7 +253,7 @@ def drill_scores(
     parsed_count = hits = 0
     for start in range(0, len(items), batch_size):
         chunk, chunk_images = items[start : start + batch_size], images[start : start + batch_size]
-        contexts = [_texts(processor, it, im is not None)[0] for it, im in zip(chunk, chunk_images)]
+        contexts = [_texts(processor, it, im is not None, system)[0] for it, im in zip(chunk, chunk_images)]
         present = [im for im in chunk_images if im is not None]
         enc = processor(text=contexts, images=present or None, padding=True, padding_side="left", return_tensors="pt")
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id)
@@ -281,6 +301,7 @@ def train_option_drill(
     eval_items: int = 64,
     max_pixels: int = 112 * 112,
     form: str = "letter",
+    system: str | None = SYSTEM_PROMPT,
 ) -> dict[str, Any]:
     """Train the language model (embeddings, layers, head; the vision tower is untouched) on fresh drill items, then
     overwrite the weights in `model_dir`. Returns losses, the held-out drill accuracy (fresh items) and timing.
@@ -300,6 +321,7 @@ def train_option_drill(
         batch_size=batch_size,
         learning_rate=learning_rate,
         max_pixels=max_pixels,
+        system=system,
     )
 
 
@@ -307,16 +329,23 @@ def format_items(
     labels: Sequence[str], taxonomy: Taxonomy, n: int, seed: int, status_share: float = 0.2, form: str = "letter"
 ):
     """`n` items that teach the answer format and nothing about diagnosis: drill and status items whose whole
-    completion (the impression line included) is the target, the impression naming a label under a uniformly drawn
-    option; the caller shows an image drawn independently of the item (`format_warm_up`).
+    completion is the target, the impression naming a label under a uniformly drawn option; the caller shows an image
+    drawn independently of the item (`format_warm_up`). The impression's name is written but not learned
+    (`DrillItem.unlearned`): everything around it is.
 
     Why: the demo's base model, trained from random weights, never writes the answer format, so "RL-only" (GRPO from
-    the base) could earn no reward and "RL-only < SFT" was built in. After this the base answers in the format at
-    chance, as an instruction-tuned base would before it learns dermatology, and SFT and RL-only start from it alike.
+    the base) could earn no reward and "RL-only < SFT" was built in. After this the base answers in the format, as an
+    instruction-tuned base would before it learns dermatology, and SFT and RL-only start from it alike. Why the name
+    is not learned: the image is unrelated to it, so learning it taught the model to name a diagnosis without the
+    image (300 steps of that, name learned, made SFT ignore the image); the name the base writes stays the one its
+    captioning warm-up reads off the image.
     """
     items = _with_status_items(labels, taxonomy, n, seed, status_share, form)
     random.Random(seed).shuffle(items)
-    return [replace(item, opening="", target=item.opening + item.target) for item in items]
+    return [
+        replace(item, opening="", target=item.opening + item.target, unlearned=taxonomy[item.label].name)
+        for item in items
+    ]
 
 
 def format_warm_up(
@@ -332,6 +361,7 @@ def format_warm_up(
     eval_items: int = 64,
     max_pixels: int = 112 * 112,
     form: str = "letter",
+    system: str | None = SYSTEM_PROMPT,
 ) -> dict[str, Any]:
     """Train the language model on `format_items`, each shown with a train image drawn at random from `image_files`
     (unrelated to the item's label), then overwrite the weights in `model_dir`. Returns losses, timing and, on fresh
@@ -352,6 +382,7 @@ def format_warm_up(
         batch_size=batch_size,
         learning_rate=learning_rate,
         max_pixels=max_pixels,
+        system=system,
     )
 
 
@@ -370,6 +401,7 @@ def _train_language_model(
     batch_size: int,
     learning_rate: float,
     max_pixels: int,
+    system: str | None,
 ) -> dict[str, Any]:
     """AdamW on the language model's parameters (the vision tower frozen) over `train` in batches, then the held-out
     parse rate and letter accuracy; the weights in `model_dir` are replaced by the trained ones."""
@@ -394,7 +426,7 @@ def _train_language_model(
     start, losses = time.perf_counter(), []
     for step in range(steps):
         window = slice(step * batch_size, (step + 1) * batch_size)
-        loss = model(**training_batch(processor, items[window], images[window])).loss
+        loss = model(**training_batch(processor, items[window], images[window], system)).loss
         if not torch.isfinite(loss):
             raise FloatingPointError(f"language-model drill loss is {loss.item()} at step {step + 1}")
         loss.backward()
@@ -405,7 +437,7 @@ def _train_language_model(
         losses.append(loss.item())
     train_seconds = time.perf_counter() - start
     model.eval()
-    parsed, accuracy = drill_scores(model, processor, *held_out)
+    parsed, accuracy = drill_scores(model, processor, *held_out, system=system)
     save_in_place(model, model_dir)
     every = max(1, steps // 10)
     return {

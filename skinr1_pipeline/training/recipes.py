@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from skinr1_pipeline.modeling.prompt_format import system_prompt_text
 from skinr1_pipeline.training.config import ConfigError, from_mapping, load_mapping
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
@@ -42,12 +43,19 @@ class RecipeChoices:
     # after one "fits / does not fit" line per option in compact rationales) or `text` (the offered text alone, after
     # the diagnosis's taxonomy path: copying a name instead of looking up its letter).
     answer_form: Literal["letter", "text"] = "letter"
+    # The system prompt every stage shows the model (`modeling.prompt_format.SYSTEM_PROMPTS`): `full` (the paper's
+    # instructions) or `compact` (the same format contract, a fifth of the tokens). One choice here, not a field per
+    # trainer file, so the drill, SFT, GRPO, the gates and the evaluation cannot show the model different prompts.
+    system_prompt: Literal["full", "compact"] = "full"
     option_drill_rows: int = 0  # option-reading drill rows mixed into the SFT data
     caveat: str = ""  # said at the top of every evaluation report of models trained by this recipe
 
     def __post_init__(self) -> None:
         if self.option_drill_rows < 0:
             raise ConfigError(f"option_drill_rows must be >= 0, got {self.option_drill_rows}")
+
+    def system_text(self) -> str:
+        return system_prompt_text(self.system_prompt)
 
 
 def recipe_folder(recipe: str | Path) -> Path:
@@ -87,9 +95,14 @@ def recipe_path(recipe: str | Path, step: str) -> Path:
 
 
 def build_run_config(cls: type[T], recipe: str | Path, step: str, **values: Any) -> T:
-    """`cls` from the recipe's fields with `values` (paths, the user's overrides) laid over them."""
+    """`cls` from the recipe's fields, and the system prompt its `recipe.yaml` chooses, with `values` (paths, the
+    user's overrides) laid over them."""
     path = recipe_path(recipe, step)
+    fields = load_mapping(path)
+    if "system_prompt" in fields:  # one prompt for every stage: see RecipeChoices.system_prompt
+        raise ConfigError(f"{path}: set system_prompt in {CHOICES_FILE} (one prompt for every stage), not per trainer")
+    fields["system_prompt"] = recipe_choices(recipe).system_text()
     try:
-        return from_mapping(cls, {**load_mapping(path), **values})
+        return from_mapping(cls, {**fields, **values})
     except ConfigError as exc:
         raise ConfigError(f"{path} (+ {sorted(values)}): {exc}") from exc

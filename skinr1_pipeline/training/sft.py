@@ -31,7 +31,7 @@ from transformers import TrainerCallback
 
 from skinr1_pipeline.data.image_open import DEFAULT_MIN_MODEL_PIXELS, model_image
 from skinr1_pipeline.modeling.chat import assistant_message, build_messages
-from skinr1_pipeline.modeling.model_factory import load_model, load_processor, pixel_limits
+from skinr1_pipeline.modeling.model_factory import load_model, load_processor, pixel_limits, save_system_prompt
 from skinr1_pipeline.modeling.prompt_format import SYSTEM_PROMPT
 from skinr1_pipeline.runtime.distributed import current_rank, training_device
 from skinr1_pipeline.storage.atomic import write_json
@@ -357,6 +357,7 @@ def run_sft(
     if trainer.args.should_save:  # rank 0 of a multi-process job writes; the others hold the same weights
         trainer.model.save_pretrained(str(adapter_dir), safe_serialization=True)
         trainer.processing_class.save_pretrained(str(adapter_dir))
+        save_system_prompt(adapter_dir, cfg.system_prompt)
     history = trainer.state.log_history
     train_loss = _history(history, "loss")
     if not all(math.isfinite(e["loss"]) for e in train_loss):
