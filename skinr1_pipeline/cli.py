@@ -117,7 +117,8 @@ def _print_stage_shares(outcome) -> None:
 
 def _print_honesty_tables(evaluation_dir: Path) -> None:
     """The tables that say whether the numbers above are about the image: the best image-blind guesser per suite,
-    each variant against it and against its own shuffled-image control (paired), and the paper's claims."""
+    each variant against it and against its own shuffled-image control (paired), whether an image-only reference
+    finds signal in each suite, and the paper's claims."""
     import pandas as pd
 
     def read(name: str) -> pd.DataFrame:
@@ -127,8 +128,8 @@ def _print_honesty_tables(evaluation_dir: Path) -> None:
         except pd.errors.EmptyDataError:
             return pd.DataFrame()
 
-    baselines, blind, image, claims = (
-        read(n) for n in ("image_blind_baselines", "versus_blind", "image_use", "paired_claims")
+    baselines, blind, image, claims, reference = (
+        read(n) for n in ("image_blind_baselines", "versus_blind", "image_use", "paired_claims", "image_only_reference")
     )
     if len(baselines):
         print("\nBest image-blind guesser per suite (expected accuracy; chance = uniform):")
@@ -152,6 +153,22 @@ def _print_honesty_tables(evaluation_dir: Path) -> None:
         )
         print(
             rows[["variant", "suite", "n", "real", "shuffled", "blank", "real_minus_shuffled", "verdict"]]
+            .round(3)
+            .to_string(index=False)
+        )
+    if len(reference) and "difference" in reference:
+        print(
+            "\nIs there image signal the train split teaches? A colour-statistics classifier of the train images "
+            "(no text) against the best blind guesser, paired:"
+        )
+        rows = reference.assign(
+            minus_best_blind=[
+                f"{d:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+                for d, lo, hi in zip(reference["difference"], reference["ci_low"], reference["ci_high"])
+            ]
+        )
+        print(
+            rows[["suite", "n", "accuracy", "best_blind", "minus_best_blind", "verdict"]]
             .round(3)
             .to_string(index=False)
         )

@@ -191,8 +191,11 @@ def test_evaluation_reports_every_variant_and_registers_a_candidate(demo_run, ca
         scored = pd.read_parquet(latest(settings, "variant_evaluations", variant) / "scored.parquet")
         assert {"in_domain", "malignancy", "hierarchical", "ood"} <= set(scored["suite"])
         in_domain = scored[scored["suite"] == "in_domain"]
-        assert in_domain["option_logprobs"].map(len).eq(4).all()  # one log-prob per option, for calibration
-        assert in_domain["answer_logprobs"].map(len).eq(4).all() and in_domain["likely_correct"].dtype == bool
+        real = in_domain["condition"] == "real"
+        assert in_domain.loc[real, "option_logprobs"].map(len).eq(4).all()  # one log-prob per option, for calibration
+        assert in_domain.loc[real, "answer_logprobs"].map(len).eq(4).all() and in_domain["likely_correct"].dtype == bool
+        # the image-control rows are read through their generated answers only: no option scored
+        assert (~real).any() and in_domain.loc[~real, "answer_logprobs"].map(len).eq(0).all()
     likelihood = pd.read_csv(evaluation / "answer_likelihood_table.csv", index_col=0)
     assert list(likelihood.index) == list(table.index) and "in_domain" in likelihood.columns
     assert "open_ended" not in likelihood.columns  # nothing to choose from, nothing to score
@@ -212,6 +215,10 @@ def test_evaluation_reports_every_variant_and_registers_a_candidate(demo_run, ca
     assert set(blind["variant"]) == set(table.index) and "in_domain" in set(blind["suite"])
     claims = pd.read_csv(evaluation / "paired_claims.csv")
     assert {"sft_grpo > sft", "sft > base", "sft_grpo > rl_only"} <= set(claims["claim"])
+    # The image-only reference answers every multiple-choice suite (open questions have no options to map onto).
+    reference = pd.read_csv(evaluation / "image_only_reference.csv")
+    assert set(reference["suite"]) == set(real.loc[real["options"].map(len) > 0, "suite"])
+    assert set(reference["variant"]) == {"image_only"} and reference["accuracy"].between(0, 1).all()
     from skinr1_pipeline.cli import _print_honesty_tables  # what `skinr1 demo` prints after the ablation table
 
     capsys.readouterr()
@@ -220,7 +227,12 @@ def test_evaluation_reports_every_variant_and_registers_a_candidate(demo_run, ca
     assert "Best image-blind guesser" in printed
     assert all(
         heading in printed
-        for heading in ("minus the best blind guesser", "real vs shuffled vs blank", "The paper's claims")
+        for heading in (
+            "minus the best blind guesser",
+            "real vs shuffled vs blank",
+            "image signal the train split teaches",
+            "The paper's claims",
+        )
     )
     assert all(variant in printed for variant in table.index) and "sft_grpo > rl_only" in printed
     html = (latest(settings, "evaluation_reports") / "report" / "report.html").read_text()

@@ -395,7 +395,9 @@ def build_evaluation_defs(settings: Settings) -> dg.Definitions:
     @dg.asset(
         group_name="evaluation",
         kinds={"pandas"},
-        code_version=code_version_of(__name__, "evaluation.baselines", "evaluation.comparison"),
+        code_version=code_version_of(
+            __name__, "evaluation.baselines", "evaluation.comparison", "evaluation.image_reference"
+        ),
     )
     def ablation_table(
         context: dg.AssetExecutionContext,
@@ -405,13 +407,17 @@ def build_evaluation_defs(settings: Settings) -> dg.Definitions:
         eval_suites: str,
         taxonomy_graph: Taxonomy,
         ddx_graph: DDxGraph,
+        unified_samples: pd.DataFrame,
     ) -> dict:
         """The paper's ablation table (base vs SFT-only vs RL-only vs SFT+GRPO on every suite, 95% intervals), read
         against the best image-blind guesser and each variant's shuffled-image control, with the paper's claims
-        tested on paired items (exact McNemar, Holm-adjusted)."""
+        tested on paired items (exact McNemar, Holm-adjusted), and the image-only reference per suite: is there
+        signal in the image that the train split could teach (`evaluation.image_reference`)?"""
+        from skinr1_pipeline.data.holdout import training_rows
         from skinr1_pipeline.evaluation.baselines import blind_hits, summarize_hits
         from skinr1_pipeline.evaluation.comparison import ablation_table as build_table
         from skinr1_pipeline.evaluation.comparison import likelihood_table, paired_claims, paper_shape, versus_blind
+        from skinr1_pipeline.evaluation.image_reference import REFERENCE_MAX_PIXELS, REFERENCE_NAME, image_only_answers
 
         out = home.run_dir(context, "outputs", "ablation_table")
         summaries = {v: e["summary"] for v, e in variant_evaluations.items()}
@@ -429,6 +435,16 @@ def build_evaluation_defs(settings: Settings) -> dg.Definitions:
         write_csv(blind, out / "versus_blind.csv", index=False)
         claims = paired_claims(scored)
         write_csv(claims, out / "paired_claims.csv", index=False)
+        samples = training_rows(unified_samples, settings.ood_modalities, settings.ood_sources)  # what models train on
+        reference = versus_blind(
+            {
+                REFERENCE_NAME: image_only_answers(
+                    real_items, samples[samples["split"] == "train"], taxonomy_graph, max_pixels=REFERENCE_MAX_PIXELS
+                )
+            },
+            hits,
+        )
+        write_csv(reference, out / "image_only_reference.csv", index=False)
         uses_image = pd.DataFrame(
             [{"variant": v, **u} for v, e in variant_evaluations.items() for u in e.get("image_use", [])]
         )
@@ -453,6 +469,7 @@ def build_evaluation_defs(settings: Settings) -> dg.Definitions:
                 "image_blind_baselines": md(markdown_table(baselines.round(3))),
                 "versus_blind": md(markdown_table(blind.round(3))),
                 "image_use": md(markdown_table(uses_image.round(3))),
+                "image_only_reference": md(markdown_table(reference.round(3))),
                 "paired_claims": md(markdown_table(claims.round(4))),
                 "paper_shape": shape["verdict"],
                 "folder": dg.MetadataValue.path(str(out)),
