@@ -276,6 +276,7 @@ def build_evaluation_defs(settings: Settings) -> dg.Definitions:
         adapter_asset = VARIANT_ASSETS[variant]
         adapter_run = training_runs.get(adapter_asset, "")
         out = home.run_dir(context, "outputs", "variant_evaluations")
+        choices = training_recipe.choices()  # how the variants were taught to answer, and with which system prompt
         answers = AnswerConfig(
             items_path=eval_suites,
             model_dir=base_model,
@@ -289,8 +290,8 @@ def build_evaluation_defs(settings: Settings) -> dg.Definitions:
             calibration=config.calibration,
             answer_likelihood=config.answer_likelihood,
             tensor_parallel_size=config.vllm_tensor_parallel_size,
-            answer_form=training_recipe.choices().answer_form,
-            system_prompt=training_recipe.choices().system_prompt,
+            answer_form=choices.answer_form,
+            system_prompt=choices.system_prompt,
         )
         config_path = write_yaml(out / "answers_config.yaml", asdict(answers))
         # The model answers where it runs (compute); scoring needs no model and stays here.

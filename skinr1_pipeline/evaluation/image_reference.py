@@ -67,10 +67,12 @@ class ColourClassifier:
     bias: np.ndarray
 
     def probabilities(self, features: np.ndarray) -> np.ndarray:
-        logits = ((features - self.mean) / self.scale) @ self.weights + self.bias
-        logits -= logits.max(axis=1, keepdims=True)
-        odds = np.exp(logits)
-        return odds / odds.sum(axis=1, keepdims=True)
+        return _row_softmax(((features - self.mean) / self.scale) @ self.weights + self.bias)
+
+
+def _row_softmax(logits: np.ndarray) -> np.ndarray:
+    odds = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return odds / odds.sum(axis=1, keepdims=True)
 
 
 def fit_colour_classifier(
@@ -88,11 +90,7 @@ def fit_colour_classifier(
     x = (features - mean) / scale
     weights, bias = np.zeros((x.shape[1], len(classes))), np.zeros(len(classes))
     for _ in range(steps):
-        logits = x @ weights + bias
-        logits -= logits.max(axis=1, keepdims=True)
-        p = np.exp(logits)
-        p /= p.sum(axis=1, keepdims=True)
-        error = (p - target) / len(x)
+        error = (_row_softmax(x @ weights + bias) - target) / len(x)
         weights -= learning_rate * (x.T @ error + 2 * l2 * weights)
         bias -= learning_rate * error.sum(axis=0)
     return ColourClassifier(classes, mean, scale, weights, bias)

@@ -125,6 +125,12 @@ def warm_up(
     }
 
 
+def check_steps(steps: int, batch_size: int) -> None:
+    """The check every demo pre-training loop (drill, format warm-up, vision classifier) runs before loading a model."""
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
+
+
 def save_in_place(model, model_dir: str | Path) -> None:
     """Save `model`'s weights over those in `model_dir`, through a staging folder (`replace_weights`)."""
     with tempfile.TemporaryDirectory(prefix="skinr1-weights-") as tmp:

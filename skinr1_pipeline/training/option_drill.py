@@ -50,6 +50,7 @@ from skinr1_pipeline.tasks.mcq import (
     option_scan_lines,
     path_line,
 )
+from skinr1_pipeline.training.demo_pretraining import check_steps
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -309,7 +310,7 @@ def train_option_drill(
     With `image_paths` (label -> train image files) each item shows a train image of its label, as SFT prompts do;
     without them the copying keys on text-only positions that image tokens later shift (see the module docstring).
     """
-    _check_steps(steps, batch_size)
+    check_steps(steps, batch_size)
     items = drill_items(labels, taxonomy, steps * batch_size, seed, form=form)
     held_out = drill_items(labels, taxonomy, eval_items, seed + 1, form=form)
     return _train_language_model(
@@ -366,7 +367,7 @@ def format_warm_up(
     """Train the language model on `format_items`, each shown with a train image drawn at random from `image_files`
     (unrelated to the item's label), then overwrite the weights in `model_dir`. Returns losses, timing and, on fresh
     items, the parse rate (the point) and the letter accuracy (near 1/n by construction)."""
-    _check_steps(steps, batch_size)
+    check_steps(steps, batch_size)
     if not image_files:
         raise ValueError("the format warm-up needs train images to show; none were given")
     items = format_items(labels, taxonomy, steps * batch_size, seed, form=form)
@@ -384,11 +385,6 @@ def format_warm_up(
         max_pixels=max_pixels,
         system=system,
     )
-
-
-def _check_steps(steps: int, batch_size: int) -> None:
-    if steps < 1 or batch_size < 1:
-        raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
 
 
 def _train_language_model(

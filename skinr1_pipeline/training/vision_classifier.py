@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from skinr1_pipeline.data.image_open import model_image
-from skinr1_pipeline.training.demo_pretraining import VIEWS, save_in_place
+from skinr1_pipeline.training.demo_pretraining import VIEWS, check_steps, save_in_place
 
 
 def _pooled_features(model, processor, images: Sequence[Any]) -> torch.Tensor:
@@ -61,8 +61,7 @@ def train_vision_classifier(
     from skinr1_pipeline.modeling.model_factory import load_model, load_processor
 
     paths, labels = list(train[0]), list(train[1])
-    if steps < 1 or batch_size < 1:
-        raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
+    check_steps(steps, batch_size)
     if not paths or len(paths) != len(labels):
         raise ValueError(
             f"the vision classifier needs train images with one label each; got {len(paths)} image(s)"
